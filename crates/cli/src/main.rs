@@ -1,0 +1,3 @@
+fn main() {
+    chatlake_cli::main()
+}

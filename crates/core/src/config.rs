@@ -1,0 +1,626 @@
+//! Pipeline files (spec section 2): TOML or YAML by extension, loaded with figment, with
+//! `${VAR}` / `${VAR:-default}` interpolation in every string and `CHATLAKE__<PATH>` environment
+//! overrides. Every error names the file and the key path; loading collects every error it can
+//! instead of stopping at the first.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml, Yaml};
+use indexmap::IndexMap;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// Environment variables with this prefix override keys of the file (`__` between keys).
+pub const ENV_PREFIX: &str = "CHATLAKE__";
+
+/// One problem in a pipeline file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Dotted key path, e.g. `sinks.lake.compression`; empty for the file as a whole.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found in one or more pipeline files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn push(&mut self, file: &Path, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            file: file.to_path_buf(),
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// A component's own check failed: `key` is relative to the component (`end`, `auth.token`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidConfig {
+    pub key: String,
+    pub message: String,
+}
+
+impl InvalidConfig {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        InvalidConfig {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for InvalidConfig {}
+
+/// The `[pipeline]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSection {
+    /// Names the pipeline; keys its state, run summaries and dead letters.
+    pub name: String,
+    /// Where cursors, run summaries and dead letters live. Default `./lake/_state`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Which table of the file a component sits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Source,
+    Transform,
+    Sink,
+}
+
+impl Role {
+    pub fn table(self) -> &'static str {
+        match self {
+            Role::Source => "sources",
+            Role::Transform => "transforms",
+            Role::Sink => "sinks",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Source => "source",
+            Role::Transform => "transform",
+            Role::Sink => "sink",
+        })
+    }
+}
+
+/// One component as written in the file, before its type-specific options are checked.
+#[derive(Debug, Clone)]
+pub struct ComponentSpec {
+    pub role: Role,
+    pub name: String,
+    pub type_name: String,
+    pub inputs: Vec<String>,
+    /// Every other key of the component's table.
+    pub options: Value,
+}
+
+impl ComponentSpec {
+    /// The key path of the component, e.g. `sinks.lake`.
+    pub fn key(&self) -> String {
+        format!("{}.{}", self.role.table(), self.name)
+    }
+}
+
+/// A loaded pipeline file.
+#[derive(Debug, Clone)]
+pub struct PipelineFile {
+    pub path: PathBuf,
+    pub pipeline: PipelineSection,
+    /// Sources, transforms and sinks in file order.
+    pub components: Vec<ComponentSpec>,
+    figment: Figment,
+}
+
+impl PipelineFile {
+    /// Loads `path`, applies environment overrides and interpolation, and checks the file's
+    /// structure. Component options are checked later, by their own types.
+    pub fn load(path: &Path) -> Result<PipelineFile, ConfigErrors> {
+        let mut errors = ConfigErrors::default();
+        if !path.is_file() {
+            errors.push(path, "", "no such pipeline file");
+            return Err(errors);
+        }
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let base = match ext.as_str() {
+            "toml" => Figment::from(Toml::file_exact(path)),
+            "yaml" | "yml" => Figment::from(Yaml::file_exact(path)),
+            _ => {
+                errors.push(path, "", "a pipeline file ends in .toml, .yaml or .yml");
+                return Err(errors);
+            }
+        };
+        let figment = base.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let mut root: Value = match figment.extract() {
+            Ok(v) => v,
+            Err(e) => {
+                for e in e {
+                    let key = e.path.join(".");
+                    errors.push(path, key, e.kind.to_string());
+                }
+                return Err(errors);
+            }
+        };
+        interpolate(
+            &mut root,
+            &mut String::new(),
+            &|k| std::env::var(k).ok(),
+            &mut |key, msg| errors.push(path, key, msg),
+        );
+
+        let Value::Object(mut top) = root else {
+            errors.push(path, "", "the file must be a table");
+            return Err(errors);
+        };
+        for key in top.keys() {
+            if !["pipeline", "sources", "transforms", "sinks"].contains(&key.as_str()) {
+                errors.push(
+                    path,
+                    key.clone(),
+                    format!(
+                        "unknown key `{key}`, expected one of pipeline, sources, transforms, sinks"
+                    ),
+                );
+            }
+        }
+        let pipeline = match top.remove("pipeline") {
+            None => {
+                errors.push(
+                    path,
+                    "pipeline",
+                    "missing: a [pipeline] table with a `name` is required",
+                );
+                None
+            }
+            Some(v) => match serde_path_to_error::deserialize::<_, PipelineSection>(v) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    let (key, msg) = error_key("pipeline", &e);
+                    errors.push(path, key, msg);
+                    None
+                }
+            },
+        };
+        if let Some(p) = &pipeline
+            && !is_safe_name(&p.name)
+        {
+            errors.push(
+                path,
+                "pipeline.name",
+                "use letters, digits, `_` and `-` only (it names files)",
+            );
+        }
+
+        let mut components = Vec::new();
+        for role in [Role::Source, Role::Transform, Role::Sink] {
+            let Some(table) = top.remove(role.table()) else {
+                continue;
+            };
+            let Value::Object(table) = table else {
+                errors.push(path, role.table(), "must be a table of components");
+                continue;
+            };
+            for (name, body) in table {
+                let key = format!("{}.{name}", role.table());
+                match component_spec(role, &name, body) {
+                    Ok(spec) => components.push(spec),
+                    Err(issues) => {
+                        for (k, m) in issues {
+                            errors.push(
+                                path,
+                                if k.is_empty() {
+                                    key.clone()
+                                } else {
+                                    format!("{key}.{k}")
+                                },
+                                m,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        match pipeline {
+            Some(pipeline) if errors.is_empty() => Ok(PipelineFile {
+                path: path.to_path_buf(),
+                pipeline,
+                components,
+                figment,
+            }),
+            _ => Err(errors),
+        }
+    }
+
+    /// The state directory: `pipeline.state_dir`, default `./lake/_state`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.pipeline
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("./lake/_state"))
+    }
+
+    /// Where a key's value came from, when an environment variable set it.
+    pub fn env_origin(&self, key: &str) -> Option<String> {
+        let meta = self.figment.find_metadata(key)?;
+        meta.name.contains("environment").then(|| {
+            format!(
+                "{ENV_PREFIX}{}",
+                key.split('.')
+                    .map(str::to_ascii_uppercase)
+                    .collect::<Vec<_>>()
+                    .join("__")
+            )
+        })
+    }
+
+    /// An error at `key` of this file, naming the environment variable that set it, if one did.
+    pub fn error(&self, key: String, message: impl Into<String>) -> ConfigError {
+        let mut message = message.into();
+        if let Some(var) = self.env_origin(&key) {
+            message.push_str(&format!(" (set by environment variable {var})"));
+        }
+        ConfigError {
+            file: self.path.clone(),
+            key,
+            message,
+        }
+    }
+}
+
+/// Names end up in file names and window keys, so they stay plain.
+pub fn is_safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn component_spec(
+    role: Role,
+    name: &str,
+    body: Value,
+) -> Result<ComponentSpec, Vec<(String, String)>> {
+    let mut issues = Vec::new();
+    if !is_safe_name(name) {
+        issues.push((
+            String::new(),
+            "use letters, digits, `_` and `-` only in component names".into(),
+        ));
+    }
+    let Value::Object(mut map) = body else {
+        issues.push((String::new(), "must be a table".into()));
+        return Err(issues);
+    };
+    let type_name = match map.remove("type") {
+        Some(Value::String(t)) => t,
+        Some(_) => {
+            issues.push(("type".into(), "must be a string".into()));
+            String::new()
+        }
+        None => {
+            issues.push((
+                "type".into(),
+                "missing: every component names its `type`".into(),
+            ));
+            String::new()
+        }
+    };
+    let inputs = match (role, map.remove("inputs")) {
+        (Role::Source, Some(_)) => {
+            issues.push(("inputs".into(), "a source takes no inputs".into()));
+            vec![]
+        }
+        (Role::Source, None) => vec![],
+        (_, None) => {
+            issues.push((
+                "inputs".into(),
+                "missing: list the components this one reads from".into(),
+            ));
+            vec![]
+        }
+        (_, Some(Value::Array(items))) => {
+            let mut inputs = Vec::new();
+            for (i, item) in items.into_iter().enumerate() {
+                match item {
+                    Value::String(s) => inputs.push(s),
+                    _ => issues.push((format!("inputs[{i}]"), "must be a component name".into())),
+                }
+            }
+            if inputs.is_empty() && issues.is_empty() {
+                issues.push(("inputs".into(), "must name at least one component".into()));
+            }
+            inputs
+        }
+        (_, Some(Value::String(s))) => vec![s],
+        (_, Some(_)) => {
+            issues.push(("inputs".into(), "must be a list of component names".into()));
+            vec![]
+        }
+    };
+    if issues.is_empty() {
+        Ok(ComponentSpec {
+            role,
+            name: name.to_string(),
+            type_name,
+            inputs,
+            options: Value::Object(map),
+        })
+    } else {
+        Err(issues)
+    }
+}
+
+/// Turns a serde error at some path inside `prefix` into a key path and a message. An unknown
+/// field is reported at its own key, not at its parent's.
+pub fn error_key<E: fmt::Display>(
+    prefix: &str,
+    e: &serde_path_to_error::Error<E>,
+) -> (String, String) {
+    let mut key = prefix.to_string();
+    let path = e.path().to_string();
+    if path != "." && !path.is_empty() {
+        if !path.starts_with('[') {
+            key.push('.');
+        }
+        key.push_str(&path);
+    }
+    let message = e.inner().to_string();
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some(field) = rest.split('`').next()
+    {
+        key.push('.');
+        key.push_str(field);
+    }
+    (key, message)
+}
+
+/// Expands `${VAR}` and `${VAR:-default}` in every string of `value`; `$${` stands for a
+/// literal `${`. Reports an unset variable without a default, and an unclosed `${`, at its key.
+fn interpolate(
+    value: &mut Value,
+    key: &mut String,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    report: &mut dyn FnMut(String, String),
+) {
+    match value {
+        Value::String(s) if s.contains('$') => match expand(s, lookup) {
+            Ok(expanded) => *s = expanded,
+            Err(msg) => report(key.clone(), msg),
+        },
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = key.len();
+                key.push_str(&format!("[{i}]"));
+                interpolate(item, key, lookup, report);
+                key.truncate(len);
+            }
+        }
+        Value::Object(map) => interpolate_map(map, key, lookup, report),
+        _ => {}
+    }
+}
+
+fn interpolate_map(
+    map: &mut Map<String, Value>,
+    key: &mut String,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    report: &mut dyn FnMut(String, String),
+) {
+    for (k, v) in map.iter_mut() {
+        let len = key.len();
+        if !key.is_empty() {
+            key.push('.');
+        }
+        key.push_str(k);
+        interpolate(v, key, lookup, report);
+        key.truncate(len);
+    }
+}
+
+fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos..];
+        if after.starts_with("$${") {
+            out.push_str("${");
+            rest = &after[3..];
+        } else if let Some(body) = after.strip_prefix("${") {
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("unclosed `${{` in {s:?}"))?;
+            let expr = &body[..end];
+            let (name, default) = match expr.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (expr, None),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("`${{{expr}}}` is not a variable name"));
+            }
+            match (lookup(name).filter(|v| !v.is_empty()), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err(format!(
+                        "environment variable {name} is not set (write ${{{name}:-default}} for a default)"
+                    ));
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Every component spec grouped by role, for callers that want maps.
+pub fn by_name(components: &[ComponentSpec]) -> IndexMap<&str, &ComponentSpec> {
+    components.iter().map(|c| (c.name.as_str(), c)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(k: &str) -> Option<String> {
+        match k {
+            "TOKEN" => Some("abc".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn expands_variables_defaults_and_escapes() {
+        assert_eq!(expand("x${TOKEN}y", &env).unwrap(), "xabcy");
+        assert_eq!(expand("${MISSING:-dflt}", &env).unwrap(), "dflt");
+        assert_eq!(expand("${EMPTY:-dflt}", &env).unwrap(), "dflt");
+        assert_eq!(expand("$${TOKEN} and $5", &env).unwrap(), "${TOKEN} and $5");
+        assert!(
+            expand("${MISSING}", &env)
+                .unwrap_err()
+                .contains("MISSING is not set")
+        );
+        assert!(expand("${TOKEN", &env).unwrap_err().contains("unclosed"));
+    }
+
+    #[test]
+    fn interpolation_reports_the_key_path() {
+        let mut v = serde_json::json!({"sources": {"lw": {"files": ["a", "${NOPE}"]}}});
+        let mut errs = vec![];
+        interpolate(&mut v, &mut String::new(), &env, &mut |k, m| {
+            errs.push((k, m))
+        });
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].0, "sources.lw.files[1]");
+    }
+
+    fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    #[test]
+    fn loads_toml_and_yaml_alike() {
+        let dir = tempdir();
+        let t = write(
+            &dir,
+            "p.toml",
+            "[pipeline]\nname = \"x\"\n[sources.a]\ntype = \"t\"\nk = 1\n[sinks.s]\ntype = \"u\"\ninputs = [\"a\"]\n",
+        );
+        let y = write(
+            &dir,
+            "p.yaml",
+            "pipeline:\n  name: x\nsources:\n  a:\n    type: t\n    k: 1\nsinks:\n  s:\n    type: u\n    inputs: [a]\n",
+        );
+        for p in [t, y] {
+            let f = PipelineFile::load(&p).unwrap();
+            assert_eq!(f.pipeline.name, "x");
+            assert_eq!(f.components.len(), 2);
+            assert_eq!(f.components[0].options, serde_json::json!({"k": 1}));
+            assert_eq!(f.components[1].inputs, vec!["a".to_string()]);
+        }
+    }
+
+    #[test]
+    fn reports_every_structural_error_with_file_and_key() {
+        let dir = tempdir();
+        let p = write(
+            &dir,
+            "bad.toml",
+            "[pipelin]\nname = 1\n[sources.a]\ninputs = [\"b\"]\n[sinks.s]\ntype = \"u\"\n",
+        );
+        let errs = PipelineFile::load(&p).unwrap_err();
+        let text = errs.to_string();
+        assert!(text.contains("bad.toml: pipelin: unknown key"), "{text}");
+        assert!(text.contains("bad.toml: pipeline: missing"), "{text}");
+        assert!(text.contains("sources.a.type: missing"), "{text}");
+        assert!(
+            text.contains("sources.a.inputs: a source takes no inputs"),
+            "{text}"
+        );
+        assert!(text.contains("sinks.s.inputs: missing"), "{text}");
+    }
+
+    #[test]
+    fn unknown_field_is_reported_at_its_own_key() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct C {
+            a: u32,
+        }
+        let e = serde_path_to_error::deserialize::<_, C>(serde_json::json!({"a": 1, "zz": 2}))
+            .unwrap_err();
+        let (key, msg) = error_key("sources.x", &e);
+        assert_eq!(key, "sources.x.zz");
+        assert!(msg.contains("unknown field `zz`"));
+    }
+
+    pub(crate) fn tempdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "chatlake-core-test-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}

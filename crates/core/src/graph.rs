@@ -1,0 +1,294 @@
+//! Turns a loaded pipeline file into a checked graph of built stages: every component built by
+//! its type (offline), every input known, no cycle, nothing unused, record types that fit.
+//! Every problem is collected, so `validate` reports them all at once.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use indexmap::IndexMap;
+
+use crate::config::{ComponentSpec, ConfigError, ConfigErrors, PipelineFile, Role};
+use crate::registry::Registry;
+use crate::stage::{BuildContext, DataKind, EmulatorProfile, Sink, Source, Transform};
+
+/// What the command line adds to building.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    pub emulator: Option<EmulatorProfile>,
+    pub start: Option<chrono::DateTime<chrono::FixedOffset>>,
+    pub end: Option<chrono::DateTime<chrono::FixedOffset>>,
+    pub now: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+pub enum Stage {
+    Source(Box<dyn Source>),
+    Transform(Box<dyn Transform>),
+    Sink(Box<dyn Sink>),
+}
+
+/// One built component and where it sits.
+pub struct Node {
+    pub spec: ComponentSpec,
+    pub stage: Stage,
+    /// Record type it emits (sources, transforms).
+    pub output: Option<DataKind>,
+}
+
+/// A checked pipeline, ready to plan or run. Nodes are in dependency order: every node comes
+/// after all of its inputs.
+pub struct Pipeline {
+    pub file: PipelineFile,
+    pub nodes: Vec<Node>,
+}
+
+impl Pipeline {
+    pub fn name(&self) -> &str {
+        &self.file.pipeline.name
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.file.state_dir().join(self.name())
+    }
+
+    /// Builds and checks `file`.
+    pub fn build(
+        file: PipelineFile,
+        registry: &Registry,
+        opts: &BuildOptions,
+    ) -> Result<Pipeline, ConfigErrors> {
+        let mut errors = ConfigErrors::default();
+        let now = opts.now.unwrap_or_else(chrono::Utc::now);
+
+        // Names are global across the three tables: inputs refer to them.
+        let mut seen: HashMap<&str, Role> = HashMap::new();
+        for c in &file.components {
+            if let Some(first) = seen.insert(&c.name, c.role) {
+                errors.0.push(file.error(
+                    c.key(),
+                    format!(
+                        "the name `{}` is also used by a {first}; names must be unique",
+                        c.name
+                    ),
+                ));
+            }
+        }
+
+        let mut built: IndexMap<String, Node> = IndexMap::new();
+        for spec in &file.components {
+            let cx = BuildContext {
+                name: spec.name.clone(),
+                pipeline: file.pipeline.name.clone(),
+                emulator: opts.emulator.clone(),
+                start: opts.start,
+                end: opts.end,
+                now,
+            };
+            let stage = match spec.role {
+                Role::Source => registry.build_source(spec, &cx).map(Stage::Source),
+                Role::Transform => registry.build_transform(spec, &cx).map(Stage::Transform),
+                Role::Sink => registry.build_sink(spec, &cx).map(Stage::Sink),
+            };
+            match stage {
+                Ok(stage) => {
+                    let output = match &stage {
+                        Stage::Source(s) => Some(s.output_kind()),
+                        _ => None,
+                    };
+                    built.insert(
+                        spec.name.clone(),
+                        Node {
+                            spec: spec.clone(),
+                            stage,
+                            output,
+                        },
+                    );
+                }
+                Err(e) => errors.0.push(file.error(e.key, e.message)),
+            }
+        }
+
+        check_edges(&file, &mut errors);
+        let order = match topological_order(&file) {
+            Ok(order) => order,
+            Err(cycle) => {
+                errors.0.push(cycle);
+                return Err(errors);
+            }
+        };
+
+        // Record types, in dependency order.
+        let mut nodes = Vec::new();
+        for name in order {
+            let Some(mut node) = built.shift_remove(&name) else {
+                continue;
+            };
+            let input_kinds: Vec<(String, DataKind)> = node
+                .spec
+                .inputs
+                .iter()
+                .filter_map(|i| {
+                    nodes
+                        .iter()
+                        .find(|n: &&Node| &n.spec.name == i)
+                        .and_then(|n| n.output.clone().map(|k| (i.clone(), k)))
+                })
+                .collect();
+            if input_kinds.len() == node.spec.inputs.len() && !input_kinds.is_empty() {
+                let first = &input_kinds[0].1;
+                if let Some((other, kind)) = input_kinds.iter().find(|(_, k)| k != first) {
+                    errors.0.push(file.error(
+                        format!("{}.inputs", node.spec.key()),
+                        format!(
+                            "inputs carry different record types: `{}` gives {first}, `{other}` gives {kind}; \
+                             put a normalize transform in front so both are canonical messages",
+                            input_kinds[0].0
+                        ),
+                    ));
+                } else {
+                    match &node.stage {
+                        Stage::Transform(t) => match t.output_kind(first) {
+                            Ok(k) => node.output = Some(k),
+                            Err(why) => errors
+                                .0
+                                .push(file.error(format!("{}.inputs", node.spec.key()), why)),
+                        },
+                        Stage::Sink(s) => {
+                            if let Err(why) = s.accepts(first) {
+                                errors
+                                    .0
+                                    .push(file.error(format!("{}.inputs", node.spec.key()), why));
+                            }
+                        }
+                        Stage::Source(_) => {}
+                    }
+                }
+            }
+            nodes.push(node);
+        }
+
+        if errors.is_empty() {
+            Ok(Pipeline { file, nodes })
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+fn check_edges(file: &PipelineFile, errors: &mut ConfigErrors) {
+    let roles: HashMap<&str, Role> = file
+        .components
+        .iter()
+        .map(|c| (c.name.as_str(), c.role))
+        .collect();
+    let mut used: HashSet<&str> = HashSet::new();
+    for c in &file.components {
+        for (i, input) in c.inputs.iter().enumerate() {
+            let key = format!("{}.inputs[{i}]", c.key());
+            match roles.get(input.as_str()) {
+                None => {
+                    let mut known: Vec<&str> = file
+                        .components
+                        .iter()
+                        .filter(|k| k.role != Role::Sink)
+                        .map(|k| k.name.as_str())
+                        .collect();
+                    known.sort();
+                    errors.0.push(file.error(
+                        key,
+                        format!(
+                            "unknown component `{input}`; sources and transforms are: {}",
+                            known.join(", ")
+                        ),
+                    ));
+                }
+                Some(Role::Sink) => errors.0.push(file.error(
+                    key,
+                    format!("`{input}` is a sink; a sink has no output to read"),
+                )),
+                Some(_) if input == &c.name => errors
+                    .0
+                    .push(file.error(key, "a component cannot read its own output")),
+                Some(_) => {
+                    used.insert(input);
+                }
+            }
+        }
+    }
+    for c in &file.components {
+        if c.role != Role::Sink && !used.contains(c.name.as_str()) {
+            errors.0.push(file.error(
+                c.key(),
+                format!(
+                    "`{}` is not used: no transform or sink lists it in `inputs`",
+                    c.name
+                ),
+            ));
+        }
+    }
+    if !file.components.iter().any(|c| c.role == Role::Sink) {
+        errors
+            .0
+            .push(file.error("sinks".into(), "a pipeline needs at least one sink"));
+    }
+}
+
+/// Kahn's algorithm over the known edges; a cycle is reported with its members.
+fn topological_order(file: &PipelineFile) -> Result<Vec<String>, ConfigError> {
+    let names: HashSet<&str> = file.components.iter().map(|c| c.name.as_str()).collect();
+    let mut indegree: IndexMap<&str, usize> = file
+        .components
+        .iter()
+        .map(|c| (c.name.as_str(), 0))
+        .collect();
+    let mut consumers: HashMap<&str, Vec<&str>> = HashMap::new();
+    for c in &file.components {
+        let mut distinct = HashSet::new();
+        for i in c
+            .inputs
+            .iter()
+            .filter(|i| names.contains(i.as_str()) && *i != &c.name)
+        {
+            if distinct.insert(i.as_str()) {
+                *indegree
+                    .get_mut(c.name.as_str())
+                    .expect("every component is in indegree") += 1;
+                consumers.entry(i.as_str()).or_default().push(&c.name);
+            }
+        }
+    }
+    let mut ready: Vec<&str> = indegree
+        .iter()
+        .filter(|(_, d)| **d == 0)
+        .map(|(n, _)| *n)
+        .collect();
+    ready.reverse();
+    let mut order = Vec::new();
+    while let Some(n) = ready.pop() {
+        order.push(n.to_string());
+        for c in consumers.get(n).into_iter().flatten() {
+            let d = indegree.get_mut(c).expect("consumer is a component");
+            *d -= 1;
+            if *d == 0 {
+                ready.push(c);
+            }
+        }
+    }
+    if order.len() == file.components.len() {
+        return Ok(order);
+    }
+    let mut in_cycle: Vec<&str> = indegree
+        .iter()
+        .filter(|(_, d)| **d > 0)
+        .map(|(n, _)| *n)
+        .collect();
+    in_cycle.sort();
+    let first = file
+        .components
+        .iter()
+        .find(|c| in_cycle.contains(&c.name.as_str()))
+        .expect("a cycle has members");
+    Err(file.error(
+        format!("{}.inputs", first.key()),
+        format!("the inputs form a cycle through {}", in_cycle.join(", ")),
+    ))
+}

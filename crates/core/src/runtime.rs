@@ -1,0 +1,438 @@
+//! Runs a checked [`Pipeline`]: one task per stage, bounded channels between them.
+//!
+//! * Backpressure: every edge is a bounded channel, and a producer waits on each of its
+//!   consumers in turn, so the slowest consumer sets the pace and memory stays bounded.
+//! * Fan-out: every consumer of a stage gets every event. Fan-in: a stage with several inputs
+//!   reads one channel that all of them feed.
+//! * Window markers: a stage that can receive a window along several paths (a diamond) acts on
+//!   its marker only once the marker has arrived along every path, so a sink never commits a
+//!   window before all of its rows are in. A window that failed on any path counts as failed.
+//! * A sink commits a window when its marker arrives; windows still open when input ends (a stage
+//!   upstream failed) are aborted, never committed.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use indexmap::IndexMap;
+use tokio::sync::mpsc;
+
+use crate::config::Role;
+use crate::dead_letter::DeadLetters;
+use crate::event::{Event, WindowRef};
+use crate::graph::{Pipeline, Stage};
+use crate::metrics::{ComponentMetrics, RunStatus, RunSummary};
+use crate::stage::{
+    Emitter, Output, RunInfo, Sink, SinkContext, SourceContext, Transform, TransformContext,
+};
+use crate::{Error, Result};
+
+/// Events buffered per edge. Batches are ~8k rows, so this bounds each edge to a few MB.
+pub const CHANNEL_CAPACITY: usize = 8;
+
+/// A pipeline about to run; its counters can be watched (progress) while it runs.
+pub struct Run {
+    pipeline: Pipeline,
+    info: Arc<RunInfo>,
+    metrics: IndexMap<String, (Role, String, Arc<ComponentMetrics>)>,
+    dead_letters: DeadLetters,
+}
+
+impl Run {
+    pub fn new(pipeline: Pipeline, run_id: String) -> Run {
+        let info = Arc::new(RunInfo {
+            pipeline: pipeline.name().to_string(),
+            run_id: run_id.clone(),
+            started_at: Utc::now(),
+        });
+        let metrics = pipeline
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.spec.name.clone(),
+                    (n.spec.role, n.spec.type_name.clone(), Arc::default()),
+                )
+            })
+            .collect();
+        let dead_letters = DeadLetters::new(
+            pipeline
+                .state_dir()
+                .join("dead_letters")
+                .join(format!("{run_id}.jsonl")),
+        );
+        Run {
+            pipeline,
+            info,
+            metrics,
+            dead_letters,
+        }
+    }
+
+    pub fn info(&self) -> &RunInfo {
+        &self.info
+    }
+
+    /// Live counters per component, in pipeline order.
+    pub fn metrics(&self) -> Vec<(String, Role, Arc<ComponentMetrics>)> {
+        self.metrics
+            .iter()
+            .map(|(n, (r, _, m))| (n.clone(), *r, m.clone()))
+            .collect()
+    }
+
+    /// Runs to the end and returns the summary (also saved under the state directory).
+    pub async fn execute(self) -> RunSummary {
+        let Run {
+            pipeline,
+            info,
+            metrics,
+            dead_letters,
+        } = self;
+        let state_dir = pipeline.state_dir();
+        let started = Instant::now();
+
+        // Which sources reach each node, to know along how many inputs a window's marker comes.
+        let mut reached_by: HashMap<String, HashSet<String>> = HashMap::new();
+        for node in &pipeline.nodes {
+            let set = if node.spec.role == Role::Source {
+                HashSet::from([node.spec.name.clone()])
+            } else {
+                node.spec
+                    .inputs
+                    .iter()
+                    .flat_map(|i| reached_by.get(i).cloned().unwrap_or_default())
+                    .collect()
+            };
+            reached_by.insert(node.spec.name.clone(), set);
+        }
+
+        // One channel per consumer; producers hold a sender to each of their consumers.
+        let mut receivers: HashMap<String, mpsc::Receiver<Event>> = HashMap::new();
+        let mut senders_of: HashMap<String, Vec<mpsc::Sender<Event>>> = HashMap::new();
+        for node in pipeline
+            .nodes
+            .iter()
+            .filter(|n| n.spec.role != Role::Source)
+        {
+            let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+            receivers.insert(node.spec.name.clone(), rx);
+            let mut distinct = HashSet::new();
+            for input in node
+                .spec
+                .inputs
+                .iter()
+                .filter(|i| distinct.insert(i.as_str()))
+            {
+                senders_of
+                    .entry(input.clone())
+                    .or_default()
+                    .push(tx.clone());
+            }
+        }
+
+        let mut tasks = Vec::new();
+        for node in pipeline.nodes {
+            let name = node.spec.name.clone();
+            let m = metrics[&name].2.clone();
+            let expected = expected_markers(&node.spec.inputs, &reached_by);
+            let task: tokio::task::JoinHandle<(f64, Result<()>)> = match node.stage {
+                Stage::Source(source) => {
+                    let cx = SourceContext {
+                        name: name.clone(),
+                        out: Output::new(
+                            name.clone(),
+                            senders_of.remove(&name).unwrap_or_default(),
+                            m.clone(),
+                        ),
+                        metrics: m,
+                        dead_letters: dead_letters.clone(),
+                        run: info.clone(),
+                    };
+                    tokio::spawn(timed(source.run(cx)))
+                }
+                Stage::Transform(t) => {
+                    let rx = receivers
+                        .remove(&name)
+                        .expect("every consumer has a channel");
+                    let out = Output::new(
+                        name.clone(),
+                        senders_of.remove(&name).unwrap_or_default(),
+                        m.clone(),
+                    );
+                    let cx = TransformContext {
+                        name,
+                        metrics: m,
+                        dead_letters: dead_letters.clone(),
+                        run: info.clone(),
+                    };
+                    tokio::spawn(timed(run_transform(
+                        t,
+                        rx,
+                        out,
+                        MarkerMerge::new(expected),
+                        cx,
+                    )))
+                }
+                Stage::Sink(s) => {
+                    let rx = receivers
+                        .remove(&name)
+                        .expect("every consumer has a channel");
+                    let cx = SinkContext {
+                        name,
+                        metrics: m,
+                        dead_letters: dead_letters.clone(),
+                        run: info.clone(),
+                    };
+                    tokio::spawn(timed(run_sink(s, rx, MarkerMerge::new(expected), cx)))
+                }
+            };
+            tasks.push(task);
+        }
+        drop(senders_of);
+
+        let mut seconds = Vec::new();
+        let mut errors: Vec<Error> = Vec::new();
+        for task in tasks {
+            match task.await {
+                Ok((secs, result)) => {
+                    seconds.push(secs);
+                    if let Err(e) = result {
+                        errors.push(e);
+                    }
+                }
+                Err(join) => {
+                    seconds.push(started.elapsed().as_secs_f64());
+                    errors.push(Error::component(
+                        "runtime",
+                        format!("a stage panicked: {join}"),
+                    ));
+                }
+            }
+        }
+        if let Err(e) = dead_letters.flush() {
+            errors.push(e);
+        }
+        // The root cause, not the stages that stopped because a neighbour did.
+        let error = errors
+            .iter()
+            .find(|e| !matches!(e, Error::DownstreamClosed { .. }))
+            .or(errors.first())
+            .map(|e| e.to_string());
+        if let Some(e) = &error {
+            tracing::error!("run failed: {e}");
+        }
+
+        let components: Vec<_> = metrics
+            .iter()
+            .zip(seconds)
+            .map(|((name, (role, type_name, m)), secs)| {
+                m.summarize(name, &role.to_string(), type_name, secs)
+            })
+            .collect();
+        let windows_failed: u64 = components.iter().map(|c| c.windows_failed).sum();
+        let dead = dead_letters.count();
+        let status = if error.is_some() || windows_failed > 0 {
+            RunStatus::Failed
+        } else if dead > 0 {
+            RunStatus::DeadLettered
+        } else {
+            RunStatus::Succeeded
+        };
+        let summary = RunSummary {
+            pipeline: info.pipeline.clone(),
+            run_id: info.run_id.clone(),
+            status,
+            started_at: info.started_at,
+            finished_at: Utc::now(),
+            seconds: started.elapsed().as_secs_f64(),
+            components,
+            error,
+            dead_letters: dead,
+            dead_letter_file: dead_letters.path_if_written(),
+        };
+        if let Err(e) = save_summary(&summary, &state_dir) {
+            tracing::warn!("could not save the run summary: {e}");
+        }
+        summary
+    }
+}
+
+async fn timed(f: impl Future<Output = Result<()>>) -> (f64, Result<()>) {
+    let start = Instant::now();
+    let r = f.await;
+    (start.elapsed().as_secs_f64(), r)
+}
+
+/// Writes `runs/<run_id>.json` and `last_run.json` under `dir`, each atomically.
+pub fn save_summary(summary: &RunSummary, dir: &Path) -> Result<()> {
+    let json = serde_json::to_vec_pretty(summary).map_err(|e| Error::component("runtime", e))?;
+    let runs = dir.join("runs");
+    std::fs::create_dir_all(&runs).map_err(|e| Error::io(&runs, e))?;
+    write_atomic(&runs.join(format!("{}.json", summary.run_id)), &json)?;
+    write_atomic(&dir.join("last_run.json"), &json)
+}
+
+/// Writes `bytes` to a temporary file beside `path`, fsyncs it and renames it into place.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// For each source, along how many of `inputs` its markers arrive.
+fn expected_markers(
+    inputs: &[String],
+    reached_by: &HashMap<String, HashSet<String>>,
+) -> HashMap<String, usize> {
+    let mut expected = HashMap::new();
+    let distinct: HashSet<&String> = inputs.iter().collect();
+    for input in distinct {
+        for source in reached_by.get(input).into_iter().flatten() {
+            *expected.entry(source.clone()).or_insert(0) += 1;
+        }
+    }
+    expected
+}
+
+/// Merges the markers of one window arriving along several inputs into one outcome.
+struct MarkerMerge {
+    expected: HashMap<String, usize>,
+    pending: HashMap<String, (usize, bool)>,
+}
+
+impl MarkerMerge {
+    fn new(expected: HashMap<String, usize>) -> Self {
+        MarkerMerge {
+            expected,
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Some(failed) once the marker of `window` has arrived along every input.
+    fn arrive(&mut self, window: &WindowRef, failed: bool) -> Option<bool> {
+        let need = self.expected.get(&window.source).copied().unwrap_or(1);
+        if need <= 1 {
+            return Some(failed);
+        }
+        let key = window.key();
+        let entry = self.pending.entry(key.clone()).or_insert((0, false));
+        entry.0 += 1;
+        entry.1 |= failed;
+        if entry.0 < need {
+            return None;
+        }
+        let (_, failed) = self.pending.remove(&key).expect("just updated");
+        Some(failed)
+    }
+}
+
+async fn flush(emitter: &mut Emitter, out: &Output) -> Result<()> {
+    for batch in emitter.drain() {
+        out.send(batch).await?;
+    }
+    Ok(())
+}
+
+async fn run_transform(
+    mut t: Box<dyn Transform>,
+    mut rx: mpsc::Receiver<Event>,
+    out: Output,
+    mut merge: MarkerMerge,
+    cx: TransformContext,
+) -> Result<()> {
+    let mut emitter = Emitter::default();
+    let holds = t.holds_rows_until_finish();
+    let mut held_markers = Vec::new();
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Batch(batch) => {
+                cx.metrics.add_records_in(batch.num_rows() as u64);
+                t.transform(batch, &mut emitter, &cx)?;
+                flush(&mut emitter, &out).await?;
+            }
+            marker => {
+                let (w, failed) = match marker {
+                    Event::WindowDone(w) => (w, false),
+                    Event::WindowFailed(w) => (w, true),
+                    Event::Batch(_) => unreachable!("handled above"),
+                };
+                let Some(failed) = merge.arrive(&w, failed) else {
+                    continue;
+                };
+                let marker = if failed {
+                    t.window_failed(&w, &cx)?;
+                    Event::WindowFailed(w)
+                } else {
+                    t.window_done(&w, &mut emitter, &cx)?;
+                    flush(&mut emitter, &out).await?;
+                    Event::WindowDone(w)
+                };
+                if holds {
+                    held_markers.push(marker);
+                } else {
+                    out.forward(marker).await?;
+                }
+            }
+        }
+    }
+    t.finish(&mut emitter, &cx)?;
+    flush(&mut emitter, &out).await?;
+    for marker in held_markers {
+        out.forward(marker).await?;
+    }
+    Ok(())
+}
+
+async fn run_sink(
+    mut sink: Box<dyn Sink>,
+    mut rx: mpsc::Receiver<Event>,
+    mut merge: MarkerMerge,
+    cx: SinkContext,
+) -> Result<()> {
+    let mut open: IndexMap<String, WindowRef> = IndexMap::new();
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Batch(batch) => {
+                cx.metrics.add_records_in(batch.num_rows() as u64);
+                open.entry(batch.window.key())
+                    .or_insert_with(|| batch.window.clone());
+                sink.write(batch, &cx).await?;
+            }
+            Event::WindowDone(w) => {
+                if let Some(failed) = merge.arrive(&w, false) {
+                    open.shift_remove(&w.key());
+                    if failed {
+                        sink.abort(&w, &cx).await?;
+                    } else {
+                        sink.commit(&w, &cx).await?;
+                        cx.metrics.add_window_done();
+                    }
+                }
+            }
+            Event::WindowFailed(w) => {
+                if merge.arrive(&w, true).is_some() {
+                    open.shift_remove(&w.key());
+                    sink.abort(&w, &cx).await?;
+                }
+            }
+        }
+    }
+    // Input ended with windows still open: a stage upstream stopped before finishing them.
+    for (_, w) in open {
+        tracing::warn!(sink = %cx.name, window = %w, "input ended before the window was complete; not committing it");
+        sink.abort(&w, &cx).await?;
+    }
+    sink.finish(&cx).await
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,336 @@
+//! The three stage traits and what the runtime hands them.
+//!
+//! A component is a config struct (serde + schemars, so `chatlake components` can document it)
+//! that builds a stage. Building is pure: it checks the config and computes what it can without
+//! I/O, so `validate` and `plan` run offline. The runtime then drives the stage:
+//!
+//! * a [`Source`] pushes batches and window markers into its [`Output`];
+//! * a [`Transform`] turns each batch into zero or more batches, synchronously (CPU work);
+//! * a [`Sink`] writes batches and commits a window when its [`Event::WindowDone`] arrives.
+//!
+//! Channels between stages are bounded, so a slow sink slows its sources down instead of letting
+//! memory grow.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use chrono::{DateTime, FixedOffset, Utc};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use crate::config::InvalidConfig;
+use crate::dead_letter::DeadLetters;
+use crate::event::{Batch, Event, Window, WindowRef};
+use crate::metrics::ComponentMetrics;
+use crate::schema::CANONICAL_RECORD_TYPE;
+use crate::{Error, Result, Secret};
+
+/// The record type a stage emits, so the graph can refuse wiring that cannot work (a `dedupe`
+/// fed raw LINE WORKS rows, a sink fed two different record types).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DataKind(Cow<'static, str>);
+
+impl DataKind {
+    /// Canonical messages (spec section 3), the output of `normalize`.
+    pub const CANONICAL: DataKind = DataKind(Cow::Borrowed(CANONICAL_RECORD_TYPE));
+
+    /// Provider records as a source emits them, e.g. `lineworks.message_contents`.
+    pub const fn raw(record_type: &'static str) -> DataKind {
+        DataKind(Cow::Borrowed(record_type))
+    }
+
+    pub fn is_canonical(&self) -> bool {
+        self.0 == CANONICAL_RECORD_TYPE
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DataKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_canonical() {
+            f.write_str("canonical messages")
+        } else {
+            write!(f, "raw `{}` records", self.0)
+        }
+    }
+}
+
+/// Where `--emulate` points sources: the emulator's root URL and the credentials it accepts,
+/// keyed by provider-specific names (`lineworks.client_id`, ...). Sources that find a profile
+/// here use it instead of their configured `base_url`, `token_url` and `auth`.
+#[derive(Debug, Clone, Default)]
+pub struct EmulatorProfile {
+    pub root: String,
+    pub credentials: BTreeMap<String, Secret>,
+}
+
+impl EmulatorProfile {
+    /// A credential the emulator accepts, or an error naming the missing key.
+    pub fn credential(&self, key: &str) -> Result<Secret, InvalidConfig> {
+        self.credentials
+            .get(key)
+            .cloned()
+            .ok_or_else(|| InvalidConfig::new("auth", format!("the emulator has no `{key}`")))
+    }
+}
+
+/// What building a component may use. Nothing here does I/O.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    /// The component's name in the pipeline file.
+    pub name: String,
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// Set by `run --emulate`.
+    pub emulator: Option<EmulatorProfile>,
+    /// `--start` from the command line: wins over the file.
+    pub start: Option<DateTime<FixedOffset>>,
+    /// `--end` from the command line: wins over the file.
+    pub end: Option<DateTime<FixedOffset>>,
+    /// The run's clock, so `end` defaults and windows are reproducible.
+    pub now: DateTime<Utc>,
+}
+
+/// Facts about the run every stage may read.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    pub pipeline: String,
+    pub run_id: String,
+    pub started_at: DateTime<Utc>,
+}
+
+/// One window a source would fetch, for `chatlake plan`.
+#[derive(Debug, Clone)]
+pub struct PlannedWindow {
+    pub window: Window,
+    /// The request (or file) it stands for, as a person reads it; never carries secrets.
+    pub request: String,
+}
+
+/// Sends a stage's output to every consumer (fan-out: each gets every event).
+#[derive(Clone)]
+pub struct Output {
+    component: String,
+    senders: Vec<mpsc::Sender<Event>>,
+    metrics: Arc<ComponentMetrics>,
+}
+
+impl Output {
+    pub(crate) fn new(
+        component: String,
+        senders: Vec<mpsc::Sender<Event>>,
+        metrics: Arc<ComponentMetrics>,
+    ) -> Self {
+        Output {
+            component,
+            senders,
+            metrics,
+        }
+    }
+
+    /// An output connected to nothing but the given channel; for tests of a single stage.
+    pub fn for_test(component: &str, sender: mpsc::Sender<Event>) -> Self {
+        Output::new(component.into(), vec![sender], Arc::default())
+    }
+
+    async fn send_event(&self, event: Event) -> Result<()> {
+        // Waiting on each consumer in turn is the backpressure: the slowest consumer sets the pace.
+        for sender in &self.senders {
+            sender
+                .send(event.clone())
+                .await
+                .map_err(|_| Error::DownstreamClosed {
+                    component: self.component.clone(),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Sends one batch of a window.
+    pub async fn send(&self, batch: Batch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.metrics.add_records_out(batch.num_rows() as u64);
+        self.send_event(Event::Batch(batch)).await
+    }
+
+    /// Every batch of `window` has been sent.
+    pub async fn window_done(&self, window: WindowRef) -> Result<()> {
+        self.metrics.add_window_done();
+        self.send_event(Event::WindowDone(window)).await
+    }
+
+    /// `window` failed after retries; downstream drops what it holds of it.
+    pub async fn window_failed(&self, window: WindowRef, error: &dyn fmt::Display) -> Result<()> {
+        tracing::error!(component = %self.component, window = %window, "window failed: {error}");
+        self.metrics.add_window_failed(format!("{window}: {error}"));
+        self.send_event(Event::WindowFailed(window)).await
+    }
+
+    pub(crate) async fn forward(&self, event: Event) -> Result<()> {
+        match event {
+            Event::Batch(b) => self.send(b).await,
+            other => self.send_event(other).await,
+        }
+    }
+}
+
+/// What a running source gets.
+pub struct SourceContext {
+    pub name: String,
+    pub out: Output,
+    pub metrics: Arc<ComponentMetrics>,
+    pub dead_letters: DeadLetters,
+    pub run: Arc<RunInfo>,
+}
+
+/// A provider source: fetches its windows in order and sends their rows.
+#[async_trait]
+pub trait Source: Send {
+    /// The record type of the batches it sends.
+    fn output_kind(&self) -> DataKind;
+
+    /// The windows it would fetch, without touching the network.
+    fn plan(&self) -> Result<Vec<PlannedWindow>>;
+
+    /// Fetches every window. For each one: send its batches, then `window_done` — or
+    /// `window_failed` if it still fails after retries (the run goes on with the next window).
+    /// Return an error only for a failure that makes every further window pointless.
+    async fn run(self: Box<Self>, cx: SourceContext) -> Result<()>;
+}
+
+/// Collects what a transform emits for one input event.
+#[derive(Debug, Default)]
+pub struct Emitter {
+    batches: Vec<Batch>,
+}
+
+impl Emitter {
+    /// Emits rows of `window`. Empty batches are dropped.
+    pub fn emit(&mut self, window: WindowRef, data: RecordBatch) {
+        if data.num_rows() > 0 {
+            self.batches.push(Batch::new(window, data));
+        }
+    }
+
+    pub fn push(&mut self, batch: Batch) {
+        if batch.num_rows() > 0 {
+            self.batches.push(batch);
+        }
+    }
+
+    pub fn drain(&mut self) -> std::vec::Drain<'_, Batch> {
+        self.batches.drain(..)
+    }
+}
+
+/// What a running transform gets.
+pub struct TransformContext {
+    pub name: String,
+    pub metrics: Arc<ComponentMetrics>,
+    pub dead_letters: DeadLetters,
+    pub run: Arc<RunInfo>,
+}
+
+/// A synchronous batch-to-batches step. The runtime forwards window markers after calling the
+/// matching hook, so a transform that keeps no per-window state implements only `transform`.
+pub trait Transform: Send {
+    /// The record type it emits for `input`, or why it cannot take `input`.
+    fn output_kind(&self, input: &DataKind) -> Result<DataKind, String>;
+
+    /// Transforms one batch.
+    fn transform(&mut self, batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()>;
+
+    /// Every batch of `window` has arrived.
+    fn window_done(
+        &mut self,
+        _window: &WindowRef,
+        _out: &mut Emitter,
+        _cx: &TransformContext,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// `window` failed upstream: forget what is held of it.
+    fn window_failed(&mut self, _window: &WindowRef, _cx: &TransformContext) -> Result<()> {
+        Ok(())
+    }
+
+    /// Input is exhausted: emit whatever was held back.
+    fn finish(&mut self, _out: &mut Emitter, _cx: &TransformContext) -> Result<()> {
+        Ok(())
+    }
+
+    /// True if rows are held until `finish` (dedupe `keep = "latest"`); the runtime then holds
+    /// window markers back too, so a window is never committed before its rows.
+    fn holds_rows_until_finish(&self) -> bool {
+        false
+    }
+}
+
+/// What a running sink gets.
+pub struct SinkContext {
+    pub name: String,
+    pub metrics: Arc<ComponentMetrics>,
+    pub dead_letters: DeadLetters,
+    pub run: Arc<RunInfo>,
+}
+
+/// A destination. The runtime guarantees, per input path: batches of a window arrive before its
+/// `commit`; a window is committed or aborted at most once; `finish` comes last. Batches of
+/// different windows may interleave (fan-in).
+#[async_trait]
+pub trait Sink: Send {
+    /// Why it cannot take `kind`, if it cannot. Default: takes anything.
+    fn accepts(&self, _kind: &DataKind) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Writes one batch; it need not be visible until `commit`.
+    async fn write(&mut self, batch: Batch, cx: &SinkContext) -> Result<()>;
+
+    /// Makes every row of `window` durable and visible (rename into place).
+    async fn commit(&mut self, _window: &WindowRef, _cx: &SinkContext) -> Result<()> {
+        Ok(())
+    }
+
+    /// Drops what is held of `window` uncommitted.
+    async fn abort(&mut self, _window: &WindowRef, _cx: &SinkContext) -> Result<()> {
+        Ok(())
+    }
+
+    /// No more input: commit what is left (rows that arrived outside any window's commit).
+    async fn finish(&mut self, _cx: &SinkContext) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Config of a source type; `TYPE` is its `type = "..."` in pipeline files.
+pub trait SourceConfig: DeserializeOwned + schemars::JsonSchema + 'static {
+    const TYPE: &'static str;
+    /// One line for `chatlake components`.
+    const SUMMARY: &'static str;
+    fn build(self, cx: &BuildContext) -> Result<Box<dyn Source>, InvalidConfig>;
+}
+
+/// Config of a transform type.
+pub trait TransformConfig: DeserializeOwned + schemars::JsonSchema + 'static {
+    const TYPE: &'static str;
+    const SUMMARY: &'static str;
+    fn build(self, cx: &BuildContext) -> Result<Box<dyn Transform>, InvalidConfig>;
+}
+
+/// Config of a sink type.
+pub trait SinkConfig: DeserializeOwned + schemars::JsonSchema + 'static {
+    const TYPE: &'static str;
+    const SUMMARY: &'static str;
+    fn build(self, cx: &BuildContext) -> Result<Box<dyn Sink>, InvalidConfig>;
+}

@@ -1,0 +1,1 @@
+//! Shared HTTP toolkit for chatlake sources: client, retries, rate budgets, auth.

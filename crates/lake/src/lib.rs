@@ -1,0 +1,1 @@
+//! Lake layout for file sinks: Hive partitions, atomic commits, rolling files.

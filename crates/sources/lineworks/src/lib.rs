@@ -1,0 +1,1 @@
+//! LINE WORKS monitoring message-contents source.

@@ -1,0 +1,1 @@
+//! bot_filter: keep, drop or keep only bot messages.

@@ -1,0 +1,1 @@
+//! dedupe: one row per key, first or latest version.

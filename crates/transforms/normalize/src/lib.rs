@@ -1,0 +1,1 @@
+//! normalize: provider records to the canonical message schema.
