@@ -1,1 +1,72 @@
-//! normalize: provider records to the canonical message schema.
+//! `normalize`: provider records → the canonical message schema (spec section 3).
+//!
+//! Each provider's mapping is a module of its own; the transform picks one per batch by the
+//! record type in the batch's schema metadata, so one `normalize` can take every source at once.
+
+mod lineworks;
+
+use chatlake_core::config::InvalidConfig;
+use chatlake_core::schema::record_type;
+use chatlake_core::{Batch, BuildContext, DataKind, Emitter, Result, Transform, TransformConfig, TransformContext, WindowRef};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// Maps provider records to canonical messages. It has no options of its own.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NormalizeConfig {}
+
+impl TransformConfig for NormalizeConfig {
+    const TYPE: &'static str = "normalize";
+    const SUMMARY: &'static str = "Maps provider records to the canonical message schema (UTC times, ids, bots).";
+
+    fn build(self, _cx: &BuildContext) -> Result<Box<dyn Transform>, InvalidConfig> {
+        Ok(Box::new(NormalizeTransform::default()))
+    }
+}
+
+/// The record types `normalize` knows.
+pub const KNOWN_RECORD_TYPES: &[&str] = &[lineworks::RECORD_TYPE];
+
+/// See the crate docs.
+#[derive(Debug, Default)]
+pub struct NormalizeTransform {
+    lineworks: lineworks::LineworksMapper,
+}
+
+impl Transform for NormalizeTransform {
+    fn output_kind(&self, input: &DataKind) -> Result<DataKind, String> {
+        if input.is_canonical() {
+            return Err("normalize reads provider records, but its input is already canonical messages".into());
+        }
+        if KNOWN_RECORD_TYPES.contains(&input.as_str()) {
+            Ok(DataKind::CANONICAL)
+        } else {
+            Err(format!(
+                "normalize does not know raw `{}` records; it knows {}",
+                input.as_str(),
+                KNOWN_RECORD_TYPES.join(", ")
+            ))
+        }
+    }
+
+    fn transform(&mut self, batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()> {
+        match record_type(batch.data.schema_ref()) {
+            Some(lineworks::RECORD_TYPE) => self.lineworks.map(batch, out, cx),
+            other => Err(chatlake_core::Error::component(
+                &cx.name,
+                format!("cannot normalize records of type {other:?}"),
+            )),
+        }
+    }
+
+    fn window_done(&mut self, window: &WindowRef, _out: &mut Emitter, _cx: &TransformContext) -> Result<()> {
+        self.lineworks.forget(window);
+        Ok(())
+    }
+
+    fn window_failed(&mut self, window: &WindowRef, _cx: &TransformContext) -> Result<()> {
+        self.lineworks.forget(window);
+        Ok(())
+    }
+}

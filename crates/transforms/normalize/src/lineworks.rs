@@ -1,0 +1,320 @@
+//! LINE WORKS message-contents rows → canonical messages.
+//!
+//! The file carries no message id, so one is derived: the MD5 of the row's five fields and its
+//! occurrence number among identical rows of the same window (download). A row repeated in an
+//! overlapping window gets the same id (dedupe drops it); two genuinely identical messages in one
+//! window get different ids (both survive). This is the identity rule of the reference jobs.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, Date32Array, Int64Array, ListArray, RecordBatch, StringArray, StringBuilder,
+    TimestampMicrosecondArray,
+};
+use arrow::buffer::OffsetBuffer;
+use arrow::compute::filter;
+use chatlake_core::schema::{self, attachment_item_field};
+use chatlake_core::{Batch, Emitter, Error, Result, TransformContext, WindowRef};
+use chrono::{FixedOffset, NaiveDate};
+use hashbrown::HashMap;
+use md5::{Digest, Md5};
+
+/// The record type the LINE WORKS source emits (see `chatlake-source-lineworks`).
+pub const RECORD_TYPE: &str = "lineworks.message_contents";
+const COLUMNS: [&str; 5] = ["date", "sender", "recipient", "room_id", "message"];
+const SEP: u8 = 0x1F;
+
+/// Holds the per-window occurrence counters.
+#[derive(Debug, Default)]
+pub struct LineworksMapper {
+    occurrences: HashMap<String, HashMap<u128, u32>>,
+}
+
+impl LineworksMapper {
+    pub fn forget(&mut self, window: &WindowRef) {
+        self.occurrences.remove(&window.key());
+    }
+
+    pub fn map(&mut self, batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()> {
+        let data = &batch.data;
+        let col = |name: &str| -> Result<&StringArray> {
+            data.column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                .ok_or_else(|| Error::component(&cx.name, format!("LINE WORKS batch has no Utf8 column `{name}`")))
+        };
+        let [date, sender, recipient, room, message] = COLUMNS.map(col);
+        let (date, sender, recipient, room, message) = (date?, sender?, recipient?, room?, message?);
+        let n = data.num_rows();
+        let offset = batch.window.utc_offset;
+        let occurrences = self.occurrences.entry(batch.window.key()).or_default();
+
+        let mut keep = Vec::with_capacity(n);
+        let mut sent_at = Vec::with_capacity(n);
+        let mut sender_id = StringBuilder::with_capacity(n, n * 24);
+        let mut sender_name = StringBuilder::with_capacity(n, n * 16);
+        let mut is_bot = Vec::with_capacity(n);
+        let mut ids = StringBuilder::with_capacity(n, n * 32);
+        let mut key_buf = Vec::with_capacity(256);
+        let mut hex = String::with_capacity(32);
+
+        for i in 0..n {
+            let d = date.value(i);
+            let Some(micros) = parse_local_time(d, offset) else {
+                let raw = serde_json::json!({
+                    "date": d, "sender": sender.value(i), "recipient": recipient.value(i),
+                    "room_id": room.value(i), "message": message.value(i),
+                });
+                cx.dead_letters.record(&cx.name, Some(&batch.window), &format!("time {d:?} does not parse"), raw, &cx.metrics)?;
+                keep.push(false);
+                continue;
+            };
+            keep.push(true);
+            sent_at.push(micros);
+
+            let s = sender.value(i);
+            let (bot, id, name) = split_sender(s);
+            is_bot.push(bot);
+            sender_id.append_option(id);
+            sender_name.append_value(name);
+
+            // Occurrence number of this exact row within its window.
+            key_buf.clear();
+            for (j, field) in [d, s, recipient.value(i), room.value(i), message.value(i)].iter().enumerate() {
+                if j > 0 {
+                    key_buf.push(SEP);
+                }
+                key_buf.extend_from_slice(field.as_bytes());
+            }
+            let occ = occurrences.entry(xxhash_rust::xxh3::xxh3_128(&key_buf)).or_insert(0);
+            *occ += 1;
+            key_buf.push(SEP);
+            let mut itoa = [0u8; 10];
+            key_buf.extend_from_slice(decimal(*occ, &mut itoa));
+            let digest = Md5::digest(&key_buf);
+            hex.clear();
+            for b in digest {
+                let _ = write!(hex, "{b:02x}");
+            }
+            ids.append_value(&hex);
+        }
+
+        let rows = sent_at.len();
+        let all_kept = rows == n;
+        let mask = BooleanArray::from(keep);
+        let pass = |a: &StringArray| -> Result<ArrayRef> {
+            // Text columns pass through without a copy unless rows were dead-lettered.
+            if all_kept { Ok(Arc::new(a.clone())) } else { Ok(filter(a, &mask)?) }
+        };
+        let constant = |v: &str| -> ArrayRef { Arc::new(StringArray::from_iter_values(std::iter::repeat_n(v, rows))) };
+        let versions: Vec<i64> = sent_at.iter().map(|us| us / 1000).collect();
+        let dates: Vec<i32> = sent_at.iter().map(|us| us.div_euclid(86_400_000_000) as i32).collect();
+        let attachments = ListArray::new(
+            attachment_item_field(),
+            OffsetBuffer::new_zeroed(rows),
+            arrow::array::new_empty_array(attachment_item_field().data_type()),
+            None,
+        );
+        let columns: Vec<ArrayRef> = vec![
+            constant("lineworks"),
+            constant("message_contents"),
+            Arc::new(ids.finish()),
+            pass(room)?,
+            arrow::array::new_null_array(&arrow::datatypes::DataType::Utf8, rows),
+            Arc::new(sender_id.finish()),
+            Arc::new(sender_name.finish()),
+            pass(recipient)?,
+            Arc::new(TimestampMicrosecondArray::from(sent_at).with_timezone("UTC")),
+            Arc::new(Date32Array::from(dates)),
+            pass(message)?,
+            Arc::new(BooleanArray::from(is_bot)),
+            constant("normal"),
+            constant("chat"),
+            arrow::array::new_null_array(&arrow::datatypes::DataType::Utf8, rows),
+            Arc::new(attachments),
+            Arc::new(TimestampMicrosecondArray::new_null(rows).with_timezone("UTC")),
+            Arc::new(Int64Array::from(versions)),
+            constant(&cx.run.run_id),
+        ];
+        out.emit(batch.window.clone(), RecordBatch::try_new(schema::canonical(), columns)?);
+        Ok(())
+    }
+}
+
+fn decimal(mut v: u32, buf: &mut [u8; 10]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// Splits `[Bot]Name(email)` by the reference rule `^(?:\[Bot\])?(.*)\(([^()]*)\)$`: the email
+/// is the text in the last parentheses; a value that does not match keeps its whole text as the
+/// name and has no id.
+pub fn split_sender(value: &str) -> (bool, Option<&str>, &str) {
+    let bot = value.starts_with("[Bot]");
+    let rest = if bot { &value[5..] } else { value };
+    if let Some(inner) = rest.strip_suffix(')')
+        && let Some(open) = inner.rfind('(')
+    {
+        let email = &inner[open + 1..];
+        if !email.contains(')') {
+            return (bot, Some(email), &inner[..open]);
+        }
+    }
+    (bot, None, value)
+}
+
+/// `yyyy-MM-dd HH:mm:ss` in `offset` (the file's local time), or ISO 8601 with its own offset,
+/// → microseconds since the epoch, UTC.
+pub fn parse_local_time(s: &str, offset: FixedOffset) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() == 19 && (b[10] == b' ' || b[10] == b'T') {
+        let num = |r: std::ops::Range<usize>| -> Option<u32> {
+            let mut v = 0u32;
+            for &c in &b[r] {
+                if !c.is_ascii_digit() {
+                    return None;
+                }
+                v = v * 10 + (c - b'0') as u32;
+            }
+            Some(v)
+        };
+        if b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
+            return None;
+        }
+        let local = NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?
+            .and_hms_opt(num(11..13)?, num(14..16)?, num(17..19)?)?;
+        let secs = local.and_utc().timestamp() - offset.local_minus_utc() as i64;
+        return Some(secs * 1_000_000);
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .or_else(|_| chrono::DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%:z"))
+        .ok()
+        .map(|t| t.timestamp_micros())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatlake_core::dead_letter::DeadLetters;
+    use chatlake_core::metrics::ComponentMetrics;
+    use chatlake_core::stage::RunInfo;
+    use chatlake_core::{Transform, Window};
+    use chrono::TimeZone;
+
+    fn jst() -> FixedOffset {
+        FixedOffset::east_opt(9 * 3600).unwrap()
+    }
+
+    #[test]
+    fn local_time_becomes_utc() {
+        let us = parse_local_time("2025-01-01 08:59:59", jst()).unwrap();
+        assert_eq!(us, chrono::Utc.with_ymd_and_hms(2024, 12, 31, 23, 59, 59).unwrap().timestamp_micros());
+        let iso = parse_local_time("2025-01-01T09:00:00+09:00", jst()).unwrap();
+        assert_eq!(iso, chrono::Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap().timestamp_micros());
+        assert!(parse_local_time("2025-13-01 00:00:00", jst()).is_none());
+        assert!(parse_local_time("yesterday", jst()).is_none());
+    }
+
+    #[test]
+    fn sender_split_follows_the_reference_rule() {
+        assert_eq!(split_sender("太郎(taro@x.jp)"), (false, Some("taro@x.jp"), "太郎"));
+        assert_eq!(split_sender("[Bot]Notifier(bot@x.jp)"), (true, Some("bot@x.jp"), "Notifier"));
+        assert_eq!(
+            split_sender("Chris Park (Sales)(u1@x.jp)"),
+            (false, Some("u1@x.jp"), "Chris Park (Sales)")
+        );
+        assert_eq!(split_sender("no email"), (false, None, "no email"));
+        assert_eq!(split_sender("odd(a)b)"), (false, None, "odd(a)b)"));
+    }
+
+    fn context(dir: &std::path::Path) -> TransformContext {
+        TransformContext {
+            name: "canonical".into(),
+            metrics: Arc::default(),
+            dead_letters: DeadLetters::in_dir(dir),
+            run: Arc::new(RunInfo { pipeline: "p".into(), run_id: "r1".into(), started_at: chrono::Utc::now() }),
+        }
+    }
+
+    fn raw_batch(rows: &[[&str; 5]]) -> RecordBatch {
+        let schema = Arc::new(arrow::datatypes::Schema::new_with_metadata(
+            COLUMNS.iter().map(|c| arrow::datatypes::Field::new(*c, arrow::datatypes::DataType::Utf8, false)).collect::<Vec<_>>(),
+            [(schema::RECORD_TYPE_KEY.to_string(), RECORD_TYPE.to_string())].into(),
+        ));
+        let cols: Vec<ArrayRef> = (0..5)
+            .map(|c| Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r[c]))) as ArrayRef)
+            .collect();
+        RecordBatch::try_new(schema, cols).unwrap()
+    }
+
+    fn window(index: u32) -> WindowRef {
+        Arc::new(Window {
+            source: "lw".into(),
+            stream: "message_contents".into(),
+            index,
+            start: None,
+            end: None,
+            utc_offset: jst(),
+            label: format!("w{index}"),
+        })
+    }
+
+    #[test]
+    fn maps_rows_and_derives_ids_that_keep_identical_messages_apart() {
+        let dir = tempfile_dir();
+        let cx = context(&dir);
+        let mut t = crate::NormalizeTransform::default();
+        let row = ["2025-01-01 09:00:00", "[Bot]Bell(b@x)", "太郎(t@x)", "42", "hi, \"there\"\r\n👨‍👩‍👧"];
+        let mut out = Emitter::default();
+        t.transform(Batch::new(window(0), raw_batch(&[row, row, ["bad date", "a(b)", "c", "1", "x"]])), &mut out, &cx)
+            .unwrap();
+        let batches: Vec<Batch> = out.drain().collect();
+        assert_eq!(batches.len(), 1);
+        let b = &batches[0].data;
+        assert_eq!(b.num_rows(), 2);
+        assert_eq!(b.schema(), schema::canonical());
+        let ids = b.column_by_name("message_id").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        assert_ne!(ids.value(0), ids.value(1), "identical messages in one window stay apart");
+        let text = b.column_by_name("text").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(text.value(0), "hi, \"there\"\r\n👨‍👩‍👧");
+        let sent = b.column_by_name("sent_at").unwrap().as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
+        assert_eq!(sent.value(0), chrono::Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap().timestamp_micros());
+        let bots = b.column_by_name("is_bot").unwrap().as_any().downcast_ref::<BooleanArray>().unwrap();
+        assert!(bots.value(0));
+        assert_eq!(cx.metrics.dead_letters(), 1);
+
+        // The same row in an overlapping window (another download) gets the same first id.
+        let mut out2 = Emitter::default();
+        t.transform(Batch::new(window(1), raw_batch(&[row])), &mut out2, &cx).unwrap();
+        let b2: Vec<Batch> = out2.drain().collect();
+        let ids2 = b2[0].data.column_by_name("message_id").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(ids2.value(0), ids.value(0));
+
+        // The id is the reference MD5 of the fields and the occurrence number.
+        let mut key = Vec::new();
+        for (j, f) in row.iter().enumerate() {
+            if j > 0 {
+                key.push(SEP);
+            }
+            key.extend_from_slice(f.as_bytes());
+        }
+        key.extend_from_slice(&[SEP, b'1']);
+        assert_eq!(ids.value(0), format!("{:x}", Md5::digest(&key)));
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("chatlake-normalize-{}-{:?}", std::process::id(), std::thread::current().id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[allow(dead_code)]
+    fn _metrics_is_default(_: ComponentMetrics) {}
+}
