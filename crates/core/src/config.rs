@@ -399,8 +399,8 @@ fn component_spec(
     }
 }
 
-/// Turns a serde error at some path inside `prefix` into a key path and a message. An unknown
-/// field is reported at its own key, not at its parent's.
+/// Turns a serde error at some path inside `prefix` into a key path and a message (an unknown
+/// field's path already ends in the field).
 pub fn error_key<E: fmt::Display>(
     prefix: &str,
     e: &serde_path_to_error::Error<E>,
@@ -414,12 +414,6 @@ pub fn error_key<E: fmt::Display>(
         key.push_str(&path);
     }
     let message = e.inner().to_string();
-    if let Some(rest) = message.strip_prefix("unknown field `")
-        && let Some(field) = rest.split('`').next()
-    {
-        key.push('.');
-        key.push_str(field);
-    }
     (key, message)
 }
 
@@ -512,7 +506,7 @@ pub fn by_name(components: &[ComponentSpec]) -> IndexMap<&str, &ComponentSpec> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn env(k: &str) -> Option<String> {

@@ -281,6 +281,19 @@ fn topological_order(file: &PipelineFile) -> Result<Vec<String>, ConfigError> {
         .filter(|(_, d)| **d > 0)
         .map(|(n, _)| *n)
         .collect();
+    // Left over are the cycle and whatever hangs below it: peel off members that feed nothing left.
+    loop {
+        let before = in_cycle.len();
+        let rest = in_cycle.clone();
+        in_cycle.retain(|n| {
+            consumers
+                .get(n)
+                .is_some_and(|cs| cs.iter().any(|c| rest.contains(c)))
+        });
+        if in_cycle.len() == before {
+            break;
+        }
+    }
     in_cycle.sort();
     let first = file
         .components

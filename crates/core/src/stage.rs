@@ -169,7 +169,11 @@ impl Output {
     }
 
     /// `window` failed after retries; downstream drops what it holds of it.
-    pub async fn window_failed(&self, window: WindowRef, error: &dyn fmt::Display) -> Result<()> {
+    pub async fn window_failed(
+        &self,
+        window: WindowRef,
+        error: &(dyn fmt::Display + Sync),
+    ) -> Result<()> {
         tracing::error!(component = %self.component, window = %window, "window failed: {error}");
         self.metrics.add_window_failed(format!("{window}: {error}"));
         self.send_event(Event::WindowFailed(window)).await

@@ -1,1 +1,459 @@
+//! Runtime and graph tests with small in-memory stages, driven through real pipeline files.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use arrow::array::{Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::config::{InvalidConfig, PipelineFile};
+use crate::graph::{BuildOptions, Pipeline};
+use crate::metrics::RunStatus;
+use crate::runtime::Run;
+use crate::stage::*;
+use crate::{Batch, Registry, Result, Window, WindowRef};
+
+/// What each test sink saw, by sink id: ("batch", window, rows) / ("commit", window, 0) / ("abort", ..).
+static SEEN: LazyLock<Mutex<HashMap<String, Vec<(String, u32, usize)>>>> =
+    LazyLock::new(Default::default);
+/// Batches sent minus batches received, per test, to observe backpressure.
+static IN_FLIGHT: LazyLock<Mutex<HashMap<String, (Arc<AtomicI64>, Arc<AtomicI64>)>>> =
+    LazyLock::new(Default::default);
+
+fn record(id: &str, what: &str, w: u32, rows: usize) {
+    SEEN.lock()
+        .unwrap()
+        .entry(id.into())
+        .or_default()
+        .push((what.into(), w, rows));
+}
+
+fn seen(id: &str) -> Vec<(String, u32, usize)> {
+    SEEN.lock().unwrap().get(id).cloned().unwrap_or_default()
+}
+
+fn flight(id: &str) -> (Arc<AtomicI64>, Arc<AtomicI64>) {
+    IN_FLIGHT
+        .lock()
+        .unwrap()
+        .entry(id.into())
+        .or_default()
+        .clone()
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct TestSourceConfig {
+    windows: u32,
+    batches: u32,
+    #[serde(default)]
+    fail_window: Option<u32>,
+    #[serde(default)]
+    id: String,
+}
+
+struct TestSource {
+    c: TestSourceConfig,
+    name: String,
+}
+
+impl SourceConfig for TestSourceConfig {
+    const TYPE: &'static str = "test_source";
+    const SUMMARY: &'static str = "test";
+    fn build(self, cx: &BuildContext) -> Result<Box<dyn Source>, InvalidConfig> {
+        if self.windows == 0 {
+            return Err(InvalidConfig::new("windows", "must be positive"));
+        }
+        Ok(Box::new(TestSource {
+            c: self,
+            name: cx.name.clone(),
+        }))
+    }
+}
+
+fn rows(n: usize) -> RecordBatch {
+    let schema = Arc::new(Schema::new_with_metadata(
+        vec![Field::new("n", DataType::Int64, false)],
+        [(
+            crate::schema::RECORD_TYPE_KEY.to_string(),
+            "test.raw".to_string(),
+        )]
+        .into(),
+    ));
+    RecordBatch::try_new(
+        schema,
+        vec![Arc::new(Int64Array::from_iter_values(0..n as i64))],
+    )
+    .unwrap()
+}
+
+#[async_trait]
+impl Source for TestSource {
+    fn output_kind(&self) -> DataKind {
+        DataKind::raw("test.raw")
+    }
+    fn plan(&self) -> Result<Vec<PlannedWindow>> {
+        Ok(vec![])
+    }
+    async fn run(self: Box<Self>, cx: SourceContext) -> Result<()> {
+        let (sent, _) = flight(&self.c.id);
+        for w in 0..self.c.windows {
+            let window: WindowRef = Arc::new(Window {
+                source: self.name.clone(),
+                stream: "t".into(),
+                index: w,
+                start: None,
+                end: None,
+                utc_offset: chrono::FixedOffset::east_opt(0).unwrap(),
+                label: format!("w{w}"),
+            });
+            for _ in 0..self.c.batches {
+                cx.out.send(Batch::new(window.clone(), rows(10))).await?;
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
+            if self.c.fail_window == Some(w) {
+                cx.out.window_failed(window, &"boom").await?;
+            } else {
+                cx.out.window_done(window).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct PassConfig {
+    #[serde(default)]
+    canonical_only: bool,
+}
+
+struct Pass {
+    canonical_only: bool,
+}
+
+impl TransformConfig for PassConfig {
+    const TYPE: &'static str = "pass";
+    const SUMMARY: &'static str = "test";
+    fn build(self, _: &BuildContext) -> Result<Box<dyn Transform>, InvalidConfig> {
+        Ok(Box::new(Pass {
+            canonical_only: self.canonical_only,
+        }))
+    }
+}
+
+impl Transform for Pass {
+    fn output_kind(&self, input: &DataKind) -> Result<DataKind, String> {
+        if self.canonical_only && !input.is_canonical() {
+            return Err(format!("needs canonical messages, but gets {input}"));
+        }
+        Ok(input.clone())
+    }
+    fn transform(&mut self, batch: Batch, out: &mut Emitter, _: &TransformContext) -> Result<()> {
+        out.push(batch);
+        Ok(())
+    }
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct MemSinkConfig {
+    id: String,
+    #[serde(default)]
+    delay_ms: u64,
+}
+
+struct MemSink {
+    id: String,
+    delay_ms: u64,
+}
+
+impl SinkConfig for MemSinkConfig {
+    const TYPE: &'static str = "mem";
+    const SUMMARY: &'static str = "test";
+    fn build(self, _: &BuildContext) -> Result<Box<dyn Sink>, InvalidConfig> {
+        Ok(Box::new(MemSink {
+            id: self.id,
+            delay_ms: self.delay_ms,
+        }))
+    }
+}
+
+#[async_trait]
+impl Sink for MemSink {
+    async fn write(&mut self, batch: Batch, _: &SinkContext) -> Result<()> {
+        if self.delay_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(self.delay_ms)).await;
+        }
+        let (sent, received) = flight(&self.id);
+        let r = received.fetch_add(1, Ordering::SeqCst) + 1;
+        record(
+            &self.id,
+            "ahead",
+            0,
+            (sent.load(Ordering::SeqCst) - r).max(0) as usize,
+        );
+        record(&self.id, "batch", batch.window.index, batch.num_rows());
+        Ok(())
+    }
+    async fn commit(&mut self, w: &WindowRef, _: &SinkContext) -> Result<()> {
+        record(&self.id, "commit", w.index, 0);
+        Ok(())
+    }
+    async fn abort(&mut self, w: &WindowRef, _: &SinkContext) -> Result<()> {
+        record(&self.id, "abort", w.index, 0);
+        Ok(())
+    }
+}
+
+fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register_source::<TestSourceConfig>();
+    r.register_transform::<PassConfig>();
+    r.register_sink::<MemSinkConfig>();
+    r
+}
+
+fn file(body: &str) -> std::path::PathBuf {
+    let dir = crate::config::tests::tempdir();
+    let p = dir.join("pipeline.toml");
+    let state = dir.join("state");
+    std::fs::write(
+        &p,
+        format!(
+            "[pipeline]\nname = \"t\"\nstate_dir = {:?}\n{body}",
+            state.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn build(body: &str) -> Result<Pipeline, crate::config::ConfigErrors> {
+    let path = file(body);
+    Pipeline::build(
+        PipelineFile::load(&path)?,
+        &registry(),
+        &BuildOptions::default(),
+    )
+}
+
+async fn run(body: &str) -> crate::metrics::RunSummary {
+    let p = build(body).unwrap_or_else(|e| panic!("{e}"));
+    Run::new(p, "run1".into()).execute().await
+}
+
+fn events(id: &str) -> Vec<(String, u32, usize)> {
+    seen(id).into_iter().filter(|e| e.0 != "ahead").collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_gives_every_consumer_every_batch_and_commits_each_window_after_its_rows() {
+    let s = run(r#"
+[sources.a]
+type = "test_source"
+windows = 3
+batches = 4
+[transforms.t]
+type = "pass"
+inputs = ["a"]
+[sinks.x]
+type = "mem"
+id = "fanout-x"
+inputs = ["t"]
+[sinks.y]
+type = "mem"
+id = "fanout-y"
+inputs = ["a"]
+"#)
+    .await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    for id in ["fanout-x", "fanout-y"] {
+        let ev = events(id);
+        assert_eq!(ev.iter().filter(|e| e.0 == "batch").count(), 12, "{id}");
+        for w in 0..3 {
+            let commit = ev
+                .iter()
+                .position(|e| e.0 == "commit" && e.1 == w)
+                .expect("committed");
+            let last_batch = ev.iter().rposition(|e| e.0 == "batch" && e.1 == w).unwrap();
+            assert!(
+                last_batch < commit,
+                "{id}: window {w} committed before its last batch"
+            );
+        }
+    }
+    let sink = s.components.iter().find(|c| c.name == "x").unwrap();
+    assert_eq!(sink.records_in, 120);
+    assert_eq!(sink.windows_done, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diamond_commits_each_window_once_after_both_paths() {
+    let s = run(r#"
+[sources.a]
+type = "test_source"
+windows = 5
+batches = 3
+[sources.b]
+type = "test_source"
+windows = 2
+batches = 1
+[transforms.left]
+type = "pass"
+inputs = ["a"]
+[transforms.right]
+type = "pass"
+inputs = ["a", "b"]
+[sinks.x]
+type = "mem"
+id = "diamond"
+inputs = ["left", "right"]
+"#)
+    .await;
+    assert_eq!(s.status, RunStatus::Succeeded, "{s:?}");
+    let ev = events("diamond");
+    // a's rows arrive twice (two paths), b's once: fan-in loses nothing.
+    assert_eq!(
+        ev.iter()
+            .filter(|e| e.0 == "batch")
+            .map(|e| e.2)
+            .sum::<usize>(),
+        (5 * 3 * 2 + 2) * 10
+    );
+    // One commit per window of each source: 5 + 2, never one per path.
+    assert_eq!(ev.iter().filter(|e| e.0 == "commit").count(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_window_is_aborted_and_fails_the_run_while_others_commit() {
+    let s = run(r#"
+[sources.a]
+type = "test_source"
+windows = 3
+batches = 2
+fail_window = 1
+[sinks.x]
+type = "mem"
+id = "failing"
+inputs = ["a"]
+"#)
+    .await;
+    assert_eq!(s.status, RunStatus::Failed);
+    assert_eq!(s.status.exit_code(), 1);
+    let ev = events("failing");
+    assert!(ev.contains(&("abort".into(), 1, 0)));
+    assert!(ev.contains(&("commit".into(), 0, 0)) && ev.contains(&("commit".into(), 2, 0)));
+    assert!(!ev.contains(&("commit".into(), 1, 0)));
+    assert!(s.components[0].failures[0].contains("boom"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_sink_holds_the_source_back() {
+    let s = run(r#"
+[sources.a]
+type = "test_source"
+windows = 1
+batches = 60
+id = "slow"
+[transforms.t]
+type = "pass"
+inputs = ["a"]
+[sinks.x]
+type = "mem"
+id = "slow"
+delay_ms = 5
+inputs = ["t"]
+"#)
+    .await;
+    assert_eq!(s.status, RunStatus::Succeeded);
+    let max_ahead = seen("slow")
+        .iter()
+        .filter(|e| e.0 == "ahead")
+        .map(|e| e.2)
+        .max()
+        .unwrap();
+    // Two edges of CHANNEL_CAPACITY, plus one batch in each stage's hands.
+    assert!(
+        max_ahead <= 2 * super::CHANNEL_CAPACITY + 3,
+        "source ran {max_ahead} batches ahead"
+    );
+}
+
+#[test]
+fn every_graph_error_is_reported_at_once_with_file_and_key() {
+    let errors = build(
+        r#"
+[sources.a]
+type = "test_source"
+windows = 0
+batches = 1
+[sources.unused]
+type = "test_source"
+windows = 1
+batches = 1
+[sources.c]
+type = "test_sourse"
+[transforms.t1]
+type = "pass"
+inputs = ["t2"]
+[transforms.t2]
+type = "pass"
+inputs = ["t1"]
+[sinks.x]
+type = "mem"
+id = "e"
+colour = "red"
+inputs = ["a", "nope", "t1"]
+"#,
+    )
+    .err()
+    .expect("invalid");
+    let text = errors.to_string();
+    for want in [
+        "pipeline.toml: sources.a.windows: must be positive",
+        "sources.unused: `unused` is not used",
+        "sources.c.type: unknown source type `test_sourse`, expected one of test_source",
+        "sinks.x.colour: unknown field `colour`",
+        "sinks.x.inputs[1]: unknown component `nope`",
+        "the inputs form a cycle through t1, t2",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    assert!(
+        text.lines().any(|l| l.ends_with("cycle through t1, t2")),
+        "the sink below the cycle is not part of it:\n{text}"
+    );
+}
+
+#[test]
+fn record_types_must_fit() {
+    let errors = build(
+        r#"
+[sources.a]
+type = "test_source"
+windows = 1
+batches = 1
+[transforms.t]
+type = "pass"
+canonical_only = true
+inputs = ["a"]
+[sinks.x]
+type = "mem"
+id = "k"
+inputs = ["t"]
+"#,
+    )
+    .err()
+    .expect("mismatch");
+    assert!(
+        errors.to_string().contains(
+            "transforms.t.inputs: needs canonical messages, but gets raw `test.raw` records"
+        ),
+        "{errors}"
+    );
+}

@@ -4,7 +4,10 @@ use arrow::array::AsArray;
 use arrow::compute::{filter_record_batch, not};
 use chatlake_core::config::InvalidConfig;
 use chatlake_core::schema::IS_BOT;
-use chatlake_core::{Batch, BuildContext, DataKind, Emitter, Error, Result, Transform, TransformConfig, TransformContext};
+use chatlake_core::{
+    Batch, BuildContext, DataKind, Emitter, Error, Result, Transform, TransformConfig,
+    TransformContext,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -50,7 +53,9 @@ impl Transform for BotFilterTransform {
         if input.is_canonical() {
             Ok(input.clone())
         } else {
-            Err(format!("bot_filter needs canonical messages, but gets {input}; put a normalize transform in front"))
+            Err(format!(
+                "bot_filter needs canonical messages, but gets {input}; put a normalize transform in front"
+            ))
         }
     }
 
@@ -71,7 +76,10 @@ impl Transform for BotFilterTransform {
         match keep.true_count() {
             0 => {}
             n if n == batch.num_rows() => out.push(batch),
-            _ => out.emit(batch.window.clone(), filter_record_batch(&batch.data, &keep)?),
+            _ => out.emit(
+                batch.window.clone(),
+                filter_record_batch(&batch.data, &keep)?,
+            ),
         }
         Ok(())
     }
@@ -90,8 +98,13 @@ mod tests {
     use super::*;
 
     fn run(mode: BotMode, flags: &[bool]) -> Vec<bool> {
-        let schema = Arc::new(Schema::new(vec![Field::new(IS_BOT, DataType::Boolean, false)]));
-        let data = RecordBatch::try_new(schema, vec![Arc::new(BooleanArray::from(flags.to_vec()))]).unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            IS_BOT,
+            DataType::Boolean,
+            false,
+        )]));
+        let data = RecordBatch::try_new(schema, vec![Arc::new(BooleanArray::from(flags.to_vec()))])
+            .unwrap();
         let window = Arc::new(Window {
             source: "s".into(),
             stream: "x".into(),
@@ -105,11 +118,26 @@ mod tests {
             name: "humans".into(),
             metrics: Arc::default(),
             dead_letters: DeadLetters::in_dir(&std::env::temp_dir()),
-            run: Arc::new(RunInfo { pipeline: "p".into(), run_id: "r".into(), started_at: chrono::Utc::now() }),
+            run: Arc::new(RunInfo {
+                pipeline: "p".into(),
+                run_id: "r".into(),
+                started_at: chrono::Utc::now(),
+            }),
         };
         let mut out = Emitter::default();
-        BotFilterTransform { mode }.transform(Batch::new(window, data), &mut out, &cx).unwrap();
-        out.drain().flat_map(|b| b.data.column(0).as_boolean().iter().map(|v| v.unwrap()).collect::<Vec<_>>()).collect()
+        BotFilterTransform { mode }
+            .transform(Batch::new(window, data), &mut out, &cx)
+            .unwrap();
+        out.drain()
+            .flat_map(|b| {
+                b.data
+                    .column(0)
+                    .as_boolean()
+                    .iter()
+                    .map(|v| v.unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     #[test]
@@ -123,7 +151,12 @@ mod tests {
 
     #[test]
     fn mode_names_are_checked() {
-        let e = serde_json::from_value::<BotFilterConfig>(serde_json::json!({"mode": "some"})).unwrap_err();
-        assert!(e.to_string().contains("expected one of `include`, `exclude`, `only`"), "{e}");
+        let e = serde_json::from_value::<BotFilterConfig>(serde_json::json!({"mode": "some"}))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("expected one of `include`, `exclude`, `only`"),
+            "{e}"
+        );
     }
 }

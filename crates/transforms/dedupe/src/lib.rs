@@ -12,10 +12,11 @@
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::{DataType, Int32Type, Int64Type, TimestampMicrosecondType, Date32Type};
+use arrow::datatypes::{DataType, Date32Type, Int32Type, Int64Type, TimestampMicrosecondType};
 use chatlake_core::config::InvalidConfig;
 use chatlake_core::{
-    Batch, BuildContext, DataKind, Emitter, Error, Result, Transform, TransformConfig, TransformContext, WindowRef,
+    Batch, BuildContext, DataKind, Emitter, Error, Result, Transform, TransformConfig,
+    TransformContext, WindowRef,
 };
 use hashbrown::{HashMap, HashSet};
 use schemars::JsonSchema;
@@ -57,14 +58,23 @@ fn default_version() -> String {
 
 impl TransformConfig for DedupeConfig {
     const TYPE: &'static str = "dedupe";
-    const SUMMARY: &'static str = "Keeps one row per key: the first seen, or the latest by `version`.";
+    const SUMMARY: &'static str =
+        "Keeps one row per key: the first seen, or the latest by `version`.";
 
     fn build(self, _cx: &BuildContext) -> Result<Box<dyn Transform>, InvalidConfig> {
         if self.key.is_empty() {
             return Err(InvalidConfig::new("key", "name at least one column"));
         }
-        if let Some(dup) = self.key.iter().enumerate().find(|(i, k)| self.key[..*i].contains(k)) {
-            return Err(InvalidConfig::new("key", format!("column `{}` is listed twice", dup.1)));
+        if let Some(dup) = self
+            .key
+            .iter()
+            .enumerate()
+            .find(|(i, k)| self.key[..*i].contains(k))
+        {
+            return Err(InvalidConfig::new(
+                "key",
+                format!("column `{}` is listed twice", dup.1),
+            ));
         }
         Ok(Box::new(DedupeTransform {
             config: self,
@@ -99,7 +109,8 @@ impl DedupeTransform {
         for row in 0..batch.num_rows() {
             self.key_buf.clear();
             for col in &columns {
-                append_key(&mut self.key_buf, col, row).map_err(|e| Error::component(&cx.name, e))?;
+                append_key(&mut self.key_buf, col, row)
+                    .map_err(|e| Error::component(&cx.name, e))?;
             }
             hashes.push(xxhash_rust::xxh3::xxh3_128(&self.key_buf));
         }
@@ -132,7 +143,10 @@ fn append_key(buf: &mut Vec<u8>, col: &ArrayRef, row: usize) -> Result<(), Strin
             bytes = &scratch;
         }
         DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, _) => {
-            scratch = col.as_primitive::<TimestampMicrosecondType>().value(row).to_le_bytes();
+            scratch = col
+                .as_primitive::<TimestampMicrosecondType>()
+                .value(row)
+                .to_le_bytes();
             bytes = &scratch;
         }
         DataType::Boolean => {
@@ -151,7 +165,9 @@ impl Transform for DedupeTransform {
         if input.is_canonical() {
             Ok(input.clone())
         } else {
-            Err(format!("dedupe needs canonical messages, but gets {input}; put a normalize transform in front"))
+            Err(format!(
+                "dedupe needs canonical messages, but gets {input}; put a normalize transform in front"
+            ))
         }
     }
 
@@ -163,18 +179,30 @@ impl Transform for DedupeTransform {
         let hashes = self.hash_keys(&batch.data, cx)?;
         match self.config.keep {
             Keep::First => {
-                let mask: BooleanArray = hashes.iter().map(|h| Some(self.seen.insert(*h))).collect();
+                let mask: BooleanArray =
+                    hashes.iter().map(|h| Some(self.seen.insert(*h))).collect();
                 if mask.true_count() == mask.len() {
                     out.push(batch);
                 } else {
-                    out.emit(batch.window.clone(), filter_record_batch(&batch.data, &mask)?);
+                    out.emit(
+                        batch.window.clone(),
+                        filter_record_batch(&batch.data, &mask)?,
+                    );
                 }
             }
             Keep::Latest => {
-                if batch.data.column_by_name(&self.config.version_column).and_then(|c| c.as_any().downcast_ref::<Int64Array>()).is_none() {
+                if batch
+                    .data
+                    .column_by_name(&self.config.version_column)
+                    .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+                    .is_none()
+                {
                     return Err(Error::component(
                         &cx.name,
-                        format!("version column `{}` is missing or not Int64", self.config.version_column),
+                        format!(
+                            "version column `{}` is missing or not Int64",
+                            self.config.version_column
+                        ),
                     ));
                 }
                 self.held.push((batch, hashes));
@@ -196,10 +224,17 @@ impl Transform for DedupeTransform {
         // Pass 1: the winning (version, batch, row) per key. Pass 2: one filter per batch.
         let mut best: HashMap<u128, (i64, u32, u32)> = HashMap::new();
         for (b, (batch, hashes)) in self.held.iter().enumerate() {
-            let versions = batch.data.column_by_name(&self.config.version_column).expect("checked in transform");
+            let versions = batch
+                .data
+                .column_by_name(&self.config.version_column)
+                .expect("checked in transform");
             let versions = versions.as_primitive::<Int64Type>();
             for (row, h) in hashes.iter().enumerate() {
-                let v = if versions.is_null(row) { i64::MIN } else { versions.value(row) };
+                let v = if versions.is_null(row) {
+                    i64::MIN
+                } else {
+                    versions.value(row)
+                };
                 best.entry(*h)
                     .and_modify(|e| {
                         if v > e.0 {
@@ -209,7 +244,11 @@ impl Transform for DedupeTransform {
                     .or_insert((v, b as u32, row as u32));
             }
         }
-        let mut winners: Vec<Vec<bool>> = self.held.iter().map(|(b, _)| vec![false; b.num_rows()]).collect();
+        let mut winners: Vec<Vec<bool>> = self
+            .held
+            .iter()
+            .map(|(b, _)| vec![false; b.num_rows()])
+            .collect();
         for (_, b, row) in best.into_values() {
             winners[b as usize][row as usize] = true;
         }

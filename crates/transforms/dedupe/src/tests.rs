@@ -4,7 +4,9 @@ use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use chatlake_core::dead_letter::DeadLetters;
 use chatlake_core::stage::RunInfo;
-use chatlake_core::{Batch, BuildContext, Emitter, Transform, TransformConfig, TransformContext, Window, WindowRef};
+use chatlake_core::{
+    Batch, BuildContext, Emitter, Transform, TransformConfig, TransformContext, Window, WindowRef,
+};
 
 use super::*;
 
@@ -13,7 +15,11 @@ fn cx() -> TransformContext {
         name: "unique".into(),
         metrics: Arc::default(),
         dead_letters: DeadLetters::in_dir(&std::env::temp_dir()),
-        run: Arc::new(RunInfo { pipeline: "p".into(), run_id: "r".into(), started_at: chrono_now() }),
+        run: Arc::new(RunInfo {
+            pipeline: "p".into(),
+            run_id: "r".into(),
+            started_at: chrono_now(),
+        }),
     }
 }
 
@@ -48,7 +54,8 @@ fn batch(w: u32, rows: &[(&str, &str, i64)]) -> Batch {
 }
 
 fn build(toml_keep: &str) -> Box<dyn Transform> {
-    let config: DedupeConfig = serde_json::from_value(serde_json::json!({ "keep": toml_keep })).unwrap();
+    let config: DedupeConfig =
+        serde_json::from_value(serde_json::json!({ "keep": toml_keep })).unwrap();
     config
         .build(&BuildContext {
             name: "unique".into(),
@@ -64,8 +71,18 @@ fn build(toml_keep: &str) -> Box<dyn Transform> {
 fn rows(out: &mut Emitter) -> Vec<(String, i64, u32)> {
     let mut v = Vec::new();
     for b in out.drain() {
-        let ids = b.data.column(1).as_any().downcast_ref::<StringArray>().unwrap();
-        let ver = b.data.column(2).as_any().downcast_ref::<Int64Array>().unwrap();
+        let ids = b
+            .data
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        let ver = b
+            .data
+            .column(2)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
         for i in 0..b.num_rows() {
             v.push((ids.value(i).to_string(), ver.value(i), b.window.index));
         }
@@ -79,9 +96,18 @@ fn first_keeps_the_first_row_of_each_key_across_batches() {
     let cx = cx();
     let mut t = build("first");
     let mut out = Emitter::default();
-    t.transform(batch(0, &[("a", "1", 1), ("a", "2", 1), ("a", "1", 9)]), &mut out, &cx).unwrap();
-    t.transform(batch(1, &[("a", "2", 5), ("b", "2", 5)]), &mut out, &cx).unwrap();
-    assert_eq!(rows(&mut out), vec![("1".into(), 1, 0), ("2".into(), 1, 0), ("2".into(), 5, 1)]);
+    t.transform(
+        batch(0, &[("a", "1", 1), ("a", "2", 1), ("a", "1", 9)]),
+        &mut out,
+        &cx,
+    )
+    .unwrap();
+    t.transform(batch(1, &[("a", "2", 5), ("b", "2", 5)]), &mut out, &cx)
+        .unwrap();
+    assert_eq!(
+        rows(&mut out),
+        vec![("1".into(), 1, 0), ("2".into(), 1, 0), ("2".into(), 5, 1)]
+    );
 }
 
 #[test]
@@ -90,12 +116,21 @@ fn latest_keeps_the_highest_version_and_its_window() {
     let mut t = build("latest");
     assert!(t.holds_rows_until_finish());
     let mut out = Emitter::default();
-    t.transform(batch(0, &[("a", "1", 1), ("a", "2", 7)]), &mut out, &cx).unwrap();
-    t.transform(batch(1, &[("a", "1", 3), ("a", "2", 7), ("a", "3", 1)]), &mut out, &cx).unwrap();
+    t.transform(batch(0, &[("a", "1", 1), ("a", "2", 7)]), &mut out, &cx)
+        .unwrap();
+    t.transform(
+        batch(1, &[("a", "1", 3), ("a", "2", 7), ("a", "3", 1)]),
+        &mut out,
+        &cx,
+    )
+    .unwrap();
     assert!(rows(&mut out).is_empty(), "nothing before the end");
     t.finish(&mut out, &cx).unwrap();
     // Ties keep the first seen (window 0 for key 2).
-    assert_eq!(rows(&mut out), vec![("1".into(), 3, 1), ("2".into(), 7, 0), ("3".into(), 1, 1)]);
+    assert_eq!(
+        rows(&mut out),
+        vec![("1".into(), 3, 1), ("2".into(), 7, 0), ("3".into(), 1, 1)]
+    );
 }
 
 #[test]
@@ -103,8 +138,10 @@ fn latest_ignores_rows_of_a_failed_window() {
     let cx = cx();
     let mut t = build("latest");
     let mut out = Emitter::default();
-    t.transform(batch(0, &[("a", "1", 1)]), &mut out, &cx).unwrap();
-    t.transform(batch(1, &[("a", "1", 5)]), &mut out, &cx).unwrap();
+    t.transform(batch(0, &[("a", "1", 1)]), &mut out, &cx)
+        .unwrap();
+    t.transform(batch(1, &[("a", "1", 5)]), &mut out, &cx)
+        .unwrap();
     t.window_failed(&window(1), &cx).unwrap();
     t.finish(&mut out, &cx).unwrap();
     assert_eq!(rows(&mut out), vec![("1".into(), 1, 0)]);
@@ -115,17 +152,33 @@ fn key_parts_do_not_run_together() {
     let cx = cx();
     let mut t = build("first");
     let mut out = Emitter::default();
-    t.transform(batch(0, &[("ab", "c", 1), ("a", "bc", 1)]), &mut out, &cx).unwrap();
+    t.transform(batch(0, &[("ab", "c", 1), ("a", "bc", 1)]), &mut out, &cx)
+        .unwrap();
     assert_eq!(rows(&mut out).len(), 2);
 }
 
 #[test]
 fn rejects_raw_input_and_bad_keys() {
     let t = build("first");
-    assert!(t.output_kind(&chatlake_core::DataKind::raw("lineworks.message_contents")).unwrap_err().contains("normalize"));
+    assert!(
+        t.output_kind(&chatlake_core::DataKind::raw("lineworks.message_contents"))
+            .unwrap_err()
+            .contains("normalize")
+    );
     let bad: DedupeConfig = serde_json::from_value(serde_json::json!({ "key": [] })).unwrap();
-    let cx = BuildContext { name: "u".into(), pipeline: "p".into(), emulator: None, start: None, end: None, now: chrono_now() };
+    let cx = BuildContext {
+        name: "u".into(),
+        pipeline: "p".into(),
+        emulator: None,
+        start: None,
+        end: None,
+        now: chrono_now(),
+    };
     assert_eq!(bad.build(&cx).err().unwrap().key, "key");
-    let e = serde_json::from_value::<DedupeConfig>(serde_json::json!({ "keep": "last" })).unwrap_err();
-    assert!(e.to_string().contains("expected `first` or `latest`"), "{e}");
+    let e =
+        serde_json::from_value::<DedupeConfig>(serde_json::json!({ "keep": "last" })).unwrap_err();
+    assert!(
+        e.to_string().contains("expected `first` or `latest`"),
+        "{e}"
+    );
 }

@@ -7,7 +7,10 @@ mod lineworks;
 
 use chatlake_core::config::InvalidConfig;
 use chatlake_core::schema::record_type;
-use chatlake_core::{Batch, BuildContext, DataKind, Emitter, Result, Transform, TransformConfig, TransformContext, WindowRef};
+use chatlake_core::{
+    Batch, BuildContext, DataKind, Emitter, Result, Transform, TransformConfig, TransformContext,
+    WindowRef,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -18,7 +21,8 @@ pub struct NormalizeConfig {}
 
 impl TransformConfig for NormalizeConfig {
     const TYPE: &'static str = "normalize";
-    const SUMMARY: &'static str = "Maps provider records to the canonical message schema (UTC times, ids, bots).";
+    const SUMMARY: &'static str =
+        "Maps provider records to the canonical message schema (UTC times, ids, bots).";
 
     fn build(self, _cx: &BuildContext) -> Result<Box<dyn Transform>, InvalidConfig> {
         Ok(Box::new(NormalizeTransform::default()))
@@ -37,7 +41,10 @@ pub struct NormalizeTransform {
 impl Transform for NormalizeTransform {
     fn output_kind(&self, input: &DataKind) -> Result<DataKind, String> {
         if input.is_canonical() {
-            return Err("normalize reads provider records, but its input is already canonical messages".into());
+            return Err(
+                "normalize reads provider records, but its input is already canonical messages"
+                    .into(),
+            );
         }
         if KNOWN_RECORD_TYPES.contains(&input.as_str()) {
             Ok(DataKind::CANONICAL)
@@ -60,7 +67,12 @@ impl Transform for NormalizeTransform {
         }
     }
 
-    fn window_done(&mut self, window: &WindowRef, _out: &mut Emitter, _cx: &TransformContext) -> Result<()> {
+    fn window_done(
+        &mut self,
+        window: &WindowRef,
+        _out: &mut Emitter,
+        _cx: &TransformContext,
+    ) -> Result<()> {
         self.lineworks.forget(window);
         Ok(())
     }

@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Date32Array, Int64Array, ListArray, RecordBatch, StringArray, StringBuilder,
-    TimestampMicrosecondArray,
+    Array, ArrayRef, BooleanArray, Date32Array, Int64Array, ListArray, RecordBatch, StringArray,
+    StringBuilder, TimestampMicrosecondArray,
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::compute::filter;
@@ -41,10 +41,16 @@ impl LineworksMapper {
         let col = |name: &str| -> Result<&StringArray> {
             data.column_by_name(name)
                 .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                .ok_or_else(|| Error::component(&cx.name, format!("LINE WORKS batch has no Utf8 column `{name}`")))
+                .ok_or_else(|| {
+                    Error::component(
+                        &cx.name,
+                        format!("LINE WORKS batch has no Utf8 column `{name}`"),
+                    )
+                })
         };
         let [date, sender, recipient, room, message] = COLUMNS.map(col);
-        let (date, sender, recipient, room, message) = (date?, sender?, recipient?, room?, message?);
+        let (date, sender, recipient, room, message) =
+            (date?, sender?, recipient?, room?, message?);
         let n = data.num_rows();
         let offset = batch.window.utc_offset;
         let occurrences = self.occurrences.entry(batch.window.key()).or_default();
@@ -65,7 +71,13 @@ impl LineworksMapper {
                     "date": d, "sender": sender.value(i), "recipient": recipient.value(i),
                     "room_id": room.value(i), "message": message.value(i),
                 });
-                cx.dead_letters.record(&cx.name, Some(&batch.window), &format!("time {d:?} does not parse"), raw, &cx.metrics)?;
+                cx.dead_letters.record(
+                    &cx.name,
+                    Some(&batch.window),
+                    &format!("time {d:?} does not parse"),
+                    raw,
+                    &cx.metrics,
+                )?;
                 keep.push(false);
                 continue;
             };
@@ -80,13 +92,18 @@ impl LineworksMapper {
 
             // Occurrence number of this exact row within its window.
             key_buf.clear();
-            for (j, field) in [d, s, recipient.value(i), room.value(i), message.value(i)].iter().enumerate() {
+            for (j, field) in [d, s, recipient.value(i), room.value(i), message.value(i)]
+                .iter()
+                .enumerate()
+            {
                 if j > 0 {
                     key_buf.push(SEP);
                 }
                 key_buf.extend_from_slice(field.as_bytes());
             }
-            let occ = occurrences.entry(xxhash_rust::xxh3::xxh3_128(&key_buf)).or_insert(0);
+            let occ = occurrences
+                .entry(xxhash_rust::xxh3::xxh3_128(&key_buf))
+                .or_insert(0);
             *occ += 1;
             key_buf.push(SEP);
             let mut itoa = [0u8; 10];
@@ -104,11 +121,20 @@ impl LineworksMapper {
         let mask = BooleanArray::from(keep);
         let pass = |a: &StringArray| -> Result<ArrayRef> {
             // Text columns pass through without a copy unless rows were dead-lettered.
-            if all_kept { Ok(Arc::new(a.clone())) } else { Ok(filter(a, &mask)?) }
+            if all_kept {
+                Ok(Arc::new(a.clone()))
+            } else {
+                Ok(filter(a, &mask)?)
+            }
         };
-        let constant = |v: &str| -> ArrayRef { Arc::new(StringArray::from_iter_values(std::iter::repeat_n(v, rows))) };
+        let constant = |v: &str| -> ArrayRef {
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(v, rows)))
+        };
         let versions: Vec<i64> = sent_at.iter().map(|us| us / 1000).collect();
-        let dates: Vec<i32> = sent_at.iter().map(|us| us.div_euclid(86_400_000_000) as i32).collect();
+        let dates: Vec<i32> = sent_at
+            .iter()
+            .map(|us| us.div_euclid(86_400_000_000) as i32)
+            .collect();
         let attachments = ListArray::new(
             attachment_item_field(),
             OffsetBuffer::new_zeroed(rows),
@@ -136,7 +162,10 @@ impl LineworksMapper {
             Arc::new(Int64Array::from(versions)),
             constant(&cx.run.run_id),
         ];
-        out.emit(batch.window.clone(), RecordBatch::try_new(schema::canonical(), columns)?);
+        out.emit(
+            batch.window.clone(),
+            RecordBatch::try_new(schema::canonical(), columns)?,
+        );
         Ok(())
     }
 }
@@ -215,17 +244,35 @@ mod tests {
     #[test]
     fn local_time_becomes_utc() {
         let us = parse_local_time("2025-01-01 08:59:59", jst()).unwrap();
-        assert_eq!(us, chrono::Utc.with_ymd_and_hms(2024, 12, 31, 23, 59, 59).unwrap().timestamp_micros());
+        assert_eq!(
+            us,
+            chrono::Utc
+                .with_ymd_and_hms(2024, 12, 31, 23, 59, 59)
+                .unwrap()
+                .timestamp_micros()
+        );
         let iso = parse_local_time("2025-01-01T09:00:00+09:00", jst()).unwrap();
-        assert_eq!(iso, chrono::Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap().timestamp_micros());
+        assert_eq!(
+            iso,
+            chrono::Utc
+                .with_ymd_and_hms(2025, 1, 1, 0, 0, 0)
+                .unwrap()
+                .timestamp_micros()
+        );
         assert!(parse_local_time("2025-13-01 00:00:00", jst()).is_none());
         assert!(parse_local_time("yesterday", jst()).is_none());
     }
 
     #[test]
     fn sender_split_follows_the_reference_rule() {
-        assert_eq!(split_sender("太郎(taro@x.jp)"), (false, Some("taro@x.jp"), "太郎"));
-        assert_eq!(split_sender("[Bot]Notifier(bot@x.jp)"), (true, Some("bot@x.jp"), "Notifier"));
+        assert_eq!(
+            split_sender("太郎(taro@x.jp)"),
+            (false, Some("taro@x.jp"), "太郎")
+        );
+        assert_eq!(
+            split_sender("[Bot]Notifier(bot@x.jp)"),
+            (true, Some("bot@x.jp"), "Notifier")
+        );
         assert_eq!(
             split_sender("Chris Park (Sales)(u1@x.jp)"),
             (false, Some("u1@x.jp"), "Chris Park (Sales)")
@@ -239,13 +286,20 @@ mod tests {
             name: "canonical".into(),
             metrics: Arc::default(),
             dead_letters: DeadLetters::in_dir(dir),
-            run: Arc::new(RunInfo { pipeline: "p".into(), run_id: "r1".into(), started_at: chrono::Utc::now() }),
+            run: Arc::new(RunInfo {
+                pipeline: "p".into(),
+                run_id: "r1".into(),
+                started_at: chrono::Utc::now(),
+            }),
         }
     }
 
     fn raw_batch(rows: &[[&str; 5]]) -> RecordBatch {
         let schema = Arc::new(arrow::datatypes::Schema::new_with_metadata(
-            COLUMNS.iter().map(|c| arrow::datatypes::Field::new(*c, arrow::datatypes::DataType::Utf8, false)).collect::<Vec<_>>(),
+            COLUMNS
+                .iter()
+                .map(|c| arrow::datatypes::Field::new(*c, arrow::datatypes::DataType::Utf8, false))
+                .collect::<Vec<_>>(),
             [(schema::RECORD_TYPE_KEY.to_string(), RECORD_TYPE.to_string())].into(),
         ));
         let cols: Vec<ArrayRef> = (0..5)
@@ -271,30 +325,80 @@ mod tests {
         let dir = tempfile_dir();
         let cx = context(&dir);
         let mut t = crate::NormalizeTransform::default();
-        let row = ["2025-01-01 09:00:00", "[Bot]Bell(b@x)", "太郎(t@x)", "42", "hi, \"there\"\r\n👨‍👩‍👧"];
+        let row = [
+            "2025-01-01 09:00:00",
+            "[Bot]Bell(b@x)",
+            "太郎(t@x)",
+            "42",
+            "hi, \"there\"\r\n👨‍👩‍👧",
+        ];
         let mut out = Emitter::default();
-        t.transform(Batch::new(window(0), raw_batch(&[row, row, ["bad date", "a(b)", "c", "1", "x"]])), &mut out, &cx)
-            .unwrap();
+        t.transform(
+            Batch::new(
+                window(0),
+                raw_batch(&[row, row, ["bad date", "a(b)", "c", "1", "x"]]),
+            ),
+            &mut out,
+            &cx,
+        )
+        .unwrap();
         let batches: Vec<Batch> = out.drain().collect();
         assert_eq!(batches.len(), 1);
         let b = &batches[0].data;
         assert_eq!(b.num_rows(), 2);
         assert_eq!(b.schema(), schema::canonical());
-        let ids = b.column_by_name("message_id").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
-        assert_ne!(ids.value(0), ids.value(1), "identical messages in one window stay apart");
-        let text = b.column_by_name("text").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        let ids = b
+            .column_by_name("message_id")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_ne!(
+            ids.value(0),
+            ids.value(1),
+            "identical messages in one window stay apart"
+        );
+        let text = b
+            .column_by_name("text")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
         assert_eq!(text.value(0), "hi, \"there\"\r\n👨‍👩‍👧");
-        let sent = b.column_by_name("sent_at").unwrap().as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
-        assert_eq!(sent.value(0), chrono::Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap().timestamp_micros());
-        let bots = b.column_by_name("is_bot").unwrap().as_any().downcast_ref::<BooleanArray>().unwrap();
+        let sent = b
+            .column_by_name("sent_at")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
+        assert_eq!(
+            sent.value(0),
+            chrono::Utc
+                .with_ymd_and_hms(2025, 1, 1, 0, 0, 0)
+                .unwrap()
+                .timestamp_micros()
+        );
+        let bots = b
+            .column_by_name("is_bot")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .unwrap();
         assert!(bots.value(0));
         assert_eq!(cx.metrics.dead_letters(), 1);
 
         // The same row in an overlapping window (another download) gets the same first id.
         let mut out2 = Emitter::default();
-        t.transform(Batch::new(window(1), raw_batch(&[row])), &mut out2, &cx).unwrap();
+        t.transform(Batch::new(window(1), raw_batch(&[row])), &mut out2, &cx)
+            .unwrap();
         let b2: Vec<Batch> = out2.drain().collect();
-        let ids2 = b2[0].data.column_by_name("message_id").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        let ids2 = b2[0]
+            .data
+            .column_by_name("message_id")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
         assert_eq!(ids2.value(0), ids.value(0));
 
         // The id is the reference MD5 of the fields and the occurrence number.
@@ -310,7 +414,11 @@ mod tests {
     }
 
     fn tempfile_dir() -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("chatlake-normalize-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let d = std::env::temp_dir().join(format!(
+            "chatlake-normalize-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         std::fs::create_dir_all(&d).unwrap();
         d
     }
