@@ -1,2 +1,123 @@
-//! The chatlake command line: wires the registry together and runs pipelines.
-pub fn main() {}
+//! The `chatlake` command line (spec section 1). `main` maps every outcome to a documented exit
+//! code: 0 success, 1 the run failed, 2 bad command line or pipeline file, 3 finished with
+//! dead-lettered records.
+
+mod commands;
+mod registry;
+mod summary;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub use registry::registry;
+
+/// Exit codes (spec section 1).
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const RUN_FAILED: u8 = 1;
+    pub const BAD_INPUT: u8 = 2;
+    pub const DEAD_LETTERS: u8 = 3;
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "chatlake", version, about = "Pull message histories out of chat and messaging providers into a data lake.")]
+#[command(after_help = "Exit codes: 0 success; 1 the run failed (a window failed after retries, nothing of it \
+committed); 2 bad command line or pipeline file; 3 finished, but records were dead-lettered.")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log filter (tracing env-filter syntax); RUST_LOG works too.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a pipeline.
+    Run(commands::RunArgs),
+    /// Load and check pipeline files without touching the network.
+    Validate {
+        #[arg(required = true)]
+        pipelines: Vec<PathBuf>,
+        /// Check the files as `run --emulate` would see them (emulator credentials).
+        #[arg(long)]
+        emulate: bool,
+    },
+    /// Print the graph and every request window each source would fetch (no network).
+    Plan {
+        pipeline: PathBuf,
+        /// Like run's --start: overrides every source's start.
+        #[arg(long, value_parser = commands::parse_time)]
+        start: Option<chrono::DateTime<chrono::FixedOffset>>,
+        /// Like run's --end.
+        #[arg(long, value_parser = commands::parse_time)]
+        end: Option<chrono::DateTime<chrono::FixedOffset>>,
+        /// Plan as `run --emulate` would run (emulator URLs and credentials).
+        #[arg(long)]
+        emulate: bool,
+    },
+    /// List every registered source, transform and sink with its options and defaults.
+    Components {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve the provider emulator standalone.
+    Emulate {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: SocketAddr,
+        #[command(flatten)]
+        emulator: commands::EmulatorArgs,
+    },
+}
+
+/// Entry point of the `chatlake` binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::BAD_INPUT } else { exit::OK });
+        }
+    };
+    init_logging(cli.log_format, &cli.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::RUN_FAILED);
+        }
+    };
+    let code = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => commands::run(args).await,
+            Command::Validate { pipelines, emulate } => commands::validate(&pipelines, emulate).await,
+            Command::Plan { pipeline, start, end, emulate } => commands::plan(&pipeline, start, end, emulate).await,
+            Command::Components { json } => commands::components(json),
+            Command::Emulate { addr, emulator } => commands::emulate(addr, emulator).await,
+        }
+    });
+    ExitCode::from(code)
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.with_target(false).try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

@@ -1,0 +1,278 @@
+//! The subcommands.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use chatlake_core::config::{ConfigErrors, PipelineFile};
+use chatlake_core::graph::{BuildOptions, Pipeline, Stage};
+use chatlake_core::runtime::Run;
+use chatlake_core::stage::EmulatorProfile;
+use chatlake_core::Secret;
+use chatlake_emulator::{Emulator, EmulatorConfig, Faults};
+use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
+use clap::Args;
+
+use crate::exit;
+use crate::registry::registry;
+use crate::summary;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The pipeline file (TOML or YAML).
+    pipeline: PathBuf,
+    /// Start the built-in provider emulator on loopback and point every source at it.
+    #[arg(long)]
+    emulate: bool,
+    #[command(flatten)]
+    emulator: EmulatorArgs,
+    /// Override every source's start (RFC 3339, or a date meaning 00:00 UTC).
+    #[arg(long, value_parser = parse_time)]
+    start: Option<DateTime<FixedOffset>>,
+    /// Override every source's end.
+    #[arg(long, value_parser = parse_time)]
+    end: Option<DateTime<FixedOffset>>,
+    /// Ignore incremental state and load the whole range again.
+    #[arg(long)]
+    full_refresh: bool,
+    /// Show progress even when standard error is not a terminal (or never: --progress=false).
+    #[arg(long)]
+    progress: Option<bool>,
+}
+
+/// Options of the emulator, for `emulate` and `run --emulate`.
+#[derive(Debug, Clone, Args)]
+pub struct EmulatorArgs {
+    /// Seed of the emulator's deterministic data.
+    #[arg(long = "seed", id = "emulator_seed", default_value_t = 42)]
+    seed: u64,
+    /// Data volume: 1.0 is about 1,000 LINE WORKS messages a day.
+    #[arg(long = "scale", id = "emulator_scale", default_value_t = 1.0)]
+    scale: f64,
+    /// Faults to inject, e.g. `lineworks.trailer=2,lineworks.rate_limit=3` (see README).
+    #[arg(long = "faults", id = "emulator_faults", value_parser = parse_faults)]
+    faults: Option<Faults>,
+}
+
+fn parse_faults(s: &str) -> Result<Faults, String> {
+    s.parse()
+}
+
+impl EmulatorArgs {
+    fn config(&self) -> EmulatorConfig {
+        EmulatorConfig { seed: self.seed, scale: self.scale, faults: self.faults.clone().unwrap_or_default() }
+    }
+}
+
+/// RFC 3339, or a bare date meaning its 00:00 UTC.
+pub fn parse_time(s: &str) -> Result<DateTime<FixedOffset>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t);
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc().fixed_offset())
+        .map_err(|_| format!("`{s}` is neither RFC 3339 (2025-01-01T00:00:00+09:00) nor a date (2025-01-01)"))
+}
+
+fn print_config_errors(errors: &ConfigErrors) {
+    for e in &errors.0 {
+        eprintln!("error: {e}");
+    }
+}
+
+fn load(path: &Path, opts: &BuildOptions) -> Result<Pipeline, ConfigErrors> {
+    let file = PipelineFile::load(path)?;
+    Pipeline::build(file, &registry(), opts)
+}
+
+/// Starts an emulator for `validate --emulate` and `plan --emulate`: it binds loopback only and
+/// is asked nothing; sources just see the URLs and credentials `run --emulate` would give them.
+async fn offline_emulator(emulate: bool) -> Result<Option<Emulator>, u8> {
+    if !emulate {
+        return Ok(None);
+    }
+    Emulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), EmulatorConfig::default()).await.map(Some).map_err(|e| {
+        eprintln!("error: cannot start the emulator: {e}");
+        exit::RUN_FAILED
+    })
+}
+
+pub async fn validate(paths: &[PathBuf], emulate: bool) -> u8 {
+    let emulator = match offline_emulator(emulate).await {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let opts = BuildOptions { emulator: emulator.as_ref().map(profile), ..Default::default() };
+    let mut failed = false;
+    for path in paths {
+        match load(path, &opts) {
+            Ok(p) => println!("{}: ok (pipeline `{}`, {} components)", path.display(), p.name(), p.nodes.len()),
+            Err(errors) => {
+                failed = true;
+                print_config_errors(&errors);
+            }
+        }
+    }
+    if failed { exit::BAD_INPUT } else { exit::OK }
+}
+
+pub async fn plan(
+    path: &Path,
+    start: Option<DateTime<FixedOffset>>,
+    end: Option<DateTime<FixedOffset>>,
+    emulate: bool,
+) -> u8 {
+    let emulator = match offline_emulator(emulate).await {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    let opts = BuildOptions { start, end, emulator: emulator.as_ref().map(profile), ..Default::default() };
+    let pipeline = match load(path, &opts) {
+        Ok(p) => p,
+        Err(errors) => {
+            print_config_errors(&errors);
+            return exit::BAD_INPUT;
+        }
+    };
+    println!("pipeline `{}` ({})", pipeline.name(), path.display());
+    println!("state: {}", pipeline.state_dir().display());
+    println!();
+    println!("graph:");
+    for node in &pipeline.nodes {
+        let inputs = if node.spec.inputs.is_empty() { String::new() } else { format!(" <- {}", node.spec.inputs.join(", ")) };
+        println!("  {:<9} {:<16} type={}{}", node.spec.role, node.spec.name, node.spec.type_name, inputs);
+    }
+    let mut code = exit::OK;
+    for node in &pipeline.nodes {
+        let Stage::Source(source) = &node.stage else { continue };
+        println!();
+        match source.plan() {
+            Ok(windows) => {
+                println!("source `{}`: {} window(s)", node.spec.name, windows.len());
+                for w in windows {
+                    println!("  [{:>3}] {}", w.window.index, w.window.label);
+                    println!("        {}", w.request);
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", node.spec.name);
+                code = exit::BAD_INPUT;
+            }
+        }
+    }
+    code
+}
+
+pub fn components(json: bool) -> u8 {
+    let docs = registry().docs();
+    if json {
+        match serde_json::to_string_pretty(&docs) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::RUN_FAILED;
+            }
+        }
+        return exit::OK;
+    }
+    for doc in docs {
+        println!("{} `{}`: {}", doc.role, doc.type_name, doc.summary);
+        for o in doc.options {
+            let default = match (&o.default, o.required) {
+                (_, true) => "required".to_string(),
+                (Some(d), _) => format!("default {d}"),
+                (None, _) => "optional".to_string(),
+            };
+            println!("    {:<22} {:<28} {:<18} {}", o.name, o.kind, default, o.description);
+        }
+        println!();
+    }
+    exit::OK
+}
+
+fn profile(emulator: &Emulator) -> EmulatorProfile {
+    EmulatorProfile {
+        root: emulator.base_url(),
+        credentials: emulator.credentials().into_iter().map(|(k, v)| (k, Secret::new(v))).collect(),
+    }
+}
+
+pub async fn emulate(addr: SocketAddr, args: EmulatorArgs) -> u8 {
+    let emulator = match Emulator::start(addr, args.config()).await {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: cannot start the emulator on {addr}: {e}");
+            return exit::RUN_FAILED;
+        }
+    };
+    println!("emulator listening on {}", emulator.base_url());
+    println!("  LINE WORKS base_url  {}/v1.0   token_url {}/oauth2/v2.0/token", emulator.base_url(), emulator.base_url());
+    for (k, v) in emulator.credentials() {
+        if k.ends_with("private_key") {
+            println!("  {k:<28} (test RSA key, see crates/emulator/keys/)");
+        } else {
+            println!("  {k:<28} {v}");
+        }
+    }
+    println!("press Ctrl-C to stop");
+    let _ = tokio::signal::ctrl_c().await;
+    emulator.shutdown().await;
+    exit::OK
+}
+
+fn run_id(now: DateTime<Utc>) -> String {
+    let nanos = now.timestamp_subsec_nanos() ^ std::process::id().rotate_left(16);
+    format!("{}-{:06x}", now.format("%Y%m%dT%H%M%SZ"), nanos & 0xff_ffff)
+}
+
+pub async fn run(args: RunArgs) -> u8 {
+    // Load first: a bad file is reported before anything starts.
+    let file = match PipelineFile::load(&args.pipeline) {
+        Ok(f) => f,
+        Err(errors) => {
+            print_config_errors(&errors);
+            return exit::BAD_INPUT;
+        }
+    };
+    if args.full_refresh {
+        tracing::info!("--full-refresh: this version keeps no incremental state yet, every run loads its whole range");
+    }
+    let emulator = if args.emulate {
+        match Emulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), args.emulator.config()).await {
+            Ok(e) => {
+                tracing::info!(url = %e.base_url(), "emulator started");
+                Some(e)
+            }
+            Err(e) => {
+                eprintln!("error: cannot start the emulator: {e}");
+                return exit::RUN_FAILED;
+            }
+        }
+    } else {
+        None
+    };
+    let opts = BuildOptions {
+        emulator: emulator.as_ref().map(profile),
+        start: args.start,
+        end: args.end,
+        now: None,
+    };
+    let pipeline = match Pipeline::build(file, &registry(), &opts) {
+        Ok(p) => p,
+        Err(errors) => {
+            print_config_errors(&errors);
+            return exit::BAD_INPUT;
+        }
+    };
+    let run = Run::new(pipeline, run_id(Utc::now()));
+    let show_progress = args.progress.unwrap_or_else(|| std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let progress = show_progress.then(|| summary::Progress::start(run.metrics()));
+    let summary = run.execute().await;
+    if let Some(p) = progress {
+        p.finish().await;
+    }
+    if let Some(e) = emulator {
+        e.shutdown().await;
+    }
+    summary::print(&summary);
+    summary.status.exit_code() as u8
+}

@@ -1,0 +1,128 @@
+//! The live progress line and the summary table printed at the end of `run`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chatlake_core::config::Role;
+use chatlake_core::metrics::{ComponentMetrics, RunStatus, RunSummary};
+use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_BORDERS_ONLY};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A spinner on standard error with windows done, records, bytes and rate.
+pub struct Progress {
+    bar: ProgressBar,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    pub fn start(metrics: Vec<(String, Role, Arc<ComponentMetrics>)>) -> Progress {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("valid template"));
+        let b = bar.clone();
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            loop {
+                let (mut windows, mut failed, mut records, mut bytes) = (0, 0, 0, 0);
+                for (_, role, m) in &metrics {
+                    match role {
+                        Role::Source => {
+                            windows += m.windows_done();
+                            failed += m.windows_failed();
+                            records += m.records_out();
+                        }
+                        Role::Sink => bytes += m.bytes(),
+                        Role::Transform => {}
+                    }
+                }
+                let rate = records as f64 / started.elapsed().as_secs_f64().max(0.001);
+                b.set_message(format!(
+                    "windows {windows} done{} · {} records · {} written · {}/s",
+                    if failed > 0 { format!(", {failed} failed") } else { String::new() },
+                    human_count(records),
+                    human_bytes(bytes),
+                    human_count(rate as u64)
+                ));
+                b.tick();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Progress { bar, task }
+    }
+
+    pub async fn finish(self) {
+        self.task.abort();
+        let _ = self.task.await;
+        self.bar.finish_and_clear();
+    }
+}
+
+fn human_count(n: u64) -> String {
+    match n {
+        0..1_000 => n.to_string(),
+        1_000..1_000_000 => format!("{:.1}k", n as f64 / 1e3),
+        _ => format!("{:.2}M", n as f64 / 1e6),
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} B"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        1_048_576..1_073_741_824 => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+        _ => format!("{:.2} GiB", n as f64 / 1_073_741_824.0),
+    }
+}
+
+/// Prints the per-component table and the outcome to standard output.
+pub fn print(s: &RunSummary) {
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY);
+    table.set_header(vec![
+        "component", "role", "type", "records in", "records out", "files", "bytes", "requests", "retries",
+        "dead letters", "windows ok/failed", "seconds",
+    ]);
+    for c in &s.components {
+        let num = |v: u64| Cell::new(v).set_alignment(CellAlignment::Right);
+        table.add_row(vec![
+            Cell::new(&c.name),
+            Cell::new(&c.role),
+            Cell::new(&c.type_name),
+            num(c.records_in),
+            num(c.records_out),
+            num(c.files),
+            Cell::new(human_bytes(c.bytes)).set_alignment(CellAlignment::Right),
+            num(c.requests),
+            num(c.retries),
+            num(c.dead_letters),
+            Cell::new(format!("{}/{}", c.windows_done, c.windows_failed)).set_alignment(CellAlignment::Right),
+            Cell::new(format!("{:.2}", c.seconds)).set_alignment(CellAlignment::Right),
+        ]);
+    }
+    println!("{table}");
+    let verdict = match s.status {
+        RunStatus::Succeeded => "succeeded",
+        RunStatus::Failed => "FAILED",
+        RunStatus::DeadLettered => "finished with dead letters",
+    };
+    let rows: u64 = s.components.iter().filter(|c| c.role == "source").map(|c| c.records_out).sum();
+    println!(
+        "run {} of `{}` {} in {:.2}s ({} source records, {:.0} records/s)",
+        s.run_id,
+        s.pipeline,
+        verdict,
+        s.seconds,
+        rows,
+        rows as f64 / s.seconds.max(0.001)
+    );
+    for c in &s.components {
+        for f in &c.failures {
+            println!("  failed: {f}");
+        }
+    }
+    if let Some(e) = &s.error {
+        println!("  error: {e}");
+    }
+    if let Some(path) = &s.dead_letter_file {
+        println!("  {} record(s) dead-lettered to {}", s.dead_letters, path.display());
+    }
+}

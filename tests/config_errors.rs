@@ -1,0 +1,130 @@
+//! Bad command lines and bad pipeline files: exit code 2, and every message names the file and
+//! the key path.
+
+mod common;
+
+use common::Scratch;
+
+const GOOD: &str = r#"
+[pipeline]
+name = "t"
+state_dir = "./state"
+
+[sources.lw]
+type = "lineworks_message_contents"
+files = ["in/*.csv"]
+
+[transforms.canonical]
+type = "normalize"
+inputs = ["lw"]
+
+[sinks.lake]
+type = "parquet"
+inputs = ["canonical"]
+path = "./lake"
+compression = "zstd"
+"#;
+
+#[test]
+fn a_good_file_validates() {
+    let s = Scratch::new();
+    let p = s.pipeline("p.toml", GOOD);
+    let out = s.run(&["validate", p.to_str().unwrap()]).expect_code(0);
+    assert!(out.stdout().contains("ok"));
+}
+
+#[test]
+fn a_bad_enum_value_names_the_file_the_key_and_the_choices() {
+    let s = Scratch::new();
+    let p = s.pipeline("p.toml", &GOOD.replace("\"zstd\"", "\"zstdd\""));
+    let out = s.run(&["validate", p.to_str().unwrap()]).expect_code(2);
+    let err = out.stderr();
+    assert!(err.contains("p.toml: sinks.lake.compression: unknown variant `zstdd`"), "{err}");
+    assert!(err.contains("zstd") && err.contains("snappy") && err.contains("gzip") && err.contains("none"), "{err}");
+    // `run` refuses the same file before doing anything.
+    s.run(&["run", p.to_str().unwrap()]).expect_code(2);
+}
+
+#[test]
+fn validate_reports_every_error_at_once() {
+    let s = Scratch::new();
+    let body = GOOD
+        .replace("inputs = [\"canonical\"]", "inputs = [\"canonicl\"]")
+        .replace("type = \"normalize\"", "type = \"normalize\"\nmode = \"fast\"")
+        + "\n[sources.extra]\ntype = \"lineworks_message_contents\"\nfiles = [\"x\"]\n";
+    let p = s.pipeline("p.toml", &body);
+    let err = s.run(&["validate", p.to_str().unwrap()]).expect_code(2).stderr();
+    for want in [
+        "sinks.lake.inputs[0]: unknown component `canonicl`",
+        "transforms.canonical.mode: unknown field `mode`",
+        "sources.extra: `extra` is not used",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in\n{err}");
+    }
+}
+
+#[test]
+fn wiring_that_cannot_work_is_refused() {
+    let s = Scratch::new();
+    let body = GOOD.replace("type = \"normalize\"", "type = \"dedupe\"");
+    let p = s.pipeline("p.toml", &body);
+    let err = s.run(&["validate", p.to_str().unwrap()]).expect_code(2).stderr();
+    assert!(err.contains("transforms.canonical.inputs: dedupe needs canonical messages"), "{err}");
+    assert!(err.contains("normalize"), "{err}");
+
+    let cyclic = GOOD.replace("inputs = [\"lw\"]", "inputs = [\"lw\", \"canonical\"]");
+    let p = s.pipeline("c.toml", &cyclic);
+    let err = s.run(&["validate", p.to_str().unwrap()]).expect_code(2).stderr();
+    assert!(err.contains("transforms.canonical.inputs"), "{err}");
+}
+
+#[test]
+fn unset_variables_and_env_overrides_are_named() {
+    let s = Scratch::new();
+    let body = GOOD.replace("path = \"./lake\"", "path = \"${LAKE_DIR}\"");
+    let p = s.pipeline("p.toml", &body);
+    let err = s.run(&["validate", p.to_str().unwrap()]).expect_code(2).stderr();
+    assert!(err.contains("sinks.lake.path: environment variable LAKE_DIR is not set"), "{err}");
+    s.run_env(&["validate", p.to_str().unwrap()], &[("LAKE_DIR", "./elsewhere")]).expect_code(0);
+
+    let p = s.pipeline("q.toml", GOOD);
+    let err = s
+        .run_env(&["validate", p.to_str().unwrap()], &[("CHATLAKE__SINKS__LAKE__COMPRESSION", "brotli")])
+        .expect_code(2)
+        .stderr();
+    assert!(err.contains("sinks.lake.compression: unknown variant `brotli`"), "{err}");
+    assert!(err.contains("CHATLAKE__SINKS__LAKE__COMPRESSION"), "{err}");
+}
+
+#[test]
+fn yaml_files_are_checked_the_same_way() {
+    let s = Scratch::new();
+    let p = s.pipeline(
+        "p.yaml",
+        "pipeline:\n  name: t\nsources:\n  lw:\n    type: lineworks_message_contents\n    files: [\"in/*.csv\"]\n    langauge: ja_JP\nsinks:\n  out:\n    type: jsonl\n    inputs: [lw]\n    path: ./out\n",
+    );
+    let err = s.run(&["validate", p.to_str().unwrap()]).expect_code(2).stderr();
+    assert!(err.contains("p.yaml: sources.lw.langauge: unknown field `langauge`"), "{err}");
+}
+
+#[test]
+fn bad_command_lines_and_missing_files_exit_2() {
+    let s = Scratch::new();
+    s.run(&["run"]).expect_code(2);
+    s.run(&["frobnicate"]).expect_code(2);
+    s.run(&["run", "--start", "last tuesday", "x.toml"]).expect_code(2);
+    let err = s.run(&["validate", "missing.toml"]).expect_code(2).stderr();
+    assert!(err.contains("missing.toml: no such pipeline file"), "{err}");
+}
+
+#[test]
+fn components_lists_every_type_with_options() {
+    let s = Scratch::new();
+    let out = s.run(&["components"]).expect_code(0).stdout();
+    for t in ["lineworks_message_contents", "normalize", "dedupe", "bot_filter", "parquet", "csv", "jsonl"] {
+        assert!(out.contains(&format!("`{t}`")), "{t} missing from\n{out}");
+    }
+    assert!(out.contains("compression"), "{out}");
+    let json: serde_json::Value = serde_json::from_str(&s.run(&["components", "--json"]).expect_code(0).stdout()).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 7);
+}
