@@ -182,3 +182,20 @@ fn rejects_raw_input_and_bad_keys() {
         "{e}"
     );
 }
+
+/// The figure the README states: bytes of the key set per distinct key, across table sizes.
+#[test]
+fn key_set_memory_per_distinct_key() {
+    let mut seen: hashbrown::HashSet<u128> = hashbrown::HashSet::new();
+    let (mut lo, mut hi) = (f64::MAX, 0f64);
+    for i in 0..2_000_000u128 {
+        seen.insert(i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835));
+        if i > 1000 && i % 997 == 0 {
+            let per_key = seen.allocation_size() as f64 / seen.len() as f64;
+            lo = lo.min(per_key);
+            hi = hi.max(per_key);
+        }
+    }
+    println!("dedupe key set: {lo:.1} to {hi:.1} bytes per distinct key");
+    assert!(lo >= 16.0 && hi <= 40.0, "{lo} {hi}");
+}
