@@ -5,7 +5,6 @@
 //! overlapping window gets the same id (dedupe drops it); two genuinely identical messages in one
 //! window get different ids (both survive). This is the identity rule of the reference jobs.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -24,6 +23,7 @@ use md5::{Digest, Md5};
 pub const RECORD_TYPE: &str = "lineworks.message_contents";
 const COLUMNS: [&str; 5] = ["date", "sender", "recipient", "room_id", "message"];
 const SEP: u8 = 0x1F;
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Holds the per-window occurrence counters.
 #[derive(Debug, Default)]
@@ -62,7 +62,7 @@ impl LineworksMapper {
         let mut is_bot = Vec::with_capacity(n);
         let mut ids = StringBuilder::with_capacity(n, n * 32);
         let mut key_buf = Vec::with_capacity(256);
-        let mut hex = String::with_capacity(32);
+        let mut hex = [0u8; 32];
 
         for i in 0..n {
             let d = date.value(i);
@@ -109,11 +109,11 @@ impl LineworksMapper {
             let mut itoa = [0u8; 10];
             key_buf.extend_from_slice(decimal(*occ, &mut itoa));
             let digest = Md5::digest(&key_buf);
-            hex.clear();
-            for b in digest {
-                let _ = write!(hex, "{b:02x}");
+            for (i, b) in digest.iter().enumerate() {
+                hex[2 * i] = HEX[(b >> 4) as usize];
+                hex[2 * i + 1] = HEX[(b & 15) as usize];
             }
-            ids.append_value(&hex);
+            ids.append_value(std::str::from_utf8(&hex).expect("hex digits are ASCII"));
         }
 
         let rows = sent_at.len();
