@@ -466,9 +466,9 @@ fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, St
     while let Some(pos) = rest.find('$') {
         out.push_str(&rest[..pos]);
         let after = &rest[pos..];
-        if after.starts_with("$${") {
+        if let Some(escaped) = after.strip_prefix("$${") {
             out.push_str("${");
-            rest = &after[3..];
+            rest = escaped;
         } else if let Some(body) = after.strip_prefix("${") {
             let end = body
                 .find('}')

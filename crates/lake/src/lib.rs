@@ -1,1 +1,29 @@
-//! Lake layout for file sinks: Hive partitions, atomic commits, rolling files.
+//! Lake layout for file sinks: Hive partitions, window-scoped atomic commits, rolling files.
+//!
+//! A file sink is a [`FileFormat`] (how rows become bytes) handed to a [`FileSink`], which does
+//! everything about where those bytes go (spec section 4):
+//!
+//! * rows are split by the `partition_by` columns into Hive directories
+//!   (`path/provider=zoom/sent_date=2025-05-01/`), and those columns are left out of the files;
+//! * rows are written to `part-….<ext>.tmp` files, one set per window, and only `commit` of the
+//!   window fsyncs them and renames them to their final names, so a `**/*.<ext>` glob never sees
+//!   an unfinished file; `abort` deletes them;
+//! * a file that reaches `max_rows_per_file` rows is finished and the next part begins;
+//! * temporary files that a killed run left behind are removed before the first write.
+//!
+//! Text formats share [`text::TextCompression`] and [`text::FileOutput`] (optional gzip) and
+//! [`text::timestamps_as_utc_offset`] (RFC 3339 timestamps ending in `Z`).
+
+mod error;
+mod format;
+mod partition;
+mod sink;
+pub mod text;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use error::{Error, Result};
+pub use format::{FileFormat, FormatError, FormatWriter};
+pub use partition::{DEFAULT_PARTITION, escape_path_name};
+pub use sink::{FileKey, FileSink, LakeOptions, file_name};

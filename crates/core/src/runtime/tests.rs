@@ -17,12 +17,15 @@ use crate::runtime::Run;
 use crate::stage::*;
 use crate::{Batch, Registry, Result, Window, WindowRef};
 
+/// (event, window index, rows)
+type Seen = Vec<(String, u32, usize)>;
+/// (batches sent, batches received)
+type Flight = (Arc<AtomicI64>, Arc<AtomicI64>);
+
 /// What each test sink saw, by sink id: ("batch", window, rows) / ("commit", window, 0) / ("abort", ..).
-static SEEN: LazyLock<Mutex<HashMap<String, Vec<(String, u32, usize)>>>> =
-    LazyLock::new(Default::default);
+static SEEN: LazyLock<Mutex<HashMap<String, Seen>>> = LazyLock::new(Default::default);
 /// Batches sent minus batches received, per test, to observe backpressure.
-static IN_FLIGHT: LazyLock<Mutex<HashMap<String, (Arc<AtomicI64>, Arc<AtomicI64>)>>> =
-    LazyLock::new(Default::default);
+static IN_FLIGHT: LazyLock<Mutex<HashMap<String, Flight>>> = LazyLock::new(Default::default);
 
 fn record(id: &str, what: &str, w: u32, rows: usize) {
     SEEN.lock()
@@ -36,7 +39,7 @@ fn seen(id: &str) -> Vec<(String, u32, usize)> {
     SEEN.lock().unwrap().get(id).cloned().unwrap_or_default()
 }
 
-fn flight(id: &str) -> (Arc<AtomicI64>, Arc<AtomicI64>) {
+fn flight(id: &str) -> Flight {
     IN_FLIGHT
         .lock()
         .unwrap()

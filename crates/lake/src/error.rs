@@ -1,0 +1,56 @@
+//! Errors of the lake layer; every one names the file or the column it is about.
+
+use std::path::PathBuf;
+
+use arrow::datatypes::DataType;
+
+use crate::format::FormatError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file-system operation failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    /// The format writer failed to encode or write rows.
+    #[error("writing {}: {source}", path.display())]
+    Write { path: PathBuf, source: FormatError },
+
+    /// `partition_by` names a column the input does not have.
+    #[error(
+        "partition_by names `{column}`, which is not a column of the input (columns: {available})"
+    )]
+    UnknownPartitionColumn { column: String, available: String },
+
+    /// A partition column whose values cannot name a directory.
+    #[error(
+        "partition column `{column}` has type {data_type}; partition by a string, date, integer or boolean column"
+    )]
+    PartitionType { column: String, data_type: DataType },
+
+    /// Every column would be moved into the path, leaving nothing to write.
+    #[error("every column is a partition column; leave at least one column out of partition_by")]
+    NothingToWrite,
+
+    /// A batch whose columns differ from the first batch's.
+    #[error("a batch has columns ({found}) that differ from the first batch's ({expected})")]
+    SchemaChanged { expected: String, found: String },
+
+    /// Splitting a batch by partition failed.
+    #[error("splitting a batch by partition: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

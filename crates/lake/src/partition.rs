@@ -1,0 +1,405 @@
+//! Hive-style partitions: the directory each row belongs in, and splitting a batch by it.
+//!
+//! Directory names follow Hive and Spark so that DuckDB, PyArrow and Polars read them back:
+//! `column=value` per partition column, in `partition_by` order, with characters that are unsafe
+//! in a path percent-encoded and null (or empty) values written as
+//! [`DEFAULT_PARTITION`].
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, UInt32Array};
+use arrow::compute::take_record_batch;
+use arrow::datatypes::{
+    DataType, Date32Type, Int8Type, Int16Type, Int32Type, Int64Type, SchemaRef, UInt8Type,
+    UInt16Type, UInt32Type, UInt64Type,
+};
+use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, SortField};
+
+use crate::error::{Error, Result};
+
+/// The directory name Hive, Spark, PyArrow and DuckDB use for a null partition value.
+pub const DEFAULT_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
+
+/// Escapes a column name or value for one path segment as Hive's `FileUtils.escapePathName` and
+/// Spark do: control characters and `"#%'*/:=?\{[]^` (plus `<>|`, which Windows refuses) become
+/// `%XX`; everything else, including non-ASCII text, is kept. Readers decode it back.
+pub fn escape_path_name(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if needs_escape(c) {
+            // Every escaped character is ASCII, so one byte.
+            let _ = write!(out, "%{:02X}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn needs_escape(c: char) -> bool {
+    matches!(
+        c,
+        '\u{0}'
+            ..='\u{1F}'
+                | '\u{7F}'
+                | '"'
+                | '#'
+                | '%'
+                | '\''
+                | '*'
+                | '/'
+                | ':'
+                | '='
+                | '?'
+                | '\\'
+                | '{'
+                | '['
+                | ']'
+                | '^'
+                | '<'
+                | '>'
+                | '|'
+    )
+}
+
+fn supported(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+            | DataType::Date32
+            | DataType::Boolean
+            | DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+    )
+}
+
+/// The value of `row` as Hive writes it in a directory name, before escaping; `None` for null.
+fn value_text(array: &dyn Array, row: usize) -> Option<String> {
+    if array.is_null(row) {
+        return None;
+    }
+    let text = match array.data_type() {
+        DataType::Utf8 => array.as_string::<i32>().value(row).to_string(),
+        DataType::LargeUtf8 => array.as_string::<i64>().value(row).to_string(),
+        DataType::Utf8View => array.as_string_view().value(row).to_string(),
+        DataType::Date32 => array
+            .as_primitive::<Date32Type>()
+            .value_as_date(row)?
+            .format("%Y-%m-%d")
+            .to_string(),
+        DataType::Boolean => array.as_boolean().value(row).to_string(),
+        DataType::Int8 => array.as_primitive::<Int8Type>().value(row).to_string(),
+        DataType::Int16 => array.as_primitive::<Int16Type>().value(row).to_string(),
+        DataType::Int32 => array.as_primitive::<Int32Type>().value(row).to_string(),
+        DataType::Int64 => array.as_primitive::<Int64Type>().value(row).to_string(),
+        DataType::UInt8 => array.as_primitive::<UInt8Type>().value(row).to_string(),
+        DataType::UInt16 => array.as_primitive::<UInt16Type>().value(row).to_string(),
+        DataType::UInt32 => array.as_primitive::<UInt32Type>().value(row).to_string(),
+        DataType::UInt64 => array.as_primitive::<UInt64Type>().value(row).to_string(),
+        // Refused when the partitioner was built.
+        _ => return None,
+    };
+    Some(text)
+}
+
+/// Splits batches of one schema by the values of the partition columns.
+pub(crate) struct Partitioner {
+    schema: SchemaRef,
+    names: Vec<String>,
+    partition_columns: Vec<usize>,
+    data_columns: Vec<usize>,
+    data_schema: SchemaRef,
+    /// Turns the partition values of a row into comparable bytes; `None` without partitions.
+    rows: Option<RowConverter>,
+}
+
+impl Partitioner {
+    /// Checks `partition_by` against the schema of the first batch.
+    pub(crate) fn new(schema: SchemaRef, partition_by: &[String]) -> Result<Self> {
+        let mut partition_columns = Vec::with_capacity(partition_by.len());
+        let mut names = Vec::with_capacity(partition_by.len());
+        for column in partition_by {
+            let index = schema
+                .index_of(column)
+                .map_err(|_| Error::UnknownPartitionColumn {
+                    column: column.clone(),
+                    available: schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?;
+            let data_type = schema.field(index).data_type();
+            if !supported(data_type) {
+                return Err(Error::PartitionType {
+                    column: column.clone(),
+                    data_type: data_type.clone(),
+                });
+            }
+            partition_columns.push(index);
+            names.push(escape_path_name(column));
+        }
+        let data_columns: Vec<usize> = (0..schema.fields().len())
+            .filter(|i| !partition_columns.contains(i))
+            .collect();
+        if data_columns.is_empty() {
+            return Err(Error::NothingToWrite);
+        }
+        let data_schema = Arc::new(schema.project(&data_columns)?);
+        let rows = if partition_columns.is_empty() {
+            None
+        } else {
+            Some(RowConverter::new(
+                partition_columns
+                    .iter()
+                    .map(|&i| SortField::new(schema.field(i).data_type().clone()))
+                    .collect(),
+            )?)
+        };
+        Ok(Partitioner {
+            schema,
+            names,
+            partition_columns,
+            data_columns,
+            data_schema,
+            rows,
+        })
+    }
+
+    /// The schema of the rows written to files: the input's without the partition columns.
+    pub(crate) fn data_schema(&self) -> &SchemaRef {
+        &self.data_schema
+    }
+
+    /// Refuses a batch whose columns differ from the first batch's (metadata may differ).
+    pub(crate) fn check(&self, batch: &RecordBatch) -> Result<()> {
+        let schema = batch.schema();
+        if Arc::ptr_eq(&schema, &self.schema) || schema.fields() == self.schema.fields() {
+            return Ok(());
+        }
+        let list = |s: &SchemaRef| {
+            s.fields()
+                .iter()
+                .map(|f| format!("{} {}", f.name(), f.data_type()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Err(Error::SchemaChanged {
+            expected: list(&self.schema),
+            found: list(&schema),
+        })
+    }
+
+    /// The rows of `batch` grouped by partition, without the partition columns, each with its
+    /// directory relative to the sink's path (`""` without partitions). Groups come in the order
+    /// their first row appears, and rows keep their order within a group.
+    pub(crate) fn split(&self, batch: &RecordBatch) -> Result<Vec<(String, RecordBatch)>> {
+        let data = batch.project(&self.data_columns)?;
+        let Some(converter) = &self.rows else {
+            return Ok(vec![(String::new(), data)]);
+        };
+        let keys: Vec<ArrayRef> = self
+            .partition_columns
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
+        let rows = converter.convert_columns(&keys)?;
+
+        // One hash lookup per row on the encoded partition values; directory names are built
+        // once per group, not per row.
+        let mut group_of: HashMap<&[u8], usize> = HashMap::new();
+        let mut groups: Vec<(usize, Vec<u32>)> = Vec::new();
+        for row in 0..batch.num_rows() {
+            let next = groups.len();
+            let g = *group_of.entry(rows.row(row).data()).or_insert(next);
+            if g == next {
+                groups.push((row, Vec::new()));
+            }
+            groups[g].1.push(row as u32);
+        }
+
+        if groups.len() == 1 {
+            let (first, _) = groups[0];
+            return Ok(vec![(self.directory(&keys, first), data)]);
+        }
+        groups
+            .into_iter()
+            .map(|(first, indices)| {
+                let part = take_record_batch(&data, &UInt32Array::from(indices))?;
+                Ok((self.directory(&keys, first), part))
+            })
+            .collect()
+    }
+
+    /// `a=x/b=y` for the partition values of `row`.
+    fn directory(&self, keys: &[ArrayRef], row: usize) -> String {
+        let mut dir = String::new();
+        for (name, column) in self.names.iter().zip(keys) {
+            if !dir.is_empty() {
+                dir.push('/');
+            }
+            dir.push_str(name);
+            dir.push('=');
+            match value_text(column.as_ref(), row) {
+                // Hive and Spark write empty strings as the default partition too: a directory
+                // named `col=` reads back as null or fails, depending on the reader.
+                Some(v) if !v.is_empty() => dir.push_str(&escape_path_name(&v)),
+                _ => dir.push_str(DEFAULT_PARTITION),
+            }
+        }
+        dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{BooleanArray, Date32Array, Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+
+    #[test]
+    fn escapes_like_hive() {
+        assert_eq!(escape_path_name("zoom"), "zoom");
+        assert_eq!(escape_path_name("a/b=c:d%e"), "a%2Fb%3Dc%3Ad%25e");
+        assert_eq!(escape_path_name("tab\there\nnl"), "tab%09here%0Anl");
+        assert_eq!(
+            escape_path_name("q?*\"'#[]{}^\\<>|"),
+            "q%3F%2A%22%27%23%5B%5D%7B}%5E%5C%3C%3E%7C"
+        );
+        assert_eq!(escape_path_name("日本語 😀"), "日本語 😀");
+        assert_eq!(escape_path_name(".."), "..");
+    }
+
+    fn batch() -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("p", DataType::Utf8, true),
+            Field::new("d", DataType::Date32, false),
+            Field::new("b", DataType::Boolean, false),
+            Field::new("n", DataType::Int64, false),
+            Field::new("x", DataType::Utf8, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec![
+                    Some("zoom"),
+                    Some("a/b"),
+                    None,
+                    Some("zoom"),
+                    Some(""),
+                ])),
+                // 2025-05-01 is day 20209 since the epoch.
+                Arc::new(Date32Array::from(vec![20209, 20209, 20209, 20210, 20209])),
+                Arc::new(BooleanArray::from(vec![true, true, true, true, false])),
+                Arc::new(Int64Array::from(vec![-1, 2, 3, -1, 5])),
+                Arc::new(StringArray::from(vec!["r0", "r1", "r2", "r3", "r4"])),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn column_x(b: &RecordBatch) -> Vec<String> {
+        b.column_by_name("x")
+            .unwrap()
+            .as_string::<i32>()
+            .iter()
+            .map(|v| v.unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn splits_by_every_partition_value_and_drops_the_columns() {
+        let b = batch();
+        let cols: Vec<String> = ["p", "d", "b", "n"].map(String::from).to_vec();
+        let p = Partitioner::new(b.schema(), &cols).unwrap();
+        assert_eq!(p.data_schema().fields().len(), 1);
+        let parts = p.split(&b).unwrap();
+        let got: Vec<(String, Vec<String>)> = parts
+            .iter()
+            .map(|(d, b)| (d.clone(), column_x(b)))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("p=zoom/d=2025-05-01/b=true/n=-1".into(), vec!["r0".into()]),
+                ("p=a%2Fb/d=2025-05-01/b=true/n=2".into(), vec!["r1".into()]),
+                (
+                    "p=__HIVE_DEFAULT_PARTITION__/d=2025-05-01/b=true/n=3".into(),
+                    vec!["r2".into()]
+                ),
+                ("p=zoom/d=2025-05-02/b=true/n=-1".into(), vec!["r3".into()]),
+                (
+                    "p=__HIVE_DEFAULT_PARTITION__/d=2025-05-01/b=false/n=5".into(),
+                    vec!["r4".into()]
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn groups_rows_and_keeps_their_order() {
+        let b = batch();
+        let p = Partitioner::new(b.schema(), &["b".to_string()]).unwrap();
+        let parts = p.split(&b).unwrap();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].0, "b=true");
+        assert_eq!(column_x(&parts[0].1), ["r0", "r1", "r2", "r3"]);
+        assert_eq!(parts[1].0, "b=false");
+        assert_eq!(parts[0].1.num_columns(), 4);
+    }
+
+    #[test]
+    fn no_partitions_is_one_group_with_every_column() {
+        let b = batch();
+        let p = Partitioner::new(b.schema(), &[]).unwrap();
+        let parts = p.split(&b).unwrap();
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].0, "");
+        assert_eq!(parts[0].1, b);
+    }
+
+    #[test]
+    fn refuses_unknown_and_unsupported_columns() {
+        let b = batch();
+        let e = Partitioner::new(b.schema(), &["nope".to_string()])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("`nope`") && e.contains("columns: p, d, b, n, x"),
+            "{e}"
+        );
+        let all: Vec<String> = ["p", "d", "b", "n", "x"].map(String::from).to_vec();
+        assert!(matches!(
+            Partitioner::new(b.schema(), &all),
+            Err(Error::NothingToWrite)
+        ));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("f", DataType::Float64, false),
+            Field::new("x", DataType::Utf8, false),
+        ]));
+        let e = Partitioner::new(schema, &["f".to_string()]).err().unwrap();
+        assert!(e.to_string().contains("has type Float64"), "{e}");
+    }
+
+    #[test]
+    fn refuses_a_batch_with_other_columns() {
+        let b = batch();
+        let p = Partitioner::new(b.schema(), &[]).unwrap();
+        assert!(p.check(&b).is_ok());
+        let other = b.project(&[0, 1]).unwrap();
+        assert!(matches!(p.check(&other), Err(Error::SchemaChanged { .. })));
+    }
+}

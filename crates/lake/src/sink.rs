@@ -1,0 +1,572 @@
+//! [`FileSink`]: a [`Sink`] that writes any [`FileFormat`] in the lake layout of spec section 4.
+//!
+//! Files are keyed by (window, partition directory). Rows go to `part-….<ext>.tmp`; `commit`
+//! of a window finishes and fsyncs its files, renames each to its final name and fsyncs the
+//! directories; `abort` deletes them. Encoding and file I/O run on tokio's blocking pool, so the
+//! async workers that move batches between stages never wait on a disk.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use chatlake_core::config::InvalidConfig;
+use chatlake_core::metrics::ComponentMetrics;
+use chatlake_core::stage::RunInfo;
+use chatlake_core::{Batch, Sink, SinkContext, Window, WindowRef};
+
+use crate::error::{Error, Result};
+use crate::format::{FileFormat, FormatWriter};
+use crate::partition::Partitioner;
+
+/// Where and how a file sink lays out its files. Sink configs carry these three fields
+/// themselves (so `deny_unknown_fields` keeps working) and build this from them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LakeOptions {
+    /// The root directory of the sink's files.
+    pub path: PathBuf,
+    /// Columns whose values name the Hive directories, outermost first; they are left out of
+    /// the files.
+    pub partition_by: Vec<String>,
+    /// Start a new file after this many rows; `None` for one file per window and partition.
+    pub max_rows_per_file: Option<u64>,
+}
+
+impl LakeOptions {
+    /// The checks a sink's `build` makes without touching the disk. Keys are the config's
+    /// (`path`, `partition_by[1]`, `max_rows_per_file`).
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        let path = self.path.to_string_lossy();
+        if path.trim().is_empty() {
+            return Err(InvalidConfig::new("path", "must name a directory"));
+        }
+        if path.contains("://") {
+            return Err(InvalidConfig::new(
+                "path",
+                format!(
+                    "`{path}`: object store URLs are not supported yet; give a local directory"
+                ),
+            ));
+        }
+        for (i, column) in self.partition_by.iter().enumerate() {
+            let key = format!("partition_by[{i}]");
+            if column.is_empty() {
+                return Err(InvalidConfig::new(key, "must name a column"));
+            }
+            if self.partition_by[..i].contains(column) {
+                return Err(InvalidConfig::new(
+                    key,
+                    format!("`{column}` is listed twice"),
+                ));
+            }
+        }
+        if self.max_rows_per_file == Some(0) {
+            return Err(InvalidConfig::new(
+                "max_rows_per_file",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Everything the name of a data file may depend on.
+#[derive(Debug, Clone, Copy)]
+pub struct FileKey<'a> {
+    pub pipeline: &'a str,
+    /// The sink's name in the pipeline file.
+    pub sink: &'a str,
+    pub run_id: &'a str,
+    pub window: &'a Window,
+    /// The partition directory relative to the sink's path, `""` without partitions.
+    pub partition: &'a str,
+    /// Counts the files of one window and partition, from 0.
+    pub part: u32,
+    /// [`FileFormat::extension`].
+    pub extension: &'a str,
+}
+
+/// The one place that names data files: `part-<run_id>-<window key>-<part:04>.<extension>`.
+/// The temporary file is this name plus `.tmp`.
+pub fn file_name(key: &FileKey<'_>) -> String {
+    format!(
+        "part-{}-{}-{:04}.{}",
+        crate::escape_path_name(key.run_id),
+        key.window.key(),
+        key.part,
+        key.extension
+    )
+}
+
+/// Writes batches of any [`FileFormat`] into Hive partitions under [`LakeOptions::path`],
+/// committing each window atomically.
+pub struct FileSink<F: FileFormat> {
+    /// Taken while a blocking task works on it; `None` afterwards only if that task panicked.
+    state: Option<State<F>>,
+}
+
+impl<F: FileFormat> FileSink<F> {
+    /// A sink writing `format` as `options` say. Does no I/O.
+    pub fn new(format: F, options: LakeOptions) -> Self {
+        FileSink {
+            state: Some(State {
+                format,
+                options,
+                partitioner: None,
+                cleaned: false,
+                windows: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Runs `work` on the blocking pool with the sink's state and turns its error into the
+    /// core's, naming the sink.
+    async fn run<R: Send + 'static>(
+        &mut self,
+        cx: &SinkContext,
+        work: impl FnOnce(&mut State<F>, &RunCx) -> Result<R> + Send + 'static,
+    ) -> chatlake_core::Result<R> {
+        let mut state = self.state.take().ok_or_else(|| {
+            chatlake_core::Error::component(&cx.name, "the file writer panicked earlier")
+        })?;
+        let run = RunCx {
+            sink: cx.name.clone(),
+            run: cx.run.clone(),
+            metrics: cx.metrics.clone(),
+        };
+        let (state, result) = tokio::task::spawn_blocking(move || {
+            let result = work(&mut state, &run);
+            (state, result)
+        })
+        .await
+        .map_err(|e| {
+            chatlake_core::Error::component(&cx.name, format!("the file writer panicked: {e}"))
+        })?;
+        self.state = Some(state);
+        result.map_err(|e| chatlake_core::Error::component(&cx.name, e))
+    }
+}
+
+#[async_trait]
+impl<F: FileFormat> Sink for FileSink<F> {
+    async fn write(&mut self, batch: Batch, cx: &SinkContext) -> chatlake_core::Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.run(cx, move |state, run| state.write(batch, run))
+            .await
+    }
+
+    async fn commit(&mut self, window: &WindowRef, cx: &SinkContext) -> chatlake_core::Result<()> {
+        let window = window.clone();
+        self.run(cx, move |state, run| state.commit(&window, run))
+            .await
+    }
+
+    async fn abort(&mut self, window: &WindowRef, cx: &SinkContext) -> chatlake_core::Result<()> {
+        let window = window.clone();
+        self.run(cx, move |state, run| {
+            state.abort(&window, run);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn finish(&mut self, cx: &SinkContext) -> chatlake_core::Result<()> {
+        self.run(cx, |state, run| state.finish(run)).await
+    }
+}
+
+/// What the blocking work needs of the [`SinkContext`].
+struct RunCx {
+    sink: String,
+    run: Arc<RunInfo>,
+    metrics: Arc<ComponentMetrics>,
+}
+
+struct State<F> {
+    format: F,
+    options: LakeOptions,
+    /// Built from the first batch's schema.
+    partitioner: Option<Partitioner>,
+    /// Stale temporary files were removed.
+    cleaned: bool,
+    /// Uncommitted files by window key.
+    windows: HashMap<String, WindowFiles>,
+}
+
+/// The uncommitted files of one window.
+struct WindowFiles {
+    window: WindowRef,
+    partitions: BTreeMap<String, PartitionFiles>,
+}
+
+/// The uncommitted files of one window in one partition directory.
+#[derive(Default)]
+struct PartitionFiles {
+    open: Option<OpenFile>,
+    /// Finished (fsynced) files waiting for the commit.
+    finished: Vec<FinishedFile>,
+    next_part: u32,
+}
+
+struct OpenFile {
+    writer: Box<dyn FormatWriter>,
+    tmp: PathBuf,
+    path: PathBuf,
+    rows: u64,
+}
+
+struct FinishedFile {
+    tmp: PathBuf,
+    path: PathBuf,
+    rows: u64,
+    bytes: u64,
+}
+
+impl<F: FileFormat> State<F> {
+    fn write(&mut self, batch: Batch, cx: &RunCx) -> Result<()> {
+        if !self.cleaned {
+            let removed = remove_stale_temp_files(&self.options.path, self.format.extension())?;
+            if removed > 0 {
+                tracing::info!(
+                    sink = %cx.sink,
+                    path = %self.options.path.display(),
+                    removed,
+                    "removed temporary files an interrupted run left behind"
+                );
+            }
+            self.cleaned = true;
+        }
+        let partitioner = match &self.partitioner {
+            Some(p) => {
+                p.check(&batch.data)?;
+                p
+            }
+            None => self.partitioner.insert(Partitioner::new(
+                batch.data.schema(),
+                &self.options.partition_by,
+            )?),
+        };
+        let schema = partitioner.data_schema().clone();
+        for (dir, rows) in partitioner.split(&batch.data)? {
+            let files = self
+                .windows
+                .entry(batch.window.key())
+                .or_insert_with(|| WindowFiles {
+                    window: batch.window.clone(),
+                    partitions: BTreeMap::new(),
+                });
+            let part = files.partitions.entry(dir.clone()).or_default();
+            part.append(
+                rows,
+                &dir,
+                &batch.window,
+                &schema,
+                &self.format,
+                &self.options,
+                cx,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, window: &Window, cx: &RunCx) -> Result<()> {
+        let Some(mut files) = self.windows.remove(&window.key()) else {
+            // No rows of this window reached the sink.
+            return Ok(());
+        };
+        let result = files.commit(&self.options.path, cx);
+        if result.is_err() {
+            files.discard();
+        }
+        result
+    }
+
+    fn abort(&mut self, window: &Window, cx: &RunCx) {
+        if let Some(files) = self.windows.remove(&window.key()) {
+            let removed = files.discard();
+            tracing::info!(sink = %cx.sink, window = %window, removed, "aborted window; removed its temporary files");
+        }
+    }
+
+    fn finish(&mut self, cx: &RunCx) -> Result<()> {
+        // The runtime commits or aborts every window before `finish`; whatever is still here
+        // arrived outside any window's commit, and the trait says to commit it.
+        let mut keys: Vec<String> = self.windows.keys().cloned().collect();
+        keys.sort();
+        for key in keys {
+            if let Some(files) = self.windows.get(&key) {
+                let window = files.window.clone();
+                tracing::warn!(sink = %cx.sink, window = %window, "committing a window at the end of input");
+                self.commit(&window, cx)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<F> Drop for State<F> {
+    /// A sink dropped with uncommitted files (the run failed) removes them; a killed process
+    /// leaves them for the next run's cleanup.
+    fn drop(&mut self) {
+        for (_, files) in self.windows.drain() {
+            files.discard();
+        }
+    }
+}
+
+impl PartitionFiles {
+    /// Appends rows, finishing a file and starting the next whenever one is full.
+    #[allow(clippy::too_many_arguments)]
+    fn append(
+        &mut self,
+        mut rows: RecordBatch,
+        dir: &str,
+        window: &Window,
+        schema: &SchemaRef,
+        format: &dyn FileFormat,
+        options: &LakeOptions,
+        cx: &RunCx,
+    ) -> Result<()> {
+        let max = options.max_rows_per_file.unwrap_or(u64::MAX);
+        while rows.num_rows() > 0 {
+            let open = match &mut self.open {
+                Some(open) => open,
+                None => {
+                    let file = open_file(format, options, schema, window, dir, self.next_part, cx)?;
+                    self.next_part += 1;
+                    self.open.insert(file)
+                }
+            };
+            let room = max - open.rows;
+            let n = (rows.num_rows() as u64).min(room) as usize;
+            open.writer
+                .write(&rows.slice(0, n))
+                .map_err(|source| Error::Write {
+                    path: open.tmp.clone(),
+                    source,
+                })?;
+            open.rows += n as u64;
+            rows = rows.slice(n, rows.num_rows() - n);
+            if open.rows >= max
+                && let Some(full) = self.open.take()
+            {
+                self.finished.push(finish_file(full)?);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl WindowFiles {
+    /// Finishes every file, renames each into place and fsyncs the directories. On error the
+    /// caller discards what is left.
+    fn commit(&mut self, root: &Path, cx: &RunCx) -> Result<()> {
+        for part in self.partitions.values_mut() {
+            if let Some(open) = part.open.take() {
+                part.finished.push(finish_file(open)?);
+            }
+        }
+        let mut committed = Vec::new();
+        for part in self.partitions.values_mut() {
+            let mut pending = std::mem::take(&mut part.finished).into_iter();
+            while let Some(f) = pending.next() {
+                if let Err(e) = fs::rename(&f.tmp, &f.path) {
+                    let path = f.path.clone();
+                    part.finished.push(f);
+                    part.finished.extend(pending);
+                    return Err(Error::io(path, e));
+                }
+                committed.push(f);
+            }
+        }
+        // The renames, and any directory created for this window, are durable only once the
+        // directories holding them are fsynced.
+        let mut dirs = BTreeSet::new();
+        for f in &committed {
+            let mut dir = f.path.parent();
+            while let Some(d) = dir {
+                if !dirs.insert(d.to_path_buf()) || d == root || !d.starts_with(root) {
+                    break;
+                }
+                dir = d.parent();
+            }
+        }
+        for dir in &dirs {
+            sync_dir(dir)?;
+        }
+        let (mut rows, mut bytes) = (0, 0);
+        for f in &committed {
+            cx.metrics.add_file(f.bytes);
+            rows += f.rows;
+            bytes += f.bytes;
+        }
+        tracing::info!(
+            sink = %cx.sink,
+            window = %self.window,
+            files = committed.len(),
+            rows,
+            bytes,
+            "committed window"
+        );
+        Ok(())
+    }
+
+    /// Drops the writers and deletes every temporary file; returns how many were deleted.
+    fn discard(self) -> usize {
+        let mut removed = 0;
+        let mut remove = |tmp: &Path| match fs::remove_file(tmp) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // Harmless for readers (no data extension); the next run's cleanup retries it.
+            Err(e) => tracing::warn!(
+                window = %self.window,
+                path = %tmp.display(),
+                "could not remove a temporary file: {e}"
+            ),
+        };
+        for part in self.partitions.into_values() {
+            if let Some(open) = part.open {
+                drop(open.writer);
+                remove(&open.tmp);
+            }
+            for f in part.finished {
+                remove(&f.tmp);
+            }
+        }
+        removed
+    }
+}
+
+fn open_file(
+    format: &dyn FileFormat,
+    options: &LakeOptions,
+    schema: &SchemaRef,
+    window: &Window,
+    dir: &str,
+    part: u32,
+    cx: &RunCx,
+) -> Result<OpenFile> {
+    let directory = if dir.is_empty() {
+        options.path.clone()
+    } else {
+        options.path.join(dir)
+    };
+    fs::create_dir_all(&directory).map_err(|e| Error::io(&directory, e))?;
+    let name = file_name(&FileKey {
+        pipeline: &cx.run.pipeline,
+        sink: &cx.sink,
+        run_id: &cx.run.run_id,
+        window,
+        partition: dir,
+        part,
+        extension: format.extension(),
+    });
+    let tmp = directory.join(format!("{name}.tmp"));
+    let path = directory.join(name);
+    // `create_new`: two writers on one name (two sinks sharing a path and format) fail loudly
+    // instead of interleaving bytes.
+    let file = File::create_new(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let writer = match format.create(file, schema.clone()) {
+        Ok(w) => w,
+        Err(source) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::Write { path: tmp, source });
+        }
+    };
+    tracing::debug!(sink = %cx.sink, window = %window, path = %tmp.display(), "opened file");
+    Ok(OpenFile {
+        writer,
+        tmp,
+        path,
+        rows: 0,
+    })
+}
+
+/// Finishes a file's encoding and fsyncs it; on error removes it.
+fn finish_file(open: OpenFile) -> Result<FinishedFile> {
+    let OpenFile {
+        writer,
+        tmp,
+        path,
+        rows,
+    } = open;
+    let synced = writer
+        .finish()
+        .map_err(|source| Error::Write {
+            path: tmp.clone(),
+            source,
+        })
+        .and_then(|file| {
+            file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+            file.metadata().map_err(|e| Error::io(&tmp, e))
+        });
+    match synced {
+        Ok(meta) => Ok(FinishedFile {
+            tmp,
+            path,
+            rows,
+            bytes: meta.len(),
+        }),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> Result<()> {
+    // Directories cannot be opened for fsync here; the rename itself is what the OS offers.
+    Ok(())
+}
+
+/// Deletes `part-*.<extension>.tmp` files under `root`, left by a run that was killed before
+/// it could commit or abort. Only this format's temporary files: a sink of another format may
+/// share the directory and be writing right now.
+fn remove_stale_temp_files(root: &Path, extension: &str) -> Result<usize> {
+    let suffix = format!(".{extension}.tmp");
+    let mut removed = 0;
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(&dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(&dir, e))?;
+            // `file_type` does not follow symlinks, so a link cannot lead the walk elsewhere.
+            let kind = entry.file_type().map_err(|e| Error::io(entry.path(), e))?;
+            if kind.is_dir() {
+                dirs.push(entry.path());
+            } else if kind.is_file() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with("part-") && name.ends_with(&suffix) {
+                    let path = entry.path();
+                    match fs::remove_file(&path) {
+                        Ok(()) => removed += 1,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(Error::io(path, e)),
+                    }
+                }
+            }
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests;

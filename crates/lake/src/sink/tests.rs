@@ -1,0 +1,363 @@
+//! The lake layout driven through the `Sink` trait with a tiny JSON-lines format.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use arrow::datatypes::SchemaRef;
+use arrow::json::LineDelimitedWriter;
+use arrow::record_batch::RecordBatch;
+use chatlake_core::{Batch, Sink};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::testing::{
+    RUN_ID, canonical_batch, files_under, message, sample_messages, sink_context, window,
+};
+use crate::text::{FileOutput, TextCompression, timestamps_as_utc_offset};
+use crate::{FileFormat, FormatError, FormatWriter};
+
+struct Lines;
+
+struct LinesWriter(LineDelimitedWriter<FileOutput>);
+
+impl FileFormat for Lines {
+    fn extension(&self) -> &str {
+        "lines"
+    }
+    fn create(&self, file: File, _schema: SchemaRef) -> Result<Box<dyn FormatWriter>, FormatError> {
+        Ok(Box::new(LinesWriter(LineDelimitedWriter::new(
+            FileOutput::new(file, TextCompression::None),
+        ))))
+    }
+}
+
+impl FormatWriter for LinesWriter {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), FormatError> {
+        Ok(self.0.write(&timestamps_as_utc_offset(batch)?)?)
+    }
+    fn finish(mut self: Box<Self>) -> Result<File, FormatError> {
+        self.0.finish()?;
+        Ok(self.0.into_inner().finish()?)
+    }
+}
+
+fn sink(path: &Path, partition_by: &[&str], max_rows: Option<u64>) -> FileSink<Lines> {
+    FileSink::new(
+        Lines,
+        LakeOptions {
+            path: path.to_path_buf(),
+            partition_by: partition_by.iter().map(|s| s.to_string()).collect(),
+            max_rows_per_file: max_rows,
+        },
+    )
+}
+
+fn files(root: &Path) -> Vec<String> {
+    files_under(root)
+}
+
+fn read_lines(path: &Path) -> Vec<Value> {
+    BufReader::new(File::open(path).unwrap())
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect()
+}
+
+fn name(window: &str, part: u32) -> String {
+    format!("part-{RUN_ID}-{window}-{part:04}.lines")
+}
+
+#[tokio::test]
+async fn commits_one_window_and_aborts_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lake");
+    let cx = sink_context("lake", dir.path());
+    let mut s = sink(&root, &["provider", "sent_date"], None);
+    let (w0, w1) = (window("lw", 0), window("zoom", 3));
+    let rows = sample_messages();
+
+    // Interleaved: w0, w1, w0.
+    s.write(Batch::new(w0.clone(), canonical_batch(&rows[..2])), &cx)
+        .await
+        .unwrap();
+    s.write(Batch::new(w1.clone(), canonical_batch(&rows[2..4])), &cx)
+        .await
+        .unwrap();
+    s.write(Batch::new(w0.clone(), canonical_batch(&rows[4..])), &cx)
+        .await
+        .unwrap();
+    // Nothing is visible before the commit.
+    assert!(files(&root).iter().all(|f| f.ends_with(".lines.tmp")));
+
+    s.commit(&w0, &cx).await.unwrap();
+    s.abort(&w1, &cx).await.unwrap();
+    s.finish(&cx).await.unwrap();
+
+    let w0_0 = name("lw-w00000", 0);
+    assert_eq!(
+        files(&root),
+        vec![
+            format!("provider=lineworks/sent_date=2025-05-01/{w0_0}"),
+            format!("provider=lineworks/sent_date=2025-05-02/{w0_0}"),
+        ]
+    );
+    let first = read_lines(&root.join(format!("provider=lineworks/sent_date=2025-05-01/{w0_0}")));
+    assert_eq!(first.len(), 2);
+    assert_eq!(first[0]["message_id"], "lw-1");
+    assert_eq!(first[1]["message_id"], "lw-2");
+    assert_eq!(first[1]["text"], rows[1]["text"]);
+    assert_eq!(first[1]["sent_at"], "2025-05-01T09:30:15.250Z");
+    // Partition columns live in the path only.
+    assert!(first[0].get("provider").is_none() && first[0].get("sent_date").is_none());
+
+    let m = cx.metrics.summarize("lake", "sink", "lines", 0.0);
+    assert_eq!(m.files, 2);
+    let on_disk: u64 = files(&root)
+        .iter()
+        .map(|f| std::fs::metadata(root.join(f)).unwrap().len())
+        .sum();
+    assert_eq!(m.bytes, on_disk);
+}
+
+#[tokio::test]
+async fn rolls_files_at_max_rows_and_keeps_them_temporary_until_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("out");
+    let cx = sink_context("lake", dir.path());
+    let mut s = sink(&root, &[], Some(2));
+    let w = window("lw", 7);
+    let rows: Vec<Value> = (0..5)
+        .map(|i| message("zoom", &format!("m{i}"), "2025-05-01T00:00:00Z"))
+        .collect();
+    s.write(Batch::new(w.clone(), canonical_batch(&rows[..3])), &cx)
+        .await
+        .unwrap();
+    s.write(Batch::new(w.clone(), canonical_batch(&rows[3..])), &cx)
+        .await
+        .unwrap();
+    let names: Vec<String> = (0..3).map(|p| name("lw-w00007", p)).collect();
+    assert_eq!(
+        files(&root),
+        names.iter().map(|n| format!("{n}.tmp")).collect::<Vec<_>>()
+    );
+    s.commit(&w, &cx).await.unwrap();
+    assert_eq!(files(&root), names);
+    let counts: Vec<usize> = names
+        .iter()
+        .map(|n| read_lines(&root.join(n)).len())
+        .collect();
+    assert_eq!(counts, [2, 2, 1]);
+    let ids: Vec<Value> = names
+        .iter()
+        .flat_map(|n| read_lines(&root.join(n)))
+        .map(|v| v["message_id"].clone())
+        .collect();
+    assert_eq!(
+        ids,
+        (0..5).map(|i| json!(format!("m{i}"))).collect::<Vec<_>>()
+    );
+    // Without partitions every column stays in the file.
+    assert_eq!(read_lines(&root.join(&names[0]))[0]["provider"], "zoom");
+}
+
+#[tokio::test]
+async fn removes_stale_temporary_files_of_its_format_on_the_first_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lake");
+    let nested = root.join("provider=zoom/sent_date=2025-05-01");
+    std::fs::create_dir_all(&nested).unwrap();
+    for f in [
+        "part-old-lw-w00000-0000.lines.tmp",
+        "part-old-lw-w00000-0000.lines",
+        "part-old-lw-w00000-0000.csv.tmp",
+        "notes.lines.tmp",
+    ] {
+        std::fs::write(nested.join(f), "x").unwrap();
+    }
+    std::fs::write(root.join("part-killed.lines.tmp"), "x").unwrap();
+
+    let cx = sink_context("lake", dir.path());
+    let mut s = sink(&root, &["provider"], None);
+    let w = window("lw", 0);
+    s.write(
+        Batch::new(w.clone(), canonical_batch(&sample_messages()[..1])),
+        &cx,
+    )
+    .await
+    .unwrap();
+    s.commit(&w, &cx).await.unwrap();
+    assert_eq!(
+        files(&root),
+        vec![
+            format!("provider=lineworks/{}", name("lw-w00000", 0)),
+            "provider=zoom/sent_date=2025-05-01/notes.lines.tmp".to_string(),
+            "provider=zoom/sent_date=2025-05-01/part-old-lw-w00000-0000.csv.tmp".to_string(),
+            "provider=zoom/sent_date=2025-05-01/part-old-lw-w00000-0000.lines".to_string(),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn escapes_partition_values_and_writes_nulls_to_the_default_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lake");
+    let cx = sink_context("lake", dir.path());
+    let mut s = sink(&root, &["conversation_id"], None);
+    let mut rows = vec![
+        message("zoom", "a", "2025-05-01T00:00:00Z"),
+        message("zoom", "b", "2025-05-01T00:00:00Z"),
+        message("zoom", "c", "2025-05-01T00:00:00Z"),
+    ];
+    rows[0]["conversation_id"] = json!("team/a=b:c%d 日本");
+    rows[1]["conversation_id"] = json!(null);
+    rows[2]["conversation_id"] = json!("..");
+    let w = window("zoom", 0);
+    s.write(Batch::new(w.clone(), canonical_batch(&rows)), &cx)
+        .await
+        .unwrap();
+    s.commit(&w, &cx).await.unwrap();
+    let n = name("zoom-w00000", 0);
+    assert_eq!(
+        files(&root),
+        vec![
+            format!("conversation_id=../{n}"),
+            format!("conversation_id=__HIVE_DEFAULT_PARTITION__/{n}"),
+            format!("conversation_id=team%2Fa%3Db%3Ac%25d 日本/{n}"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_partition_column_fails_the_first_write_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lake");
+    let cx = sink_context("archive", dir.path());
+    let mut s = sink(&root, &["provider", "sent_day"], None);
+    let e = s
+        .write(
+            Batch::new(window("lw", 0), canonical_batch(&sample_messages())),
+            &cx,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("archive: partition_by names `sent_day`, which is not a column"),
+        "{e}"
+    );
+    assert!(e.contains("sent_date"), "{e}");
+}
+
+#[tokio::test]
+async fn commit_without_rows_is_a_no_op_and_finish_commits_leftovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lake");
+    let cx = sink_context("lake", dir.path());
+    let mut s = sink(&root, &[], None);
+    s.commit(&window("lw", 9), &cx).await.unwrap();
+    s.abort(&window("lw", 8), &cx).await.unwrap();
+    assert!(!root.exists());
+
+    let w = window("lw", 1);
+    s.write(
+        Batch::new(w.clone(), canonical_batch(&sample_messages())),
+        &cx,
+    )
+    .await
+    .unwrap();
+    s.finish(&cx).await.unwrap();
+    assert_eq!(files(&root), vec![name("lw-w00001", 0)]);
+    assert_eq!(read_lines(&root.join(name("lw-w00001", 0))).len(), 5);
+}
+
+#[tokio::test]
+async fn a_dropped_sink_removes_its_temporary_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lake");
+    let cx = sink_context("lake", dir.path());
+    let mut s = sink(&root, &["provider"], Some(1));
+    s.write(
+        Batch::new(window("lw", 0), canonical_batch(&sample_messages())),
+        &cx,
+    )
+    .await
+    .unwrap();
+    assert_eq!(files(&root).len(), 5);
+    drop(s);
+    assert!(files(&root).is_empty());
+}
+
+#[tokio::test]
+async fn a_batch_with_other_columns_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cx = sink_context("lake", dir.path());
+    let mut s = sink(&dir.path().join("lake"), &[], None);
+    let batch = canonical_batch(&sample_messages());
+    s.write(Batch::new(window("lw", 0), batch.clone()), &cx)
+        .await
+        .unwrap();
+    let narrower = batch.project(&[0, 1, 2]).unwrap();
+    let e = s
+        .write(Batch::new(window("lw", 0), narrower), &cx)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("differ from the first batch"), "{e}");
+}
+
+#[test]
+fn options_are_checked_without_io() {
+    let ok = LakeOptions {
+        path: PathBuf::from("./lake/messages"),
+        partition_by: vec!["provider".into(), "sent_date".into()],
+        max_rows_per_file: Some(1),
+    };
+    assert!(ok.validate().is_ok());
+    let check = |o: LakeOptions| o.validate().unwrap_err().key;
+    assert_eq!(
+        check(LakeOptions {
+            path: PathBuf::new(),
+            ..ok.clone()
+        }),
+        "path"
+    );
+    assert_eq!(
+        check(LakeOptions {
+            path: PathBuf::from("s3://bucket/x"),
+            ..ok.clone()
+        }),
+        "path"
+    );
+    assert_eq!(
+        check(LakeOptions {
+            partition_by: vec!["provider".into(), "provider".into()],
+            ..ok.clone()
+        }),
+        "partition_by[1]"
+    );
+    assert_eq!(
+        check(LakeOptions {
+            max_rows_per_file: Some(0),
+            ..ok.clone()
+        }),
+        "max_rows_per_file"
+    );
+}
+
+#[test]
+fn names_files_in_one_place() {
+    let w = window("zoom_dm", 12);
+    let key = FileKey {
+        pipeline: "p",
+        sink: "lake",
+        run_id: "20250601T000000Z-ab12",
+        window: &w,
+        partition: "provider=zoom",
+        part: 3,
+        extension: "parquet",
+    };
+    assert_eq!(
+        file_name(&key),
+        "part-20250601T000000Z-ab12-zoom_dm-w00012-0003.parquet"
+    );
+}

@@ -1,0 +1,89 @@
+//! The options of a `type = "csv"` sink, their checks, and `build`.
+
+use std::path::PathBuf;
+
+use chatlake_core::config::InvalidConfig;
+use chatlake_core::{BuildContext, Sink, SinkConfig};
+use chatlake_lake::text::TextCompression;
+use chatlake_lake::{FileSink, LakeOptions};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::format::CsvFormat;
+
+/// Writes rows as CSV files (`*.csv`, or `*.csv.gz`) in Hive partitions.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CsvSinkConfig {
+    /// Directory the files are written under; created if missing.
+    pub path: PathBuf,
+
+    /// Columns whose values name the partition directories, outermost first, e.g.
+    /// `["provider", "sent_date"]` gives `provider=zoom/sent_date=2025-05-01/`. These columns
+    /// are left out of the files.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+
+    /// `none` writes `.csv`; `gzip` writes `.csv.gz`.
+    #[serde(default)]
+    pub compression: TextCompression,
+
+    /// Start a new file after this many rows (each file has its own header). Default: one file
+    /// per window and partition.
+    #[serde(default)]
+    pub max_rows_per_file: Option<u64>,
+
+    /// The field separator: one ASCII character, such as `,`, `;`, `|` or a tab (`"\t"`).
+    #[serde(default = "default_delimiter")]
+    pub delimiter: String,
+
+    /// Write the column names as the first line of every file.
+    #[serde(default = "default_header")]
+    pub header: bool,
+}
+
+fn default_delimiter() -> String {
+    ",".into()
+}
+
+fn default_header() -> bool {
+    true
+}
+
+impl CsvSinkConfig {
+    /// The delimiter as a byte, or why it cannot be one.
+    fn delimiter_byte(&self) -> Result<u8, InvalidConfig> {
+        let mut chars = self.delimiter.chars();
+        match (chars.next(), chars.next()) {
+            (Some(c), None) if c.is_ascii() && !matches!(c, '"' | '\n' | '\r') => Ok(c as u8),
+            _ => Err(InvalidConfig::new(
+                "delimiter",
+                format!(
+                    "{:?} is not one ASCII character other than a quote or a line break; \
+                     use e.g. \",\", \";\", \"|\" or \"\\t\"",
+                    self.delimiter
+                ),
+            )),
+        }
+    }
+}
+
+impl SinkConfig for CsvSinkConfig {
+    const TYPE: &'static str = "csv";
+    const SUMMARY: &'static str =
+        "CSV files with a header, nested columns as JSON, optionally gzipped, in Hive partitions";
+
+    fn build(self, _cx: &BuildContext) -> Result<Box<dyn Sink>, InvalidConfig> {
+        let delimiter = self.delimiter_byte()?;
+        let options = LakeOptions {
+            path: self.path,
+            partition_by: self.partition_by,
+            max_rows_per_file: self.max_rows_per_file,
+        };
+        options.validate()?;
+        Ok(Box::new(FileSink::new(
+            CsvFormat::new(self.compression, delimiter, self.header),
+            options,
+        )))
+    }
+}

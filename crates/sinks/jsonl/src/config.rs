@@ -1,0 +1,53 @@
+//! The options of a `type = "jsonl"` sink, their checks, and `build`.
+
+use std::path::PathBuf;
+
+use chatlake_core::config::InvalidConfig;
+use chatlake_core::{BuildContext, Sink, SinkConfig};
+use chatlake_lake::text::TextCompression;
+use chatlake_lake::{FileSink, LakeOptions};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::format::JsonlFormat;
+
+/// Writes rows as JSON Lines files (`*.jsonl`, or `*.jsonl.gz`) in Hive partitions.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlSinkConfig {
+    /// Directory the files are written under; created if missing.
+    pub path: PathBuf,
+
+    /// Columns whose values name the partition directories, outermost first, e.g.
+    /// `["provider", "sent_date"]` gives `provider=zoom/sent_date=2025-05-01/`. These columns
+    /// are left out of the files.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+
+    /// `none` writes `.jsonl`; `gzip` writes `.jsonl.gz`.
+    #[serde(default)]
+    pub compression: TextCompression,
+
+    /// Start a new file after this many rows. Default: one file per window and partition.
+    #[serde(default)]
+    pub max_rows_per_file: Option<u64>,
+}
+
+impl SinkConfig for JsonlSinkConfig {
+    const TYPE: &'static str = "jsonl";
+    const SUMMARY: &'static str =
+        "JSON Lines files, one object per row, optionally gzipped, in Hive partitions";
+
+    fn build(self, _cx: &BuildContext) -> Result<Box<dyn Sink>, InvalidConfig> {
+        let options = LakeOptions {
+            path: self.path,
+            partition_by: self.partition_by,
+            max_rows_per_file: self.max_rows_per_file,
+        };
+        options.validate()?;
+        Ok(Box::new(FileSink::new(
+            JsonlFormat::new(self.compression),
+            options,
+        )))
+    }
+}

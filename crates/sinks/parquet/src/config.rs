@@ -1,0 +1,150 @@
+//! The options of a `type = "parquet"` sink, their checks, and `build`.
+
+use std::path::PathBuf;
+
+use chatlake_core::config::InvalidConfig;
+use chatlake_core::{BuildContext, Sink, SinkConfig};
+use chatlake_lake::{FileSink, LakeOptions};
+use parquet::basic::{Compression, GzipLevel, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::format::ParquetFormat;
+
+/// Writes rows as Parquet files (`*.parquet`) in Hive partitions.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetSinkConfig {
+    /// Directory the files are written under; created if missing.
+    pub path: PathBuf,
+
+    /// Columns whose values name the partition directories, outermost first, e.g.
+    /// `["provider", "sent_date"]` gives `provider=zoom/sent_date=2025-05-01/`. These columns
+    /// are left out of the files, as Hive, Spark and PyArrow expect.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+
+    /// Compression of the column chunks.
+    #[serde(default)]
+    pub compression: ParquetCompression,
+
+    /// Compression level: zstd 1 to 22 (default 3), gzip 0 to 9 (default 6). Snappy and none
+    /// have no levels.
+    #[serde(default)]
+    pub compression_level: Option<i32>,
+
+    /// Start a new file after this many rows. Default: one file per window and partition.
+    #[serde(default)]
+    pub max_rows_per_file: Option<u64>,
+
+    /// Rows per row group, the unit readers skip by statistics and read in parallel. Rows are
+    /// buffered in memory until a row group is full.
+    #[serde(default = "default_row_group_size")]
+    pub row_group_size: usize,
+}
+
+/// Compression of the column chunks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ParquetCompression {
+    /// Zstandard: small files, fast to read; the default.
+    #[default]
+    Zstd,
+    /// Snappy: fastest, larger files.
+    Snappy,
+    /// gzip: for readers that know nothing newer.
+    Gzip,
+    /// Uncompressed.
+    None,
+}
+
+/// 120 Ki rows: DuckDB's row-group size, big enough for good compression, small enough to
+/// buffer per open file.
+pub const DEFAULT_ROW_GROUP_SIZE: usize = 122_880;
+
+fn default_row_group_size() -> usize {
+    DEFAULT_ROW_GROUP_SIZE
+}
+
+/// zstd's level when none is given: the library default, a good size/speed balance.
+const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+impl ParquetSinkConfig {
+    /// The codec with its level, or why the level does not fit it.
+    fn codec(&self) -> Result<Compression, InvalidConfig> {
+        let bad = |range: &str| {
+            InvalidConfig::new(
+                "compression_level",
+                format!(
+                    "{} is out of range for {}: use {range}",
+                    self.compression_level.unwrap_or_default(),
+                    self.compression.name()
+                ),
+            )
+        };
+        match (self.compression, self.compression_level) {
+            (ParquetCompression::Zstd, level) => {
+                ZstdLevel::try_new(level.unwrap_or(DEFAULT_ZSTD_LEVEL))
+                    .map(Compression::ZSTD)
+                    .map_err(|_| bad("1 to 22"))
+            }
+            (ParquetCompression::Gzip, None) => Ok(Compression::GZIP(GzipLevel::default())),
+            (ParquetCompression::Gzip, Some(level)) => u32::try_from(level)
+                .ok()
+                .and_then(|l| GzipLevel::try_new(l).ok())
+                .map(Compression::GZIP)
+                .ok_or_else(|| bad("0 to 9")),
+            (ParquetCompression::Snappy, None) => Ok(Compression::SNAPPY),
+            (ParquetCompression::None, None) => Ok(Compression::UNCOMPRESSED),
+            (other @ (ParquetCompression::Snappy | ParquetCompression::None), Some(_)) => {
+                Err(InvalidConfig::new(
+                    "compression_level",
+                    format!("{} has no levels; remove compression_level", other.name()),
+                ))
+            }
+        }
+    }
+
+    /// Writer properties, checked without I/O.
+    fn properties(&self) -> Result<WriterProperties, InvalidConfig> {
+        if self.row_group_size == 0 {
+            return Err(InvalidConfig::new("row_group_size", "must be at least 1"));
+        }
+        Ok(WriterProperties::builder()
+            .set_compression(self.codec()?)
+            .set_max_row_group_row_count(Some(self.row_group_size))
+            .build())
+    }
+}
+
+impl ParquetCompression {
+    fn name(self) -> &'static str {
+        match self {
+            ParquetCompression::Zstd => "zstd",
+            ParquetCompression::Snappy => "snappy",
+            ParquetCompression::Gzip => "gzip",
+            ParquetCompression::None => "none",
+        }
+    }
+}
+
+impl SinkConfig for ParquetSinkConfig {
+    const TYPE: &'static str = "parquet";
+    const SUMMARY: &'static str =
+        "Parquet files with nested types kept, zstd-compressed by default, in Hive partitions";
+
+    fn build(self, _cx: &BuildContext) -> Result<Box<dyn Sink>, InvalidConfig> {
+        let properties = self.properties()?;
+        let options = LakeOptions {
+            path: self.path,
+            partition_by: self.partition_by,
+            max_rows_per_file: self.max_rows_per_file,
+        };
+        options.validate()?;
+        Ok(Box::new(FileSink::new(
+            ParquetFormat::new(properties),
+            options,
+        )))
+    }
+}

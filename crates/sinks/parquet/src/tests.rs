@@ -1,0 +1,276 @@
+//! The sink built from its config, driven through the `Sink` trait, read back with the parquet
+//! crate's Arrow reader.
+
+use std::fs::File;
+use std::path::Path;
+
+use arrow::array::AsArray;
+use arrow::compute::concat_batches;
+use arrow::datatypes::DataType;
+use arrow::record_batch::RecordBatch;
+use chatlake_core::schema::{self, canonical};
+use chatlake_core::{Registry, SinkConfig};
+use chatlake_lake::testing::{
+    build_context, canonical_batch, files_under, sink_context, write_interleaved,
+};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, LogicalType, TimeUnit};
+use parquet::file::metadata::ParquetMetaData;
+use serde_json::{Value, json};
+
+use crate::{ParquetCompression, ParquetSinkConfig};
+
+fn config(options: Value) -> Result<ParquetSinkConfig, String> {
+    serde_json::from_value(options).map_err(|e| e.to_string())
+}
+
+/// Every row of a file, and its footer.
+fn read_parquet(path: &Path) -> (RecordBatch, std::sync::Arc<ParquetMetaData>) {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap();
+    let metadata = builder.metadata().clone();
+    let schema = builder.schema().clone();
+    let batches: Vec<RecordBatch> = builder.build().unwrap().map(|b| b.unwrap()).collect();
+    (concat_batches(&schema, &batches).unwrap(), metadata)
+}
+
+/// The value of `key=value` in a Hive path.
+fn partition_value<'a>(path: &'a str, key: &str) -> &'a str {
+    path.split('/')
+        .find_map(|seg| seg.strip_prefix(key)?.strip_prefix('='))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn writes_partitioned_parquet_that_reads_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lake");
+    let mut sink = config(json!({"path": root, "partition_by": ["provider", "sent_date"]}))
+        .unwrap()
+        .build(&build_context("lake"))
+        .unwrap();
+    let cx = sink_context("lake", dir.path());
+    let rows = write_interleaved(sink.as_mut(), &cx).await;
+
+    let name = "part-20250601T000000Z-test-lw-w00000-0000.parquet";
+    let files = files_under(&root);
+    assert_eq!(
+        files,
+        [
+            format!("provider=lineworks/sent_date=2025-05-01/{name}"),
+            format!("provider=lineworks/sent_date=2025-05-02/{name}"),
+            format!("provider=zoom/sent_date=2025-05-01/{name}"),
+            format!("provider=zoom/sent_date=2025-05-02/{name}"),
+        ]
+    );
+    let canonical = canonical();
+    let data_columns: Vec<usize> = (0..canonical.fields().len())
+        .filter(|&i| {
+            ![schema::PROVIDER, schema::SENT_DATE].contains(&canonical.field(i).name().as_str())
+        })
+        .collect();
+
+    let mut total = 0;
+    for f in &files {
+        let (got, metadata) = read_parquet(&root.join(f));
+        // The rows of this partition, in the order they were written.
+        let provider = partition_value(f, "provider");
+        let date = partition_value(f, "sent_date");
+        let mine: Vec<Value> = rows
+            .iter()
+            .filter(|r| {
+                r["provider"] == provider && r["sent_at"].as_str().unwrap().starts_with(date)
+            })
+            .cloned()
+            .collect();
+        let want = canonical_batch(&mine).project(&data_columns).unwrap();
+
+        // Same columns, types (nested attachments, UTC timestamps) and values, byte for byte;
+        // no partition column inside the file.
+        assert_eq!(got.schema().fields(), want.schema().fields(), "{f}");
+        assert_eq!(got.columns(), want.columns(), "{f}");
+        assert!(got.schema().column_with_name(schema::PROVIDER).is_none());
+        total += got.num_rows();
+
+        let descr = metadata.file_metadata().schema_descr();
+        let sent_at = descr
+            .columns()
+            .iter()
+            .find(|c| c.name() == schema::SENT_AT)
+            .unwrap();
+        assert_eq!(
+            sent_at.logical_type_ref(),
+            Some(&LogicalType::timestamp(true, TimeUnit::MICROS))
+        );
+        for column in metadata.row_group(0).columns() {
+            assert!(matches!(column.compression(), Compression::ZSTD(_)));
+        }
+    }
+    assert_eq!(total, rows.len());
+
+    // Spot checks of what the comparisons above cover.
+    let (lw, _) = read_parquet(&root.join(&files[0]));
+    let text = lw.column_by_name(schema::TEXT).unwrap().as_string::<i32>();
+    assert_eq!(text.value(0), "こんにちは、世界 🌏 \"quoted\", comma; semi");
+    assert_eq!(text.value(1), "line one\nline two\r\nline three\t  ");
+    let attachments = lw
+        .column_by_name(schema::ATTACHMENTS)
+        .unwrap()
+        .as_list::<i32>();
+    assert_eq!(attachments.value_length(0), 2);
+    assert_eq!(attachments.value_length(1), 0);
+    let first = attachments.value(0);
+    let names = first
+        .as_struct()
+        .column_by_name("file_name")
+        .unwrap()
+        .as_string::<i32>();
+    assert_eq!(names.value(0), "報告書.pdf");
+    assert_eq!(
+        lw.schema()
+            .field_with_name(schema::SENT_AT)
+            .unwrap()
+            .data_type(),
+        &schema::utc_timestamp()
+    );
+    assert!(matches!(
+        lw.schema()
+            .field_with_name(schema::ATTACHMENTS)
+            .unwrap()
+            .data_type(),
+        DataType::List(_)
+    ));
+}
+
+#[tokio::test]
+async fn every_codec_writes_readable_files_with_rolling_and_row_groups() {
+    for (compression, level) in [
+        ("snappy", None),
+        ("gzip", Some(9)),
+        ("none", None),
+        ("zstd", Some(19)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("lake");
+        let mut options = json!({
+            "path": root, "compression": compression, "max_rows_per_file": 3, "row_group_size": 2
+        });
+        if let Some(level) = level {
+            options["compression_level"] = json!(level);
+        }
+        let mut sink = config(options)
+            .unwrap()
+            .build(&build_context("lake"))
+            .unwrap();
+        let cx = sink_context("lake", dir.path());
+        let rows = write_interleaved(sink.as_mut(), &cx).await;
+
+        let files = files_under(&root);
+        assert_eq!(files.len(), 2, "{compression}: 5 rows at 3 a file");
+        let (first, metadata) = read_parquet(&root.join(&files[0]));
+        assert_eq!(first.num_rows(), 3);
+        assert_eq!(
+            metadata.num_row_groups(),
+            2,
+            "{compression}: 3 rows at 2 a group"
+        );
+        let codec = metadata.row_group(0).column(0).compression();
+        let want = match compression {
+            "snappy" => matches!(codec, Compression::SNAPPY),
+            "gzip" => matches!(codec, Compression::GZIP(_)),
+            "none" => matches!(codec, Compression::UNCOMPRESSED),
+            _ => matches!(codec, Compression::ZSTD(_)),
+        };
+        assert!(want, "{compression}: {codec:?}");
+        let (second, _) = read_parquet(&root.join(&files[1]));
+        assert_eq!(
+            concat_batches(&first.schema(), [&first, &second]).unwrap(),
+            canonical_batch(&rows),
+            "{compression}"
+        );
+        assert_eq!(
+            cx.metrics.summarize("lake", "sink", "parquet", 0.0).files,
+            2
+        );
+    }
+}
+
+#[test]
+fn config_defaults_and_errors() {
+    let c = config(json!({"path": "./lake/messages"})).unwrap();
+    assert_eq!(c.compression, ParquetCompression::Zstd);
+    assert_eq!(c.compression_level, None);
+    assert_eq!(c.row_group_size, 122_880);
+    assert!(c.partition_by.is_empty());
+
+    let e = config(json!({"path": "x", "compression": "zstdd"})).unwrap_err();
+    assert!(
+        e.contains("unknown variant `zstdd`, expected one of `zstd`, `snappy`, `gzip`, `none`"),
+        "{e}"
+    );
+    let e = config(json!({"path": "x", "header": true})).unwrap_err();
+    assert!(e.contains("unknown field `header`"), "{e}");
+
+    let build = |v: Value| config(v).unwrap().build(&build_context("s")).err().unwrap();
+    for (options, key, message) in [
+        (
+            json!({"compression_level": 23}),
+            "compression_level",
+            "23 is out of range for zstd: use 1 to 22",
+        ),
+        (
+            json!({"compression_level": 0}),
+            "compression_level",
+            "out of range for zstd",
+        ),
+        (
+            json!({"compression": "gzip", "compression_level": 10}),
+            "compression_level",
+            "use 0 to 9",
+        ),
+        (
+            json!({"compression": "gzip", "compression_level": -1}),
+            "compression_level",
+            "use 0 to 9",
+        ),
+        (
+            json!({"compression": "snappy", "compression_level": 1}),
+            "compression_level",
+            "snappy has no levels",
+        ),
+        (json!({"row_group_size": 0}), "row_group_size", "at least 1"),
+        (
+            json!({"max_rows_per_file": 0}),
+            "max_rows_per_file",
+            "at least 1",
+        ),
+        (
+            json!({"partition_by": ["provider", "provider"]}),
+            "partition_by[1]",
+            "listed twice",
+        ),
+    ] {
+        let mut options = options;
+        options["path"] = json!("./lake");
+        let e = build(options);
+        assert_eq!(e.key, key);
+        assert!(e.message.contains(message), "{}", e.message);
+    }
+    assert_eq!(build(json!({"path": ""})).key, "path");
+}
+
+#[test]
+fn every_option_is_documented_for_chatlake_components() {
+    let mut registry = Registry::new();
+    registry.register_sink::<ParquetSinkConfig>();
+    let docs = registry.docs();
+    let doc = docs.iter().find(|d| d.type_name == "parquet").unwrap();
+    assert_eq!(doc.summary, ParquetSinkConfig::SUMMARY);
+    for o in &doc.options {
+        assert!(!o.description.is_empty(), "{} has no description", o.name);
+    }
+    let option = |name: &str| doc.options.iter().find(|o| o.name == name).unwrap();
+    assert_eq!(option("compression").default, Some(json!("zstd")));
+    assert_eq!(option("compression").kind, "zstd | snappy | gzip | none");
+    assert_eq!(option("row_group_size").default, Some(json!(122_880)));
+    assert!(option("path").required);
+}
