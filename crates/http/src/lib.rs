@@ -1,1 +1,47 @@
-//! Shared HTTP toolkit for chatlake sources: client, retries, rate budgets, auth.
+//! The HTTP toolkit that keeps provider sources short: one way to build a client, decide where
+//! credentials may go, retry with backoff, keep under a rate budget, cache access tokens and say
+//! precisely which request failed.
+//!
+//! Sources own their request loop (each provider has its own idea of what a failed attempt is:
+//! LINE WORKS reports a broken download at the end of a 200 body), and use these pieces in it:
+//!
+//! * [`HttpClient`]: reqwest with rustls, chatlake's user agent, timeouts and **no redirects**,
+//!   so a source follows a `302` itself and decides with [`CredentialScope`] whether the next host
+//!   may see its token.
+//! * [`RetryPolicy`]: the `retry` table of a source config, and the backoff it implies;
+//!   [`server_wait`] reads how long the server asked us to wait.
+//! * [`RateLimiter`]: "N requests per period", shared by clones.
+//! * [`RequestError`]: which request, which window, which status and provider error code.
+//! * [`TokenCache`]: an access token with its expiry, refreshed ahead of time.
+
+mod client;
+mod error;
+mod rate;
+mod retry;
+mod token;
+
+pub use client::{
+    CredentialScope, HttpClient, HttpClientBuilder, USER_AGENT, redact_url, resolve_location,
+    same_origin,
+};
+pub use error::{ErrorKind, ProviderError, RequestError};
+pub use rate::RateLimiter;
+pub use retry::{RetryPolicy, parse_retry_after, server_wait};
+pub use token::{
+    AccessToken, TokenCache, TokenResponse, deserialize_optional_seconds, deserialize_seconds,
+    post_token_form,
+};
+
+/// Errors of this crate that are not about one request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request failed; the message names it.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+
+    /// The HTTP client could not be set up (TLS roots, ...).
+    #[error("could not set up the HTTP client: {0}")]
+    Client(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,125 @@
+//! A request budget, "N requests per period", shared by every clone.
+//!
+//! Requests are spaced evenly (period / N apart, no burst), so no stretch of one period ever
+//! holds more than N of them, whether the provider counts in fixed or sliding windows. A `429`
+//! can also pause the whole budget until the provider's reset ([`RateLimiter::pause_for`]):
+//! providers limit per account or domain, so one caller's 429 is every caller's 429.
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota};
+use tokio::time::Instant;
+
+/// A cloneable, shared request budget.
+#[derive(Clone)]
+pub struct RateLimiter {
+    limiter: Arc<DefaultDirectRateLimiter>,
+    paused_until: Arc<Mutex<Option<Instant>>>,
+    requests: NonZeroU32,
+    period: Duration,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RateLimiter({} per {:?})", self.requests, self.period)
+    }
+}
+
+impl RateLimiter {
+    /// At most `requests` per `period`, evenly spaced. A zero `period` means no limit worth
+    /// speaking of (one request per nanosecond).
+    pub fn new(requests: NonZeroU32, period: Duration) -> Self {
+        let spacing = (period / requests.get()).max(Duration::from_nanos(1));
+        let quota = Quota::with_period(spacing)
+            .expect("spacing is at least one nanosecond")
+            .allow_burst(NonZeroU32::MIN);
+        RateLimiter {
+            limiter: Arc::new(governor::RateLimiter::direct(quota)),
+            paused_until: Arc::new(Mutex::new(None)),
+            requests,
+            period,
+        }
+    }
+
+    /// At most `requests` a minute.
+    pub fn per_minute(requests: NonZeroU32) -> Self {
+        RateLimiter::new(requests, Duration::from_secs(60))
+    }
+
+    /// At most `requests` a second.
+    pub fn per_second(requests: NonZeroU32) -> Self {
+        RateLimiter::new(requests, Duration::from_secs(1))
+    }
+
+    /// Waits until one more request fits in the budget (and any pause has passed), and takes it.
+    pub async fn until_ready(&self) {
+        loop {
+            let paused = self.paused_until.lock().ok().and_then(|p| *p);
+            match paused {
+                Some(until) if until > Instant::now() => tokio::time::sleep_until(until).await,
+                _ => break,
+            }
+        }
+        self.limiter.until_ready().await;
+    }
+
+    /// Holds every request of this budget back for `wait` (a provider's `429` reset). A longer
+    /// pause already in place is kept.
+    pub fn pause_for(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        if let Ok(mut paused) = self.paused_until.lock()
+            && paused.is_none_or(|p| p < until)
+        {
+            *paused = Some(until);
+        }
+    }
+
+    /// Requests per period, as configured.
+    pub fn quota(&self) -> (NonZeroU32, Duration) {
+        (self.requests, self.period)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn spaces_requests_evenly() {
+        let rl = RateLimiter::new(NonZeroU32::new(20).unwrap(), Duration::from_secs(1));
+        let start = std::time::Instant::now();
+        for _ in 0..5 {
+            rl.until_ready().await;
+        }
+        // The first is free, the next four come 50 ms apart.
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(190), "{took:?}");
+        // Generous: the machine may be busy, but an unlimited limiter would take ~0 ms.
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn clones_share_one_budget() {
+        let a = RateLimiter::new(NonZeroU32::new(10).unwrap(), Duration::from_secs(1));
+        let b = a.clone();
+        let start = std::time::Instant::now();
+        a.until_ready().await;
+        b.until_ready().await;
+        a.until_ready().await;
+        assert!(start.elapsed() >= Duration::from_millis(190));
+    }
+
+    #[tokio::test]
+    async fn a_pause_holds_every_clone_back() {
+        let a = RateLimiter::per_second(NonZeroU32::new(1000).unwrap());
+        let b = a.clone();
+        a.pause_for(Duration::from_millis(150));
+        a.pause_for(Duration::from_millis(10)); // a shorter pause does not shorten it
+        let start = std::time::Instant::now();
+        b.until_ready().await;
+        assert!(start.elapsed() >= Duration::from_millis(140));
+        assert_eq!(format!("{a:?}"), "RateLimiter(1000 per 1s)");
+    }
+}

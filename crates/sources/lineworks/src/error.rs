@@ -1,0 +1,37 @@
+//! Errors of the LINE WORKS source. Each says what failed and where: the request and window, the
+//! file, or the key file. None carries a credential.
+
+use std::path::PathBuf;
+
+use chatlake_http::RequestError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An API or file request failed (after retries, if it was worth retrying).
+    #[error(transparent)]
+    Request(#[from] RequestError),
+
+    /// The service account's private key file could not be used.
+    #[error("auth.private_key_file {}: {message}", .path.display())]
+    Key { path: PathBuf, message: String },
+
+    /// A CSV file (downloaded by hand, or the spool of a download) could not be read.
+    #[error("{origin}: {message}")]
+    File { origin: String, message: String },
+
+    /// A `files` glob matched no file.
+    #[error("files[{index}]: no file matches {pattern:?} (relative paths start in {cwd})")]
+    NoMatch {
+        index: usize,
+        pattern: String,
+        cwd: String,
+    },
+
+    #[error(transparent)]
+    Http(#[from] chatlake_http::Error),
+
+    #[error(transparent)]
+    Core(#[from] chatlake_core::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
