@@ -1,6 +1,9 @@
 //! Bad command lines and bad pipeline files: exit code 2, and every message names the file and
 //! the key path.
 
+// Test helpers outside `#[test]` functions may unwrap too.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::Scratch;
@@ -39,8 +42,17 @@ fn a_bad_enum_value_names_the_file_the_key_and_the_choices() {
     let p = s.pipeline("p.toml", &GOOD.replace("\"zstd\"", "\"zstdd\""));
     let out = s.run(&["validate", p.to_str().unwrap()]).expect_code(2);
     let err = out.stderr();
-    assert!(err.contains("p.toml: sinks.lake.compression: unknown variant `zstdd`"), "{err}");
-    assert!(err.contains("zstd") && err.contains("snappy") && err.contains("gzip") && err.contains("none"), "{err}");
+    assert!(
+        err.contains("p.toml: sinks.lake.compression: unknown variant `zstdd`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("zstd")
+            && err.contains("snappy")
+            && err.contains("gzip")
+            && err.contains("none"),
+        "{err}"
+    );
     // `run` refuses the same file before doing anything.
     s.run(&["run", p.to_str().unwrap()]).expect_code(2);
 }
@@ -50,10 +62,16 @@ fn validate_reports_every_error_at_once() {
     let s = Scratch::new();
     let body = GOOD
         .replace("inputs = [\"canonical\"]", "inputs = [\"canonicl\"]")
-        .replace("type = \"normalize\"", "type = \"normalize\"\nmode = \"fast\"")
+        .replace(
+            "type = \"normalize\"",
+            "type = \"normalize\"\nmode = \"fast\"",
+        )
         + "\n[sources.extra]\ntype = \"lineworks_message_contents\"\nfiles = [\"x\"]\n";
     let p = s.pipeline("p.toml", &body);
-    let err = s.run(&["validate", p.to_str().unwrap()]).expect_code(2).stderr();
+    let err = s
+        .run(&["validate", p.to_str().unwrap()])
+        .expect_code(2)
+        .stderr();
     for want in [
         "sinks.lake.inputs[0]: unknown component `canonicl`",
         "transforms.canonical.mode: unknown field `mode`",
@@ -68,13 +86,22 @@ fn wiring_that_cannot_work_is_refused() {
     let s = Scratch::new();
     let body = GOOD.replace("type = \"normalize\"", "type = \"dedupe\"");
     let p = s.pipeline("p.toml", &body);
-    let err = s.run(&["validate", p.to_str().unwrap()]).expect_code(2).stderr();
-    assert!(err.contains("transforms.canonical.inputs: dedupe needs canonical messages"), "{err}");
+    let err = s
+        .run(&["validate", p.to_str().unwrap()])
+        .expect_code(2)
+        .stderr();
+    assert!(
+        err.contains("transforms.canonical.inputs: dedupe needs canonical messages"),
+        "{err}"
+    );
     assert!(err.contains("normalize"), "{err}");
 
     let cyclic = GOOD.replace("inputs = [\"lw\"]", "inputs = [\"lw\", \"canonical\"]");
     let p = s.pipeline("c.toml", &cyclic);
-    let err = s.run(&["validate", p.to_str().unwrap()]).expect_code(2).stderr();
+    let err = s
+        .run(&["validate", p.to_str().unwrap()])
+        .expect_code(2)
+        .stderr();
     assert!(err.contains("transforms.canonical.inputs"), "{err}");
 }
 
@@ -83,16 +110,32 @@ fn unset_variables_and_env_overrides_are_named() {
     let s = Scratch::new();
     let body = GOOD.replace("path = \"./lake\"", "path = \"${LAKE_DIR}\"");
     let p = s.pipeline("p.toml", &body);
-    let err = s.run(&["validate", p.to_str().unwrap()]).expect_code(2).stderr();
-    assert!(err.contains("sinks.lake.path: environment variable LAKE_DIR is not set"), "{err}");
-    s.run_env(&["validate", p.to_str().unwrap()], &[("LAKE_DIR", "./elsewhere")]).expect_code(0);
+    let err = s
+        .run(&["validate", p.to_str().unwrap()])
+        .expect_code(2)
+        .stderr();
+    assert!(
+        err.contains("sinks.lake.path: environment variable LAKE_DIR is not set"),
+        "{err}"
+    );
+    s.run_env(
+        &["validate", p.to_str().unwrap()],
+        &[("LAKE_DIR", "./elsewhere")],
+    )
+    .expect_code(0);
 
     let p = s.pipeline("q.toml", GOOD);
     let err = s
-        .run_env(&["validate", p.to_str().unwrap()], &[("CHATLAKE__SINKS__LAKE__COMPRESSION", "brotli")])
+        .run_env(
+            &["validate", p.to_str().unwrap()],
+            &[("CHATLAKE__SINKS__LAKE__COMPRESSION", "brotli")],
+        )
         .expect_code(2)
         .stderr();
-    assert!(err.contains("sinks.lake.compression: unknown variant `brotli`"), "{err}");
+    assert!(
+        err.contains("sinks.lake.compression: unknown variant `brotli`"),
+        "{err}"
+    );
     assert!(err.contains("CHATLAKE__SINKS__LAKE__COMPRESSION"), "{err}");
 }
 
@@ -103,8 +146,14 @@ fn yaml_files_are_checked_the_same_way() {
         "p.yaml",
         "pipeline:\n  name: t\nsources:\n  lw:\n    type: lineworks_message_contents\n    files: [\"in/*.csv\"]\n    langauge: ja_JP\nsinks:\n  out:\n    type: jsonl\n    inputs: [lw]\n    path: ./out\n",
     );
-    let err = s.run(&["validate", p.to_str().unwrap()]).expect_code(2).stderr();
-    assert!(err.contains("p.yaml: sources.lw.langauge: unknown field `langauge`"), "{err}");
+    let err = s
+        .run(&["validate", p.to_str().unwrap()])
+        .expect_code(2)
+        .stderr();
+    assert!(
+        err.contains("p.yaml: sources.lw.langauge: unknown field `langauge`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -112,7 +161,8 @@ fn bad_command_lines_and_missing_files_exit_2() {
     let s = Scratch::new();
     s.run(&["run"]).expect_code(2);
     s.run(&["frobnicate"]).expect_code(2);
-    s.run(&["run", "--start", "last tuesday", "x.toml"]).expect_code(2);
+    s.run(&["run", "--start", "last tuesday", "x.toml"])
+        .expect_code(2);
     let err = s.run(&["validate", "missing.toml"]).expect_code(2).stderr();
     assert!(err.contains("missing.toml: no such pipeline file"), "{err}");
 }
@@ -121,10 +171,19 @@ fn bad_command_lines_and_missing_files_exit_2() {
 fn components_lists_every_type_with_options() {
     let s = Scratch::new();
     let out = s.run(&["components"]).expect_code(0).stdout();
-    for t in ["lineworks_message_contents", "normalize", "dedupe", "bot_filter", "parquet", "csv", "jsonl"] {
+    for t in [
+        "lineworks_message_contents",
+        "normalize",
+        "dedupe",
+        "bot_filter",
+        "parquet",
+        "csv",
+        "jsonl",
+    ] {
         assert!(out.contains(&format!("`{t}`")), "{t} missing from\n{out}");
     }
     assert!(out.contains("compression"), "{out}");
-    let json: serde_json::Value = serde_json::from_str(&s.run(&["components", "--json"]).expect_code(0).stdout()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&s.run(&["components", "--json"]).expect_code(0).stdout()).unwrap();
     assert_eq!(json.as_array().unwrap().len(), 7);
 }

@@ -1,6 +1,9 @@
 //! LINE WORKS end to end: the real binary against the emulator on loopback, and hand-downloaded
 //! files, with the lake read back and compared with the emulator's own dataset.
 
+// Test helpers outside `#[test]` functions may unwrap too.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -29,42 +32,80 @@ fn expected(seed: u64, scale: f64, start: &str, end: &str, bots: bool) -> Vec<(i
 fn the_demo_with_emulate_loads_every_human_message_once_in_utc() {
     let s = Scratch::new();
     let demo = repo("pipelines/demo.toml");
-    let out = s.run(&["run", "--emulate", demo.to_str().unwrap()]).expect_code(0);
+    let out = s
+        .run(&["run", "--emulate", demo.to_str().unwrap()])
+        .expect_code(0);
     assert!(out.stdout().contains("succeeded"), "{}", out.stdout());
 
-    let want = expected(42, 1.0, "2025-01-01T00:00:00+09:00", "2025-03-31T23:59:59+09:00", false);
-    assert!(want.len() > 50_000, "the demo should be substantial: {}", want.len());
+    let want = expected(
+        42,
+        1.0,
+        "2025-01-01T00:00:00+09:00",
+        "2025-03-31T23:59:59+09:00",
+        false,
+    );
+    assert!(
+        want.len() > 50_000,
+        "the demo should be substantial: {}",
+        want.len()
+    );
     let rows = read_parquet(&s.path("lake/messages"));
-    let mut got: Vec<(i64, String)> = rows.iter().map(|r| (r.sent_at_us, r.text.clone().unwrap())).collect();
+    let mut got: Vec<(i64, String)> = rows
+        .iter()
+        .map(|r| (r.sent_at_us, r.text.clone().unwrap()))
+        .collect();
     got.sort();
     assert_eq!(got.len(), want.len());
     assert!(got == want, "rows differ from the emulator's dataset");
 
     // Partitions are the UTC date of sent_at and the provider; ids are distinct; no bots.
     for r in &rows {
-        let date = DateTime::from_timestamp_micros(r.sent_at_us).unwrap().date_naive().to_string();
+        let date = DateTime::from_timestamp_micros(r.sent_at_us)
+            .unwrap()
+            .date_naive()
+            .to_string();
         assert_eq!(r.partition.get("sent_date"), Some(&date));
-        assert_eq!(r.partition.get("provider").map(String::as_str), Some("lineworks"));
+        assert_eq!(
+            r.partition.get("provider").map(String::as_str),
+            Some("lineworks")
+        );
         assert!(!r.is_bot);
         assert_eq!(r.version, r.sent_at_us / 1000);
     }
     let ids: std::collections::HashSet<&str> = rows.iter().map(|r| r.message_id.as_str()).collect();
-    assert_eq!(ids.len(), rows.len(), "identical messages keep distinct ids");
+    assert_eq!(
+        ids.len(),
+        rows.len(),
+        "identical messages keep distinct ids"
+    );
 
     // The archive keeps bots; the CSV export has the same rows as the lake.
     let archive = read_jsonl(&s.path("lake/archive"));
-    let all = expected(42, 1.0, "2025-01-01T00:00:00+09:00", "2025-03-31T23:59:59+09:00", true);
+    let all = expected(
+        42,
+        1.0,
+        "2025-01-01T00:00:00+09:00",
+        "2025-03-31T23:59:59+09:00",
+        true,
+    );
     assert_eq!(archive.len(), all.len());
-    assert_eq!(archive.iter().filter(|v| v["is_bot"] == true).count(), all.len() - want.len());
+    assert_eq!(
+        archive.iter().filter(|v| v["is_bot"] == true).count(),
+        all.len() - want.len()
+    );
     let csv_rows: usize = common::files(&s.path("lake/csv"), ".csv")
         .iter()
         .map(|p| csv::Reader::from_path(p).unwrap().records().count())
         .sum();
     assert_eq!(csv_rows, want.len());
 
-    assert!(temp_files(&s.path("lake")).is_empty(), "unfinished files left behind");
+    assert!(
+        temp_files(&s.path("lake")).is_empty(),
+        "unfinished files left behind"
+    );
     let last: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(s.path("lake/_state/demo/last_run.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(s.path("lake/_state/demo/last_run.json")).unwrap())
+            .unwrap();
     assert_eq!(last["status"], "succeeded");
 }
 
@@ -103,8 +144,16 @@ partition_by = ["sent_date"]
 "#;
 
 fn files_pipeline(s: &Scratch, files: &[&str], mode: &str) -> std::path::PathBuf {
-    let list: Vec<String> = files.iter().map(|f| format!("{:?}", repo(f).to_str().unwrap())).collect();
-    s.pipeline("p.toml", &FILES_PIPELINE.replace("FILES", &format!("[{}]", list.join(", "))).replace("MODE", mode))
+    let list: Vec<String> = files
+        .iter()
+        .map(|f| format!("{:?}", repo(f).to_str().unwrap()))
+        .collect();
+    s.pipeline(
+        "p.toml",
+        &FILES_PIPELINE
+            .replace("FILES", &format!("[{}]", list.join(", ")))
+            .replace("MODE", mode),
+    )
 }
 
 #[test]
@@ -118,20 +167,34 @@ fn a_hand_downloaded_file_loads_byte_exact() {
 
     let multi = by_text("첫 줄\r\n二行目\nthird line 👨‍👩‍👧");
     assert_eq!(multi.len(), 1, "CRLF and LF inside a field survive");
-    assert_eq!(multi[0]["sent_at"], "2025-01-01T14:59:59Z", "+09:00 local time becomes UTC");
+    assert_eq!(
+        multi[0]["sent_at"], "2025-01-01T14:59:59Z",
+        "+09:00 local time becomes UTC"
+    );
     assert_eq!(multi[0]["sender_id"], "minsu@example.kr");
 
     let quoted = by_text("He said \"hi\", then left 👋");
     assert_eq!(quoted[0]["sender_name"], "Chris Park (Sales)");
     assert_eq!(quoted[0]["sender_id"], "chris@example.com");
-    assert_eq!(quoted[0]["recipient"], "営業チーム(room1@group.example.com)");
+    assert_eq!(
+        quoted[0]["recipient"],
+        "営業チーム(room1@group.example.com)"
+    );
 
     let twins = by_text("こんにちは。");
-    assert_eq!(twins.len(), 2, "two identical messages in one file are two messages");
+    assert_eq!(
+        twins.len(),
+        2,
+        "two identical messages in one file are two messages"
+    );
     assert_ne!(twins[0]["message_id"], twins[1]["message_id"]);
     assert_eq!(twins[0]["sent_at"], "2025-01-01T00:00:00Z");
 
-    assert_eq!(by_text("  spaced, with trailing space  ").len(), 1, "no trimming");
+    assert_eq!(
+        by_text("  spaced, with trailing space  ").len(),
+        1,
+        "no trimming"
+    );
     let bot = by_text("(写真) IMG_0001.jpg");
     assert_eq!(bot[0]["is_bot"], true);
     assert_eq!(bot[0]["sender_name"], "勤怠Bot");
@@ -143,7 +206,10 @@ fn a_hand_downloaded_file_loads_byte_exact() {
         *m.entry(r.partition["sent_date"].clone()).or_default() += 1;
         m
     });
-    assert_eq!(dates, BTreeMap::from([("2025-01-01".into(), 5), ("2025-01-03".into(), 2)]));
+    assert_eq!(
+        dates,
+        BTreeMap::from([("2025-01-01".into(), 5), ("2025-01-03".into(), 2)])
+    );
 }
 
 #[test]
@@ -170,7 +236,9 @@ fn the_same_file_twice_in_one_run_is_loaded_once() {
     }
     let p = s.pipeline(
         "p.toml",
-        &FILES_PIPELINE.replace("FILES", "[\"in/*.csv\"]").replace("MODE", "include"),
+        &FILES_PIPELINE
+            .replace("FILES", "[\"in/*.csv\"]")
+            .replace("MODE", "include"),
     );
     s.run(&["run", p.to_str().unwrap()]).expect_code(0);
     assert_eq!(read_jsonl(&s.path("out")).len(), 7);
@@ -199,7 +267,10 @@ fn malformed_rows_are_dead_lettered_and_the_run_goes_on() {
         assert!(l["reason"].as_str().is_some_and(|r| !r.is_empty()));
         assert!(l["component"].is_string() && !l["raw"].is_null() && l["window"].is_string());
     }
-    assert!(letters.iter().any(|l| l["component"] == "canonical"), "the bad date is normalize's");
+    assert!(
+        letters.iter().any(|l| l["component"] == "canonical"),
+        "the bad date is normalize's"
+    );
 }
 
 #[test]
@@ -207,14 +278,24 @@ fn a_file_ending_in_the_trailer_commits_nothing_and_fails_the_run() {
     let s = Scratch::new();
     let p = files_pipeline(
         &s,
-        &["fixtures/lineworks/partial_with_trailer.csv", "fixtures/lineworks/ja_JP_sample.csv"],
+        &[
+            "fixtures/lineworks/partial_with_trailer.csv",
+            "fixtures/lineworks/ja_JP_sample.csv",
+        ],
         "include",
     );
     let out = s.run(&["run", p.to_str().unwrap()]).expect_code(1);
-    assert!(out.stdout().contains("downloadLogs error") || out.stdout().contains("Internal error"), "{}", out.stdout());
+    assert!(
+        out.stdout().contains("downloadLogs error") || out.stdout().contains("Internal error"),
+        "{}",
+        out.stdout()
+    );
     let rows = read_jsonl(&s.path("out"));
     assert_eq!(rows.len(), 7, "the good file is committed");
-    assert!(rows.iter().all(|r| r["text"] != "row before the fault"), "nothing of the partial file");
+    assert!(
+        rows.iter().all(|r| r["text"] != "row before the fault"),
+        "nothing of the partial file"
+    );
     assert!(temp_files(&s.path("out")).is_empty() && temp_files(&s.path("lake")).is_empty());
 }
 
@@ -227,21 +308,39 @@ struct Live {
 }
 
 async fn live(faults: &str) -> Live {
-    let config = EmulatorConfig { faults: faults.parse().unwrap(), ..EmulatorConfig::default() };
-    let emulator = Emulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), config).await.unwrap();
+    let config = EmulatorConfig {
+        faults: faults.parse().unwrap(),
+        ..EmulatorConfig::default()
+    };
+    let emulator = Emulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), config)
+        .await
+        .unwrap();
     let scratch = Scratch::new();
     let creds: BTreeMap<String, String> = emulator.credentials().into_iter().collect();
     let key = scratch.path("key.pem");
     std::fs::write(&key, &creds["lineworks.private_key"]).unwrap();
     let env = vec![
         ("LW_BASE".into(), format!("{}/v1.0", emulator.base_url())),
-        ("LW_TOKEN_URL".into(), format!("{}/oauth2/v2.0/token", emulator.base_url())),
+        (
+            "LW_TOKEN_URL".into(),
+            format!("{}/oauth2/v2.0/token", emulator.base_url()),
+        ),
         ("LW_CLIENT_ID".into(), creds["lineworks.client_id"].clone()),
-        ("LW_CLIENT_SECRET".into(), creds["lineworks.client_secret"].clone()),
-        ("LW_SERVICE_ACCOUNT".into(), creds["lineworks.service_account"].clone()),
+        (
+            "LW_CLIENT_SECRET".into(),
+            creds["lineworks.client_secret"].clone(),
+        ),
+        (
+            "LW_SERVICE_ACCOUNT".into(),
+            creds["lineworks.service_account"].clone(),
+        ),
         ("LW_PRIVATE_KEY_FILE".into(), key.to_str().unwrap().into()),
     ];
-    Live { scratch, emulator, env }
+    Live {
+        scratch,
+        emulator,
+        env,
+    }
 }
 
 const LIVE_SOURCE: &str = r#"
@@ -271,8 +370,11 @@ impl Live {
         let env = self.env.clone();
         let dir = self.scratch.dir.path().to_path_buf();
         tokio::task::spawn_blocking(move || {
-            let s = Scratch { dir: tempfile::TempDir::new_in(&dir).unwrap() };
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let s = Scratch {
+                dir: tempfile::TempDir::new_in(&dir).unwrap(),
+            };
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             let out = s.run_env(&["run", p.to_str().unwrap()], &env);
             // Keep the lake where the test reads it.
             let lake = s.path("lake");
@@ -289,7 +391,14 @@ impl Live {
 fn live_pipeline(sources: &[String]) -> String {
     let names: Vec<String> = sources
         .iter()
-        .map(|s| s.lines().find_map(|l| l.strip_prefix("[sources.").map(|n| format!("{:?}", n.trim_end_matches(']')))).unwrap())
+        .map(|s| {
+            s.lines()
+                .find_map(|l| {
+                    l.strip_prefix("[sources.")
+                        .map(|n| format!("{:?}", n.trim_end_matches(']')))
+                })
+                .unwrap()
+        })
         .collect();
     format!(
         "[pipeline]\nname = \"live\"\nstate_dir = \"./lake/_state\"\n{}\n[transforms.canonical]\ntype = \"normalize\"\ninputs = [{}]\n\n[transforms.unique]\ntype = \"dedupe\"\ninputs = [\"canonical\"]\n\n[sinks.lake]\ntype = \"parquet\"\ninputs = [\"unique\"]\npath = \"./lake/messages\"\npartition_by = [\"sent_date\"]\n",
@@ -302,47 +411,101 @@ fn live_pipeline(sources: &[String]) -> String {
 async fn faults_are_retried_and_lose_nothing_and_downloads_never_overlap() {
     let live = live("lineworks.trailer=2,lineworks.rate_limit=3,lineworks.server_error=5,lineworks.rate_limit_per_min=0").await;
     let body = live_pipeline(&[
-        live_source("tokyo", "2025-01-01T00:00:00+09:00", "2025-01-20T23:59:59+09:00", 5, 6),
-        live_source("seoul", "2025-01-21T00:00:00+09:00", "2025-02-05T23:59:59+09:00", 4, 6),
+        live_source(
+            "tokyo",
+            "2025-01-01T00:00:00+09:00",
+            "2025-01-20T23:59:59+09:00",
+            5,
+            6,
+        ),
+        live_source(
+            "seoul",
+            "2025-01-21T00:00:00+09:00",
+            "2025-02-05T23:59:59+09:00",
+            4,
+            6,
+        ),
     ]);
     let out = live.run(&body).await.expect_code(0);
     let stats = live.emulator.stats().lineworks;
     assert!(stats.trailers_served > 0, "{stats:?}");
-    assert!(stats.rate_limited > 0 && stats.server_errors > 0, "{stats:?}");
+    assert!(
+        stats.rate_limited > 0 && stats.server_errors > 0,
+        "{stats:?}"
+    );
     assert_eq!(stats.concurrent_rejections, 0, "{stats:?}");
     assert_eq!(stats.max_concurrent_downloads, 1, "{stats:?}");
 
-    let want = expected(42, 1.0, "2025-01-01T00:00:00+09:00", "2025-02-05T23:59:59+09:00", true);
-    let mut got: Vec<(i64, String)> =
-        read_parquet(&live.scratch.path("lake/messages")).into_iter().map(|r| (r.sent_at_us, r.text.unwrap())).collect();
+    let want = expected(
+        42,
+        1.0,
+        "2025-01-01T00:00:00+09:00",
+        "2025-02-05T23:59:59+09:00",
+        true,
+    );
+    let mut got: Vec<(i64, String)> = read_parquet(&live.scratch.path("lake/messages"))
+        .into_iter()
+        .map(|r| (r.sent_at_us, r.text.unwrap()))
+        .collect();
     got.sort();
     assert_eq!(got.len(), want.len(), "{}", out.stdout());
     assert!(got == want);
-    let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(live.scratch.path("lake/_state/live/last_run.json")).unwrap()).unwrap();
-    let retries: u64 = summary["components"].as_array().unwrap().iter().map(|c| c["retries"].as_u64().unwrap()).sum();
+    let summary: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(live.scratch.path("lake/_state/live/last_run.json")).unwrap(),
+    )
+    .unwrap();
+    let retries: u64 = summary["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["retries"].as_u64().unwrap())
+        .sum();
     assert!(retries > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_that_keeps_failing_fails_the_run_and_commits_nothing_of_it() {
     let live = live("lineworks.server_error=1,lineworks.rate_limit_per_min=0").await;
-    let body = live_pipeline(&[live_source("lw", "2025-01-01T00:00:00+09:00", "2025-01-02T23:59:59+09:00", 1, 2)]);
+    let body = live_pipeline(&[live_source(
+        "lw",
+        "2025-01-01T00:00:00+09:00",
+        "2025-01-02T23:59:59+09:00",
+        1,
+        2,
+    )]);
     let out = live.run(&body).await.expect_code(1);
     let text = out.stdout() + &out.stderr();
     assert!(text.contains("500"), "the status is named: {text}");
-    assert!(text.contains("2025-01-01T00:00:00+09:00"), "the window is named: {text}");
+    assert!(
+        text.contains("2025-01-01T00:00:00+09:00"),
+        "the window is named: {text}"
+    );
     assert!(common::files(&live.scratch.path("lake/messages"), ".parquet").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_output_logs_or_state() {
     let live = live("lineworks.rate_limit_per_min=0").await;
-    let secret = live.env.iter().find(|(k, _)| k == "LW_CLIENT_SECRET").unwrap().1.clone();
+    let secret = live
+        .env
+        .iter()
+        .find(|(k, _)| k == "LW_CLIENT_SECRET")
+        .unwrap()
+        .1
+        .clone();
     // A wrong bearer token fails with 401; neither it nor the client secret may show up anywhere.
     let bearer = "sekrit-bearer-token-do-not-print";
-    let body = live_pipeline(&[live_source("lw", "2025-01-01T00:00:00+09:00", "2025-01-01T23:59:59+09:00", 1, 2)
-        .replace("auth = { type = \"lineworks_service_account\"", &format!("auth = {{ type = \"bearer\", token = \"{bearer}\" }}\n# "))]);
+    let body = live_pipeline(&[live_source(
+        "lw",
+        "2025-01-01T00:00:00+09:00",
+        "2025-01-01T23:59:59+09:00",
+        1,
+        2,
+    )
+    .replace(
+        "auth = { type = \"lineworks_service_account\"",
+        &format!("auth = {{ type = \"bearer\", token = \"{bearer}\" }}\n# "),
+    )]);
     let out = live.run(&body).await;
     assert_eq!(out.code(), 1, "{}\n{}", out.stdout(), out.stderr());
     let mut everything = out.stdout() + &out.stderr();
@@ -357,8 +520,19 @@ async fn secrets_never_reach_output_logs_or_state() {
 #[test]
 fn plan_shows_every_window_without_the_network() {
     let s = Scratch::new();
-    let out = s.run(&["plan", "--emulate", repo("pipelines/demo.toml").to_str().unwrap()]).expect_code(0).stdout();
+    let out = s
+        .run(&[
+            "plan",
+            "--emulate",
+            repo("pipelines/demo.toml").to_str().unwrap(),
+        ])
+        .expect_code(0)
+        .stdout();
     assert!(out.contains("3 window(s)"), "{out}");
-    assert!(out.contains("startTime=2025-01-01T00%3A00%3A00%2B09%3A00") || out.contains("2025-01-01T00:00:00%2B09:00"), "{out}");
+    assert!(
+        out.contains("startTime=2025-01-01T00%3A00%3A00%2B09%3A00")
+            || out.contains("2025-01-01T00:00:00%2B09:00"),
+        "{out}"
+    );
     assert!(out.contains("2025-03-31T23:59:59+09:00"), "{out}");
 }

@@ -26,7 +26,9 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new() -> Scratch {
-        Scratch { dir: tempfile::tempdir().expect("tempdir") }
+        Scratch {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -47,7 +49,10 @@ impl Scratch {
 
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Outcome {
         let mut cmd = Command::new(BIN);
-        cmd.args(args).current_dir(self.dir.path()).env("RUST_LOG", "warn").env("NO_COLOR", "1");
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1");
         for (k, _) in std::env::vars() {
             if k.starts_with("CHATLAKE__") {
                 cmd.env_remove(k);
@@ -74,7 +79,13 @@ impl Outcome {
     }
     /// Asserts the exit code, showing both streams when it differs.
     pub fn expect_code(self, code: i32) -> Self {
-        assert_eq!(self.code(), code, "exit code\n--- stdout\n{}\n--- stderr\n{}", self.stdout(), self.stderr());
+        assert_eq!(
+            self.code(),
+            code,
+            "exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout(),
+            self.stderr()
+        );
         self
     }
 }
@@ -84,7 +95,9 @@ pub fn files(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -102,7 +115,10 @@ pub fn files(dir: &Path, suffix: &str) -> Vec<PathBuf> {
 pub fn partitions(path: &Path) -> BTreeMap<String, String> {
     path.components()
         .filter_map(|c| c.as_os_str().to_str())
-        .filter_map(|c| c.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .filter_map(|c| {
+            c.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
         .collect()
 }
 
@@ -139,16 +155,30 @@ pub fn read_parquet(dir: &Path) -> Vec<Row> {
         for batch in reader {
             let b = batch.expect("batch");
             for key in part.keys() {
-                assert!(b.column_by_name(key).is_none(), "partition column {key} must not be in {path:?}");
+                assert!(
+                    b.column_by_name(key).is_none(),
+                    "partition column {key} must not be in {path:?}"
+                );
             }
             let sent = b.column_by_name("sent_at").expect("sent_at");
             assert_eq!(
                 sent.data_type(),
-                &arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into()))
+                &arrow::datatypes::DataType::Timestamp(
+                    arrow::datatypes::TimeUnit::Microsecond,
+                    Some("UTC".into())
+                )
             );
             let sent = sent.as_primitive::<TimestampMicrosecondType>();
-            let bot = b.column_by_name("is_bot").expect("is_bot").as_boolean().clone();
-            let version = b.column_by_name("version").expect("version").as_primitive::<Int64Type>().clone();
+            let bot = b
+                .column_by_name("is_bot")
+                .expect("is_bot")
+                .as_boolean()
+                .clone();
+            let version = b
+                .column_by_name("version")
+                .expect("version")
+                .as_primitive::<Int64Type>()
+                .clone();
             for i in 0..b.num_rows() {
                 rows.push(Row {
                     sent_at_us: sent.value(i),
@@ -172,13 +202,20 @@ pub fn read_parquet(dir: &Path) -> Vec<Row> {
 /// Reads every `.jsonl` or `.jsonl.gz` file under `dir` as JSON values.
 pub fn read_jsonl(dir: &Path) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
-    for path in files(dir, ".jsonl").into_iter().chain(files(dir, ".jsonl.gz")) {
+    for path in files(dir, ".jsonl")
+        .into_iter()
+        .chain(files(dir, ".jsonl.gz"))
+    {
         let mut text = String::new();
         let f = File::open(&path).expect("open");
         if path.to_string_lossy().ends_with(".gz") {
-            flate2::read::GzDecoder::new(f).read_to_string(&mut text).expect("gunzip");
+            flate2::read::GzDecoder::new(f)
+                .read_to_string(&mut text)
+                .expect("gunzip");
         } else {
-            std::io::BufReader::new(f).read_to_string(&mut text).expect("read");
+            std::io::BufReader::new(f)
+                .read_to_string(&mut text)
+                .expect("read");
         }
         for line in text.lines() {
             let mut v: serde_json::Value = serde_json::from_str(line).expect("json line");

@@ -3,11 +3,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use chatlake_core::Secret;
 use chatlake_core::config::{ConfigErrors, PipelineFile};
 use chatlake_core::graph::{BuildOptions, Pipeline, Stage};
 use chatlake_core::runtime::Run;
 use chatlake_core::stage::EmulatorProfile;
-use chatlake_core::Secret;
 use chatlake_emulator::{Emulator, EmulatorConfig, Faults};
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 use clap::Args;
@@ -59,7 +59,11 @@ fn parse_faults(s: &str) -> Result<Faults, String> {
 
 impl EmulatorArgs {
     fn config(&self) -> EmulatorConfig {
-        EmulatorConfig { seed: self.seed, scale: self.scale, faults: self.faults.clone().unwrap_or_default() }
+        EmulatorConfig {
+            seed: self.seed,
+            scale: self.scale,
+            faults: self.faults.clone().unwrap_or_default(),
+        }
     }
 }
 
@@ -69,8 +73,15 @@ pub fn parse_time(s: &str) -> Result<DateTime<FixedOffset>, String> {
         return Ok(t);
     }
     NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc().fixed_offset())
-        .map_err(|_| format!("`{s}` is neither RFC 3339 (2025-01-01T00:00:00+09:00) nor a date (2025-01-01)"))
+        .map(|d| {
+            d.and_hms_opt(0, 0, 0)
+                .expect("midnight exists")
+                .and_utc()
+                .fixed_offset()
+        })
+        .map_err(|_| {
+            format!("`{s}` is neither RFC 3339 (2025-01-01T00:00:00+09:00) nor a date (2025-01-01)")
+        })
 }
 
 fn print_config_errors(errors: &ConfigErrors) {
@@ -90,7 +101,13 @@ async fn offline_emulator(emulate: bool) -> Result<Option<Emulator>, u8> {
     if !emulate {
         return Ok(None);
     }
-    Emulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), EmulatorConfig::default()).await.map(Some).map_err(|e| {
+    Emulator::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        EmulatorConfig::default(),
+    )
+    .await
+    .map(Some)
+    .map_err(|e| {
         eprintln!("error: cannot start the emulator: {e}");
         exit::RUN_FAILED
     })
@@ -101,11 +118,19 @@ pub async fn validate(paths: &[PathBuf], emulate: bool) -> u8 {
         Ok(e) => e,
         Err(code) => return code,
     };
-    let opts = BuildOptions { emulator: emulator.as_ref().map(profile), ..Default::default() };
+    let opts = BuildOptions {
+        emulator: emulator.as_ref().map(profile),
+        ..Default::default()
+    };
     let mut failed = false;
     for path in paths {
         match load(path, &opts) {
-            Ok(p) => println!("{}: ok (pipeline `{}`, {} components)", path.display(), p.name(), p.nodes.len()),
+            Ok(p) => println!(
+                "{}: ok (pipeline `{}`, {} components)",
+                path.display(),
+                p.name(),
+                p.nodes.len()
+            ),
             Err(errors) => {
                 failed = true;
                 print_config_errors(&errors);
@@ -125,7 +150,12 @@ pub async fn plan(
         Ok(e) => e,
         Err(code) => return code,
     };
-    let opts = BuildOptions { start, end, emulator: emulator.as_ref().map(profile), ..Default::default() };
+    let opts = BuildOptions {
+        start,
+        end,
+        emulator: emulator.as_ref().map(profile),
+        ..Default::default()
+    };
     let pipeline = match load(path, &opts) {
         Ok(p) => p,
         Err(errors) => {
@@ -138,12 +168,21 @@ pub async fn plan(
     println!();
     println!("graph:");
     for node in &pipeline.nodes {
-        let inputs = if node.spec.inputs.is_empty() { String::new() } else { format!(" <- {}", node.spec.inputs.join(", ")) };
-        println!("  {:<9} {:<16} type={}{}", node.spec.role, node.spec.name, node.spec.type_name, inputs);
+        let inputs = if node.spec.inputs.is_empty() {
+            String::new()
+        } else {
+            format!(" <- {}", node.spec.inputs.join(", "))
+        };
+        println!(
+            "  {:<9} {:<16} type={}{}",
+            node.spec.role, node.spec.name, node.spec.type_name, inputs
+        );
     }
     let mut code = exit::OK;
     for node in &pipeline.nodes {
-        let Stage::Source(source) = &node.stage else { continue };
+        let Stage::Source(source) = &node.stage else {
+            continue;
+        };
         println!();
         match source.plan() {
             Ok(windows) => {
@@ -182,7 +221,10 @@ pub fn components(json: bool) -> u8 {
                 (Some(d), _) => format!("default {d}"),
                 (None, _) => "optional".to_string(),
             };
-            println!("    {:<22} {:<28} {:<18} {}", o.name, o.kind, default, o.description);
+            println!(
+                "    {:<22} {:<28} {:<18} {}",
+                o.name, o.kind, default, o.description
+            );
         }
         println!();
     }
@@ -192,7 +234,11 @@ pub fn components(json: bool) -> u8 {
 fn profile(emulator: &Emulator) -> EmulatorProfile {
     EmulatorProfile {
         root: emulator.base_url(),
-        credentials: emulator.credentials().into_iter().map(|(k, v)| (k, Secret::new(v))).collect(),
+        credentials: emulator
+            .credentials()
+            .into_iter()
+            .map(|(k, v)| (k, Secret::new(v)))
+            .collect(),
     }
 }
 
@@ -205,7 +251,11 @@ pub async fn emulate(addr: SocketAddr, args: EmulatorArgs) -> u8 {
         }
     };
     println!("emulator listening on {}", emulator.base_url());
-    println!("  LINE WORKS base_url  {}/v1.0   token_url {}/oauth2/v2.0/token", emulator.base_url(), emulator.base_url());
+    println!(
+        "  LINE WORKS base_url  {}/v1.0   token_url {}/oauth2/v2.0/token",
+        emulator.base_url(),
+        emulator.base_url()
+    );
     for (k, v) in emulator.credentials() {
         if k.ends_with("private_key") {
             println!("  {k:<28} (test RSA key, see crates/emulator/keys/)");
@@ -234,10 +284,17 @@ pub async fn run(args: RunArgs) -> u8 {
         }
     };
     if args.full_refresh {
-        tracing::info!("--full-refresh: this version keeps no incremental state yet, every run loads its whole range");
+        tracing::info!(
+            "--full-refresh: this version keeps no incremental state yet, every run loads its whole range"
+        );
     }
     let emulator = if args.emulate {
-        match Emulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), args.emulator.config()).await {
+        match Emulator::start(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            args.emulator.config(),
+        )
+        .await
+        {
             Ok(e) => {
                 tracing::info!(url = %e.base_url(), "emulator started");
                 Some(e)
@@ -264,7 +321,9 @@ pub async fn run(args: RunArgs) -> u8 {
         }
     };
     let run = Run::new(pipeline, run_id(Utc::now()));
-    let show_progress = args.progress.unwrap_or_else(|| std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let show_progress = args
+        .progress
+        .unwrap_or_else(|| std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let progress = show_progress.then(|| summary::Progress::start(run.metrics()));
     let summary = run.execute().await;
     if let Some(p) = progress {

@@ -23,9 +23,15 @@ pub mod exit {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "chatlake", version, about = "Pull message histories out of chat and messaging providers into a data lake.")]
-#[command(after_help = "Exit codes: 0 success; 1 the run failed (a window failed after retries, nothing of it \
-committed); 2 bad command line or pipeline file; 3 finished, but records were dead-lettered.")]
+#[command(
+    name = "chatlake",
+    version,
+    about = "Pull message histories out of chat and messaging providers into a data lake."
+)]
+#[command(
+    after_help = "Exit codes: 0 success; 1 the run failed (a window failed after retries, nothing of it \
+committed); 2 bad command line or pipeline file; 3 finished, but records were dead-lettered."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -89,11 +95,18 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::BAD_INPUT } else { exit::OK });
+            return ExitCode::from(if e.use_stderr() {
+                exit::BAD_INPUT
+            } else {
+                exit::OK
+            });
         }
     };
     init_logging(cli.log_format, &cli.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -103,8 +116,15 @@ pub fn main() -> ExitCode {
     let code = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => commands::run(args).await,
-            Command::Validate { pipelines, emulate } => commands::validate(&pipelines, emulate).await,
-            Command::Plan { pipeline, start, end, emulate } => commands::plan(&pipeline, start, end, emulate).await,
+            Command::Validate { pipelines, emulate } => {
+                commands::validate(&pipelines, emulate).await
+            }
+            Command::Plan {
+                pipeline,
+                start,
+                end,
+                emulate,
+            } => commands::plan(&pipeline, start, end, emulate).await,
             Command::Components { json } => commands::components(json),
             Command::Emulate { addr, emulator } => commands::emulate(addr, emulator).await,
         }
@@ -115,7 +135,9 @@ pub fn main() -> ExitCode {
 fn init_logging(format: LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().try_init(),

@@ -17,7 +17,10 @@ pub struct Progress {
 impl Progress {
     pub fn start(metrics: Vec<(String, Role, Arc<ComponentMetrics>)>) -> Progress {
         let bar = ProgressBar::new_spinner();
-        bar.set_style(ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("valid template"));
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                .expect("valid template"),
+        );
         let b = bar.clone();
         let task = tokio::spawn(async move {
             let started = Instant::now();
@@ -37,7 +40,11 @@ impl Progress {
                 let rate = records as f64 / started.elapsed().as_secs_f64().max(0.001);
                 b.set_message(format!(
                     "windows {windows} done{} · {} records · {} written · {}/s",
-                    if failed > 0 { format!(", {failed} failed") } else { String::new() },
+                    if failed > 0 {
+                        format!(", {failed} failed")
+                    } else {
+                        String::new()
+                    },
                     human_count(records),
                     human_bytes(bytes),
                     human_count(rate as u64)
@@ -78,8 +85,18 @@ pub fn print(s: &RunSummary) {
     let mut table = Table::new();
     table.load_preset(UTF8_BORDERS_ONLY);
     table.set_header(vec![
-        "component", "role", "type", "records in", "records out", "files", "bytes", "requests", "retries",
-        "dead letters", "windows ok/failed", "seconds",
+        "component",
+        "role",
+        "type",
+        "records in",
+        "records out",
+        "files",
+        "bytes",
+        "requests",
+        "retries",
+        "dead letters",
+        "windows ok/failed",
+        "seconds",
     ]);
     for c in &s.components {
         let num = |v: u64| Cell::new(v).set_alignment(CellAlignment::Right);
@@ -94,7 +111,8 @@ pub fn print(s: &RunSummary) {
             num(c.requests),
             num(c.retries),
             num(c.dead_letters),
-            Cell::new(format!("{}/{}", c.windows_done, c.windows_failed)).set_alignment(CellAlignment::Right),
+            Cell::new(format!("{}/{}", c.windows_done, c.windows_failed))
+                .set_alignment(CellAlignment::Right),
             Cell::new(format!("{:.2}", c.seconds)).set_alignment(CellAlignment::Right),
         ]);
     }
@@ -104,7 +122,12 @@ pub fn print(s: &RunSummary) {
         RunStatus::Failed => "FAILED",
         RunStatus::DeadLettered => "finished with dead letters",
     };
-    let rows: u64 = s.components.iter().filter(|c| c.role == "source").map(|c| c.records_out).sum();
+    let rows: u64 = s
+        .components
+        .iter()
+        .filter(|c| c.role == "source")
+        .map(|c| c.records_out)
+        .sum();
     println!(
         "run {} of `{}` {} in {:.2}s ({} source records, {:.0} records/s)",
         s.run_id,
@@ -123,6 +146,10 @@ pub fn print(s: &RunSummary) {
         println!("  error: {e}");
     }
     if let Some(path) = &s.dead_letter_file {
-        println!("  {} record(s) dead-lettered to {}", s.dead_letters, path.display());
+        println!(
+            "  {} record(s) dead-lettered to {}",
+            s.dead_letters,
+            path.display()
+        );
     }
 }

@@ -1,7 +1,13 @@
-//! A request budget, "N requests per period", shared by every clone.
+//! A request budget, "N requests per period", shared by every clone, in one of two shapes:
 //!
-//! Requests are spaced evenly (period / N apart, no burst), so no stretch of one period ever
-//! holds more than N of them, whether the provider counts in fixed or sliding windows. A `429`
+//! * spaced ([`RateLimiter::new`]): requests period / N apart with no burst (governor's GCRA),
+//!   for per-second budgets where a smooth rate is what the provider wants;
+//! * sliding window ([`RateLimiter::sliding_window`]): up to N at once, but never more than N in
+//!   any stretch of one period, for per-minute rules like LINE WORKS' "10 requests a minute"
+//!   where spacing would make every run wait period / N per request for nothing.
+//!
+//! Either way no stretch of one period ever holds more than N requests, whether the provider
+//! counts in fixed or sliding windows. A `429`
 //! can also pause the whole budget until the provider's reset ([`RateLimiter::pause_for`]):
 //! providers limit per account or domain, so one caller's 429 is every caller's 429.
 
@@ -9,13 +15,22 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::collections::VecDeque;
+
 use governor::{DefaultDirectRateLimiter, Quota};
 use tokio::time::Instant;
+
+#[derive(Clone)]
+enum Budget {
+    Spaced(Arc<DefaultDirectRateLimiter>),
+    /// When the requests of the last period were sent; waiters queue on the lock in order.
+    Window(Arc<tokio::sync::Mutex<VecDeque<Instant>>>),
+}
 
 /// A cloneable, shared request budget.
 #[derive(Clone)]
 pub struct RateLimiter {
-    limiter: Arc<DefaultDirectRateLimiter>,
+    budget: Budget,
     paused_until: Arc<Mutex<Option<Instant>>>,
     requests: NonZeroU32,
     period: Duration,
@@ -36,14 +51,26 @@ impl RateLimiter {
             .expect("spacing is at least one nanosecond")
             .allow_burst(NonZeroU32::MIN);
         RateLimiter {
-            limiter: Arc::new(governor::RateLimiter::direct(quota)),
+            budget: Budget::Spaced(Arc::new(governor::RateLimiter::direct(quota))),
             paused_until: Arc::new(Mutex::new(None)),
             requests,
             period,
         }
     }
 
-    /// At most `requests` a minute.
+    /// At most `requests` in any stretch of `period`, bursts allowed.
+    pub fn sliding_window(requests: NonZeroU32, period: Duration) -> Self {
+        RateLimiter {
+            budget: Budget::Window(Arc::new(tokio::sync::Mutex::new(VecDeque::with_capacity(
+                requests.get() as usize,
+            )))),
+            paused_until: Arc::new(Mutex::new(None)),
+            requests,
+            period,
+        }
+    }
+
+    /// At most `requests` a minute, evenly spaced.
     pub fn per_minute(requests: NonZeroU32) -> Self {
         RateLimiter::new(requests, Duration::from_secs(60))
     }
@@ -62,7 +89,27 @@ impl RateLimiter {
                 _ => break,
             }
         }
-        self.limiter.until_ready().await;
+        match &self.budget {
+            Budget::Spaced(limiter) => limiter.until_ready().await,
+            Budget::Window(sent) => {
+                let mut sent = sent.lock().await;
+                loop {
+                    let now = Instant::now();
+                    while sent
+                        .front()
+                        .is_some_and(|t| now.duration_since(*t) >= self.period)
+                    {
+                        sent.pop_front();
+                    }
+                    if sent.len() < self.requests.get() as usize {
+                        sent.push_back(now);
+                        return;
+                    }
+                    let oldest = *sent.front().expect("the window is full");
+                    tokio::time::sleep_until(oldest + self.period).await;
+                }
+            }
+        }
     }
 
     /// Holds every request of this budget back for `wait` (a provider's `429` reset). A longer
@@ -98,6 +145,25 @@ mod tests {
         assert!(took >= Duration::from_millis(190), "{took:?}");
         // Generous: the machine may be busy, but an unlimited limiter would take ~0 ms.
         assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sliding_window_allows_a_burst_but_never_more_than_n_per_period() {
+        let rl = RateLimiter::sliding_window(NonZeroU32::new(3).unwrap(), Duration::from_secs(60));
+        let start = Instant::now();
+        let mut at = Vec::new();
+        for _ in 0..7 {
+            rl.clone().until_ready().await;
+            at.push(start.elapsed().as_secs());
+        }
+        assert_eq!(at, [0, 0, 0, 60, 60, 60, 120]);
+        for (i, t) in at.iter().enumerate() {
+            let in_window = at.iter().filter(|u| **u >= *t && **u < t + 60).count();
+            assert!(
+                in_window <= 3,
+                "request {i} at {t}s has {in_window} in its minute"
+            );
+        }
     }
 
     #[tokio::test]

@@ -114,7 +114,10 @@ fn domain_slot(base: &Url, domain: Option<i32>, per_minute: NonZeroU32) -> Arc<D
         .or_insert_with(|| {
             Arc::new(DomainSlot {
                 downloading: tokio::sync::Mutex::new(()),
-                limiter: RateLimiter::per_minute(per_minute),
+                limiter: RateLimiter::sliding_window(
+                    per_minute,
+                    std::time::Duration::from_secs(60),
+                ),
             })
         })
         .clone()

@@ -292,11 +292,14 @@ async fn two_sources_of_one_domain_never_download_at_once() {
 
 #[tokio::test]
 async fn short_lived_tokens_are_refreshed_before_they_expire() {
-    let em = emulator("lineworks.token_ttl_s=2,lineworks.rate_limit_per_min=0").await;
+    // Each one-day window streams 24 hourly chunks 30 ms apart, so the four windows span more
+    // than one 2 s token lifetime.
+    let em =
+        emulator("lineworks.token_ttl_s=2,lineworks.rate_limit_per_min=0,lineworks.slow_ms=30")
+            .await;
     let cx = build_context("lw", Some(profile(&em)));
     let end = "2025-01-04T23:59:59+09:00";
-    // One request a second: the four windows span more than one token lifetime.
-    let options = three_days(json!({"end": end, "requests_per_minute": 60}));
+    let options = three_days(json!({"end": end}));
     let run = run(build(options, &cx), "lw").await;
     run.result.unwrap();
     assert_rows_equal(&run.rows, &expected(time(START), time(end), |_| true));
