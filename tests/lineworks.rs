@@ -536,3 +536,28 @@ fn plan_shows_every_window_without_the_network() {
     );
     assert!(out.contains("2025-03-31T23:59:59+09:00"), "{out}");
 }
+
+/// The canonical rows of the fixture, as the JSON Lines sink writes them, against a golden file
+/// reviewed by hand (`UPDATE_GOLDEN=1 cargo test --test lineworks golden` rewrites it).
+#[test]
+fn golden_canonical_rows_of_the_sample_file() {
+    let s = Scratch::new();
+    let p = files_pipeline(&s, &["fixtures/lineworks/ja_JP_sample.csv"], "include");
+    s.run(&["run", p.to_str().unwrap()]).expect_code(0);
+    let files = common::files(&s.path("out"), ".jsonl");
+    assert_eq!(files.len(), 1);
+    let mut got = String::new();
+    for line in std::fs::read_to_string(&files[0]).unwrap().lines() {
+        let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["run_id"].as_str().is_some_and(|r| !r.is_empty()));
+        v.as_object_mut().unwrap().remove("run_id");
+        got.push_str(&serde_json::to_string(&v).unwrap());
+        got.push('\n');
+    }
+    let golden = repo("fixtures/lineworks/ja_JP_sample.expected.jsonl");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(&golden).expect("golden file (UPDATE_GOLDEN=1 writes it)");
+    assert_eq!(got, want);
+}
