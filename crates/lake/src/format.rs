@@ -25,6 +25,18 @@ pub trait FormatWriter: Send {
     /// Writes one batch (never empty).
     fn write(&mut self, batch: &RecordBatch) -> Result<(), FormatError>;
 
+    /// Bytes this writer holds in memory that are not yet in the file (a Parquet writer's
+    /// unfinished row group). The sink keeps the sum over its open files under a budget.
+    fn buffered_bytes(&self) -> usize {
+        0
+    }
+
+    /// Writes what is buffered to the file (a Parquet writer ends its row group early). Called
+    /// when open files together hold more than the sink's memory budget.
+    fn flush_buffer(&mut self) -> Result<(), FormatError> {
+        Ok(())
+    }
+
     /// Writes whatever is buffered and any footer, and hands the file back; the caller fsyncs
     /// it and renames it into place.
     fn finish(self: Box<Self>) -> Result<File, FormatError>;

@@ -118,8 +118,17 @@ impl<F: FileFormat> FileSink<F> {
                 partitioner: None,
                 cleaned: false,
                 windows: HashMap::new(),
+                memory_budget: MEMORY_BUDGET_BYTES,
             }),
         }
+    }
+
+    /// Sets what the open files may buffer in memory together (default [`MEMORY_BUDGET_BYTES`]).
+    pub fn with_memory_budget(mut self, bytes: usize) -> Self {
+        if let Some(state) = self.state.as_mut() {
+            state.memory_budget = bytes;
+        }
+        self
     }
 
     /// Runs `work` on the blocking pool with the sink's state and turns its error into the
@@ -196,6 +205,8 @@ struct State<F> {
     cleaned: bool,
     /// Uncommitted files by window key.
     windows: HashMap<String, WindowFiles>,
+    /// What open files may buffer in memory together.
+    memory_budget: usize,
 }
 
 /// The uncommitted files of one window.
@@ -227,7 +238,41 @@ struct FinishedFile {
     bytes: u64,
 }
 
+/// What the open files of one sink may hold in memory together before the largest are flushed.
+/// A window spans many partitions (a 31-day window has 31 `sent_date` files open at once), and a
+/// Parquet writer keeps a whole row group in memory, so without a budget memory would grow
+/// with the window's volume.
+pub const MEMORY_BUDGET_BYTES: usize = 64 << 20;
+
 impl<F: FileFormat> State<F> {
+    /// Flushes the open files with the most buffered bytes until they hold at most half the
+    /// budget (half, so the next writes do not trigger a flush each).
+    fn keep_within_budget(&mut self) -> Result<()> {
+        let mut open: Vec<(usize, &mut OpenFile)> = self
+            .windows
+            .values_mut()
+            .flat_map(|w| w.partitions.values_mut())
+            .filter_map(|p| p.open.as_mut())
+            .map(|f| (f.writer.buffered_bytes(), f))
+            .collect();
+        let mut total: usize = open.iter().map(|(b, _)| b).sum();
+        if total <= self.memory_budget {
+            return Ok(());
+        }
+        open.sort_by_key(|(b, _)| std::cmp::Reverse(*b));
+        for (bytes, file) in open {
+            if total <= self.memory_budget / 2 {
+                break;
+            }
+            file.writer.flush_buffer().map_err(|source| Error::Write {
+                path: file.tmp.clone(),
+                source,
+            })?;
+            total -= bytes;
+        }
+        Ok(())
+    }
+
     fn write(&mut self, batch: Batch, cx: &RunCx) -> Result<()> {
         if !self.cleaned {
             let removed = remove_stale_temp_files(&self.options.path, self.format.extension())?;
@@ -271,7 +316,7 @@ impl<F: FileFormat> State<F> {
                 cx,
             )?;
         }
-        Ok(())
+        self.keep_within_budget()
     }
 
     fn commit(&mut self, window: &Window, cx: &RunCx) -> Result<()> {

@@ -361,3 +361,116 @@ fn names_files_in_one_place() {
         "part-20250601T000000Z-ab12-zoom_dm-w00012-0003.parquet"
     );
 }
+
+/// A format that holds every row in memory until flushed, and tracks the total held by all of
+/// its writers, like Parquet's unfinished row groups.
+struct Buffering {
+    held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    max_held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    flushes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+struct BufferingWriter {
+    file: File,
+    buf: Vec<u8>,
+    held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    max_held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    flushes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FileFormat for Buffering {
+    fn extension(&self) -> &str {
+        "buf"
+    }
+    fn create(&self, file: File, _schema: SchemaRef) -> Result<Box<dyn FormatWriter>, FormatError> {
+        Ok(Box::new(BufferingWriter {
+            file,
+            buf: Vec::new(),
+            held: self.held.clone(),
+            max_held: self.max_held.clone(),
+            flushes: self.flushes.clone(),
+        }))
+    }
+}
+
+impl FormatWriter for BufferingWriter {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), FormatError> {
+        let mut w = LineDelimitedWriter::new(Vec::new());
+        w.write(&timestamps_as_utc_offset(batch)?)?;
+        w.finish()?;
+        let bytes = w.into_inner();
+        let now = self.held.fetch_add(bytes.len(), Ordering::SeqCst) + bytes.len();
+        self.max_held.fetch_max(now, Ordering::SeqCst);
+        self.buf.extend_from_slice(&bytes);
+        Ok(())
+    }
+    fn buffered_bytes(&self) -> usize {
+        self.buf.len()
+    }
+    fn flush_buffer(&mut self) -> Result<(), FormatError> {
+        use std::io::Write;
+        self.file.write_all(&self.buf)?;
+        self.held.fetch_sub(self.buf.len(), Ordering::SeqCst);
+        self.buf.clear();
+        self.flushes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn finish(mut self: Box<Self>) -> Result<File, FormatError> {
+        self.flush_buffer()?;
+        Ok(self.file)
+    }
+}
+
+use std::sync::atomic::Ordering;
+
+#[tokio::test]
+async fn open_files_are_flushed_to_stay_within_the_memory_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let (held, max_held, flushes) = (Default::default(), Default::default(), Default::default());
+    let format = Buffering {
+        held,
+        max_held: std::sync::Arc::clone(&max_held),
+        flushes: std::sync::Arc::clone(&flushes),
+    };
+    let budget = 16 * 1024;
+    let mut sink = FileSink::new(
+        format,
+        LakeOptions {
+            path: dir.path().to_path_buf(),
+            partition_by: vec!["sent_date".into()],
+            max_rows_per_file: None,
+        },
+    )
+    .with_memory_budget(budget);
+    let cx = sink_context("lake", dir.path());
+    let w = window("lw", 0);
+    let mut rows = 0;
+    let mut biggest_batch = 0;
+    for _ in 0..40 {
+        let batch = canonical_batch(&sample_messages());
+        rows += batch.num_rows();
+        let mut probe = LineDelimitedWriter::new(Vec::new());
+        probe
+            .write(&timestamps_as_utc_offset(&batch).unwrap())
+            .unwrap();
+        probe.finish().unwrap();
+        biggest_batch = biggest_batch.max(probe.into_inner().len());
+        sink.write(Batch::new(w.clone(), batch), &cx).await.unwrap();
+    }
+    sink.commit(&w, &cx).await.unwrap();
+    assert!(
+        flushes.load(Ordering::SeqCst) > 0,
+        "the budget was never reached"
+    );
+    let max = max_held.load(Ordering::SeqCst);
+    assert!(
+        max <= budget + biggest_batch,
+        "held {max} bytes with a budget of {budget}"
+    );
+    // Flushing early loses nothing.
+    let written: usize = files_under(dir.path())
+        .iter()
+        .map(|f| read_lines(&dir.path().join(f)).len())
+        .sum();
+    assert_eq!(written, rows);
+}

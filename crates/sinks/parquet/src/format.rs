@@ -39,6 +39,15 @@ impl FormatWriter for ParquetWriter {
         Ok(())
     }
 
+    fn buffered_bytes(&self) -> usize {
+        self.0.in_progress_size()
+    }
+
+    fn flush_buffer(&mut self) -> Result<(), FormatError> {
+        self.0.flush()?;
+        Ok(())
+    }
+
     fn finish(self: Box<Self>) -> Result<File, FormatError> {
         // Flushes the last row group and writes the footer.
         Ok(self.0.into_inner()?)
