@@ -229,6 +229,8 @@ struct OpenFile {
     tmp: PathBuf,
     path: PathBuf,
     rows: u64,
+    /// When it was last written to (a counter), to finish the least recent first.
+    last_write: u64,
 }
 
 struct FinishedFile {
@@ -238,6 +240,16 @@ struct FinishedFile {
     bytes: u64,
 }
 
+/// Open files per sink. Each open file costs its encoder state (a Parquet writer holds a zstd
+/// context per column, about 1.3 MB each), so a 31-day window partitioned by date would keep 31
+/// writers alive; past this many the least recently written file is finished early (it stays
+/// temporary until its window commits, and a later row of its partition starts a new part).
+/// Provider windows arrive in time order, so date partitions are written one after another.
+pub const MAX_OPEN_FILES: usize = 4;
+
+/// Orders writes, so the least recently written open file can be found.
+static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// What the open files of one sink may hold in memory together before the largest are flushed.
 /// A window spans many partitions (a 31-day window has 31 `sent_date` files open at once), and a
 /// Parquet writer keeps a whole row group in memory, so without a budget memory would grow
@@ -245,6 +257,35 @@ struct FinishedFile {
 pub const MEMORY_BUDGET_BYTES: usize = 64 << 20;
 
 impl<F: FileFormat> State<F> {
+    /// Finishes the least recently written open files until at most [`MAX_OPEN_FILES`] remain.
+    fn keep_open_files_few(&mut self) -> Result<()> {
+        loop {
+            let mut open = 0;
+            let mut oldest: Option<(u64, &mut PartitionFiles)> = None;
+            for part in self
+                .windows
+                .values_mut()
+                .flat_map(|w| w.partitions.values_mut())
+            {
+                if let Some(f) = &part.open {
+                    open += 1;
+                    if oldest.as_ref().is_none_or(|(t, _)| f.last_write < *t) {
+                        oldest = Some((f.last_write, part));
+                    }
+                }
+            }
+            if open <= MAX_OPEN_FILES {
+                return Ok(());
+            }
+            let Some((_, part)) = oldest else {
+                return Ok(());
+            };
+            if let Some(file) = part.open.take() {
+                part.finished.push(finish_file(file)?);
+            }
+        }
+    }
+
     /// Flushes the open files with the most buffered bytes until they hold at most half the
     /// budget (half, so the next writes do not trigger a flush each).
     fn keep_within_budget(&mut self) -> Result<()> {
@@ -316,6 +357,7 @@ impl<F: FileFormat> State<F> {
                 cx,
             )?;
         }
+        self.keep_open_files_few()?;
         self.keep_within_budget()
     }
 
@@ -396,6 +438,7 @@ impl PartitionFiles {
                     source,
                 })?;
             open.rows += n as u64;
+            open.last_write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             rows = rows.slice(n, rows.num_rows() - n);
             if open.rows >= max
                 && let Some(full) = self.open.take()
@@ -529,6 +572,7 @@ fn open_file(
         tmp,
         path,
         rows: 0,
+        last_write: 0,
     })
 }
 
@@ -539,6 +583,7 @@ fn finish_file(open: OpenFile) -> Result<FinishedFile> {
         tmp,
         path,
         rows,
+        ..
     } = open;
     let synced = writer
         .finish()

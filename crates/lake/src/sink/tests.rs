@@ -474,3 +474,38 @@ async fn open_files_are_flushed_to_stay_within_the_memory_budget() {
         .sum();
     assert_eq!(written, rows);
 }
+
+#[tokio::test]
+async fn at_most_max_open_files_stay_open_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    // One row per message, spread over many dates: every row of a batch opens a partition.
+    let mut sink = sink(dir.path(), &["sent_date"], None);
+    let cx = sink_context("lake", dir.path());
+    let w = window("lw", 0);
+    let messages: Vec<_> = (0..(3 * MAX_OPEN_FILES as i64))
+        .map(|d| {
+            let day =
+                chrono::NaiveDate::from_ymd_opt(2025, 1, 1).unwrap() + chrono::Days::new(d as u64);
+            message("lineworks", &format!("m{d}"), &format!("{day}T12:00:00Z"))
+        })
+        .collect();
+    for _ in 0..2 {
+        sink.write(Batch::new(w.clone(), canonical_batch(&messages)), &cx)
+            .await
+            .unwrap();
+        let state = sink.state.as_ref().unwrap();
+        let open = state
+            .windows
+            .values()
+            .flat_map(|w| w.partitions.values())
+            .filter(|p| p.open.is_some())
+            .count();
+        assert!(open <= MAX_OPEN_FILES, "{open} files open");
+    }
+    sink.commit(&w, &cx).await.unwrap();
+    let written: usize = files_under(dir.path())
+        .iter()
+        .map(|f| read_lines(&dir.path().join(f)).len())
+        .sum();
+    assert_eq!(written, 2 * messages.len());
+}
