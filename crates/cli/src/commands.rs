@@ -8,6 +8,7 @@ use chatlake_core::config::{ConfigErrors, PipelineFile};
 use chatlake_core::graph::{BuildOptions, Pipeline, Stage};
 use chatlake_core::runtime::Run;
 use chatlake_core::stage::EmulatorProfile;
+use chatlake_core::state::{StateStore, WindowStatus};
 use chatlake_emulator::{Emulator, EmulatorConfig, Faults};
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 use clap::Args;
@@ -154,6 +155,7 @@ pub async fn plan(
         start,
         end,
         emulator: emulator.as_ref().map(profile),
+        use_state: true,
         ..Default::default()
     };
     let pipeline = match load(path, &opts) {
@@ -284,9 +286,19 @@ pub async fn run(args: RunArgs) -> u8 {
         }
     };
     if args.full_refresh {
-        tracing::info!(
-            "--full-refresh: this version keeps no incremental state yet, every run loads its whole range"
-        );
+        // The lake holds exactly the ledger's windows, so forgetting them makes every sink remove
+        // this pipeline's files when it starts, and the whole range is loaded again.
+        let store = StateStore::new(file.state_dir().join(&file.pipeline.name));
+        match store.reset(None) {
+            Ok(sources) => tracing::info!(
+                ?sources,
+                "--full-refresh: forgot the ledger; loading everything again"
+            ),
+            Err(e) => {
+                eprintln!("error: --full-refresh: {e}");
+                return exit::RUN_FAILED;
+            }
+        }
     }
     let emulator = if args.emulate {
         match Emulator::start(
@@ -312,6 +324,7 @@ pub async fn run(args: RunArgs) -> u8 {
         start: args.start,
         end: args.end,
         now: None,
+        use_state: true,
     };
     let pipeline = match Pipeline::build(file, &registry(), &opts) {
         Ok(p) => p,
@@ -334,4 +347,125 @@ pub async fn run(args: RunArgs) -> u8 {
     }
     summary::print(&summary);
     summary.status.exit_code() as u8
+}
+
+/// `state show`: per source, the windows committed and failed and the latest committed end.
+pub fn state_show(path: &Path, json: bool) -> u8 {
+    let file = match PipelineFile::load(path) {
+        Ok(f) => f,
+        Err(errors) => {
+            print_config_errors(&errors);
+            return exit::BAD_INPUT;
+        }
+    };
+    let store = StateStore::new(file.state_dir().join(&file.pipeline.name));
+    let ledgers = match store.all() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::RUN_FAILED;
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&ledgers) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::RUN_FAILED;
+            }
+        }
+        return exit::OK;
+    }
+    println!(
+        "pipeline `{}`: state in {}",
+        file.pipeline.name,
+        store.dir().display()
+    );
+    let last = std::fs::read(store.dir().join("last_run.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    if let Some(last) = &last {
+        println!(
+            "last run: {} {} at {}",
+            last["run_id"].as_str().unwrap_or("?"),
+            last["status"].as_str().unwrap_or("?"),
+            last["finished_at"].as_str().unwrap_or("?")
+        );
+    }
+    let sources: Vec<&str> = file
+        .components
+        .iter()
+        .filter(|c| c.role == chatlake_core::config::Role::Source)
+        .map(|c| c.name.as_str())
+        .collect();
+    for source in sources {
+        let ledger = ledgers.get(source).cloned().unwrap_or_default();
+        let committed = ledger
+            .windows
+            .values()
+            .filter(|w| w.status == WindowStatus::Committed)
+            .count();
+        let failed: Vec<_> = ledger
+            .windows
+            .values()
+            .filter(|w| w.status == WindowStatus::Failed)
+            .collect();
+        let mut streams: Vec<&str> = ledger.windows.values().map(|w| w.stream.as_str()).collect();
+        streams.sort();
+        streams.dedup();
+        println!();
+        println!(
+            "source `{source}`: {committed} window(s) committed, {} failed, last run {}",
+            failed.len(),
+            ledger.last_run.as_deref().unwrap_or("-")
+        );
+        for stream in streams {
+            let cursor = ledger
+                .cursor(stream)
+                .map(|c| c.to_rfc3339())
+                .unwrap_or_else(|| "-".into());
+            println!("  stream {stream}: committed through {cursor}");
+        }
+        for w in failed {
+            println!("  failed: {} (run {})", w.label, w.run_id);
+        }
+        if !ledger.checkpoints.is_empty() {
+            println!("  open checkpoints: {}", ledger.checkpoints.len());
+        }
+    }
+    exit::OK
+}
+
+/// `state reset`: forgets one source's windows (or all); the next run loads them again and the
+/// sinks remove their files when they start.
+pub fn state_reset(path: &Path, source: Option<&str>) -> u8 {
+    let file = match PipelineFile::load(path) {
+        Ok(f) => f,
+        Err(errors) => {
+            print_config_errors(&errors);
+            return exit::BAD_INPUT;
+        }
+    };
+    if let Some(name) = source
+        && !file
+            .components
+            .iter()
+            .any(|c| c.role == chatlake_core::config::Role::Source && c.name == name)
+    {
+        eprintln!("error: {}: no source named `{name}`", path.display());
+        return exit::BAD_INPUT;
+    }
+    let store = StateStore::new(file.state_dir().join(&file.pipeline.name));
+    match store.reset(source) {
+        Ok(reset) if reset.is_empty() => println!("nothing to reset"),
+        Ok(reset) => println!(
+            "reset {}; the next run loads their windows again",
+            reset.join(", ")
+        ),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::RUN_FAILED;
+        }
+    }
+    exit::OK
 }

@@ -80,12 +80,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show or clear the incremental state (window ledger) of a pipeline.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
     /// Serve the provider emulator standalone.
     Emulate {
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: SocketAddr,
         #[command(flatten)]
         emulator: commands::EmulatorArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StateCommand {
+    /// Per source: windows committed and failed, how far each stream is loaded.
+    Show {
+        pipeline: PathBuf,
+        /// Print the ledgers as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget the state of every source, or of one: the next run loads its windows again.
+    Reset {
+        pipeline: PathBuf,
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
     },
 }
 
@@ -127,6 +150,12 @@ pub fn main() -> ExitCode {
             } => commands::plan(&pipeline, start, end, emulate).await,
             Command::Components { json } => commands::components(json),
             Command::Emulate { addr, emulator } => commands::emulate(addr, emulator).await,
+            Command::State {
+                command: StateCommand::Show { pipeline, json },
+            } => commands::state_show(&pipeline, json),
+            Command::State {
+                command: StateCommand::Reset { pipeline, source },
+            } => commands::state_reset(&pipeline, source.as_deref()),
         }
     });
     ExitCode::from(code)

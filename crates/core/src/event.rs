@@ -40,9 +40,25 @@ fn offset_string<S: serde::Serializer>(o: &FixedOffset, s: S) -> Result<S::Ok, S
 pub type WindowRef = Arc<Window>;
 
 impl Window {
-    /// A stable, file-name-safe key: `<source>-w<index>`.
+    /// A stable, file-name-safe key: `<source>-<16 hex digits>`, a hash of the stream, the
+    /// range and the label (which names the file, user or conversation). The same window of a
+    /// later run has the same key, so its files get the same names and the ledger knows it.
     pub fn key(&self) -> String {
-        format!("{}-w{:05}", self.source, self.index)
+        let mut identity = Vec::with_capacity(128);
+        for part in [
+            self.stream.as_str(),
+            &self.start.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            &self.end.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            self.label.as_str(),
+        ] {
+            identity.extend_from_slice(part.as_bytes());
+            identity.push(0x1F);
+        }
+        format!(
+            "{}-{:016x}",
+            self.source,
+            xxhash_rust::xxh3::xxh3_64(&identity)
+        )
     }
 }
 

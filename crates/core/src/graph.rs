@@ -4,17 +4,22 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use indexmap::IndexMap;
 
 use crate::config::{ComponentSpec, ConfigError, ConfigErrors, PipelineFile, Role};
 use crate::registry::Registry;
 use crate::stage::{BuildContext, DataKind, EmulatorProfile, Sink, Source, Transform};
+use crate::state::StateStore;
 
 /// What the command line adds to building.
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
     pub emulator: Option<EmulatorProfile>,
+    /// Read each source's ledger so it plans only what earlier runs did not commit (`run` and
+    /// `plan`; `validate` reads nothing).
+    pub use_state: bool,
     pub start: Option<chrono::DateTime<chrono::FixedOffset>>,
     pub end: Option<chrono::DateTime<chrono::FixedOffset>>,
     pub now: Option<chrono::DateTime<chrono::Utc>>,
@@ -50,6 +55,11 @@ impl Pipeline {
         self.file.state_dir().join(self.name())
     }
 
+    /// The window ledgers of this pipeline.
+    pub fn state(&self) -> StateStore {
+        StateStore::new(self.state_dir())
+    }
+
     /// Builds and checks `file`.
     pub fn build(
         file: PipelineFile,
@@ -73,8 +83,22 @@ impl Pipeline {
             }
         }
 
+        let store = StateStore::new(file.state_dir().join(&file.pipeline.name));
         let mut built: IndexMap<String, Node> = IndexMap::new();
         for spec in &file.components {
+            let state = if opts.use_state && spec.role == Role::Source {
+                match store.load(&spec.name) {
+                    Ok(s) => Arc::new(s),
+                    Err(e) => {
+                        errors
+                            .0
+                            .push(file.error(spec.key(), format!("cannot read its state: {e}")));
+                        continue;
+                    }
+                }
+            } else {
+                Arc::default()
+            };
             let cx = BuildContext {
                 name: spec.name.clone(),
                 pipeline: file.pipeline.name.clone(),
@@ -82,6 +106,7 @@ impl Pipeline {
                 start: opts.start,
                 end: opts.end,
                 now,
+                state,
             };
             let stage = match spec.role {
                 Role::Source => registry.build_source(spec, &cx).map(Stage::Source),

@@ -15,6 +15,7 @@ pub mod runtime;
 pub mod schema;
 mod secret;
 pub mod stage;
+pub mod state;
 
 pub use error::{Error, Result};
 pub use event::{Batch, Event, Window, WindowRef};

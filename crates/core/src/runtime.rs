@@ -27,6 +27,7 @@ use crate::metrics::{ComponentMetrics, RunStatus, RunSummary};
 use crate::stage::{
     Emitter, Output, RunInfo, Sink, SinkContext, SourceContext, Transform, TransformContext,
 };
+use crate::state::{StateStore, WindowStatus};
 use crate::{Error, Result};
 
 /// Events buffered per edge. Batches are ~8k rows, so this bounds each edge to a few MB.
@@ -93,6 +94,13 @@ impl Run {
         } = self;
         let state_dir = pipeline.state_dir();
         let started = Instant::now();
+        let store = pipeline.state();
+        // What the lake may hold: sinks delete files of any other window when they start. A
+        // ledger that cannot be read must stop the run before a sink deletes anything.
+        let committed = match store.committed_keys() {
+            Ok(keys) => Arc::new(keys),
+            Err(e) => return failed_before_start(&info, &metrics, started, &state_dir, e),
+        };
 
         // Which sources reach each node, to know along how many inputs a window's marker comes.
         let mut reached_by: HashMap<String, HashSet<String>> = HashMap::new();
@@ -132,6 +140,22 @@ impl Run {
                     .push(tx.clone());
             }
         }
+
+        // How many sinks each source's windows reach: a window is in the ledger once that many
+        // sinks have committed it.
+        let mut sinks_per_source: HashMap<String, usize> = HashMap::new();
+        for node in pipeline.nodes.iter().filter(|n| n.spec.role == Role::Sink) {
+            for source in reached_by.get(&node.spec.name).into_iter().flatten() {
+                *sinks_per_source.entry(source.clone()).or_insert(0) += 1;
+            }
+        }
+        let (ledger_tx, ledger_rx) = mpsc::unbounded_channel();
+        let coordinator = tokio::spawn(coordinate_commits(
+            ledger_rx,
+            sinks_per_source,
+            store,
+            info.run_id.clone(),
+        ));
 
         let mut tasks = Vec::new();
         for node in pipeline.nodes {
@@ -185,13 +209,22 @@ impl Run {
                         metrics: m,
                         dead_letters: dead_letters.clone(),
                         run: info.clone(),
+                        committed: committed.clone(),
                     };
-                    tokio::spawn(timed(run_sink(s, rx, MarkerMerge::new(expected), cx)))
+                    let ledger = ledger_tx.clone();
+                    tokio::spawn(timed(run_sink(
+                        s,
+                        rx,
+                        MarkerMerge::new(expected),
+                        cx,
+                        ledger,
+                    )))
                 }
             };
             tasks.push(task);
         }
         drop(senders_of);
+        drop(ledger_tx);
 
         let mut seconds = Vec::new();
         let mut errors: Vec<Error> = Vec::new();
@@ -211,6 +244,14 @@ impl Run {
                     ));
                 }
             }
+        }
+        match coordinator.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => errors.push(e),
+            Err(join) => errors.push(Error::component(
+                "runtime",
+                format!("the ledger task panicked: {join}"),
+            )),
         }
         if let Err(e) = dead_letters.flush() {
             errors.push(e);
@@ -258,6 +299,66 @@ impl Run {
         }
         summary
     }
+}
+
+/// The summary of a run that could not start.
+fn failed_before_start(
+    info: &RunInfo,
+    metrics: &IndexMap<String, (Role, String, Arc<ComponentMetrics>)>,
+    started: Instant,
+    state_dir: &Path,
+    error: Error,
+) -> RunSummary {
+    tracing::error!("run failed: {error}");
+    let summary = RunSummary {
+        pipeline: info.pipeline.clone(),
+        run_id: info.run_id.clone(),
+        status: RunStatus::Failed,
+        started_at: info.started_at,
+        finished_at: Utc::now(),
+        seconds: started.elapsed().as_secs_f64(),
+        components: metrics
+            .iter()
+            .map(|(n, (r, t, m))| m.summarize(n, &r.to_string(), t, 0.0))
+            .collect(),
+        error: Some(error.to_string()),
+        dead_letters: 0,
+        dead_letter_file: None,
+    };
+    let _ = save_summary(&summary, state_dir);
+    summary
+}
+
+/// Writes a window into the ledger once every sink it reaches has committed it (or as failed
+/// once every sink has dropped it). This is the run's commit point: see [`crate::state`].
+async fn coordinate_commits(
+    mut rx: mpsc::UnboundedReceiver<(WindowRef, bool)>,
+    sinks_per_source: HashMap<String, usize>,
+    store: StateStore,
+    run_id: String,
+) -> Result<()> {
+    let mut pending: HashMap<String, (usize, bool)> = HashMap::new();
+    while let Some((window, committed)) = rx.recv().await {
+        let need = sinks_per_source.get(&window.source).copied().unwrap_or(1);
+        let key = window.key();
+        let entry = pending.entry(key.clone()).or_insert((0, true));
+        entry.0 += 1;
+        entry.1 &= committed;
+        if entry.0 < need {
+            continue;
+        }
+        let (_, all_committed) = pending.remove(&key).expect("just updated");
+        let status = if all_committed {
+            WindowStatus::Committed
+        } else {
+            WindowStatus::Failed
+        };
+        let (store, run_id) = (store.clone(), run_id.clone());
+        tokio::task::spawn_blocking(move || store.record(&window, status, &run_id))
+            .await
+            .map_err(|e| Error::component("ledger", e))??;
+    }
+    Ok(())
 }
 
 async fn timed(f: impl Future<Output = Result<()>>) -> (f64, Result<()>) {
@@ -397,7 +498,9 @@ async fn run_sink(
     mut rx: mpsc::Receiver<Event>,
     mut merge: MarkerMerge,
     cx: SinkContext,
+    ledger: mpsc::UnboundedSender<(WindowRef, bool)>,
 ) -> Result<()> {
+    sink.start(&cx).await?;
     let mut open: IndexMap<String, WindowRef> = IndexMap::new();
     while let Some(event) = rx.recv().await {
         match event {
@@ -416,12 +519,14 @@ async fn run_sink(
                         sink.commit(&w, &cx).await?;
                         cx.metrics.add_window_done();
                     }
+                    let _ = ledger.send((w, !failed));
                 }
             }
             Event::WindowFailed(w) => {
                 if merge.arrive(&w, true).is_some() {
                     open.shift_remove(&w.key());
                     sink.abort(&w, &cx).await?;
+                    let _ = ledger.send((w, false));
                 }
             }
         }

@@ -12,7 +12,7 @@
 //! memory grow.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -27,6 +27,7 @@ use crate::dead_letter::DeadLetters;
 use crate::event::{Batch, Event, Window, WindowRef};
 use crate::metrics::ComponentMetrics;
 use crate::schema::CANONICAL_RECORD_TYPE;
+use crate::state::SourceState;
 use crate::{Error, Result, Secret};
 
 /// The record type a stage emits, so the graph can refuse wiring that cannot work (a `dedupe`
@@ -96,6 +97,23 @@ pub struct BuildContext {
     pub end: Option<DateTime<FixedOffset>>,
     /// The run's clock, so `end` defaults and windows are reproducible.
     pub now: DateTime<Utc>,
+    /// A source's window ledger from earlier runs (empty for other components, for
+    /// `validate`, and after `--full-refresh`): plan only what it does not cover.
+    pub state: Arc<SourceState>,
+}
+
+impl Default for BuildContext {
+    fn default() -> Self {
+        BuildContext {
+            name: String::new(),
+            pipeline: String::new(),
+            emulator: None,
+            start: None,
+            end: None,
+            now: Utc::now(),
+            state: Arc::default(),
+        }
+    }
 }
 
 /// Facts about the run every stage may read.
@@ -286,6 +304,9 @@ pub struct SinkContext {
     pub metrics: Arc<ComponentMetrics>,
     pub dead_letters: DeadLetters,
     pub run: Arc<RunInfo>,
+    /// Keys of the windows the pipeline's ledger lists as committed when the run started. Files
+    /// of any other window are leftovers of an interrupted run: [`Sink::start`] removes them.
+    pub committed: Arc<HashSet<String>>,
 }
 
 /// A destination. The runtime guarantees, per input path: batches of a window arrive before its
@@ -295,6 +316,12 @@ pub struct SinkContext {
 pub trait Sink: Send {
     /// Why it cannot take `kind`, if it cannot. Default: takes anything.
     fn accepts(&self, _kind: &DataKind) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Called once before any input: remove what an interrupted run left (files of windows not
+    /// in `cx.committed`, temporary files). Default: nothing to clean.
+    async fn start(&mut self, _cx: &SinkContext) -> Result<()> {
         Ok(())
     }
 

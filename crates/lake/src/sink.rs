@@ -89,16 +89,34 @@ pub struct FileKey<'a> {
     pub extension: &'a str,
 }
 
-/// The one place that names data files: `part-<run_id>-<window key>-<part:04>.<extension>`.
-/// The temporary file is this name plus `.tmp`.
+/// The one place that names data files:
+/// `part-<pipeline>.<sink>.<window key>.<part:04>.<extension>`, the temporary file being this
+/// name plus `.tmp`. Nothing in it changes between runs: a window written again (after a run was
+/// killed) gets the same names and replaces its own files. Pipeline and sink names hold no dots
+/// (core checks), so the prefix `part-<pipeline>.<sink>.` names this sink's files and no other's.
 pub fn file_name(key: &FileKey<'_>) -> String {
     format!(
-        "part-{}-{}-{:04}.{}",
-        crate::escape_path_name(key.run_id),
+        "{}{}.{:04}.{}",
+        file_prefix(key.pipeline, key.sink),
         key.window.key(),
         key.part,
         key.extension
     )
+}
+
+/// The start of every file name of one sink of one pipeline.
+pub fn file_prefix(pipeline: &str, sink: &str) -> String {
+    format!("part-{pipeline}.{sink}.")
+}
+
+/// The window key in a data file name of this sink, if it is one (`None` for other files).
+fn window_key_of<'n>(name: &'n str, prefix: &str, extension: &str) -> Option<&'n str> {
+    let rest = name
+        .strip_prefix(prefix)?
+        .strip_suffix(extension)?
+        .strip_suffix('.')?;
+    let (window, part) = rest.rsplit_once('.')?;
+    part.bytes().all(|b| b.is_ascii_digit()).then_some(window)
 }
 
 /// Writes batches of any [`FileFormat`] into Hive partitions under [`LakeOptions::path`],
@@ -161,6 +179,12 @@ impl<F: FileFormat> FileSink<F> {
 
 #[async_trait]
 impl<F: FileFormat> Sink for FileSink<F> {
+    async fn start(&mut self, cx: &SinkContext) -> chatlake_core::Result<()> {
+        let committed = cx.committed.clone();
+        self.run(cx, move |state, run| state.start(run, Some(&committed)))
+            .await
+    }
+
     async fn write(&mut self, batch: Batch, cx: &SinkContext) -> chatlake_core::Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
@@ -257,6 +281,32 @@ static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(
 pub const MEMORY_BUDGET_BYTES: usize = 64 << 20;
 
 impl<F: FileFormat> State<F> {
+    /// Removes what an interrupted run left under the sink's path; see [`reconcile`].
+    fn start(
+        &mut self,
+        cx: &RunCx,
+        committed: Option<&std::collections::HashSet<String>>,
+    ) -> Result<()> {
+        let prefix = file_prefix(&cx.run.pipeline, &cx.sink);
+        let (temporary, uncommitted) = reconcile(
+            &self.options.path,
+            &prefix,
+            self.format.extension(),
+            committed,
+        )?;
+        if temporary + uncommitted > 0 {
+            tracing::info!(
+                sink = %cx.sink,
+                path = %self.options.path.display(),
+                temporary,
+                uncommitted,
+                "removed files an interrupted run left behind"
+            );
+        }
+        self.cleaned = true;
+        Ok(())
+    }
+
     /// Finishes the least recently written open files until at most [`MAX_OPEN_FILES`] remain.
     fn keep_open_files_few(&mut self) -> Result<()> {
         loop {
@@ -316,16 +366,8 @@ impl<F: FileFormat> State<F> {
 
     fn write(&mut self, batch: Batch, cx: &RunCx) -> Result<()> {
         if !self.cleaned {
-            let removed = remove_stale_temp_files(&self.options.path, self.format.extension())?;
-            if removed > 0 {
-                tracing::info!(
-                    sink = %cx.sink,
-                    path = %self.options.path.display(),
-                    removed,
-                    "removed temporary files an interrupted run left behind"
-                );
-            }
-            self.cleaned = true;
+            // Driven without `start` (a sink used on its own): at least clear temporary files.
+            self.start(cx, None)?;
         }
         let partitioner = match &self.partitioner {
             Some(p) => {
@@ -625,9 +667,18 @@ fn sync_dir(_dir: &Path) -> Result<()> {
 /// Deletes `part-*.<extension>.tmp` files under `root`, left by a run that was killed before
 /// it could commit or abort. Only this format's temporary files: a sink of another format may
 /// share the directory and be writing right now.
-fn remove_stale_temp_files(root: &Path, extension: &str) -> Result<usize> {
-    let suffix = format!(".{extension}.tmp");
-    let mut removed = 0;
+/// Removes this sink's temporary files and, when `committed` is given, its data files of
+/// windows the ledger does not list: both are leftovers of a run that stopped before its commit
+/// point. Files of other sinks and pipelines (other prefixes) are never touched. Returns
+/// (temporary files, uncommitted data files) removed.
+fn reconcile(
+    root: &Path,
+    prefix: &str,
+    extension: &str,
+    committed: Option<&std::collections::HashSet<String>>,
+) -> Result<(usize, usize)> {
+    let tmp_suffix = format!(".{extension}.tmp");
+    let (mut temporary, mut uncommitted) = (0, 0);
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         let entries = match fs::read_dir(&dir) {
@@ -641,21 +692,39 @@ fn remove_stale_temp_files(root: &Path, extension: &str) -> Result<usize> {
             let kind = entry.file_type().map_err(|e| Error::io(entry.path(), e))?;
             if kind.is_dir() {
                 dirs.push(entry.path());
-            } else if kind.is_file() {
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if name.starts_with("part-") && name.ends_with(&suffix) {
-                    let path = entry.path();
-                    match fs::remove_file(&path) {
-                        Ok(()) => removed += 1,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(Error::io(path, e)),
-                    }
+                continue;
+            }
+            if !kind.is_file() {
+                continue;
+            }
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if !name.starts_with(prefix) {
+                continue;
+            }
+            let remove = if name.ends_with(&tmp_suffix) {
+                temporary += 1;
+                true
+            } else if let (Some(committed), Some(window)) =
+                (committed, window_key_of(&name, prefix, extension))
+            {
+                let stale = !committed.contains(window);
+                uncommitted += usize::from(stale);
+                stale
+            } else {
+                false
+            };
+            if remove {
+                let path = entry.path();
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(path, e)),
                 }
             }
         }
     }
-    Ok(removed)
+    Ok((temporary, uncommitted))
 }
 
 #[cfg(test)]

@@ -42,7 +42,16 @@ pub fn sink_context(name: &str, dead_letter_dir: &Path) -> SinkContext {
             run_id: RUN_ID.into(),
             started_at: Utc::now(),
         }),
+        committed: Arc::default(),
     }
+}
+
+/// The name sink `sink` of pipeline `test` gives part `part` of [`window`]`(source, index)`.
+pub fn data_file_name(sink: &str, source: &str, index: u32, part: u32, extension: &str) -> String {
+    format!(
+        "part-test.{sink}.{}.{part:04}.{extension}",
+        window(source, index).key()
+    )
 }
 
 /// What `SinkConfig::build` gets, for sink `name` of pipeline `test`.
@@ -54,6 +63,7 @@ pub fn build_context(name: &str) -> BuildContext {
         start: None,
         end: None,
         now: Utc::now(),
+        ..BuildContext::default()
     }
 }
 

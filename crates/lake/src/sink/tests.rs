@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::testing::{
-    RUN_ID, canonical_batch, files_under, message, sample_messages, sink_context, window,
+    canonical_batch, files_under, message, sample_messages, sink_context, window,
 };
 use crate::text::{FileOutput, TextCompression, timestamps_as_utc_offset};
 use crate::{FileFormat, FormatError, FormatWriter};
@@ -64,8 +64,11 @@ fn read_lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The name the sink `lake` of pipeline `test` gives part `part` of test window `lw-w00003`.
 fn name(window: &str, part: u32) -> String {
-    format!("part-{RUN_ID}-{window}-{part:04}.lines")
+    let (source, index) = window.rsplit_once("-w").unwrap();
+    let w = crate::testing::window(source, index.parse().unwrap());
+    format!("part-test.lake.{}.{part:04}.lines", w.key())
 }
 
 #[tokio::test]
@@ -162,20 +165,21 @@ async fn rolls_files_at_max_rows_and_keeps_them_temporary_until_commit() {
 }
 
 #[tokio::test]
-async fn removes_stale_temporary_files_of_its_format_on_the_first_write() {
+async fn removes_its_own_stale_temporary_files_on_the_first_write() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("lake");
     let nested = root.join("provider=zoom/sent_date=2025-05-01");
     std::fs::create_dir_all(&nested).unwrap();
+    let ours_tmp = format!("{}.tmp", name("lw-w00007", 0));
     for f in [
-        "part-old-lw-w00000-0000.lines.tmp",
-        "part-old-lw-w00000-0000.lines",
-        "part-old-lw-w00000-0000.csv.tmp",
+        ours_tmp.as_str(),
+        "part-test.other.lw-0000000000000000.0000.lines.tmp",
+        "part-otherpipeline.lake.lw-0000000000000000.0000.lines.tmp",
+        "part-test.lake.lw-0000000000000000.0000.csv.tmp",
         "notes.lines.tmp",
     ] {
         std::fs::write(nested.join(f), "x").unwrap();
     }
-    std::fs::write(root.join("part-killed.lines.tmp"), "x").unwrap();
 
     let cx = sink_context("lake", dir.path());
     let mut s = sink(&root, &["provider"], None);
@@ -192,10 +196,35 @@ async fn removes_stale_temporary_files_of_its_format_on_the_first_write() {
         vec![
             format!("provider=lineworks/{}", name("lw-w00000", 0)),
             "provider=zoom/sent_date=2025-05-01/notes.lines.tmp".to_string(),
-            "provider=zoom/sent_date=2025-05-01/part-old-lw-w00000-0000.csv.tmp".to_string(),
-            "provider=zoom/sent_date=2025-05-01/part-old-lw-w00000-0000.lines".to_string(),
-        ]
+            "provider=zoom/sent_date=2025-05-01/part-otherpipeline.lake.lw-0000000000000000.0000.lines.tmp".to_string(),
+            "provider=zoom/sent_date=2025-05-01/part-test.lake.lw-0000000000000000.0000.csv.tmp".to_string(),
+            "provider=zoom/sent_date=2025-05-01/part-test.other.lw-0000000000000000.0000.lines.tmp".to_string(),
+        ],
+        "only this sink's temporary files of its format go"
     );
+}
+
+#[tokio::test]
+async fn start_removes_files_of_windows_the_ledger_does_not_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lake");
+    let d = root.join("sent_date=2025-05-01");
+    std::fs::create_dir_all(&d).unwrap();
+    let (kept, dropped) = (name("lw-w00001", 0), name("lw-w00002", 3));
+    let other_sink = name("lw-w00002", 0).replace("part-test.lake.", "part-test.archive.");
+    for f in [&kept, &dropped, &other_sink] {
+        std::fs::write(d.join(f), "{}\n").unwrap();
+    }
+    let mut cx = sink_context("lake", dir.path());
+    cx.committed = std::sync::Arc::new([window("lw", 1).key()].into_iter().collect());
+    let mut s = sink(&root, &["sent_date"], None);
+    s.start(&cx).await.unwrap();
+    let mut want = vec![
+        format!("sent_date=2025-05-01/{kept}"),
+        format!("sent_date=2025-05-01/{other_sink}"),
+    ];
+    want.sort();
+    assert_eq!(files(&root), want);
 }
 
 #[tokio::test]
@@ -358,7 +387,19 @@ fn names_files_in_one_place() {
     };
     assert_eq!(
         file_name(&key),
-        "part-20250601T000000Z-ab12-zoom_dm-w00012-0003.parquet"
+        format!("part-p.lake.{}.0003.parquet", w.key())
+    );
+    assert_eq!(
+        window_key_of(&file_name(&key), "part-p.lake.", "parquet"),
+        Some(w.key().as_str())
+    );
+    assert_eq!(
+        window_key_of("part-p.lake.x.00a1.parquet", "part-p.lake.", "parquet"),
+        None
+    );
+    assert_eq!(
+        window_key_of("part-p.lakehouse.x.0001.parquet", "part-p.lake.", "parquet"),
+        None
     );
 }
 

@@ -16,6 +16,9 @@ use serde_json::{Value, json};
 
 use crate::{CsvSinkConfig, nested_as_json};
 
+/// The sink name the tests use.
+const SINK: &str = "report";
+
 fn config(options: Value) -> Result<CsvSinkConfig, String> {
     serde_json::from_value(options).map_err(|e| e.to_string())
 }
@@ -96,10 +99,10 @@ async fn writes_partitioned_csv_with_json_attachments_and_utc_times() {
         .unwrap()
         .build(&build_context("report"))
         .unwrap();
-    let cx = sink_context("report", dir.path());
+    let cx = sink_context(SINK, dir.path());
     let rows = write_interleaved(sink.as_mut(), &cx).await;
 
-    let name = "part-20250601T000000Z-test-lw-w00000-0000.csv";
+    let name = &chatlake_lake::testing::data_file_name(SINK, "lw", 0, 0, "csv");
     let files = files_under(&root);
     assert_eq!(
         files,
@@ -153,13 +156,13 @@ async fn gzip_tab_delimited_files_roll_and_each_has_a_header() {
     .unwrap()
     .build(&build_context("report"))
     .unwrap();
-    let cx = sink_context("report", dir.path());
+    let cx = sink_context(SINK, dir.path());
     let rows = write_interleaved(sink.as_mut(), &cx).await;
     let files = files_under(&root);
     assert_eq!(
         files,
         (0..3)
-            .map(|n| format!("part-20250601T000000Z-test-lw-w00000-{n:04}.csv.gz"))
+            .map(|n| chatlake_lake::testing::data_file_name(SINK, "lw", 0, n, "csv.gz"))
             .collect::<Vec<_>>()
     );
     let columns = columns(&[]);
@@ -183,7 +186,7 @@ async fn header_false_writes_rows_only() {
         .unwrap()
         .build(&build_context("report"))
         .unwrap();
-    let cx = sink_context("report", dir.path());
+    let cx = sink_context(SINK, dir.path());
     let rows = write_interleaved(sink.as_mut(), &cx).await;
     let files = files_under(&root);
     let (_, records) = read_csv(&root.join(&files[0]), b';', false);

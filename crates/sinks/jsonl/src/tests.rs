@@ -10,6 +10,9 @@ use serde_json::{Value, json};
 
 use crate::JsonlSinkConfig;
 
+/// The sink name the tests use.
+const SINK: &str = "archive";
+
 fn config(options: Value) -> Result<JsonlSinkConfig, String> {
     serde_json::from_value(options).map_err(|e| e.to_string())
 }
@@ -65,10 +68,10 @@ async fn writes_partitioned_json_lines_and_commits_only_the_committed_window() {
     .unwrap()
     .build(&build_context("archive"))
     .unwrap();
-    let cx = sink_context("archive", dir.path());
+    let cx = sink_context(SINK, dir.path());
     let rows = write_interleaved(sink.as_mut(), &cx).await;
 
-    let name = "part-20250601T000000Z-test-lw-w00000-0000.jsonl";
+    let name = &chatlake_lake::testing::data_file_name(SINK, "lw", 0, 0, "jsonl");
     let files = files_under(&root);
     assert_eq!(
         files,
@@ -115,12 +118,14 @@ async fn gzip_writes_jsonl_gz_files() {
         .unwrap()
         .build(&build_context("archive"))
         .unwrap();
-    let cx = sink_context("archive", dir.path());
+    let cx = sink_context(SINK, dir.path());
     let rows = write_interleaved(sink.as_mut(), &cx).await;
     let files = files_under(&root);
     assert_eq!(
         files,
-        ["part-20250601T000000Z-test-lw-w00000-0000.jsonl.gz"]
+        [chatlake_lake::testing::data_file_name(
+            SINK, "lw", 0, 0, "jsonl.gz"
+        )]
     );
     let got = read_jsonl(&root.join(&files[0]));
     let want: Vec<Value> = rows.into_iter().map(|r| expected(r, &[])).collect();

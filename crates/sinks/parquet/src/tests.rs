@@ -20,6 +20,9 @@ use serde_json::{Value, json};
 
 use crate::{ParquetCompression, ParquetSinkConfig};
 
+/// The sink name the tests use.
+const SINK: &str = "lake";
+
 fn config(options: Value) -> Result<ParquetSinkConfig, String> {
     serde_json::from_value(options).map_err(|e| e.to_string())
 }
@@ -48,10 +51,10 @@ async fn writes_partitioned_parquet_that_reads_back_exactly() {
         .unwrap()
         .build(&build_context("lake"))
         .unwrap();
-    let cx = sink_context("lake", dir.path());
+    let cx = sink_context(SINK, dir.path());
     let rows = write_interleaved(sink.as_mut(), &cx).await;
 
-    let name = "part-20250601T000000Z-test-lw-w00000-0000.parquet";
+    let name = &chatlake_lake::testing::data_file_name(SINK, "lw", 0, 0, "parquet");
     let files = files_under(&root);
     assert_eq!(
         files,
@@ -161,7 +164,7 @@ async fn every_codec_writes_readable_files_with_rolling_and_row_groups() {
             .unwrap()
             .build(&build_context("lake"))
             .unwrap();
-        let cx = sink_context("lake", dir.path());
+        let cx = sink_context(SINK, dir.path());
         let rows = write_interleaved(sink.as_mut(), &cx).await;
 
         let files = files_under(&root);

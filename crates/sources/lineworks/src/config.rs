@@ -477,6 +477,7 @@ impl LineworksSourceConfig {
                 utc_offset,
                 start,
                 end,
+                ledger: cx.state.clone(),
             })
         } else {
             let Some(start) = start else {
@@ -520,7 +521,7 @@ impl LineworksSourceConfig {
                     bot_messages: self.bot_messages,
                     domain_id: self.domain_id,
                 },
-                windows: window::split(&cx.name, start, end, self.window_days),
+                windows: window::split_uncovered(&cx.name, start, end, self.window_days, &cx.state),
                 requests_per_minute,
                 retry: self.retry.clone(),
                 request_timeout: self.request_timeout,
@@ -559,6 +560,7 @@ mod tests {
             start: None,
             end: None,
             now: Utc.with_ymd_and_hms(2025, 3, 15, 3, 0, 0).unwrap(),
+            ..BuildContext::default()
         }
     }
 

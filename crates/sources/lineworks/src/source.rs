@@ -81,6 +81,8 @@ pub(crate) struct FilesMode {
     pub utc_offset: FixedOffset,
     pub start: Option<DateTime<FixedOffset>>,
     pub end: Option<DateTime<FixedOffset>>,
+    /// Files an earlier run committed (by path) are not loaded again.
+    pub ledger: std::sync::Arc<chatlake_core::state::SourceState>,
 }
 
 /// How a window ended, when it did not succeed.
@@ -196,6 +198,7 @@ impl LineworksSource {
                 };
                 (window, path)
             })
+            .filter(|(window, _)| !files.ledger.is_committed(&window.key()))
             .collect())
     }
 

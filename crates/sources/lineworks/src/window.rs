@@ -49,6 +49,37 @@ pub fn split(
     windows
 }
 
+/// The windows of `[start, end]` that earlier runs did not commit (the source's ledger): each
+/// uncovered stretch split as [`split`] does, numbered in order. A run killed part-way, or a
+/// window that failed, is fetched again; what is committed is not fetched twice.
+pub fn split_uncovered(
+    source: &str,
+    start: DateTime<FixedOffset>,
+    end: DateTime<FixedOffset>,
+    days: u32,
+    ledger: &chatlake_core::state::SourceState,
+) -> Vec<Window> {
+    let offset = *start.offset();
+    let covered = ledger.committed_ranges(STREAM);
+    let mut windows = Vec::new();
+    for (from, to) in chatlake_core::state::uncovered(
+        start.trunc_subsecs(0).with_timezone(&chrono::Utc),
+        end.trunc_subsecs(0).with_timezone(&chrono::Utc),
+        &covered,
+    ) {
+        for mut w in split(
+            source,
+            from.with_timezone(&offset),
+            to.with_timezone(&offset),
+            days,
+        ) {
+            w.index = windows.len() as u32;
+            windows.push(w);
+        }
+    }
+    windows
+}
+
 /// The query parameters of one download request, in the order the API documents them.
 #[derive(Debug, Clone)]
 pub struct DownloadQuery {
@@ -100,6 +131,55 @@ fn encode_query_value(value: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod ledger_tests {
+    use super::*;
+    use chatlake_core::state::{SourceState, WindowRecord, WindowStatus};
+
+    #[test]
+    fn committed_windows_are_not_planned_again() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap();
+        let all = split(
+            "lw",
+            t("2025-01-01T00:00:00+09:00"),
+            t("2025-03-31T23:59:59+09:00"),
+            31,
+        );
+        assert_eq!(all.len(), 3);
+        let mut ledger = SourceState::default();
+        for (w, status) in [
+            (&all[0], WindowStatus::Committed),
+            (&all[1], WindowStatus::Failed),
+        ] {
+            ledger.windows.insert(
+                w.key(),
+                WindowRecord {
+                    stream: w.stream.clone(),
+                    label: w.label.clone(),
+                    start: w.start,
+                    end: w.end,
+                    status,
+                    run_id: "r1".into(),
+                    at: chrono::Utc::now(),
+                },
+            );
+        }
+        let rest = split_uncovered(
+            "lw",
+            t("2025-01-01T00:00:00+09:00"),
+            t("2025-03-31T23:59:59+09:00"),
+            31,
+            &ledger,
+        );
+        // The failed window and the one never reached come back, with the same keys as before.
+        assert_eq!(
+            rest.iter().map(Window::key).collect::<Vec<_>>(),
+            vec![all[1].key(), all[2].key()]
+        );
+        assert_eq!(rest[0].start.unwrap().offset().local_minus_utc(), 9 * 3600);
+    }
 }
 
 #[cfg(test)]

@@ -59,6 +59,7 @@ fn build_context(name: &str, emulator: Option<EmulatorProfile>) -> BuildContext 
         start: None,
         end: None,
         now: Utc::now(),
+        ..BuildContext::default()
     }
 }
 

@@ -26,6 +26,7 @@ fn build(options: serde_json::Value) -> Box<dyn Source> {
             start: None,
             end: None,
             now: Utc::now(),
+            ..BuildContext::default()
         })
         .unwrap()
 }

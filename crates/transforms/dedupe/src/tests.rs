@@ -64,6 +64,7 @@ fn build(toml_keep: &str) -> Box<dyn Transform> {
             start: None,
             end: None,
             now: chrono_now(),
+            ..BuildContext::default()
         })
         .unwrap()
 }
@@ -173,6 +174,7 @@ fn rejects_raw_input_and_bad_keys() {
         start: None,
         end: None,
         now: chrono_now(),
+        ..BuildContext::default()
     };
     assert_eq!(bad.build(&cx).err().unwrap().key, "key");
     let e =

@@ -1,0 +1,327 @@
+//! Incremental state: the *window ledger* of each source, under
+//! `<state_dir>/<pipeline>/sources/<source>.json`.
+//!
+//! The ledger is the commit point of a run. A window counts as loaded only once every sink that
+//! receives it has committed its files *and* the ledger says so; files of a window the ledger
+//! does not list are leftovers of a run that stopped in between, and sinks delete them when they
+//! start. So the lake always holds exactly the windows of the ledger, and a source that plans
+//! only the ranges the ledger does not cover re-fetches whatever a killed run did not finish.
+//! Each file is written whole to a temporary name, fsynced and renamed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Duration, FixedOffset, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::event::Window;
+use crate::{Error, Result};
+
+/// How a window ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowStatus {
+    /// Every sink committed it; its rows are in the lake.
+    Committed,
+    /// It failed after retries; nothing of it is in the lake. The next run fetches it again.
+    Failed,
+}
+
+/// One window in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowRecord {
+    pub stream: String,
+    pub label: String,
+    pub start: Option<DateTime<FixedOffset>>,
+    pub end: Option<DateTime<FixedOffset>>,
+    pub status: WindowStatus,
+    pub run_id: String,
+    pub at: DateTime<Utc>,
+}
+
+/// The ledger of one source.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceState {
+    pub source: String,
+    /// By window key ([`Window::key`]).
+    #[serde(default)]
+    pub windows: BTreeMap<String, WindowRecord>,
+    /// Provider-specific notes a source keeps per window while it is open (a Qlara export id).
+    #[serde(default)]
+    pub checkpoints: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub last_run: Option<String>,
+}
+
+impl SourceState {
+    pub fn is_committed(&self, window_key: &str) -> bool {
+        self.windows
+            .get(window_key)
+            .is_some_and(|w| w.status == WindowStatus::Committed)
+    }
+
+    /// Committed `[start, end]` ranges of `stream` (both ends inclusive), merged and sorted.
+    pub fn committed_ranges(&self, stream: &str) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+        let mut ranges: Vec<(DateTime<Utc>, DateTime<Utc>)> = self
+            .windows
+            .values()
+            .filter(|w| w.status == WindowStatus::Committed && w.stream == stream)
+            .filter_map(|w| Some((w.start?.with_timezone(&Utc), w.end?.with_timezone(&Utc))))
+            .collect();
+        ranges.sort();
+        let mut merged: Vec<(DateTime<Utc>, DateTime<Utc>)> = Vec::new();
+        for (s, e) in ranges {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 + Duration::seconds(1) => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        merged
+    }
+
+    /// The end of the latest committed window of `stream`.
+    pub fn cursor(&self, stream: &str) -> Option<DateTime<Utc>> {
+        self.committed_ranges(stream).last().map(|r| r.1)
+    }
+}
+
+/// The parts of `[start, end]` (inclusive, to the second) that `covered` does not cover, in
+/// order. `covered` must be sorted and merged ([`SourceState::committed_ranges`]).
+pub fn uncovered(
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    covered: &[(DateTime<Utc>, DateTime<Utc>)],
+) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    let mut gaps = Vec::new();
+    let mut from = start;
+    for &(s, e) in covered {
+        if from > end {
+            break;
+        }
+        if e < from {
+            continue;
+        }
+        if s > from {
+            gaps.push((from, (s - Duration::seconds(1)).min(end)));
+        }
+        from = from.max(e + Duration::seconds(1));
+    }
+    if from <= end {
+        gaps.push((from, end));
+    }
+    gaps
+}
+
+/// Reads and writes the ledgers of one pipeline.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    dir: PathBuf,
+}
+
+impl StateStore {
+    /// The store under `<state_dir>/<pipeline>`; nothing is created until the first save.
+    pub fn new(pipeline_dir: impl Into<PathBuf>) -> Self {
+        StateStore {
+            dir: pipeline_dir.into(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, source: &str) -> PathBuf {
+        self.dir.join("sources").join(format!("{source}.json"))
+    }
+
+    /// The ledger of `source` (empty if it has none yet).
+    pub fn load(&self, source: &str) -> Result<SourceState> {
+        let path = self.path(source);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| Error::component("state", format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SourceState {
+                source: source.to_string(),
+                ..SourceState::default()
+            }),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    /// Writes the ledger of `state.source` atomically (temporary file, fsync, rename, fsync dir).
+    pub fn save(&self, state: &SourceState) -> Result<()> {
+        let path = self.path(&state.source);
+        let dir = path.parent().expect("ledger files live in a directory");
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let json = serde_json::to_vec_pretty(state).map_err(|e| Error::component("state", e))?;
+        crate::runtime::write_atomic(&path, &json)?;
+        sync_dir(dir)
+    }
+
+    /// Every ledger of the pipeline, by source name.
+    pub fn all(&self) -> Result<BTreeMap<String, SourceState>> {
+        let dir = self.dir.join("sources");
+        let mut out = BTreeMap::new();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(Error::io(dir, e)),
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(source) = name.strip_suffix(".json") {
+                out.insert(source.to_string(), self.load(source)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keys of every committed window of every source: what the lake may hold.
+    pub fn committed_keys(&self) -> Result<HashSet<String>> {
+        Ok(self
+            .all()?
+            .into_values()
+            .flat_map(|s| {
+                s.windows
+                    .into_iter()
+                    .filter(|(_, w)| w.status == WindowStatus::Committed)
+            })
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// Forgets `source` (or every source): its windows will be fetched again, and sinks delete
+    /// their files on the next run's start. Returns the sources reset.
+    pub fn reset(&self, source: Option<&str>) -> Result<Vec<String>> {
+        let names: Vec<String> = match source {
+            Some(s) => vec![s.to_string()],
+            None => self.all()?.into_keys().collect(),
+        };
+        let mut reset = Vec::new();
+        for name in names {
+            let path = self.path(&name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => reset.push(name),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(path, e)),
+            }
+        }
+        Ok(reset)
+    }
+
+    /// Records how `window` ended and saves the ledger.
+    pub fn record(&self, window: &Window, status: WindowStatus, run_id: &str) -> Result<()> {
+        let mut state = self.load(&window.source)?;
+        state.windows.insert(
+            window.key(),
+            WindowRecord {
+                stream: window.stream.clone(),
+                label: window.label.clone(),
+                start: window.start,
+                end: window.end,
+                status,
+                run_id: run_id.to_string(),
+                at: Utc::now(),
+            },
+        );
+        state.checkpoints.remove(&window.key());
+        state.last_run = Some(run_id.to_string());
+        self.save(&state)
+    }
+}
+
+/// Makes a rename in `dir` durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn gaps_are_what_the_ledger_does_not_cover() {
+        let covered = vec![
+            (t("2025-01-01T00:00:00Z"), t("2025-01-31T23:59:59Z")),
+            (t("2025-03-01T00:00:00Z"), t("2025-03-10T23:59:59Z")),
+        ];
+        assert_eq!(
+            uncovered(
+                t("2025-01-01T00:00:00Z"),
+                t("2025-03-31T23:59:59Z"),
+                &covered
+            ),
+            vec![
+                (t("2025-02-01T00:00:00Z"), t("2025-02-28T23:59:59Z")),
+                (t("2025-03-11T00:00:00Z"), t("2025-03-31T23:59:59Z")),
+            ]
+        );
+        assert!(
+            uncovered(
+                t("2025-01-05T00:00:00Z"),
+                t("2025-01-06T00:00:00Z"),
+                &covered
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            uncovered(
+                t("2024-12-31T00:00:00Z"),
+                t("2025-01-02T00:00:00Z"),
+                &covered
+            ),
+            vec![(t("2024-12-31T00:00:00Z"), t("2024-12-31T23:59:59Z"))]
+        );
+        assert_eq!(
+            uncovered(
+                t("2025-04-01T00:00:00Z"),
+                t("2025-04-02T00:00:00Z"),
+                &covered
+            )
+            .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn the_ledger_round_trips_and_merges_adjacent_windows() {
+        let dir = crate::config::tests::tempdir();
+        let store = StateStore::new(&dir);
+        let offset = FixedOffset::east_opt(9 * 3600).unwrap();
+        let w = |i: u32, s: &str, e: &str| Window {
+            source: "lw".into(),
+            stream: "message_contents".into(),
+            index: i,
+            start: Some(DateTime::parse_from_rfc3339(s).unwrap()),
+            end: Some(DateTime::parse_from_rfc3339(e).unwrap()),
+            utc_offset: offset,
+            label: format!("{s}..{e}"),
+        };
+        let a = w(0, "2025-01-01T00:00:00+09:00", "2025-01-31T23:59:59+09:00");
+        let b = w(1, "2025-02-01T00:00:00+09:00", "2025-02-10T23:59:59+09:00");
+        let c = w(2, "2025-02-11T00:00:00+09:00", "2025-02-20T23:59:59+09:00");
+        store.record(&a, WindowStatus::Committed, "r1").unwrap();
+        store.record(&b, WindowStatus::Committed, "r1").unwrap();
+        store.record(&c, WindowStatus::Failed, "r1").unwrap();
+        let s = store.load("lw").unwrap();
+        assert!(s.is_committed(&a.key()) && !s.is_committed(&c.key()));
+        assert_eq!(
+            s.committed_ranges("message_contents").len(),
+            1,
+            "adjacent windows merge"
+        );
+        assert_eq!(
+            s.cursor("message_contents"),
+            Some(t("2025-02-10T14:59:59Z"))
+        );
+        assert_eq!(store.committed_keys().unwrap().len(), 2);
+        assert_eq!(store.reset(Some("lw")).unwrap(), vec!["lw".to_string()]);
+        assert!(store.load("lw").unwrap().windows.is_empty());
+    }
+}
