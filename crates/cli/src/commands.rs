@@ -151,6 +151,7 @@ pub async fn plan(
         Ok(e) => e,
         Err(code) => return code,
     };
+    let plan_start = start.map(|t| t.to_rfc3339());
     let opts = BuildOptions {
         start,
         end,
@@ -186,9 +187,28 @@ pub async fn plan(
             continue;
         };
         println!();
+        let ledger = pipeline.state().load(&node.spec.name).unwrap_or_default();
+        let committed = ledger
+            .windows
+            .values()
+            .filter(|w| w.status == WindowStatus::Committed)
+            .count();
         match source.plan() {
             Ok(windows) => {
-                println!("source `{}`: {} window(s)", node.spec.name, windows.len());
+                println!(
+                    "source `{}`: {} window(s) to fetch",
+                    node.spec.name,
+                    windows.len()
+                );
+                if committed > 0 {
+                    println!(
+                        "  {committed} window(s) committed by earlier runs are skipped (`chatlake state show`); \
+                         --full-refresh loads everything again"
+                    );
+                }
+                if let Some(start) = &plan_start {
+                    println!("  --start {start} wins over the file's start");
+                }
                 for w in windows {
                     println!("  [{:>3}] {}", w.window.index, w.window.label);
                     println!("        {}", w.request);
