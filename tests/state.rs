@@ -275,3 +275,101 @@ fn a_window_that_failed_is_filled_in_by_the_next_run() {
         1
     );
 }
+
+const LOOKBACK: &str = r#"
+[pipeline]
+name = "daily"
+state_dir = "./lake/_state"
+
+[sources.lw]
+type = "lineworks_message_contents"
+auth = { type = "bearer", token = "${LW_TOKEN:-}" }
+start = "2025-01-01T00:00:00+09:00"
+window_days = 4
+lookback = "3d"
+
+[transforms.canonical]
+type = "normalize"
+inputs = ["lw"]
+
+[transforms.unique]
+type = "dedupe"
+inputs = ["canonical"]
+across_runs = true
+
+[sinks.lake]
+type = "parquet"
+inputs = ["unique"]
+path = "./lake/messages"
+partition_by = ["sent_date"]
+"#;
+
+#[test]
+fn lookback_refetches_but_across_runs_dedupe_loads_nothing_twice() {
+    let clean = Scratch::new();
+    let p = clean.pipeline("daily.toml", LOOKBACK);
+    clean
+        .run(&[
+            "run",
+            "--emulate",
+            "--end",
+            "2025-01-20T23:59:59+09:00",
+            p.to_str().unwrap(),
+        ])
+        .expect_code(0);
+    let want = read_parquet(&clean.path("lake/messages"));
+
+    let s = Scratch::new();
+    let p = s.pipeline("daily.toml", LOOKBACK);
+    s.run(&[
+        "run",
+        "--emulate",
+        "--end",
+        "2025-01-10T23:59:59+09:00",
+        p.to_str().unwrap(),
+    ])
+    .expect_code(0);
+    let out = s
+        .run(&[
+            "run",
+            "--emulate",
+            "--end",
+            "2025-01-20T23:59:59+09:00",
+            p.to_str().unwrap(),
+        ])
+        .expect_code(0);
+    let plan = s
+        .run(&[
+            "plan",
+            "--emulate",
+            "--end",
+            "2025-01-20T23:59:59+09:00",
+            p.to_str().unwrap(),
+        ])
+        .stdout();
+    assert!(
+        plan.contains("2025-01-18T00:00:00+09:00"),
+        "the lookback shows in the plan: {plan}"
+    );
+    let got = read_parquet(&s.path("lake/messages"));
+    assert_eq!(got.len(), want.len(), "{}", out.stdout());
+    assert!(
+        got == want,
+        "two overlapping runs load what one clean run loads"
+    );
+    // The second run did fetch the three days again: its source sent more rows than it added.
+    let canonical_in: u64 = serde_json::from_slice::<serde_json::Value>(
+        &std::fs::read(s.path("lake/_state/daily/last_run.json")).unwrap(),
+    )
+    .unwrap()["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == "unique")
+        .map(|c| c["records_in"].as_u64().unwrap() - c["records_out"].as_u64().unwrap())
+        .sum();
+    assert!(
+        canonical_in > 1000,
+        "about three days of rows were dropped as already loaded: {canonical_in}"
+    );
+}

@@ -84,6 +84,19 @@ impl Pipeline {
         }
 
         let store = StateStore::new(file.state_dir().join(&file.pipeline.name));
+        let committed = if opts.use_state {
+            match store.committed_keys() {
+                Ok(keys) => Arc::new(keys),
+                Err(e) => {
+                    errors
+                        .0
+                        .push(file.error(String::new(), format!("cannot read the state: {e}")));
+                    return Err(errors);
+                }
+            }
+        } else {
+            Arc::default()
+        };
         let mut built: IndexMap<String, Node> = IndexMap::new();
         for spec in &file.components {
             let state = if opts.use_state && spec.role == Role::Source {
@@ -107,6 +120,8 @@ impl Pipeline {
                 end: opts.end,
                 now,
                 state,
+                state_dir: store.dir().to_path_buf(),
+                committed: committed.clone(),
             };
             let stage = match spec.role {
                 Role::Source => registry.build_source(spec, &cx).map(Stage::Source),
@@ -160,7 +175,23 @@ impl Pipeline {
                 .collect();
             if input_kinds.len() == node.spec.inputs.len() && !input_kinds.is_empty() {
                 let first = &input_kinds[0].1;
-                if let Some((other, kind)) = input_kinds.iter().find(|(_, k)| k != first) {
+                // A transform may take several record types if it makes one kind of each
+                // (`normalize` fed LINE WORKS, Zoom and Qlara sources at once).
+                let one_output = match &node.stage {
+                    Stage::Transform(t) => {
+                        let outputs: Vec<_> = input_kinds
+                            .iter()
+                            .map(|(_, k)| t.output_kind(k).ok())
+                            .collect();
+                        outputs[0].is_some() && outputs.iter().all(|o| o == &outputs[0])
+                    }
+                    _ => false,
+                };
+                if let Some((other, kind)) = input_kinds
+                    .iter()
+                    .find(|(_, k)| k != first)
+                    .filter(|_| !one_output)
+                {
                     errors.0.push(file.error(
                         format!("{}.inputs", node.spec.key()),
                         format!(

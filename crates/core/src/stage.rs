@@ -100,6 +100,12 @@ pub struct BuildContext {
     /// A source's window ledger from earlier runs (empty for other components, for
     /// `validate`, and after `--full-refresh`): plan only what it does not cover.
     pub state: Arc<SourceState>,
+    /// The pipeline's state directory, for components that keep state of their own (dedupe
+    /// `across_runs`); they read and write it only while running.
+    pub state_dir: std::path::PathBuf,
+    /// Keys of every window the ledger lists as committed: state a component wrote for any other
+    /// window belongs to a run that stopped before its commit point and must be ignored.
+    pub committed: Arc<HashSet<String>>,
 }
 
 impl Default for BuildContext {
@@ -112,6 +118,8 @@ impl Default for BuildContext {
             end: None,
             now: Utc::now(),
             state: Arc::default(),
+            state_dir: std::path::PathBuf::new(),
+            committed: Arc::default(),
         }
     }
 }

@@ -99,6 +99,13 @@ pub struct LineworksSourceConfig {
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub request_timeout: Duration,
+
+    /// Fetch this much again before where earlier runs stopped (late-arriving messages).
+    /// Default 0s: message contents do not change once written. Pair a lookback with
+    /// `dedupe across_runs = true`, which drops the rows that were loaded already.
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub lookback: Duration,
 }
 
 /// Credentials for the monitoring API (scope `monitoring.read`).
@@ -521,7 +528,14 @@ impl LineworksSourceConfig {
                     bot_messages: self.bot_messages,
                     domain_id: self.domain_id,
                 },
-                windows: window::split_uncovered(&cx.name, start, end, self.window_days, &cx.state),
+                windows: window::split_uncovered(
+                    &cx.name,
+                    start,
+                    end,
+                    self.window_days,
+                    &cx.state,
+                    self.lookback,
+                ),
                 requests_per_minute,
                 retry: self.retry.clone(),
                 request_timeout: self.request_timeout,

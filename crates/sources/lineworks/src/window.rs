@@ -58,9 +58,17 @@ pub fn split_uncovered(
     end: DateTime<FixedOffset>,
     days: u32,
     ledger: &chatlake_core::state::SourceState,
+    lookback: std::time::Duration,
 ) -> Vec<Window> {
     let offset = *start.offset();
-    let covered = ledger.committed_ranges(STREAM);
+    let mut covered = ledger.committed_ranges(STREAM);
+    // Fetch the last `lookback` before the cursor again.
+    if let Some(last) = covered.last_mut() {
+        last.1 -= Duration::from_std(lookback).unwrap_or(Duration::MAX);
+        if last.1 < last.0 {
+            covered.pop();
+        }
+    }
     let mut windows = Vec::new();
     for (from, to) in chatlake_core::state::uncovered(
         start.trunc_subsecs(0).with_timezone(&chrono::Utc),
@@ -172,6 +180,7 @@ mod ledger_tests {
             t("2025-03-31T23:59:59+09:00"),
             31,
             &ledger,
+            std::time::Duration::ZERO,
         );
         // The failed window and the one never reached come back, with the same keys as before.
         assert_eq!(
@@ -179,6 +188,17 @@ mod ledger_tests {
             vec![all[1].key(), all[2].key()]
         );
         assert_eq!(rest[0].start.unwrap().offset().local_minus_utc(), 9 * 3600);
+
+        // A lookback of two days starts the next window two days before the cursor.
+        let back = split_uncovered(
+            "lw",
+            t("2025-01-01T00:00:00+09:00"),
+            t("2025-03-31T23:59:59+09:00"),
+            31,
+            &ledger,
+            std::time::Duration::from_secs(2 * 86_400),
+        );
+        assert_eq!(back[0].start, Some(t("2025-01-30T00:00:00+09:00")));
     }
 }
 

@@ -9,6 +9,13 @@
 //!   then emitted, grouped by their window; the runtime holds window markers back with them.
 //!
 //! Key columns may be of any scalar type; a null is distinct from every value.
+//!
+//! `across_runs = true` (with `keep = "first"`) also drops rows whose key an earlier run
+//! loaded, so lookback and overlapping windows never load a row twice. The keys a window adds are
+//! written to `<state_dir>/dedupe/<name>/<window key>.keys` (16 bytes per key) when the window
+//! ends, before its marker goes on to the sinks; at the next start only the files of windows the
+//! ledger lists as committed are read, and the others (a run stopped before its commit point)
+//! are deleted. So the remembered keys are exactly those of the rows in the lake.
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch};
 use arrow::compute::filter_record_batch;
@@ -46,6 +53,10 @@ pub struct DedupeConfig {
     /// The column `keep = "latest"` compares (Int64).
     #[serde(default = "default_version")]
     pub version_column: String,
+    /// Also drop rows whose key an earlier run loaded (`keep = "first"` only). The keys are kept
+    /// under the state directory, 16 bytes each, and held in memory while the run goes.
+    #[serde(default)]
+    pub across_runs: bool,
 }
 
 fn default_key() -> Vec<String> {
@@ -61,7 +72,7 @@ impl TransformConfig for DedupeConfig {
     const SUMMARY: &'static str =
         "Keeps one row per key: the first seen, or the latest by `version`.";
 
-    fn build(self, _cx: &BuildContext) -> Result<Box<dyn Transform>, InvalidConfig> {
+    fn build(self, cx: &BuildContext) -> Result<Box<dyn Transform>, InvalidConfig> {
         if self.key.is_empty() {
             return Err(InvalidConfig::new("key", "name at least one column"));
         }
@@ -76,11 +87,24 @@ impl TransformConfig for DedupeConfig {
                 format!("column `{}` is listed twice", dup.1),
             ));
         }
+        if self.across_runs && self.keep == Keep::Latest {
+            return Err(InvalidConfig::new(
+                "across_runs",
+                "works with keep = \"first\" only: replacing a row an earlier run wrote would mean rewriting its file",
+            ));
+        }
+        let across = self.across_runs.then(|| AcrossRuns {
+            dir: cx.state_dir.join("dedupe").join(&cx.name),
+            committed: cx.committed.clone(),
+            loaded: false,
+            added: HashMap::new(),
+        });
         Ok(Box::new(DedupeTransform {
             config: self,
             seen: HashSet::new(),
             held: Vec::new(),
             key_buf: Vec::with_capacity(128),
+            across,
         }))
     }
 }
@@ -93,6 +117,68 @@ pub struct DedupeTransform {
     /// `keep = "latest"`: every batch with its row key hashes, until the end.
     held: Vec<(Batch, Vec<u128>)>,
     key_buf: Vec<u8>,
+    across: Option<AcrossRuns>,
+}
+
+/// The key files of `across_runs`.
+struct AcrossRuns {
+    dir: std::path::PathBuf,
+    committed: std::sync::Arc<std::collections::HashSet<String>>,
+    loaded: bool,
+    /// Keys each open window added, written when it ends.
+    added: HashMap<String, Vec<u128>>,
+}
+
+impl AcrossRuns {
+    /// Reads the keys of committed windows into `seen`; deletes the files of any other window.
+    fn load(&mut self, seen: &mut HashSet<u128>) -> std::io::Result<()> {
+        self.loaded = true;
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match name.strip_suffix(".keys") {
+                Some(window) if self.committed.contains(window) => {
+                    let bytes = std::fs::read(&path)?;
+                    seen.extend(
+                        bytes
+                            .chunks_exact(16)
+                            .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes"))),
+                    );
+                }
+                _ => std::fs::remove_file(&path)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the keys `window` added (temporary file, fsync, rename).
+    fn save(&mut self, window: &str) -> std::io::Result<()> {
+        let Some(keys) = self.added.remove(window) else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(&self.dir)?;
+        let mut bytes = Vec::with_capacity(keys.len() * 16);
+        for k in keys {
+            bytes.extend_from_slice(&k.to_le_bytes());
+        }
+        let path = self.dir.join(format!("{window}.keys"));
+        let tmp = self.dir.join(format!("{window}.keys.tmp"));
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)
+    }
 }
 
 impl DedupeTransform {
@@ -179,8 +265,25 @@ impl Transform for DedupeTransform {
         let hashes = self.hash_keys(&batch.data, cx)?;
         match self.config.keep {
             Keep::First => {
+                if let Some(across) = self.across.as_mut()
+                    && !across.loaded
+                {
+                    across.load(&mut self.seen).map_err(|e| {
+                        Error::component(&cx.name, format!("reading {}: {e}", across.dir.display()))
+                    })?;
+                }
                 let mask: BooleanArray =
                     hashes.iter().map(|h| Some(self.seen.insert(*h))).collect();
+                if let Some(across) = self.across.as_mut() {
+                    let added = across.added.entry(batch.window.key()).or_default();
+                    added.extend(
+                        hashes
+                            .iter()
+                            .zip(mask.values().iter())
+                            .filter(|(_, new)| *new)
+                            .map(|(h, _)| *h),
+                    );
+                }
                 if mask.true_count() == mask.len() {
                     out.push(batch);
                 } else {
@@ -212,8 +315,35 @@ impl Transform for DedupeTransform {
     }
 
     fn window_failed(&mut self, window: &WindowRef, _cx: &TransformContext) -> Result<()> {
-        // Rows of a failed window must not win over rows that will be committed.
+        // Rows of a failed window must not win over rows that will be committed, nor keep their
+        // keys from rows of later windows.
         self.held.retain(|(b, _)| b.window.key() != window.key());
+        if let Some(across) = self.across.as_mut()
+            && let Some(keys) = across.added.remove(&window.key())
+        {
+            for k in keys {
+                self.seen.remove(&k);
+            }
+        }
+        Ok(())
+    }
+
+    fn window_done(
+        &mut self,
+        window: &WindowRef,
+        _out: &mut Emitter,
+        cx: &TransformContext,
+    ) -> Result<()> {
+        // Written before the marker goes on to the sinks: the ledger, written after them, is
+        // what makes this file count at the next start.
+        if let Some(across) = self.across.as_mut() {
+            across.save(&window.key()).map_err(|e| {
+                Error::component(
+                    &cx.name,
+                    format!("writing keys to {}: {e}", across.dir.display()),
+                )
+            })?;
+        }
         Ok(())
     }
 

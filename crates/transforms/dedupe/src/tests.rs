@@ -201,3 +201,58 @@ fn key_set_memory_per_distinct_key() {
     println!("dedupe key set: {lo:.1} to {hi:.1} bytes per distinct key");
     assert!(lo >= 16.0 && hi <= 40.0, "{lo} {hi}");
 }
+
+fn across(dir: &std::path::Path, committed: &[String]) -> Box<dyn Transform> {
+    let config: DedupeConfig =
+        serde_json::from_value(serde_json::json!({ "across_runs": true })).unwrap();
+    config
+        .build(&BuildContext {
+            name: "unique".into(),
+            state_dir: dir.to_path_buf(),
+            committed: Arc::new(committed.iter().cloned().collect()),
+            ..BuildContext::default()
+        })
+        .unwrap()
+}
+
+#[test]
+fn across_runs_remembers_exactly_the_keys_of_committed_windows() {
+    let dir = std::env::temp_dir().join(format!("chatlake-dedupe-across-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cx = cx();
+    let mut out = Emitter::default();
+
+    // Run 1 loads keys 1 and 2 in window 0, and writes them when the window ends.
+    let mut t = across(&dir, &[]);
+    t.transform(batch(0, &[("a", "1", 1), ("a", "2", 1)]), &mut out, &cx)
+        .unwrap();
+    t.window_done(&window(0), &mut out, &cx).unwrap();
+    assert_eq!(rows(&mut out).len(), 2);
+
+    // Run 2, after the ledger committed window 0: key 2 was loaded before, key 3 is new.
+    let mut t = across(&dir, &[window(0).key()]);
+    t.transform(batch(1, &[("a", "2", 1), ("a", "3", 1)]), &mut out, &cx)
+        .unwrap();
+    assert_eq!(rows(&mut out), vec![("3".into(), 1, 1)]);
+
+    // Had the run stopped before window 0 reached the ledger, its keys would not count (and the
+    // file goes): key 2 loads again.
+    let mut t = across(&dir, &[]);
+    t.transform(batch(1, &[("a", "2", 1)]), &mut out, &cx)
+        .unwrap();
+    assert_eq!(rows(&mut out).len(), 1);
+    assert!(
+        !dir.join("dedupe/unique")
+            .join(format!("{}.keys", window(0).key()))
+            .exists()
+    );
+
+    let latest: DedupeConfig =
+        serde_json::from_value(serde_json::json!({ "across_runs": true, "keep": "latest" }))
+            .unwrap();
+    assert_eq!(
+        latest.build(&BuildContext::default()).err().unwrap().key,
+        "across_runs"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
