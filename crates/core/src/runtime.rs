@@ -27,7 +27,7 @@ use crate::metrics::{ComponentMetrics, RunStatus, RunSummary};
 use crate::stage::{
     Emitter, Output, RunInfo, Sink, SinkContext, SourceContext, Transform, TransformContext,
 };
-use crate::state::{StateStore, WindowStatus};
+use crate::state::{LedgerEvent, StateStore, WindowStatus};
 use crate::{Error, Result};
 
 /// Events buffered per edge. Batches are ~8k rows, so this bounds each edge to a few MB.
@@ -170,7 +170,8 @@ impl Run {
                             name.clone(),
                             senders_of.remove(&name).unwrap_or_default(),
                             m.clone(),
-                        ),
+                        )
+                        .with_ledger(ledger_tx.clone()),
                         metrics: m,
                         dead_letters: dead_letters.clone(),
                         run: info.clone(),
@@ -332,13 +333,25 @@ fn failed_before_start(
 /// Writes a window into the ledger once every sink it reaches has committed it (or as failed
 /// once every sink has dropped it). This is the run's commit point: see [`crate::state`].
 async fn coordinate_commits(
-    mut rx: mpsc::UnboundedReceiver<(WindowRef, bool)>,
+    mut rx: mpsc::UnboundedReceiver<LedgerEvent>,
     sinks_per_source: HashMap<String, usize>,
     store: StateStore,
     run_id: String,
 ) -> Result<()> {
     let mut pending: HashMap<String, (usize, bool)> = HashMap::new();
-    while let Some((window, committed)) = rx.recv().await {
+    while let Some(event) = rx.recv().await {
+        let (window, committed) = match event {
+            LedgerEvent::Sink { window, committed } => (window, committed),
+            LedgerEvent::Checkpoint { window, value, ack } => {
+                let store = store.clone();
+                let saved = tokio::task::spawn_blocking(move || store.checkpoint(&window, value))
+                    .await
+                    .map_err(|e| Error::component("ledger", e))
+                    .and_then(|r| r);
+                let _ = ack.send(saved);
+                continue;
+            }
+        };
         let need = sinks_per_source.get(&window.source).copied().unwrap_or(1);
         let key = window.key();
         let entry = pending.entry(key.clone()).or_insert((0, true));
@@ -498,7 +511,7 @@ async fn run_sink(
     mut rx: mpsc::Receiver<Event>,
     mut merge: MarkerMerge,
     cx: SinkContext,
-    ledger: mpsc::UnboundedSender<(WindowRef, bool)>,
+    ledger: mpsc::UnboundedSender<LedgerEvent>,
 ) -> Result<()> {
     sink.start(&cx).await?;
     let mut open: IndexMap<String, WindowRef> = IndexMap::new();
@@ -519,14 +532,20 @@ async fn run_sink(
                         sink.commit(&w, &cx).await?;
                         cx.metrics.add_window_done();
                     }
-                    let _ = ledger.send((w, !failed));
+                    let _ = ledger.send(LedgerEvent::Sink {
+                        window: w,
+                        committed: !failed,
+                    });
                 }
             }
             Event::WindowFailed(w) => {
                 if merge.arrive(&w, true).is_some() {
                     open.shift_remove(&w.key());
                     sink.abort(&w, &cx).await?;
-                    let _ = ledger.send((w, false));
+                    let _ = ledger.send(LedgerEvent::Sink {
+                        window: w,
+                        committed: false,
+                    });
                 }
             }
         }

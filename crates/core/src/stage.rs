@@ -146,6 +146,7 @@ pub struct Output {
     component: String,
     senders: Vec<mpsc::Sender<Event>>,
     metrics: Arc<ComponentMetrics>,
+    ledger: Option<mpsc::UnboundedSender<crate::state::LedgerEvent>>,
 }
 
 impl Output {
@@ -158,7 +159,40 @@ impl Output {
             component,
             senders,
             metrics,
+            ledger: None,
         }
+    }
+
+    pub(crate) fn with_ledger(
+        mut self,
+        ledger: mpsc::UnboundedSender<crate::state::LedgerEvent>,
+    ) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+
+    /// Saves a note about an open window in the source's ledger (a Qlara export id), durably,
+    /// before returning: a run stopped now finds it in `BuildContext::state.checkpoints` under
+    /// the window's key next time. The note goes when the window is committed or failed. Without
+    /// a ledger (a stage tested on its own) it is a no-op.
+    pub async fn save_checkpoint(
+        &self,
+        window: &WindowRef,
+        value: serde_json::Value,
+    ) -> Result<()> {
+        let Some(ledger) = &self.ledger else {
+            return Ok(());
+        };
+        let (ack, done) = tokio::sync::oneshot::channel();
+        ledger
+            .send(crate::state::LedgerEvent::Checkpoint {
+                window: window.clone(),
+                value,
+                ack,
+            })
+            .map_err(|_| Error::component(&self.component, "the ledger is closed"))?;
+        done.await
+            .map_err(|_| Error::component(&self.component, "the ledger stopped"))?
     }
 
     /// An output connected to nothing but the given channel; for tests of a single stage.

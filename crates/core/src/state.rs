@@ -230,6 +230,31 @@ impl StateStore {
     }
 }
 
+/// What the run's single ledger writer is asked to do (one writer, so no update is lost).
+#[derive(Debug)]
+pub enum LedgerEvent {
+    /// A sink committed (or dropped) a window.
+    Sink {
+        window: crate::WindowRef,
+        committed: bool,
+    },
+    /// A source saves a note about an open window; `ack` answers once it is durable.
+    Checkpoint {
+        window: crate::WindowRef,
+        value: serde_json::Value,
+        ack: tokio::sync::oneshot::Sender<Result<()>>,
+    },
+}
+
+impl StateStore {
+    /// Saves a note about the open `window` (see [`crate::stage::Output::save_checkpoint`]).
+    pub fn checkpoint(&self, window: &Window, value: serde_json::Value) -> Result<()> {
+        let mut state = self.load(&window.source)?;
+        state.checkpoints.insert(window.key(), value);
+        self.save(&state)
+    }
+}
+
 /// Makes a rename in `dir` durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)

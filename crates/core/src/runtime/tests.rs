@@ -55,6 +55,9 @@ struct TestSourceConfig {
     batches: u32,
     #[serde(default)]
     fail_window: Option<u32>,
+    /// Save a checkpoint for this window, then stop the source with an error.
+    #[serde(default)]
+    stop_in_window: Option<u32>,
     #[serde(default)]
     id: String,
 }
@@ -114,6 +117,12 @@ impl Source for TestSource {
                 utc_offset: chrono::FixedOffset::east_opt(0).unwrap(),
                 label: format!("w{w}"),
             });
+            cx.out
+                .save_checkpoint(&window, serde_json::json!({"note": w}))
+                .await?;
+            if self.c.stop_in_window == Some(w) {
+                return Err(crate::Error::component(&self.name, "stopped"));
+            }
             for _ in 0..self.c.batches {
                 cx.out.send(Batch::new(window.clone(), rows(10))).await?;
                 sent.fetch_add(1, Ordering::SeqCst);
@@ -459,4 +468,43 @@ inputs = ["t"]
         ),
         "{errors}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_records_windows_after_their_commit_and_keeps_open_checkpoints() {
+    let p = build(
+        r#"
+[sources.a]
+type = "test_source"
+windows = 4
+batches = 1
+fail_window = 1
+stop_in_window = 3
+[sinks.x]
+type = "mem"
+id = "ledger-x"
+inputs = ["a"]
+[sinks.y]
+type = "mem"
+id = "ledger-y"
+inputs = ["a"]
+"#,
+    )
+    .unwrap();
+    let store = p.state();
+    let s = Run::new(p, "run1".into()).execute().await;
+    assert_eq!(s.status, RunStatus::Failed);
+    let ledger = store.load("a").unwrap();
+    let status: Vec<(u32, crate::state::WindowStatus)> = ledger
+        .windows
+        .values()
+        .map(|w| (w.label[1..].parse().unwrap(), w.status))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_iter()
+        .collect();
+    use crate::state::WindowStatus::{Committed, Failed};
+    assert_eq!(status, vec![(0, Committed), (1, Failed), (2, Committed)]);
+    // Window 3 never ended: its checkpoint is still there for the next run; the others' are gone.
+    assert_eq!(ledger.checkpoints.len(), 1);
+    assert_eq!(ledger.checkpoints.values().next().unwrap()["note"], 3);
 }
