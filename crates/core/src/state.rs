@@ -62,10 +62,20 @@ impl SourceState {
 
     /// Committed `[start, end]` ranges of `stream` (both ends inclusive), merged and sorted.
     pub fn committed_ranges(&self, stream: &str) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+        self.committed_ranges_where(stream, |_| true)
+    }
+
+    /// Like [`SourceState::committed_ranges`], for the windows `scope` accepts: a source that
+    /// keeps a cursor per user or conversation selects that scope's windows (by their label).
+    pub fn committed_ranges_where(
+        &self,
+        stream: &str,
+        scope: impl Fn(&WindowRecord) -> bool,
+    ) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
         let mut ranges: Vec<(DateTime<Utc>, DateTime<Utc>)> = self
             .windows
             .values()
-            .filter(|w| w.status == WindowStatus::Committed && w.stream == stream)
+            .filter(|w| w.status == WindowStatus::Committed && w.stream == stream && scope(w))
             .filter_map(|w| Some((w.start?.with_timezone(&Utc), w.end?.with_timezone(&Utc))))
             .collect();
         ranges.sort();
