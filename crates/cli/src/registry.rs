@@ -6,6 +6,9 @@ use chatlake_core::Registry;
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register_source::<chatlake_source_lineworks::LineworksSourceConfig>();
+    r.register_source::<chatlake_source_qlara::QlaraSourceConfig>();
+    r.register_source::<chatlake_source_zoom::ZoomUserMessagesConfig>();
+    r.register_source::<chatlake_source_zoom::ZoomChatReportConfig>();
     r.register_transform::<chatlake_transform_normalize::NormalizeConfig>();
     r.register_transform::<chatlake_transform_dedupe::DedupeConfig>();
     r.register_transform::<chatlake_transform_bot_filter::BotFilterConfig>();

@@ -18,6 +18,8 @@
 //! ```
 
 pub mod lineworks;
+pub mod qlara;
+pub mod zoom;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -30,6 +32,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use lineworks::{LineworksFaults, LineworksStats};
+pub use qlara::{QlaraFaults, QlaraStats};
+pub use zoom::{ZoomFaults, ZoomStats};
 
 /// How long [`Emulator::shutdown`] waits for open connections (a slow download) to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -64,6 +68,10 @@ impl Default for EmulatorConfig {
 pub struct Faults {
     /// Faults of the LINE WORKS emulator.
     pub lineworks: LineworksFaults,
+    /// Faults of the Qlara emulator; see [`QlaraFaults`].
+    pub qlara: QlaraFaults,
+    /// Faults of the Zoom emulator.
+    pub zoom: ZoomFaults,
 }
 
 impl FromStr for Faults {
@@ -82,6 +90,8 @@ impl FromStr for Faults {
             let (key, value) = (key.trim(), value.trim());
             let result = match key.split_once('.') {
                 Some(("lineworks", name)) => faults.lineworks.set(name, value),
+                Some(("qlara", name)) => faults.qlara.set(name, value),
+                Some(("zoom", name)) => faults.zoom.set(name, value),
                 _ => Err(format!(
                     "unknown key `{key}`; keys start with a provider: {}",
                     LineworksFaults::KEYS.join(", ")
@@ -98,6 +108,10 @@ impl FromStr for Faults {
 pub struct Stats {
     /// LINE WORKS counters.
     pub lineworks: LineworksStats,
+    /// Qlara counters.
+    pub qlara: QlaraStats,
+    /// Zoom counters.
+    pub zoom: ZoomStats,
 }
 
 /// A running emulator. Dropping it stops the server too; [`Emulator::shutdown`] also waits.
@@ -105,6 +119,8 @@ pub struct Emulator {
     local_addr: SocketAddr,
     base_url: String,
     lineworks: Arc<lineworks::Lineworks>,
+    qlara: Arc<qlara::Qlara>,
+    zoom: Arc<zoom::Zoom>,
     stop: oneshot::Sender<()>,
     server: JoinHandle<io::Result<()>>,
 }
@@ -122,7 +138,11 @@ impl Emulator {
         let local_addr = listener.local_addr()?;
         let base_url = base_url(local_addr);
         let lineworks = Arc::new(lineworks::Lineworks::new(&config, base_url.clone())?);
+        let zoom = Arc::new(zoom::Zoom::new(&config, base_url.clone()));
         let router = axum::Router::new().merge(lineworks::router(lineworks.clone()));
+        let qlara = Arc::new(qlara::Qlara::new(&config, base_url.clone()));
+        let router = router.merge(qlara::router(qlara.clone()));
+        let router = router.merge(zoom::router(zoom.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             axum::serve(listener, router)
@@ -137,6 +157,8 @@ impl Emulator {
             local_addr,
             base_url,
             lineworks,
+            qlara,
+            zoom,
             stop,
             server,
         })
@@ -154,15 +176,22 @@ impl Emulator {
 
     /// The credentials the emulator accepts, as `(key, value)` pairs: `lineworks.client_id`,
     /// `lineworks.client_secret`, `lineworks.service_account`, `lineworks.private_key` (PKCS#8
-    /// PEM) and `lineworks.token` (a static bearer token that never expires).
+    /// PEM) and `lineworks.token` (a static bearer token that never expires); `zoom.account_id`,
+    /// `zoom.client_id` and `zoom.client_secret` (Server-to-Server OAuth); `qlara.api_key`
+    /// (`X-Api-Key`), `qlara.username` and `qlara.password` (Basic).
     pub fn credentials(&self) -> Vec<(String, String)> {
-        lineworks::credentials()
+        let mut all = lineworks::credentials();
+        all.extend(zoom::credentials());
+        all.extend(qlara::credentials());
+        all
     }
 
     /// A snapshot of the request counters.
     pub fn stats(&self) -> Stats {
         Stats {
             lineworks: self.lineworks.stats(),
+            qlara: self.qlara.stats(),
+            zoom: self.zoom.stats(),
         }
     }
 

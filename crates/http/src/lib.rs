@@ -13,9 +13,11 @@
 //! * [`RateLimiter`]: "N requests per period", shared by clones.
 //! * [`RequestError`]: which request, which window, which status and provider error code.
 //! * [`TokenCache`]: an access token with its expiry, refreshed ahead of time.
+//! * [`export`]: submit → poll → download of asynchronous provider exports.
 
 mod client;
 mod error;
+pub mod export;
 mod rate;
 mod retry;
 mod token;

@@ -4,6 +4,8 @@
 //! record type in the batch's schema metadata, so one `normalize` can take every source at once.
 
 mod lineworks;
+mod qlara;
+mod zoom;
 
 use chatlake_core::config::InvalidConfig;
 use chatlake_core::schema::record_type;
@@ -30,7 +32,12 @@ impl TransformConfig for NormalizeConfig {
 }
 
 /// The record types `normalize` knows.
-pub const KNOWN_RECORD_TYPES: &[&str] = &[lineworks::RECORD_TYPE];
+pub const KNOWN_RECORD_TYPES: &[&str] = &[
+    lineworks::RECORD_TYPE,
+    qlara::RECORD_TYPE,
+    zoom::USER_MESSAGES,
+    zoom::CHAT_REPORT,
+];
 
 /// See the crate docs.
 #[derive(Debug, Default)]
@@ -60,6 +67,8 @@ impl Transform for NormalizeTransform {
     fn transform(&mut self, batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()> {
         match record_type(batch.data.schema_ref()) {
             Some(lineworks::RECORD_TYPE) => self.lineworks.map(batch, out, cx),
+            Some(qlara::RECORD_TYPE) => qlara::map(batch, out, cx),
+            Some(zoom::USER_MESSAGES | zoom::CHAT_REPORT) => zoom::map(batch, out, cx),
             other => Err(chatlake_core::Error::component(
                 &cx.name,
                 format!("cannot normalize records of type {other:?}"),

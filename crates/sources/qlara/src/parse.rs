@@ -1,0 +1,386 @@
+//! The history-export CSV: raw schema, and the parser that turns a file into Arrow batches of
+//! `qlara.message_history` records.
+//!
+//! Columns are found **by header name** (contract E5: `messageId, customerMessageId, channel,
+//! direction, sender, destination, body, status, sendDate, deliveryDate, cost, parts`), so a file
+//! with columns in another order, or with extra columns, reads the same. Names match without
+//! regard to case or surrounding spaces. A column the header lacks is null in every row;
+//! `messageId` and `sendDate` are required. RFC 4180, UTF-8; a BOM is tolerated.
+//!
+//! The parser reads into one reused [`csv::ByteRecord`] and appends straight into Arrow string
+//! builders. Text is kept byte for byte. A row with the wrong number of fields or a field that is
+//! not UTF-8 is a dead letter; parsing goes on.
+
+use std::io::{self, BufRead, BufReader, Read};
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{ArrayRef, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use chatlake_core::schema::RECORD_TYPE_KEY;
+use serde_json::json;
+
+/// The record type of this source's batches.
+pub const RECORD_TYPE: &str = "qlara.message_history";
+
+/// The raw columns: the export's header names, in contract order.
+pub const COLUMNS: [&str; 12] = [
+    "messageId",
+    "customerMessageId",
+    "channel",
+    "direction",
+    "sender",
+    "destination",
+    "body",
+    "status",
+    "sendDate",
+    "deliveryDate",
+    "cost",
+    "parts",
+];
+
+/// The position of `sendDate` in [`COLUMNS`].
+const SEND_DATE: usize = 8;
+
+/// Columns a file must have.
+const REQUIRED: [&str; 2] = ["messageId", "sendDate"];
+
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+static RAW_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let fields: Vec<Field> = COLUMNS
+        .iter()
+        .map(|c| Field::new(*c, DataType::Utf8, true))
+        .collect();
+    let metadata = [(RECORD_TYPE_KEY.to_string(), RECORD_TYPE.to_string())].into();
+    Arc::new(Schema::new_with_metadata(fields, metadata))
+});
+
+/// The schema of the batches this source sends: the twelve export columns as nullable `Utf8`
+/// (null only when the file has no such column), tagged
+/// `chatlake.record_type = qlara.message_history`.
+pub fn raw_schema() -> SchemaRef {
+    RAW_SCHEMA.clone()
+}
+
+/// Where parsed rows go. Returning `Err` stops the parser (downstream is gone).
+pub trait RowSink {
+    fn batch(&mut self, batch: RecordBatch) -> Result<(), String>;
+    /// A row that cannot be represented: `raw` holds its record number and fields.
+    fn dead_letter(&mut self, reason: &str, raw: serde_json::Value) -> Result<(), String>;
+}
+
+/// What a parse found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ParseOutcome {
+    pub rows: u64,
+    pub dead_letters: u64,
+    /// Rows outside the `start`/`end` filter.
+    pub filtered: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("reading the CSV failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("reading the CSV failed: {0}")]
+    Csv(#[from] csv::Error),
+    #[error("the CSV header lacks the `{0}` column (found: {1})")]
+    MissingColumn(&'static str, String),
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// The sink refused more input.
+    #[error("{0}")]
+    Stopped(String),
+}
+
+struct Columns {
+    builders: Vec<StringBuilder>,
+    rows: usize,
+    capacity: usize,
+}
+
+impl Columns {
+    fn new(capacity: usize) -> Self {
+        Columns {
+            builders: (0..COLUMNS.len())
+                .map(|_| StringBuilder::with_capacity(capacity, capacity * 24))
+                .collect(),
+            rows: 0,
+            capacity,
+        }
+    }
+
+    fn finish(&mut self) -> Result<Option<RecordBatch>, ParseError> {
+        if self.rows == 0 {
+            return Ok(None);
+        }
+        self.rows = 0;
+        let columns: Vec<ArrayRef> = self
+            .builders
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as ArrayRef)
+            .collect();
+        Ok(Some(RecordBatch::try_new(raw_schema(), columns)?))
+    }
+}
+
+fn raw_record(record: &csv::ByteRecord, number: u64) -> serde_json::Value {
+    json!({
+        "record": number,
+        "fields": record.iter().map(String::from_utf8_lossy).collect::<Vec<_>>(),
+    })
+}
+
+/// Parses a whole export into `sink`, batches of at most `batch_size` rows.
+pub fn parse<R: Read>(
+    input: R,
+    batch_size: usize,
+    sink: &mut dyn RowSink,
+) -> Result<ParseOutcome, ParseError> {
+    parse_filtered(input, batch_size, &SendDateFilter::default(), sink)
+}
+
+/// Keeps rows whose `sendDate` lies in `[start, end]` (either bound optional): `start`/`end` of a
+/// `files` source. A `sendDate` that does not parse passes (normalize dead-letters it).
+#[derive(Debug, Clone, Default)]
+pub struct SendDateFilter {
+    pub start: Option<chrono::DateTime<chrono::FixedOffset>>,
+    pub end: Option<chrono::DateTime<chrono::FixedOffset>>,
+}
+
+impl SendDateFilter {
+    fn is_empty(&self) -> bool {
+        self.start.is_none() && self.end.is_none()
+    }
+
+    fn keeps(&self, send_date: Option<&str>) -> bool {
+        let Some(t) = send_date.and_then(|s| chrono::DateTime::parse_from_rfc3339(s.trim()).ok())
+        else {
+            return true;
+        };
+        self.start.is_none_or(|s| t >= s) && self.end.is_none_or(|e| t <= e)
+    }
+}
+
+/// [`parse`], keeping only the rows `filter` keeps; `ParseOutcome::filtered` counts the others.
+pub fn parse_filtered<R: Read>(
+    input: R,
+    batch_size: usize,
+    filter: &SendDateFilter,
+    sink: &mut dyn RowSink,
+) -> Result<ParseOutcome, ParseError> {
+    let mut input = BufReader::with_capacity(256 * 1024, input);
+    if input.fill_buf()?.starts_with(UTF8_BOM) {
+        input.consume(UTF8_BOM.len());
+    }
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(input);
+    let mut record = csv::ByteRecord::new();
+    let mut outcome = ParseOutcome::default();
+    if !reader.read_byte_record(&mut record)? {
+        return Ok(outcome);
+    }
+    let width = record.len();
+    // For each raw column, its position in the file.
+    let mut position: [Option<usize>; 12] = [None; 12];
+    for (i, name) in record.iter().enumerate() {
+        let name = String::from_utf8_lossy(name);
+        let name = name.trim();
+        if let Some(c) = COLUMNS.iter().position(|c| c.eq_ignore_ascii_case(name))
+            && position[c].is_none()
+        {
+            position[c] = Some(i);
+        }
+    }
+    for required in REQUIRED {
+        let c = COLUMNS.iter().position(|c| *c == required).unwrap_or(0);
+        if position[c].is_none() {
+            let found: Vec<_> = record.iter().map(String::from_utf8_lossy).collect();
+            return Err(ParseError::MissingColumn(required, found.join(",")));
+        }
+    }
+    let mut columns = Columns::new(batch_size.max(1));
+    let mut number: u64 = 1;
+    while reader.read_byte_record(&mut record)? {
+        number += 1;
+        if record.len() != width {
+            outcome.dead_letters += 1;
+            sink.dead_letter(
+                &format!("expected {width} fields, found {}", record.len()),
+                raw_record(&record, number),
+            )
+            .map_err(ParseError::Stopped)?;
+            continue;
+        }
+        let mut bad = None;
+        let mut fields: [Option<&str>; 12] = [None; 12];
+        for (c, pos) in position.iter().enumerate() {
+            fields[c] = match pos {
+                Some(p) => match std::str::from_utf8(&record[*p]) {
+                    Ok(text) => Some(text),
+                    Err(_) => {
+                        bad = Some(c);
+                        break;
+                    }
+                },
+                None => None,
+            };
+        }
+        if let Some(c) = bad {
+            outcome.dead_letters += 1;
+            sink.dead_letter(
+                &format!("field `{}` is not valid UTF-8", COLUMNS[c]),
+                raw_record(&record, number),
+            )
+            .map_err(ParseError::Stopped)?;
+            continue;
+        }
+        if !filter.is_empty() && !filter.keeps(fields[SEND_DATE]) {
+            outcome.filtered += 1;
+            continue;
+        }
+        for (builder, field) in columns.builders.iter_mut().zip(fields) {
+            builder.append_option(field);
+        }
+        columns.rows += 1;
+        outcome.rows += 1;
+        if columns.rows >= columns.capacity
+            && let Some(batch) = columns.finish()?
+        {
+            sink.batch(batch).map_err(ParseError::Stopped)?;
+        }
+    }
+    if let Some(batch) = columns.finish()? {
+        sink.batch(batch).map_err(ParseError::Stopped)?;
+    }
+    Ok(outcome)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use arrow::array::{Array, AsArray};
+
+    #[derive(Default)]
+    pub(crate) struct Collect {
+        pub batches: Vec<RecordBatch>,
+        pub dead: Vec<(String, serde_json::Value)>,
+    }
+
+    impl RowSink for Collect {
+        fn batch(&mut self, batch: RecordBatch) -> Result<(), String> {
+            self.batches.push(batch);
+            Ok(())
+        }
+        fn dead_letter(&mut self, reason: &str, raw: serde_json::Value) -> Result<(), String> {
+            self.dead.push((reason.to_string(), raw));
+            Ok(())
+        }
+    }
+
+    impl Collect {
+        fn column(&self, name: &str) -> Vec<Option<String>> {
+            let mut out = Vec::new();
+            for b in &self.batches {
+                let c = b.column_by_name(name).unwrap().as_string::<i32>();
+                for i in 0..c.len() {
+                    out.push((!c.is_null(i)).then(|| c.value(i).to_string()));
+                }
+            }
+            out
+        }
+    }
+
+    fn run(bytes: &[u8], batch_size: usize) -> (ParseOutcome, Collect) {
+        let mut sink = Collect::default();
+        let outcome = parse(bytes, batch_size, &mut sink).unwrap();
+        (outcome, sink)
+    }
+
+    const HEADER: &str = "messageId,customerMessageId,channel,direction,sender,destination,body,status,sendDate,deliveryDate,cost,parts";
+
+    #[test]
+    fn schema_is_tagged_with_the_record_type() {
+        assert_eq!(COLUMNS[SEND_DATE], "sendDate");
+        let s = raw_schema();
+        assert_eq!(s.fields().len(), 12);
+        assert_eq!(chatlake_core::schema::record_type(&s), Some(RECORD_TYPE));
+    }
+
+    #[test]
+    fn reads_by_header_name_byte_exact_with_or_without_bom() {
+        let row = "m1,c1,SMS,OUTBOUND,ACME,+39333,\"Ciao, \"\"mondo\"\"\r\nriga 2 🇮🇹\",DELIVERED,2025-01-01T10:00:00+01:00,,0.0450,1";
+        for bom in ["", "\u{feff}"] {
+            let text = format!("{bom}{HEADER}\n{row}\n");
+            let (o, s) = run(text.as_bytes(), 10);
+            assert_eq!(o.rows, 1);
+            assert_eq!(
+                s.column("body")[0].as_deref(),
+                Some("Ciao, \"mondo\"\r\nriga 2 🇮🇹")
+            );
+            assert_eq!(s.column("deliveryDate")[0].as_deref(), Some(""));
+            assert_eq!(s.column("messageId")[0].as_deref(), Some("m1"));
+        }
+        // Another order, an extra column, a missing optional column.
+        let (o, s) = run(
+            b"sendDate,extra, MESSAGEID ,body\n2025-01-01T00:00:00Z,x,m2,hi\n",
+            10,
+        );
+        assert_eq!(o.rows, 1);
+        assert_eq!(s.column("messageId")[0].as_deref(), Some("m2"));
+        assert_eq!(s.column("body")[0].as_deref(), Some("hi"));
+        assert_eq!(s.column("channel")[0], None);
+    }
+
+    #[test]
+    fn bad_rows_are_dead_lettered_and_parsing_goes_on() {
+        let mut text = format!("{HEADER}\n").into_bytes();
+        text.extend_from_slice(b"m1,c,SMS,OUTBOUND,A,B,ok,SENT,2025-01-01T00:00:00Z,,0,1\n");
+        text.extend_from_slice(b"m2,c,SMS,OUTBOUND,A,B,short\n");
+        text.extend_from_slice(b"m3,c,SMS,OUTBOUND,A,B,\xFF\xFE,SENT,2025-01-01T00:00:00Z,,0,1\n");
+        text.extend_from_slice(b"m4,c,SMS,OUTBOUND,A,B,ok,SENT,2025-01-01T00:00:00Z,,0,1\n");
+        let (o, s) = run(&text, 1);
+        assert_eq!(o.rows, 2);
+        assert_eq!(o.dead_letters, 2);
+        assert_eq!(s.batches.len(), 2);
+        assert_eq!(s.dead[0].0, "expected 12 fields, found 7");
+        assert_eq!(s.dead[0].1["record"], 3);
+        assert_eq!(s.dead[1].0, "field `body` is not valid UTF-8");
+    }
+
+    #[test]
+    fn start_and_end_filter_on_send_date() {
+        let text = format!(
+            "{HEADER}\n\
+             a,c,SMS,O,A,B,x,SENT,2025-01-01T00:59:59+01:00,,0,1\n\
+             b,c,SMS,O,A,B,x,SENT,2025-01-01T00:00:00Z,,0,1\n\
+             c,c,SMS,O,A,B,x,SENT,2025-01-02T00:00:00Z,,0,1\n\
+             d,c,SMS,O,A,B,x,SENT,not a date,,0,1\n"
+        );
+        let t = |s: &str| Some(chrono::DateTime::parse_from_rfc3339(s).unwrap());
+        let filter = SendDateFilter {
+            start: t("2025-01-01T00:00:00Z"),
+            end: t("2025-01-01T23:59:59Z"),
+        };
+        let mut sink = Collect::default();
+        let o = parse_filtered(text.as_bytes(), 10, &filter, &mut sink).unwrap();
+        assert_eq!((o.rows, o.filtered), (2, 2));
+        let ids: Vec<_> = sink.column("messageId").into_iter().flatten().collect();
+        assert_eq!(ids, ["b", "d"]);
+    }
+
+    #[test]
+    fn a_header_without_message_id_is_refused_and_empty_files_are_empty() {
+        let mut sink = Collect::default();
+        let e = parse(&b"id,sendDate\n1,x\n"[..], 10, &mut sink).unwrap_err();
+        assert!(e.to_string().contains("`messageId`"), "{e}");
+        let (o, s) = run(b"", 10);
+        assert_eq!(o, ParseOutcome::default());
+        assert!(s.batches.is_empty());
+        let (o, _) = run(format!("{HEADER}\n").as_bytes(), 10);
+        assert_eq!(o.rows, 0);
+    }
+}

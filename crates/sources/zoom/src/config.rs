@@ -1,0 +1,896 @@
+//! The `zoom_user_messages` and `zoom_chat_report` tables, their checks and `build`.
+//!
+//! Building is pure: URLs, ranges, lists and limits are checked and the date ranges cut into
+//! windows, but nothing is fetched, so `validate` and `plan` run offline. The chat report's
+//! limits (a month per request, nothing older than six months) are checked here against the
+//! run's clock, so a bad range is refused up front rather than by a `400` mid-run.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use chatlake_core::config::InvalidConfig;
+use chatlake_core::{BuildContext, Secret, Source, SourceConfig};
+use chatlake_http::RetryPolicy;
+use chrono::{DateTime, Datelike, FixedOffset, Months, NaiveDate, SubsecRound, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer};
+use url::Url;
+
+use crate::api::{Budgets, Credentials};
+use crate::source::{
+    ApiSettings, Conversations, FilesSettings, Mode, ReportOptions, Stream, UserOptions, ZoomSource,
+};
+
+pub const DEFAULT_BASE_URL: &str = "https://api.zoom.us/v2";
+pub const DEFAULT_TOKEN_URL: &str = "https://zoom.us/oauth/token";
+/// The largest `page_size` of the user-messages endpoint.
+pub const MAX_USER_PAGE_SIZE: u32 = 50;
+/// The largest `page_size` of the report (assumed, providers.md §3).
+pub const MAX_REPORT_PAGE_SIZE: u32 = 100;
+
+/// Server-to-Server OAuth credentials of a Zoom app (`account_credentials` grant).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum ZoomAuth {
+    /// A Server-to-Server OAuth app: tokens last an hour and are fetched again ahead of expiry.
+    #[serde(rename = "zoom_server_to_server")]
+    ServerToServer {
+        /// The account id of the app.
+        account_id: String,
+        /// The app's Client ID.
+        client_id: String,
+        /// The app's Client Secret.
+        client_secret: Secret,
+        /// The token endpoint.
+        #[serde(default = "default_token_url")]
+        token_url: String,
+    },
+}
+
+/// `"all"` or a list of ids.
+#[derive(Debug, Clone, Default)]
+pub enum AllOr<T> {
+    /// `"all"`: discover them.
+    #[default]
+    All,
+    /// These.
+    List(T),
+}
+
+impl<T: JsonSchema> JsonSchema for AllOr<T> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        format!("AllOr_{}", T::schema_name()).into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "anyOf": [{"const": "all"}, generator.subschema_for::<T>()],
+            "default": "all"
+        })
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for AllOr<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw<T> {
+            Text(String),
+            List(T),
+        }
+        match Raw::<T>::deserialize(d)? {
+            Raw::Text(s) if s == "all" => Ok(AllOr::All),
+            Raw::Text(s) => Err(serde::de::Error::custom(format!(
+                "expected \"all\" or a list, got {s:?}"
+            ))),
+            Raw::List(l) => Ok(AllOr::List(l)),
+        }
+    }
+}
+
+/// Explicit conversations of each listed user.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConversationList {
+    /// Channel ids.
+    #[serde(default)]
+    pub to_channel: Vec<String>,
+    /// Contacts of 1:1 chats: email, user id or member id.
+    #[serde(default)]
+    pub to_contact: Vec<String>,
+}
+
+/// Zoom Team Chat messages per user and conversation
+/// (`GET /chat/users/{userId}/messages`), or saved response pages.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ZoomUserMessagesConfig {
+    /// API root including the version path. `--emulate` replaces it with the emulator's.
+    #[serde(default = "default_base_url")]
+    pub base_url: String,
+    /// Credentials; required unless `files` is set.
+    #[serde(default)]
+    pub auth: Option<ZoomAuth>,
+    /// `"all"` (discovered with `GET /users`) or a list of user ids or emails.
+    #[serde(default)]
+    pub users: AllOr<Vec<String>>,
+    /// `"all"` (each user's channels and 1:1 contacts, from `/chat/users/{id}/channels` and
+    /// `/chat/users/{id}/sessions`) or `{ to_channel = [...], to_contact = [...] }`.
+    #[serde(default)]
+    pub conversations: AllOr<ConversationList>,
+    /// Start of the range, RFC 3339 (`2025-05-01T00:00:00Z`). Required unless `files` is set.
+    #[serde(default, deserialize_with = "deserialize_time")]
+    #[schemars(with = "Option<String>")]
+    pub start: Option<DateTime<FixedOffset>>,
+    /// End of the range, inclusive; default now.
+    #[serde(default, deserialize_with = "deserialize_time")]
+    #[schemars(with = "Option<String>")]
+    pub end: Option<DateTime<FixedOffset>>,
+    /// Days per window (one window per user, conversation and stretch of days).
+    #[serde(default = "default_window_days")]
+    pub window_days: u32,
+    /// Messages per page, 1 to 50.
+    #[serde(default = "default_user_page_size")]
+    pub page_size: u32,
+    /// Ask for edited and deleted versions too (`include_deleted_and_edited_message`); each
+    /// version becomes a record of its own.
+    #[serde(default = "default_true")]
+    pub include_deleted_and_edited: bool,
+    /// Leave out replies in threads (`exclude_child_message`).
+    #[serde(default)]
+    pub exclude_child_messages: bool,
+    /// `download_file_formats`, e.g. `audio/mp4`.
+    #[serde(default)]
+    pub download_file_formats: Option<String>,
+    /// `message` or `file`: search instead of listing (then no edited/deleted versions).
+    #[serde(default)]
+    pub search_type: Option<String>,
+    /// The search text, at most 256 characters.
+    #[serde(default)]
+    pub search_key: Option<String>,
+    /// The account's Medium limit per second (Pro: 20), shared by every Zoom source of the
+    /// account in this process.
+    #[serde(default = "default_medium")]
+    pub requests_per_second: u32,
+    /// The account's Heavy limit per second (Pro: 10).
+    #[serde(default = "default_heavy")]
+    pub heavy_requests_per_second: u32,
+    /// A daily cap on Medium requests (Free accounts: 2,000); none by default.
+    #[serde(default)]
+    pub daily_requests: Option<u32>,
+    /// A daily cap on Heavy requests (Pro: 30,000, shared with Resource-intensive APIs).
+    #[serde(default)]
+    pub heavy_daily_requests: Option<u32>,
+    /// Windows fetched at once (different users/conversations), within the budget.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// How failed requests are retried (429, 5xx, dropped connections).
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// How long one request may take.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub request_timeout: Duration,
+    /// Load saved response pages (JSON Lines, one page per line with `user_id` and
+    /// `to_channel`/`to_contact` added at the top level) instead of calling the API.
+    #[serde(default)]
+    pub files: Option<Vec<String>>,
+}
+
+/// Zoom chat message reports per session and calendar month
+/// (`GET /report/chat/sessions/{sessionId}`), or saved response pages.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ZoomChatReportConfig {
+    /// API root including the version path. `--emulate` replaces it with the emulator's.
+    #[serde(default = "default_base_url")]
+    pub base_url: String,
+    /// Credentials; required unless `files` is set.
+    #[serde(default)]
+    pub auth: Option<ZoomAuth>,
+    /// `"all"` (from `GET /report/chat/sessions`, per month) or a list of session ids.
+    #[serde(default)]
+    pub sessions: AllOr<Vec<String>>,
+    /// First day, `2025-06-01` (UTC; an RFC 3339 time counts from its UTC date). At most six
+    /// months back. Default: the first day of last month.
+    #[serde(default, deserialize_with = "deserialize_day")]
+    #[schemars(with = "Option<String>")]
+    pub start: Option<NaiveDate>,
+    /// Last day, inclusive; default today (UTC).
+    #[serde(default, deserialize_with = "deserialize_day")]
+    #[schemars(with = "Option<String>")]
+    pub end: Option<NaiveDate>,
+    /// Ask for edited versions (`include_fields=edited_messages`).
+    #[serde(default = "default_true")]
+    pub include_edited: bool,
+    /// Ask for deleted versions (`include_fields=deleted_messages`).
+    #[serde(default = "default_true")]
+    pub include_deleted: bool,
+    /// `include_bot_message`: without it bot messages cannot be told apart.
+    #[serde(default = "default_true")]
+    pub include_bot_messages: bool,
+    /// `include_reactions`.
+    #[serde(default)]
+    pub include_reactions: bool,
+    /// `query_all_modifications`: select by modification time instead of send time.
+    #[serde(default)]
+    pub query_all_modifications: bool,
+    /// Messages per page, 1 to 100.
+    #[serde(default = "default_report_page_size")]
+    pub page_size: u32,
+    /// The account's Medium limit per second (Pro: 20).
+    #[serde(default = "default_medium")]
+    pub requests_per_second: u32,
+    /// The account's Heavy limit per second (Pro: 10); the session list is Heavy.
+    #[serde(default = "default_heavy")]
+    pub heavy_requests_per_second: u32,
+    /// A daily cap on Medium requests (Free accounts: 2,000); none by default.
+    #[serde(default)]
+    pub daily_requests: Option<u32>,
+    /// A daily cap on Heavy requests (Pro: 30,000, shared with Resource-intensive APIs).
+    #[serde(default)]
+    pub heavy_daily_requests: Option<u32>,
+    /// Windows fetched at once, within the budget.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// How failed requests are retried.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// How long one request may take.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub request_timeout: Duration,
+    /// Load saved report pages (JSON Lines, one page per line with `session_id` added).
+    #[serde(default)]
+    pub files: Option<Vec<String>>,
+}
+
+fn default_base_url() -> String {
+    DEFAULT_BASE_URL.into()
+}
+fn default_token_url() -> String {
+    DEFAULT_TOKEN_URL.into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_window_days() -> u32 {
+    30
+}
+fn default_user_page_size() -> u32 {
+    MAX_USER_PAGE_SIZE
+}
+fn default_report_page_size() -> u32 {
+    MAX_REPORT_PAGE_SIZE
+}
+fn default_medium() -> u32 {
+    20
+}
+fn default_heavy() -> u32 {
+    10
+}
+fn default_concurrency() -> usize {
+    8
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawTime {
+    Text(String),
+    Toml {
+        #[serde(rename = "$__toml_private_datetime")]
+        value: String,
+    },
+}
+
+fn deserialize_time<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<DateTime<FixedOffset>>, D::Error> {
+    let Some(raw) = Option::<RawTime>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let (RawTime::Text(s) | RawTime::Toml { value: s }) = raw;
+    DateTime::parse_from_rfc3339(s.trim())
+        .map(Some)
+        .map_err(|_| {
+            serde::de::Error::custom(format!(
+                "expected an RFC 3339 time like 2025-05-01T00:00:00Z, got {s:?}"
+            ))
+        })
+}
+
+fn deserialize_day<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NaiveDate>, D::Error> {
+    let Some(raw) = Option::<RawTime>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let (RawTime::Text(s) | RawTime::Toml { value: s }) = raw;
+    let s = s.trim();
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .or_else(|| {
+            DateTime::parse_from_rfc3339(s)
+                .ok()
+                .map(|t| t.with_timezone(&Utc).date_naive())
+        })
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!("expected a date like 2025-06-01, got {s:?}"))
+        })
+}
+
+fn parse_http_url(key: &str, s: &str) -> Result<Url, InvalidConfig> {
+    let url = Url::parse(s.trim())
+        .map_err(|e| InvalidConfig::new(key, format!("not a URL ({e}): {s:?}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(InvalidConfig::new(
+            key,
+            format!("expected an http:// or https:// URL, got {s:?}"),
+        ));
+    }
+    Ok(url)
+}
+
+fn utc() -> FixedOffset {
+    FixedOffset::east_opt(0).expect("zero is a valid offset")
+}
+
+/// Base URL and credentials: the emulator's under `--emulate`, else the table's.
+fn api_settings(
+    base_url: &str,
+    auth: &Option<ZoomAuth>,
+    cx: &BuildContext,
+) -> Result<(Url, Credentials), InvalidConfig> {
+    if let Some(profile) = &cx.emulator {
+        let root = profile.root.trim_end_matches('/');
+        return Ok((
+            parse_http_url("base_url", &format!("{root}/v2"))?,
+            Credentials {
+                account_id: profile.credential("zoom.account_id")?.expose().to_owned(),
+                client_id: profile.credential("zoom.client_id")?.expose().to_owned(),
+                client_secret: profile.credential("zoom.client_secret")?,
+                token_url: parse_http_url("auth.token_url", &format!("{root}/oauth/token"))?,
+            },
+        ));
+    }
+    let base = parse_http_url("base_url", base_url)?;
+    let Some(ZoomAuth::ServerToServer {
+        account_id,
+        client_id,
+        client_secret,
+        token_url,
+    }) = auth
+    else {
+        return Err(InvalidConfig::new(
+            "auth",
+            "required unless `files` is set: { type = \"zoom_server_to_server\", account_id, client_id, client_secret }",
+        ));
+    };
+    for (key, value) in [
+        ("auth.account_id", account_id),
+        ("auth.client_id", client_id),
+    ] {
+        if value.trim().is_empty() {
+            return Err(InvalidConfig::new(key, "must not be empty"));
+        }
+    }
+    if client_secret.is_empty() {
+        return Err(InvalidConfig::new(
+            "auth.client_secret",
+            "must not be empty",
+        ));
+    }
+    Ok((
+        base,
+        Credentials {
+            account_id: account_id.trim().to_owned(),
+            client_id: client_id.trim().to_owned(),
+            client_secret: client_secret.clone(),
+            token_url: parse_http_url("auth.token_url", token_url)?,
+        },
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn common_checks(
+    page_size: u32,
+    max_page: u32,
+    requests_per_second: u32,
+    heavy: u32,
+    concurrency: usize,
+    retry: &RetryPolicy,
+    timeout: Duration,
+    files: &Option<Vec<String>>,
+) -> Result<(Budgets, Option<Vec<String>>), InvalidConfig> {
+    if !(1..=max_page).contains(&page_size) {
+        return Err(InvalidConfig::new(
+            "page_size",
+            format!("must be 1 to {max_page} (the API's limit), got {page_size}"),
+        ));
+    }
+    let medium_per_second = NonZeroU32::new(requests_per_second)
+        .ok_or_else(|| InvalidConfig::new("requests_per_second", "must be at least 1"))?;
+    let heavy_per_second = NonZeroU32::new(heavy)
+        .ok_or_else(|| InvalidConfig::new("heavy_requests_per_second", "must be at least 1"))?;
+    if concurrency == 0 {
+        return Err(InvalidConfig::new("concurrency", "must be at least 1"));
+    }
+    if timeout.is_zero() {
+        return Err(InvalidConfig::new(
+            "request_timeout",
+            "must be longer than 0s",
+        ));
+    }
+    retry
+        .check()
+        .map_err(|(key, msg)| InvalidConfig::new(format!("retry.{key}"), msg))?;
+    if let Some(patterns) = files {
+        if patterns.is_empty() {
+            return Err(InvalidConfig::new(
+                "files",
+                "list at least one file or glob (or drop `files` to call the API)",
+            ));
+        }
+        for (i, p) in patterns.iter().enumerate() {
+            glob::Pattern::new(p)
+                .map_err(|e| InvalidConfig::new(format!("files[{i}]"), format!("{e}")))?;
+        }
+    }
+    Ok((
+        Budgets {
+            medium_per_second,
+            heavy_per_second,
+            medium_per_day: None,
+            heavy_per_day: None,
+        },
+        files.clone(),
+    ))
+}
+
+fn daily_cap(key: &str, cap: Option<u32>) -> Result<Option<NonZeroU32>, InvalidConfig> {
+    cap.map(|n| NonZeroU32::new(n).ok_or_else(|| InvalidConfig::new(key, "must be at least 1")))
+        .transpose()
+}
+
+/// Cuts `[start, end]` into stretches of at most `days` days, inclusive to the second.
+pub fn split_days(
+    start: DateTime<FixedOffset>,
+    end: DateTime<FixedOffset>,
+    days: u32,
+) -> Vec<(DateTime<FixedOffset>, DateTime<FixedOffset>)> {
+    let start = start.with_timezone(&utc()).trunc_subsecs(0);
+    let end = end.with_timezone(&utc()).trunc_subsecs(0);
+    let span = chrono::Duration::days(i64::from(days.max(1))) - chrono::Duration::seconds(1);
+    let mut out = Vec::new();
+    let mut from = start;
+    while from <= end {
+        let to = (from + span).min(end);
+        out.push((from, to));
+        from = to + chrono::Duration::seconds(1);
+    }
+    out
+}
+
+/// Calendar-month stretches of `[start, end]` (whole UTC days).
+pub fn split_months(start: NaiveDate, end: NaiveDate) -> Vec<(NaiveDate, NaiveDate)> {
+    let mut out = Vec::new();
+    let mut from = start;
+    while from <= end {
+        let next_month = from
+            .with_day(1)
+            .and_then(|d| d.checked_add_months(Months::new(1)))
+            .unwrap_or(NaiveDate::MAX);
+        let to = next_month.pred_opt().unwrap_or(next_month).min(end);
+        out.push((from, to));
+        match to.succ_opt() {
+            Some(d) => from = d,
+            None => break,
+        }
+    }
+    out
+}
+
+/// The report's rule for one request: `to` not before `from`, at most one month, and `from`
+/// not older than six months before `today`. On error: the key and a message.
+pub fn check_report_range(
+    from: NaiveDate,
+    to: NaiveDate,
+    today: NaiveDate,
+) -> Result<(), (&'static str, String)> {
+    let oldest = today.checked_sub_months(Months::new(6)).unwrap_or(today);
+    if from < oldest {
+        return Err((
+            "start",
+            format!(
+                "{from} is more than six months ago: the chat report only covers the last six months (from {oldest} today)"
+            ),
+        ));
+    }
+    if to < from {
+        return Err(("end", format!("{to} is before start {from}")));
+    }
+    if from
+        .checked_add_months(Months::new(1))
+        .is_none_or(|limit| to >= limit)
+    {
+        return Err((
+            "end",
+            format!("the window {from}..{to} is longer than one month, the report's limit"),
+        ));
+    }
+    Ok(())
+}
+
+impl ZoomUserMessagesConfig {
+    /// Checks every option and computes the date stretches; no I/O.
+    pub fn check(self, cx: &BuildContext) -> Result<ZoomSource, InvalidConfig> {
+        let (budgets, files) = common_checks(
+            self.page_size,
+            MAX_USER_PAGE_SIZE,
+            self.requests_per_second,
+            self.heavy_requests_per_second,
+            self.concurrency,
+            &self.retry,
+            self.request_timeout,
+            &self.files,
+        )?;
+        let mut budgets = budgets;
+        budgets.medium_per_day = daily_cap("daily_requests", self.daily_requests)?;
+        budgets.heavy_per_day = daily_cap("heavy_daily_requests", self.heavy_daily_requests)?;
+        if !(1..=366).contains(&self.window_days) {
+            return Err(InvalidConfig::new("window_days", "must be 1 to 366"));
+        }
+        let searching = self.search_type.is_some() || self.search_key.is_some();
+        if searching {
+            match (&self.search_type, &self.search_key) {
+                (Some(t), Some(k)) => {
+                    if !matches!(t.as_str(), "message" | "file") {
+                        return Err(InvalidConfig::new(
+                            "search_type",
+                            format!("expected `message` or `file`, got {t:?}"),
+                        ));
+                    }
+                    if k.is_empty() || k.chars().count() > 256 {
+                        return Err(InvalidConfig::new(
+                            "search_key",
+                            "must be 1 to 256 characters",
+                        ));
+                    }
+                }
+                (None, _) => {
+                    return Err(InvalidConfig::new(
+                        "search_type",
+                        "required with `search_key`",
+                    ));
+                }
+                (_, None) => {
+                    return Err(InvalidConfig::new(
+                        "search_key",
+                        "required with `search_type`",
+                    ));
+                }
+            }
+        }
+        let start = cx.start.or(self.start);
+        let end = cx.end.or(self.end);
+        let options = UserOptions {
+            page_size: self.page_size,
+            // Search cannot return edited or deleted versions (seed 001).
+            include_deleted_and_edited: self.include_deleted_and_edited && !searching,
+            exclude_child_messages: self.exclude_child_messages,
+            download_file_formats: self.download_file_formats.clone(),
+            search: self.search_type.clone().zip(self.search_key.clone()),
+        };
+        if let Some(patterns) = files {
+            return Ok(ZoomSource::new(
+                cx.name.clone(),
+                Stream::UserMessages(options),
+                Mode::Files(FilesSettings { patterns }),
+            ));
+        }
+        let Some(start) = start else {
+            return Err(InvalidConfig::new(
+                "start",
+                "required unless `files` is set: an RFC 3339 time like 2025-05-01T00:00:00Z",
+            ));
+        };
+        let end = end.unwrap_or_else(|| cx.now.with_timezone(&utc()).trunc_subsecs(0));
+        if end <= start {
+            return Err(InvalidConfig::new(
+                "end",
+                format!(
+                    "{} must be after start {}",
+                    end.to_rfc3339(),
+                    start.to_rfc3339()
+                ),
+            ));
+        }
+        let users = match self.users {
+            AllOr::All => None,
+            AllOr::List(l) if l.is_empty() => {
+                return Err(InvalidConfig::new(
+                    "users",
+                    "list at least one user, or \"all\"",
+                ));
+            }
+            AllOr::List(mut l) => {
+                l.sort();
+                l.dedup();
+                Some(l)
+            }
+        };
+        let conversations = match self.conversations {
+            AllOr::All => Conversations::All,
+            AllOr::List(mut l) => {
+                if l.to_channel.is_empty() && l.to_contact.is_empty() && !searching {
+                    return Err(InvalidConfig::new(
+                        "conversations",
+                        "list at least one `to_channel` or `to_contact`, or \"all\"",
+                    ));
+                }
+                l.to_channel.sort();
+                l.to_channel.dedup();
+                l.to_contact.sort();
+                l.to_contact.dedup();
+                Conversations::List(l)
+            }
+        };
+        let (base, credentials) = api_settings(&self.base_url, &self.auth, cx)?;
+        Ok(ZoomSource::new(
+            cx.name.clone(),
+            Stream::UserMessages(options),
+            Mode::Api(Box::new(ApiSettings {
+                base,
+                credentials,
+                budgets,
+                retry: self.retry,
+                request_timeout: self.request_timeout,
+                concurrency: self.concurrency,
+                ranges: split_days(start, end, self.window_days),
+                users,
+                conversations,
+                sessions: None,
+            })),
+        ))
+    }
+}
+
+impl ZoomChatReportConfig {
+    /// Checks every option and cuts the range into calendar months; no I/O.
+    pub fn check(self, cx: &BuildContext) -> Result<ZoomSource, InvalidConfig> {
+        let (budgets, files) = common_checks(
+            self.page_size,
+            MAX_REPORT_PAGE_SIZE,
+            self.requests_per_second,
+            self.heavy_requests_per_second,
+            self.concurrency,
+            &self.retry,
+            self.request_timeout,
+            &self.files,
+        )?;
+        let mut budgets = budgets;
+        budgets.medium_per_day = daily_cap("daily_requests", self.daily_requests)?;
+        budgets.heavy_per_day = daily_cap("heavy_daily_requests", self.heavy_daily_requests)?;
+        let options = ReportOptions {
+            page_size: self.page_size,
+            include_edited: self.include_edited,
+            include_deleted: self.include_deleted,
+            include_bot_messages: self.include_bot_messages,
+            include_reactions: self.include_reactions,
+            query_all_modifications: self.query_all_modifications,
+        };
+        if let Some(patterns) = files {
+            return Ok(ZoomSource::new(
+                cx.name.clone(),
+                Stream::ChatReport(options),
+                Mode::Files(FilesSettings { patterns }),
+            ));
+        }
+        let today = cx.now.date_naive();
+        let start = cx
+            .start
+            .map(|t| t.with_timezone(&Utc).date_naive())
+            .or(self.start)
+            .unwrap_or_else(|| {
+                today
+                    .with_day(1)
+                    .and_then(|d| d.checked_sub_months(Months::new(1)))
+                    .unwrap_or(today)
+            });
+        let end = cx
+            .end
+            .map(|t| t.with_timezone(&Utc).date_naive())
+            .or(self.end)
+            .unwrap_or(today);
+        if end < start {
+            return Err(InvalidConfig::new(
+                "end",
+                format!("{end} is before start {start}"),
+            ));
+        }
+        let months = split_months(start, end);
+        for (from, to) in &months {
+            check_report_range(*from, *to, today)
+                .map_err(|(key, message)| InvalidConfig::new(key, message))?;
+        }
+        let sessions = match self.sessions {
+            AllOr::All => None,
+            AllOr::List(l) if l.is_empty() => {
+                return Err(InvalidConfig::new(
+                    "sessions",
+                    "list at least one session, or \"all\"",
+                ));
+            }
+            AllOr::List(mut l) => {
+                l.sort();
+                l.dedup();
+                Some(l)
+            }
+        };
+        let (base, credentials) = api_settings(&self.base_url, &self.auth, cx)?;
+        let now = cx.now.trunc_subsecs(0).fixed_offset();
+        let day = |d: NaiveDate, end: bool| {
+            let t = if end {
+                d.and_hms_opt(23, 59, 59)
+            } else {
+                d.and_hms_opt(0, 0, 0)
+            };
+            t.unwrap_or_default().and_utc().fixed_offset()
+        };
+        Ok(ZoomSource::new(
+            cx.name.clone(),
+            Stream::ChatReport(options),
+            Mode::Api(Box::new(ApiSettings {
+                base,
+                credentials,
+                budgets,
+                retry: self.retry,
+                request_timeout: self.request_timeout,
+                concurrency: self.concurrency,
+                ranges: months
+                    .into_iter()
+                    // A window never claims hours that have not happened yet: the ledger
+                    // records its end, and the next run continues from there.
+                    .map(|(f, t)| (day(f, false), day(t, true).min(now)))
+                    .collect(),
+                users: None,
+                conversations: Conversations::All,
+                sessions: Some(sessions),
+            })),
+        ))
+    }
+}
+
+impl SourceConfig for ZoomUserMessagesConfig {
+    const TYPE: &'static str = "zoom_user_messages";
+    const SUMMARY: &'static str =
+        "Zoom Team Chat messages per user and conversation, or saved response pages";
+
+    fn build(self, cx: &BuildContext) -> Result<Box<dyn Source>, InvalidConfig> {
+        Ok(Box::new(self.check(cx)?.with_ledger(cx.state.clone())))
+    }
+}
+
+impl SourceConfig for ZoomChatReportConfig {
+    const TYPE: &'static str = "zoom_chat_report";
+    const SUMMARY: &'static str =
+        "Zoom chat message reports per session and calendar month (edited and deleted included)";
+
+    fn build(self, cx: &BuildContext) -> Result<Box<dyn Source>, InvalidConfig> {
+        Ok(Box::new(self.check(cx)?.with_ledger(cx.state.clone())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    fn cx() -> BuildContext {
+        BuildContext {
+            name: "zoom".into(),
+            now: Utc.with_ymd_and_hms(2026, 11, 21, 6, 0, 0).unwrap(),
+            ..BuildContext::default()
+        }
+    }
+
+    fn auth() -> serde_json::Value {
+        json!({"type": "zoom_server_to_server", "account_id": "a", "client_id": "c", "client_secret": "s"})
+    }
+
+    fn day(s: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+    }
+
+    #[test]
+    fn months_are_calendar_months() {
+        assert_eq!(
+            split_months(day("2026-06-15"), day("2026-08-02")),
+            vec![
+                (day("2026-06-15"), day("2026-06-30")),
+                (day("2026-07-01"), day("2026-07-31")),
+                (day("2026-08-01"), day("2026-08-02")),
+            ]
+        );
+    }
+
+    #[test]
+    fn report_ranges_follow_the_api_rules() {
+        let today = day("2026-11-21");
+        assert!(check_report_range(day("2026-06-01"), day("2026-06-30"), today).is_ok());
+        assert_eq!(
+            check_report_range(day("2026-05-01"), day("2026-05-31"), today)
+                .unwrap_err()
+                .0,
+            "start"
+        );
+        assert_eq!(
+            check_report_range(day("2026-07-01"), day("2026-08-01"), today)
+                .unwrap_err()
+                .0,
+            "end"
+        );
+    }
+
+    #[test]
+    fn a_report_start_older_than_six_months_is_refused_at_build() {
+        let c: ZoomChatReportConfig =
+            serde_json::from_value(json!({"auth": auth(), "start": "2026-01-01"})).unwrap();
+        let err = c.check(&cx()).err().unwrap();
+        assert_eq!(err.key, "start");
+        assert!(err.message.contains("six months"), "{err}");
+        let c: ZoomChatReportConfig = serde_json::from_value(json!({"auth": auth()})).unwrap();
+        let s = c.check(&cx()).unwrap();
+        assert_eq!(s.planned_ranges(), 2, "last month and this month");
+    }
+
+    #[test]
+    fn user_message_options_are_checked() {
+        let base = json!({"auth": auth(), "start": "2026-11-01T00:00:00Z"});
+        let with = |k: &str, v: serde_json::Value| {
+            let mut b = base.clone();
+            b[k] = v;
+            serde_json::from_value::<ZoomUserMessagesConfig>(b)
+        };
+        assert_eq!(
+            with("page_size", json!(51))
+                .unwrap()
+                .check(&cx())
+                .err()
+                .unwrap()
+                .key,
+            "page_size"
+        );
+        assert!(with("users", json!("some")).is_err());
+        assert!(with("nope", json!(1)).is_err(), "unknown keys are refused");
+        let s = with("users", json!(["b", "a", "a"]))
+            .unwrap()
+            .check(&cx())
+            .unwrap();
+        assert_eq!(s.planned_ranges(), 1);
+        let err = serde_json::from_value::<ZoomUserMessagesConfig>(
+            json!({"start": "2026-11-01T00:00:00Z"}),
+        )
+        .unwrap()
+        .check(&cx())
+        .err()
+        .unwrap();
+        assert_eq!(err.key, "auth");
+    }
+
+    #[test]
+    fn days_split_inclusively() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap();
+        let r = split_days(t("2026-01-01T00:00:00Z"), t("2026-01-10T12:00:00Z"), 7);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].1, t("2026-01-07T23:59:59Z"));
+        assert_eq!(r[1].0, t("2026-01-08T00:00:00Z"));
+    }
+}

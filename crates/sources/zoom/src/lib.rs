@@ -1,0 +1,22 @@
+//! Zoom Team Chat sources:
+//!
+//! * `zoom_user_messages`: `GET /chat/users/{userId}/messages` per user, conversation (channel
+//!   or 1:1 contact) and date range, with discovery of users and conversations;
+//! * `zoom_chat_report`: `GET /report/chat/sessions/{sessionId}` per session and calendar month,
+//!   with `messages`, `edited_messages` and `deleted_messages` as records of their own.
+//!
+//! Both emit raw batches ([`raw_schema`]) that `normalize` maps to canonical messages, and both
+//! can read saved response pages (`files = [...]`) instead of calling the API.
+//!
+//! Layout: [`config`] (the tables, their checks, `build`), `api` (tokens, the shared rate
+//! budgets, one `GET` with retries), [`parse`] (pages → Arrow), `source` (discovery, windows,
+//! paging).
+
+mod api;
+pub mod config;
+pub mod parse;
+mod source;
+
+pub use config::{ZoomAuth, ZoomChatReportConfig, ZoomUserMessagesConfig};
+pub use parse::{CHAT_REPORT, USER_MESSAGES, raw_schema};
+pub use source::ZoomSource;

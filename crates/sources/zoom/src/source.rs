@@ -1,0 +1,1022 @@
+//! The running Zoom sources: discovery, windows, and the paged fetch of each window.
+//!
+//! 1. **Discovery** (only for `"all"`): users (`GET /users`), then each user's channels and 1:1
+//!    contacts, or the report's sessions per month. A channel or 1:1 seen through several users
+//!    is fetched once. Ids are sorted, so the same config gives the same windows and indexes.
+//! 2. **Windows**: one per (user, conversation, date range) or (session, month), fetched
+//!    `concurrency` at a time under the account's shared rate budget. A window's batches go out
+//!    in order, then its `window_done`; windows of different conversations may interleave.
+//! 3. **Paging**: `next_page_token` until empty. The next page is requested while the current
+//!    one is parsed and sent, so a slow sink does not leave a page token idle for long; a page
+//!    token that expired anyway (400 code 300) restarts the window from its first page, and
+//!    `dedupe` absorbs the rows sent twice.
+//!
+//! A conversation, user or session that does not exist or may not be read (3001, 3161, 1001) is
+//! skipped with a warning and does not fail the run; any other error after retries fails only
+//! its window.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chatlake_core::state::{SourceState, uncovered};
+use chatlake_core::{Batch, DataKind, PlannedWindow, Source, SourceContext, Window, WindowRef};
+use chatlake_http::{ErrorKind, HttpClient, RequestError, RetryPolicy};
+use chrono::{DateTime, FixedOffset};
+use futures::StreamExt;
+use reqwest::Method;
+use serde::Deserialize;
+use url::Url;
+
+use crate::api::{ApiError, Budgets, Credentials, Label, ZoomApi};
+use crate::config::ConversationList;
+use crate::parse::{CHAT_REPORT, Context, Page, RawBuilder, USER_MESSAGES};
+
+/// Rows collected before a batch goes downstream.
+const BATCH_ROWS: usize = 4096;
+/// Restarts of one window after expired page tokens before it fails.
+const MAX_RESTARTS: u32 = 3;
+/// Page size of the discovery lists.
+const USERS_PAGE: &str = "300";
+const LIST_PAGE: &str = "50";
+
+pub(crate) struct UserOptions {
+    pub page_size: u32,
+    pub include_deleted_and_edited: bool,
+    pub exclude_child_messages: bool,
+    pub download_file_formats: Option<String>,
+    pub search: Option<(String, String)>,
+}
+
+pub(crate) struct ReportOptions {
+    pub page_size: u32,
+    pub include_edited: bool,
+    pub include_deleted: bool,
+    pub include_bot_messages: bool,
+    pub include_reactions: bool,
+    pub query_all_modifications: bool,
+}
+
+pub(crate) enum Stream {
+    UserMessages(UserOptions),
+    ChatReport(ReportOptions),
+}
+
+pub(crate) enum Conversations {
+    All,
+    List(ConversationList),
+}
+
+pub(crate) struct ApiSettings {
+    pub base: Url,
+    pub credentials: Credentials,
+    pub budgets: Budgets,
+    pub retry: RetryPolicy,
+    pub request_timeout: Duration,
+    pub concurrency: usize,
+    pub ranges: Vec<(DateTime<FixedOffset>, DateTime<FixedOffset>)>,
+    /// User messages: the users, or `None` to discover them.
+    pub users: Option<Vec<String>>,
+    pub conversations: Conversations,
+    /// Report: `Some(None)` to discover sessions, `Some(Some(ids))` for a list.
+    pub sessions: Option<Option<Vec<String>>>,
+}
+
+pub(crate) struct FilesSettings {
+    pub patterns: Vec<String>,
+}
+
+pub(crate) enum Mode {
+    Api(Box<ApiSettings>),
+    Files(FilesSettings),
+}
+
+/// A `zoom_user_messages` or `zoom_chat_report` source.
+pub struct ZoomSource {
+    name: String,
+    stream: Stream,
+    mode: Mode,
+    /// Windows earlier runs committed (the source's ledger): not fetched again.
+    ledger: Arc<SourceState>,
+}
+
+/// What one window fetches.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Target {
+    Channel {
+        user: String,
+        channel: String,
+        name: Option<String>,
+    },
+    Contact {
+        user: String,
+        contact: String,
+    },
+    Search {
+        user: String,
+    },
+    Session {
+        id: String,
+        name: Option<String>,
+    },
+}
+
+impl Target {
+    fn describe(&self) -> String {
+        match self {
+            Target::Channel { user, channel, .. } => format!("user {user} channel {channel}"),
+            Target::Contact { user, contact } => format!("user {user} contact {contact}"),
+            Target::Search { user } => format!("user {user} search"),
+            Target::Session { id, .. } => format!("session {id}"),
+        }
+    }
+
+    fn context(&self) -> Context<'_> {
+        match self {
+            Target::Channel {
+                user,
+                channel,
+                name,
+            } => Context {
+                conversation_id: Some(channel),
+                conversation_name: name.as_deref(),
+                user_id: Some(user),
+                recipient: None,
+            },
+            Target::Contact { user, contact } => Context {
+                conversation_id: Some(contact),
+                conversation_name: None,
+                user_id: Some(user),
+                recipient: Some(contact),
+            },
+            Target::Search { user } => Context {
+                user_id: Some(user),
+                ..Context::default()
+            },
+            Target::Session { id, name } => Context {
+                conversation_id: Some(id),
+                conversation_name: name.as_deref(),
+                ..Context::default()
+            },
+        }
+    }
+}
+
+/// How a window ended, when it did not succeed.
+enum WindowError {
+    /// The conversation does not exist or may not be read: skipped, not a failure.
+    Skipped(RequestError),
+    /// This window failed; the others go on.
+    Failed(String),
+    /// Downstream stopped: stop the source.
+    Stop(chatlake_core::Error),
+}
+
+impl From<ApiError> for WindowError {
+    fn from(e: ApiError) -> Self {
+        match e {
+            ApiError::Resource(e) => WindowError::Skipped(e),
+            other => WindowError::Failed(other.to_string()),
+        }
+    }
+}
+
+fn zoom_time(t: &DateTime<FixedOffset>) -> String {
+    t.to_utc().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn zoom_day(t: &DateTime<FixedOffset>) -> String {
+    t.to_utc().format("%Y-%m-%d").to_string()
+}
+
+#[derive(Deserialize)]
+struct UsersPage {
+    #[serde(default)]
+    next_page_token: Option<String>,
+    #[serde(default)]
+    users: Vec<ListedUser>,
+}
+
+#[derive(Deserialize)]
+struct ListedUser {
+    id: String,
+    #[serde(default)]
+    email: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ChannelsPage {
+    #[serde(default)]
+    next_page_token: Option<String>,
+    #[serde(default)]
+    channels: Vec<ListedChannel>,
+}
+
+#[derive(Deserialize)]
+struct ListedChannel {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SessionsPage {
+    #[serde(default)]
+    next_page_token: Option<String>,
+    #[serde(default)]
+    sessions: Vec<ListedSession>,
+}
+
+#[derive(Deserialize)]
+struct ListedSession {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    peer_contact_email: Option<String>,
+    #[serde(default)]
+    peer_contact_user_id: Option<String>,
+}
+
+fn more(token: &Option<String>) -> Option<String> {
+    token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+}
+
+fn protocol(url: &Url, what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::Other(RequestError::new(
+        Method::GET,
+        url,
+        ErrorKind::Protocol(format!("{what} is not understood: {e}")),
+    ))
+}
+
+impl ZoomSource {
+    pub(crate) fn new(name: String, stream: Stream, mode: Mode) -> Self {
+        ZoomSource {
+            name,
+            stream,
+            mode,
+            ledger: Arc::default(),
+        }
+    }
+
+    /// What the ledger lists as committed, per user/conversation or session, is not planned
+    /// again.
+    pub(crate) fn with_ledger(mut self, ledger: Arc<SourceState>) -> Self {
+        self.ledger = ledger;
+        self
+    }
+
+    fn record_type(&self) -> &'static str {
+        match self.stream {
+            Stream::UserMessages(_) => USER_MESSAGES,
+            Stream::ChatReport(_) => CHAT_REPORT,
+        }
+    }
+
+    fn stream_name(&self) -> &'static str {
+        match self.stream {
+            Stream::UserMessages(_) => "user_messages",
+            Stream::ChatReport(_) => "chat_report",
+        }
+    }
+
+    /// Date ranges (API mode), for tests of the build.
+    pub fn planned_ranges(&self) -> usize {
+        match &self.mode {
+            Mode::Api(api) => api.ranges.len(),
+            Mode::Files(_) => 0,
+        }
+    }
+
+    fn window(
+        &self,
+        index: usize,
+        label: String,
+        range: Option<&(DateTime<FixedOffset>, DateTime<FixedOffset>)>,
+    ) -> Window {
+        Window {
+            source: self.name.clone(),
+            stream: self.stream_name().to_string(),
+            index: index as u32,
+            start: range.map(|r| r.0),
+            end: range.map(|r| r.1),
+            utc_offset: FixedOffset::east_opt(0).expect("zero is a valid offset"),
+            label,
+        }
+    }
+
+    fn range_label(&self, range: &(DateTime<FixedOffset>, DateTime<FixedOffset>)) -> String {
+        match self.stream {
+            Stream::UserMessages(_) => format!("{}..{}", zoom_time(&range.0), zoom_time(&range.1)),
+            Stream::ChatReport(_) => format!("{}..{}", zoom_day(&range.0), zoom_day(&range.1)),
+        }
+    }
+
+    /// Windows of `targets × ranges`, numbered in a fixed order: range, then target.
+    fn windows(
+        &self,
+        api: &ApiSettings,
+        targets: &BTreeMap<usize, Vec<Target>>,
+    ) -> Vec<(Window, Target)> {
+        let mut out = Vec::new();
+        for (r, range) in api.ranges.iter().enumerate() {
+            for t in targets
+                .get(&r)
+                .or_else(|| targets.get(&usize::MAX))
+                .into_iter()
+                .flatten()
+            {
+                // Only what earlier runs did not commit for this user/conversation or session:
+                // a closed stretch is not fetched twice, the open end continues where the last
+                // run stopped.
+                let scope = format!("{} ", t.describe());
+                let covered = self
+                    .ledger
+                    .committed_ranges_where(self.stream_name(), |w| w.label.starts_with(&scope));
+                for (from, to) in uncovered(range.0.to_utc(), range.1.to_utc(), &covered) {
+                    let part = (from.fixed_offset(), to.fixed_offset());
+                    let label = format!("{} {}", t.describe(), self.range_label(&part));
+                    out.push((self.window(out.len(), label, Some(&part)), t.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Targets known without the network (explicit lists), or `None` if discovery is needed.
+    fn listed_targets(&self, api: &ApiSettings) -> Option<Vec<Target>> {
+        match &self.stream {
+            Stream::ChatReport(_) => match &api.sessions {
+                Some(Some(ids)) => Some(
+                    ids.iter()
+                        .map(|id| Target::Session {
+                            id: id.clone(),
+                            name: None,
+                        })
+                        .collect(),
+                ),
+                _ => None,
+            },
+            Stream::UserMessages(o) => {
+                let users = api.users.as_ref()?;
+                let Conversations::List(list) = &api.conversations else {
+                    return None;
+                };
+                let mut targets = Vec::new();
+                for user in users {
+                    for channel in &list.to_channel {
+                        targets.push(Target::Channel {
+                            user: user.clone(),
+                            channel: channel.clone(),
+                            name: None,
+                        });
+                    }
+                    for contact in &list.to_contact {
+                        targets.push(Target::Contact {
+                            user: user.clone(),
+                            contact: contact.clone(),
+                        });
+                    }
+                    if o.search.is_some()
+                        && list.to_channel.is_empty()
+                        && list.to_contact.is_empty()
+                    {
+                        targets.push(Target::Search { user: user.clone() });
+                    }
+                }
+                Some(targets)
+            }
+        }
+    }
+
+    // ---- discovery ------------------------------------------------------------------------
+
+    async fn list_users(&self, api: &ZoomApi) -> Result<Vec<ListedUser>, ApiError> {
+        let mut users = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut q = vec![("page_size", USERS_PAGE)];
+            if let Some(t) = &token {
+                q.push(("next_page_token", t));
+            }
+            let url = api.url(&["users"], &q);
+            let body = api.get(Label::Medium, &url, "discovery of users").await?;
+            let page: UsersPage =
+                serde_json::from_slice(&body).map_err(|e| protocol(&url, "the user list", e))?;
+            users.extend(page.users);
+            token = more(&page.next_page_token);
+            if token.is_none() {
+                return Ok(users);
+            }
+        }
+    }
+
+    /// A user's channels and 1:1 contacts.
+    async fn user_conversations(
+        &self,
+        api: &ZoomApi,
+        user: &str,
+    ) -> Result<(Vec<ListedChannel>, Vec<ListedSession>), ApiError> {
+        let what = format!("discovery of user {user}");
+        let mut channels = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut q = vec![("page_size", LIST_PAGE)];
+            if let Some(t) = &token {
+                q.push(("next_page_token", t));
+            }
+            let url = api.url(&["chat", "users", user, "channels"], &q);
+            let body = api.get(Label::Medium, &url, &what).await?;
+            let page: ChannelsPage =
+                serde_json::from_slice(&body).map_err(|e| protocol(&url, "the channel list", e))?;
+            channels.extend(page.channels);
+            token = more(&page.next_page_token);
+            if token.is_none() {
+                break;
+            }
+        }
+        let mut contacts = Vec::new();
+        loop {
+            let mut q = vec![("type", "1:1"), ("page_size", LIST_PAGE)];
+            if let Some(t) = &token {
+                q.push(("next_page_token", t));
+            }
+            let url = api.url(&["chat", "users", user, "sessions"], &q);
+            let body = api.get(Label::Medium, &url, &what).await?;
+            let page: SessionsPage =
+                serde_json::from_slice(&body).map_err(|e| protocol(&url, "the session list", e))?;
+            contacts.extend(page.sessions);
+            token = more(&page.next_page_token);
+            if token.is_none() {
+                break;
+            }
+        }
+        Ok((channels, contacts))
+    }
+
+    /// Discovers the targets of user messages. A channel or 1:1 reached through several users
+    /// is fetched once, through the first user in id order.
+    async fn discover_user_targets(
+        &self,
+        api: &ZoomApi,
+        settings: &ApiSettings,
+        skipped: &AtomicU64,
+    ) -> Result<Vec<Target>, ApiError> {
+        let (users, ids_by_email): (Vec<String>, HashMap<String, String>) = match &settings.users {
+            Some(list) => (list.clone(), HashMap::new()),
+            None => {
+                let listed = self.list_users(api).await?;
+                let map = listed
+                    .iter()
+                    .filter_map(|u| {
+                        u.email
+                            .as_ref()
+                            .map(|e| (e.to_ascii_lowercase(), u.id.clone()))
+                    })
+                    .collect();
+                let mut ids: Vec<String> = listed.into_iter().map(|u| u.id).collect();
+                ids.sort();
+                ids.dedup();
+                (ids, map)
+            }
+        };
+        if let Conversations::List(_) = settings.conversations {
+            return Ok(self
+                .listed_targets(&ApiSettings::users_only(settings, users))
+                .unwrap_or_default());
+        }
+        let found: Vec<_> = futures::stream::iter(users.clone())
+            .map(|u| async move {
+                let result = self.user_conversations(api, &u).await;
+                (u, result)
+            })
+            .buffered(settings.concurrency)
+            .collect()
+            .await;
+        let mut seen_channels = BTreeSet::new();
+        let mut seen_pairs = BTreeSet::new();
+        let mut targets = Vec::new();
+        for (user, result) in found {
+            let (mut channels, mut contacts) = match result {
+                Ok(c) => c,
+                Err(ApiError::Resource(e)) => {
+                    skipped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(component = %self.name, user = %user, "Skipping a user Zoom does not serve: {e}");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            channels.sort_by(|a, b| a.id.cmp(&b.id));
+            for c in channels {
+                if seen_channels.insert(c.id.clone()) {
+                    targets.push(Target::Channel {
+                        user: user.clone(),
+                        channel: c.id,
+                        name: c.name,
+                    });
+                }
+            }
+            contacts.sort_by(|a, b| a.peer_contact_email.cmp(&b.peer_contact_email));
+            for s in contacts {
+                let Some(contact) = s
+                    .peer_contact_email
+                    .clone()
+                    .or(s.peer_contact_user_id.clone())
+                    .or(s.id.clone())
+                else {
+                    continue;
+                };
+                let other = s
+                    .peer_contact_user_id
+                    .clone()
+                    .or_else(|| ids_by_email.get(&contact.to_ascii_lowercase()).cloned())
+                    .unwrap_or_else(|| contact.clone());
+                let pair = if user <= other {
+                    (user.clone(), other)
+                } else {
+                    (other, user.clone())
+                };
+                if seen_pairs.insert(pair) {
+                    let _ = s.name;
+                    targets.push(Target::Contact {
+                        user: user.clone(),
+                        contact,
+                    });
+                }
+            }
+        }
+        Ok(targets)
+    }
+
+    async fn discover_sessions(
+        &self,
+        api: &ZoomApi,
+        range: &(DateTime<FixedOffset>, DateTime<FixedOffset>),
+    ) -> Result<Vec<Target>, ApiError> {
+        let (from, to) = (zoom_day(&range.0), zoom_day(&range.1));
+        let what = format!("discovery of sessions {from}..{to}");
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut q = vec![
+                ("from", from.as_str()),
+                ("to", to.as_str()),
+                ("page_size", USERS_PAGE),
+            ];
+            if let Some(t) = &token {
+                q.push(("next_page_token", t));
+            }
+            let url = api.url(&["report", "chat", "sessions"], &q);
+            let body = api.get(Label::Heavy, &url, &what).await?;
+            let page: SessionsPage = serde_json::from_slice(&body)
+                .map_err(|e| protocol(&url, "the session report", e))?;
+            out.extend(page.sessions.into_iter().filter_map(|s| {
+                Some(Target::Session {
+                    id: s.id?,
+                    name: s.name,
+                })
+            }));
+            token = more(&page.next_page_token);
+            if token.is_none() {
+                break;
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Every window of the run, discovering what the config leaves to `"all"`.
+    async fn discover(
+        &self,
+        api: &ZoomApi,
+        settings: &ApiSettings,
+        skipped: &AtomicU64,
+    ) -> Result<Vec<(Window, Target)>, ApiError> {
+        let mut targets = BTreeMap::new();
+        if let Some(listed) = self.listed_targets(settings) {
+            targets.insert(usize::MAX, listed);
+        } else if let Stream::ChatReport(_) = self.stream {
+            for (i, range) in settings.ranges.iter().enumerate() {
+                targets.insert(i, self.discover_sessions(api, range).await?);
+            }
+        } else {
+            targets.insert(
+                usize::MAX,
+                self.discover_user_targets(api, settings, skipped).await?,
+            );
+        }
+        Ok(self.windows(settings, &targets))
+    }
+
+    // ---- one window -----------------------------------------------------------------------
+
+    fn page_url(
+        &self,
+        api: &ZoomApi,
+        target: &Target,
+        window: &Window,
+        token: Option<&str>,
+    ) -> Url {
+        let (start, end) = (
+            window.start.unwrap_or_default(),
+            window.end.unwrap_or_default(),
+        );
+        let mut q: Vec<(&str, String)> = Vec::new();
+        let url_for = |segments: &[&str], q: &Vec<(&str, String)>| {
+            let pairs: Vec<(&str, &str)> = q.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            api.url(segments, &pairs)
+        };
+        match (&self.stream, target) {
+            (Stream::ChatReport(o), Target::Session { id, .. }) => {
+                q.push(("from", zoom_day(&start)));
+                q.push(("to", zoom_day(&end)));
+                q.push(("page_size", o.page_size.to_string()));
+                let fields: Vec<&str> = [
+                    (o.include_edited, "edited_messages"),
+                    (o.include_deleted, "deleted_messages"),
+                ]
+                .into_iter()
+                .filter_map(|(on, f)| on.then_some(f))
+                .collect();
+                if !fields.is_empty() {
+                    q.push(("include_fields", fields.join(",")));
+                }
+                q.push(("include_bot_message", o.include_bot_messages.to_string()));
+                if o.include_reactions {
+                    q.push(("include_reactions", "true".into()));
+                }
+                if o.query_all_modifications {
+                    q.push(("query_all_modifications", "true".into()));
+                }
+                if let Some(t) = token {
+                    q.push(("next_page_token", t.into()));
+                }
+                url_for(&["report", "chat", "sessions", id], &q)
+            }
+            (Stream::UserMessages(o), _) => {
+                let user = match target {
+                    Target::Channel { user, channel, .. } => {
+                        q.push(("to_channel", channel.clone()));
+                        user
+                    }
+                    Target::Contact { user, contact } => {
+                        q.push(("to_contact", contact.clone()));
+                        user
+                    }
+                    Target::Search { user } => user,
+                    Target::Session { id, .. } => id,
+                };
+                q.push(("from", zoom_time(&start)));
+                q.push(("to", zoom_time(&end)));
+                q.push(("page_size", o.page_size.to_string()));
+                if o.include_deleted_and_edited {
+                    q.push(("include_deleted_and_edited_message", "true".into()));
+                }
+                if o.exclude_child_messages {
+                    q.push(("exclude_child_message", "true".into()));
+                }
+                if let Some(f) = &o.download_file_formats {
+                    q.push(("download_file_formats", f.clone()));
+                }
+                if let Some((t, k)) = &o.search {
+                    q.push(("search_type", t.clone()));
+                    q.push(("search_key", k.clone()));
+                }
+                if let Some(t) = token {
+                    q.push(("next_page_token", t.into()));
+                }
+                url_for(&["chat", "users", user, "messages"], &q)
+            }
+            (Stream::ChatReport(_), _) => url_for(&["report", "chat", "sessions"], &q),
+        }
+    }
+
+    async fn run_window(
+        &self,
+        api: &ZoomApi,
+        target: &Target,
+        window: &WindowRef,
+        cx: &SourceContext,
+    ) -> Result<(), WindowError> {
+        let mut restarts = 0;
+        'window: loop {
+            let mut builder = RawBuilder::new(self.record_type());
+            let first = self.page_url(api, target, window, None);
+            let mut fetched = api.get(Label::Medium, &first, &window.label).await;
+            loop {
+                let body = match fetched {
+                    Ok(body) => body,
+                    Err(ApiError::PageTokenExpired(e)) if restarts < MAX_RESTARTS => {
+                        restarts += 1;
+                        tracing::warn!(component = %self.name, window = %window.label, restart = restarts, "A page token expired ({e}); fetching the window again from its first page.");
+                        continue 'window;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let page: Page = serde_json::from_slice(&body).map_err(|e| {
+                    WindowError::Failed(format!(
+                        "{}: the page is not understood: {e}",
+                        window.label
+                    ))
+                })?;
+                let next = page.next();
+                builder.append_page(&page, &target.context());
+                drop(page);
+                let ready = if builder.len() >= BATCH_ROWS || next.is_none() {
+                    Some(
+                        builder
+                            .finish()
+                            .map_err(|e| WindowError::Failed(e.to_string()))?,
+                    )
+                } else {
+                    None
+                };
+                let send = async {
+                    match ready {
+                        Some(data) => cx.out.send(Batch::new(window.clone(), data)).await,
+                        None => Ok(()),
+                    }
+                };
+                let Some(token) = next else {
+                    return send.await.map_err(WindowError::Stop);
+                };
+                // The next page is on its way while this one goes downstream.
+                let url = self.page_url(api, target, window, Some(&token));
+                let (sent, next_page) =
+                    tokio::join!(send, api.get(Label::Medium, &url, &window.label));
+                sent.map_err(WindowError::Stop)?;
+                fetched = next_page;
+            }
+        }
+    }
+
+    async fn finish_window(
+        &self,
+        cx: &SourceContext,
+        window: WindowRef,
+        result: Result<(), WindowError>,
+        skipped: &AtomicU64,
+    ) -> Result<(), chatlake_core::Error> {
+        match result {
+            Ok(()) => cx.out.window_done(window).await,
+            Err(WindowError::Skipped(e)) => {
+                skipped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(component = %self.name, window = %window.label, "Skipping a conversation Zoom does not serve: {e}");
+                cx.out.window_done(window).await
+            }
+            Err(WindowError::Failed(e)) => cx.out.window_failed(window, &e).await,
+            Err(WindowError::Stop(e)) => Err(e),
+        }
+    }
+
+    async fn run_api(
+        &self,
+        settings: &ApiSettings,
+        cx: &SourceContext,
+    ) -> chatlake_core::Result<()> {
+        let client = HttpClient::builder()
+            .request_timeout(settings.request_timeout)
+            .build()
+            .map_err(|e| self.core_error(e))?;
+        let api = ZoomApi::new(
+            client,
+            settings.base.clone(),
+            settings.credentials.clone(),
+            settings.budgets,
+            settings.retry.clone(),
+            cx.metrics.clone(),
+        );
+        let skipped = AtomicU64::new(0);
+        let windows = self
+            .discover(&api, settings, &skipped)
+            .await
+            .map_err(|e| self.core_error(format!("discovery failed: {e}")))?;
+        tracing::info!(component = %self.name, windows = windows.len(), "Zoom windows planned.");
+        let api = &api;
+        let skipped_ref = &skipped;
+        let mut results = futures::stream::iter(windows)
+            .map(|(window, target)| async move {
+                let window = Arc::new(window);
+                let result = self.run_window(api, &target, &window, cx).await;
+                self.finish_window(cx, window, result, skipped_ref).await
+            })
+            .buffer_unordered(settings.concurrency);
+        while let Some(result) = results.next().await {
+            result?;
+        }
+        let skipped = skipped.load(Ordering::Relaxed);
+        if skipped > 0 {
+            tracing::warn!(component = %self.name, skipped, "Zoom conversations skipped (not found or not allowed); see the warnings above.");
+        }
+        Ok(())
+    }
+
+    // ---- saved pages ----------------------------------------------------------------------
+
+    fn file_paths(&self, files: &FilesSettings) -> chatlake_core::Result<Vec<PathBuf>> {
+        let mut paths = Vec::new();
+        for (i, pattern) in files.patterns.iter().enumerate() {
+            let before = paths.len();
+            for entry in
+                glob::glob(pattern).map_err(|e| self.core_error(format!("files[{i}]: {e}")))?
+            {
+                let path = entry.map_err(|e| self.core_error(e))?;
+                if path.is_file() {
+                    paths.push(path);
+                }
+            }
+            if paths.len() == before {
+                return Err(self.core_error(format!("files[{i}]: no file matches {pattern:?}")));
+            }
+        }
+        paths.sort();
+        paths.dedup();
+        Ok(paths)
+    }
+
+    async fn load_file(
+        &self,
+        path: PathBuf,
+        window: &WindowRef,
+        cx: &SourceContext,
+    ) -> Result<(), WindowError> {
+        use tokio::io::AsyncBufReadExt;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| WindowError::Failed(format!("{}: {e}", path.display())))?;
+        // One page (line) in memory at a time, in one reused buffer.
+        let mut reader = tokio::io::BufReader::with_capacity(1 << 20, file);
+        let mut line = Vec::with_capacity(1 << 16);
+        let mut bytes = 0u64;
+        let mut builder = RawBuilder::new(self.record_type());
+        for n in 1.. {
+            line.clear();
+            let read = reader
+                .read_until(b'\n', &mut line)
+                .await
+                .map_err(|e| WindowError::Failed(format!("{}: {e}", path.display())))?;
+            if read == 0 {
+                break;
+            }
+            bytes += read as u64;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let parsed = match serde_json::from_slice::<Page>(&line) {
+                Ok(page) => {
+                    let contact = page.to_contact.as_deref();
+                    let context = Context {
+                        conversation_id: page
+                            .to_channel
+                            .as_deref()
+                            .or(contact)
+                            .or(page.session_id.as_deref()),
+                        conversation_name: None,
+                        user_id: page.user_id.as_deref(),
+                        recipient: contact,
+                    };
+                    builder.append_page(&page, &context);
+                    None
+                }
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(e) = parsed {
+                let raw = serde_json::Value::String(String::from_utf8_lossy(&line).into_owned());
+                cx.dead_letters
+                    .record(
+                        &cx.name,
+                        Some(window),
+                        &format!("line {n}: not a response page: {e}"),
+                        raw,
+                        &cx.metrics,
+                    )
+                    .map_err(WindowError::Stop)?;
+                continue;
+            }
+            if builder.len() >= BATCH_ROWS {
+                let data = builder
+                    .finish()
+                    .map_err(|e| WindowError::Failed(e.to_string()))?;
+                cx.out
+                    .send(Batch::new(window.clone(), data))
+                    .await
+                    .map_err(WindowError::Stop)?;
+            }
+        }
+        cx.metrics.add_file(bytes);
+        let data = builder
+            .finish()
+            .map_err(|e| WindowError::Failed(e.to_string()))?;
+        cx.out
+            .send(Batch::new(window.clone(), data))
+            .await
+            .map_err(WindowError::Stop)
+    }
+
+    fn core_error(&self, e: impl std::fmt::Display) -> chatlake_core::Error {
+        chatlake_core::Error::component(&self.name, e)
+    }
+}
+
+impl ApiSettings {
+    /// A view of `settings` with an explicit user list, for [`ZoomSource::listed_targets`].
+    fn users_only(settings: &ApiSettings, users: Vec<String>) -> ApiSettings {
+        ApiSettings {
+            base: settings.base.clone(),
+            credentials: settings.credentials.clone(),
+            budgets: settings.budgets,
+            retry: settings.retry.clone(),
+            request_timeout: settings.request_timeout,
+            concurrency: settings.concurrency,
+            ranges: Vec::new(),
+            users: Some(users),
+            conversations: match &settings.conversations {
+                Conversations::All => Conversations::All,
+                Conversations::List(l) => Conversations::List(l.clone()),
+            },
+            sessions: None,
+        }
+    }
+}
+
+#[async_trait]
+impl Source for ZoomSource {
+    fn output_kind(&self) -> DataKind {
+        DataKind::raw(self.record_type())
+    }
+
+    fn plan(&self) -> chatlake_core::Result<Vec<PlannedWindow>> {
+        match &self.mode {
+            Mode::Files(files) => Ok(self
+                .file_paths(files)?
+                .into_iter()
+                .enumerate()
+                .map(|(i, path)| PlannedWindow {
+                    window: self.window(i, path.display().to_string(), None),
+                    request: format!("read {}", path.display()),
+                })
+                .collect()),
+            Mode::Api(settings) => match self.listed_targets(settings) {
+                Some(targets) => {
+                    let targets = BTreeMap::from([(usize::MAX, targets)]);
+                    let api_base = &settings.base;
+                    Ok(self
+                        .windows(settings, &targets)
+                        .into_iter()
+                        .map(|(window, target)| PlannedWindow {
+                            request: format!(
+                                "GET {} {}",
+                                api_base.as_str().trim_end_matches('/'),
+                                target.describe()
+                            ),
+                            window,
+                        })
+                        .collect())
+                }
+                None => Ok(settings
+                    .ranges
+                    .iter()
+                    .enumerate()
+                    .map(|(i, range)| {
+                        let label = format!(
+                            "{} (every conversation discovered at run time)",
+                            self.range_label(range)
+                        );
+                        PlannedWindow {
+                            request: format!(
+                                "discover, then GET each conversation's pages from {}",
+                                settings.base
+                            ),
+                            window: self.window(i, label, Some(range)),
+                        }
+                    })
+                    .collect()),
+            },
+        }
+    }
+
+    async fn run(self: Box<Self>, cx: SourceContext) -> chatlake_core::Result<()> {
+        match &self.mode {
+            Mode::Api(settings) => self.run_api(settings, &cx).await,
+            Mode::Files(files) => {
+                let paths = self.file_paths(files)?;
+                let skipped = AtomicU64::new(0);
+                for (i, path) in paths.into_iter().enumerate() {
+                    let window = Arc::new(self.window(i, path.display().to_string(), None));
+                    let result = self.load_file(path, &window, &cx).await;
+                    self.finish_window(&cx, window, result, &skipped).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! Qlara history-export rows → canonical messages (the GW job of `shared/bench/JOBS.md`).
+//!
+//! `messageId` → `message_id`, `sender` → `sender_id`, `destination` → `recipient`, `body` →
+//! `text` (byte for byte), lowercase `channel` and `status` (an unknown status is `unknown`),
+//! `sendDate` → `sent_at` and `deliveryDate` (empty allowed) → `delivered_at`, both converted from
+//! their own offsets to UTC; `version` is the epoch ms of `coalesce(deliveryDate, sendDate)`, so
+//! `dedupe keep = "latest"` keeps the final version of a message over its in-flight one. A row
+//! without a `messageId`, or with a date that does not parse, is a dead letter.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, Date32Array, Int64Array, ListArray, RecordBatch, StringArray,
+    StringBuilder, TimestampMicrosecondArray,
+};
+use arrow::buffer::OffsetBuffer;
+use arrow::compute::filter;
+use chatlake_core::schema::{self, attachment_item_field};
+use chatlake_core::{Batch, Emitter, Error, Result, TransformContext};
+
+/// The record type the Qlara source emits (see `chatlake-source-qlara`).
+pub const RECORD_TYPE: &str = "qlara.message_history";
+
+const STATUSES: [&str; 5] = ["delivered", "sent", "error", "expired", "unknown"];
+
+/// `2025-01-01T10:00:00+01:00` (also `Z`, fractions, a space for `T`) → µs since the epoch.
+pub fn parse_time(s: &str) -> Option<i64> {
+    let s = s.trim();
+    chrono::DateTime::parse_from_rfc3339(s)
+        .or_else(|_| chrono::DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%:z"))
+        .or_else(|_| chrono::DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%z"))
+        .ok()
+        .map(|t| t.timestamp_micros())
+}
+
+/// A canonical status: the lowercase provider status, or `unknown`.
+pub fn status(s: &str) -> &'static str {
+    let lower = s.trim().to_ascii_lowercase();
+    STATUSES
+        .iter()
+        .find(|v| **v == lower)
+        .copied()
+        .unwrap_or("unknown")
+}
+
+fn text(c: &StringArray, i: usize) -> Option<&str> {
+    (!c.is_null(i)).then(|| c.value(i))
+}
+
+/// Maps one batch.
+pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()> {
+    let data = &batch.data;
+    let col = |name: &str| -> Result<&StringArray> {
+        data.column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| {
+                Error::component(&cx.name, format!("Qlara batch has no Utf8 column `{name}`"))
+            })
+    };
+    let id = col("messageId")?;
+    let channel = col("channel")?;
+    let sender = col("sender")?;
+    let destination = col("destination")?;
+    let body = col("body")?;
+    let status_col = col("status")?;
+    let send = col("sendDate")?;
+    let delivery = col("deliveryDate")?;
+    let n = data.num_rows();
+
+    let mut keep = Vec::with_capacity(n);
+    let mut sent_at = Vec::with_capacity(n);
+    let mut delivered_at: Vec<Option<i64>> = Vec::with_capacity(n);
+    let mut channels = StringBuilder::with_capacity(n, n * 4);
+    let mut statuses = StringBuilder::with_capacity(n, n * 8);
+    for i in 0..n {
+        let sent = text(send, i).and_then(parse_time);
+        let delivered = match text(delivery, i).map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(d) => parse_time(d).map(Some).ok_or(d),
+        };
+        let reason = match (text(id, i), sent, &delivered) {
+            (None | Some(""), _, _) => Some("the row has no messageId".to_string()),
+            (_, None, _) => Some(format!(
+                "sendDate {:?} does not parse",
+                text(send, i).unwrap_or("")
+            )),
+            (_, _, Err(d)) => Some(format!("deliveryDate {d:?} does not parse")),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            let raw = serde_json::json!({
+                "messageId": text(id, i), "channel": text(channel, i), "sender": text(sender, i),
+                "destination": text(destination, i), "body": text(body, i),
+                "status": text(status_col, i), "sendDate": text(send, i),
+                "deliveryDate": text(delivery, i),
+            });
+            cx.dead_letters
+                .record(&cx.name, Some(&batch.window), &reason, raw, &cx.metrics)?;
+            keep.push(false);
+            continue;
+        }
+        keep.push(true);
+        sent_at.push(sent.unwrap_or_default());
+        delivered_at.push(delivered.unwrap_or_default());
+        channels.append_value(
+            text(channel, i)
+                .map(|c| c.trim().to_ascii_lowercase())
+                .unwrap_or_default(),
+        );
+        statuses.append_value(status(text(status_col, i).unwrap_or("")));
+    }
+
+    let rows = sent_at.len();
+    let all_kept = rows == n;
+    let mask = BooleanArray::from(keep);
+    let pass = |a: &StringArray| -> Result<ArrayRef> {
+        if all_kept {
+            Ok(Arc::new(a.clone()))
+        } else {
+            Ok(filter(a, &mask)?)
+        }
+    };
+    let constant = |v: &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(v, rows)))
+    };
+    let versions: Vec<i64> = sent_at
+        .iter()
+        .zip(&delivered_at)
+        .map(|(s, d)| d.unwrap_or(*s) / 1000)
+        .collect();
+    let dates: Vec<i32> = sent_at
+        .iter()
+        .map(|us| us.div_euclid(86_400_000_000) as i32)
+        .collect();
+    let attachments = ListArray::new(
+        attachment_item_field(),
+        OffsetBuffer::new_zeroed(rows),
+        arrow::array::new_empty_array(attachment_item_field().data_type()),
+        None,
+    );
+    let null_text = || arrow::array::new_null_array(&arrow::datatypes::DataType::Utf8, rows);
+    let columns: Vec<ArrayRef> = vec![
+        constant("qlara"),
+        constant("message_history"),
+        pass(id)?,
+        null_text(),
+        null_text(),
+        pass(sender)?,
+        null_text(),
+        pass(destination)?,
+        Arc::new(TimestampMicrosecondArray::from(sent_at).with_timezone("UTC")),
+        Arc::new(Date32Array::from(dates)),
+        pass(body)?,
+        Arc::new(BooleanArray::from(vec![false; rows])),
+        Arc::new(statuses.finish()),
+        Arc::new(channels.finish()),
+        null_text(),
+        Arc::new(attachments),
+        Arc::new(TimestampMicrosecondArray::from(delivered_at).with_timezone("UTC")),
+        Arc::new(Int64Array::from(versions)),
+        constant(&cx.run.run_id),
+    ];
+    out.emit(
+        batch.window.clone(),
+        RecordBatch::try_new(schema::canonical(), columns)?,
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatlake_core::dead_letter::DeadLetters;
+    use chatlake_core::stage::RunInfo;
+    use chatlake_core::{Transform, Window, WindowRef};
+    use chrono::{FixedOffset, TimeZone, Utc};
+
+    const COLUMNS: [&str; 12] = [
+        "messageId",
+        "customerMessageId",
+        "channel",
+        "direction",
+        "sender",
+        "destination",
+        "body",
+        "status",
+        "sendDate",
+        "deliveryDate",
+        "cost",
+        "parts",
+    ];
+
+    fn raw_batch(rows: &[[&str; 12]]) -> RecordBatch {
+        let schema = Arc::new(arrow::datatypes::Schema::new_with_metadata(
+            COLUMNS
+                .iter()
+                .map(|c| arrow::datatypes::Field::new(*c, arrow::datatypes::DataType::Utf8, true))
+                .collect::<Vec<_>>(),
+            [(schema::RECORD_TYPE_KEY.to_string(), RECORD_TYPE.to_string())].into(),
+        ));
+        let cols: Vec<ArrayRef> = (0..12)
+            .map(|c| Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r[c]))) as ArrayRef)
+            .collect();
+        RecordBatch::try_new(schema, cols).unwrap()
+    }
+
+    fn window() -> WindowRef {
+        Arc::new(Window {
+            source: "sms".into(),
+            stream: "message_history".into(),
+            index: 0,
+            start: None,
+            end: None,
+            utc_offset: FixedOffset::east_opt(3600).unwrap(),
+            label: "w0".into(),
+        })
+    }
+
+    fn context(dir: &std::path::Path) -> TransformContext {
+        TransformContext {
+            name: "canonical".into(),
+            metrics: Arc::default(),
+            dead_letters: DeadLetters::in_dir(dir),
+            run: Arc::new(RunInfo {
+                pipeline: "p".into(),
+                run_id: "r1".into(),
+                started_at: Utc::now(),
+            }),
+        }
+    }
+
+    fn us(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> i64 {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s)
+            .unwrap()
+            .timestamp_micros()
+    }
+
+    #[test]
+    fn times_statuses_and_channels() {
+        assert_eq!(
+            parse_time("2025-01-01T00:30:00+01:00"),
+            Some(us(2024, 12, 31, 23, 30, 0))
+        );
+        assert_eq!(
+            parse_time("2025-01-01T00:30:00Z"),
+            Some(us(2025, 1, 1, 0, 30, 0))
+        );
+        assert_eq!(
+            parse_time("2025-01-01T00:30:00"),
+            None,
+            "an offset is required"
+        );
+        assert_eq!(status("DELIVERED"), "delivered");
+        assert_eq!(status("Expired"), "expired");
+        assert_eq!(status("ACCEPTED"), "unknown");
+    }
+
+    #[test]
+    fn maps_rows_and_dead_letters_bad_dates() {
+        let dir = std::env::temp_dir().join(format!("chatlake-nq-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cx = context(&dir);
+        let mut t = crate::NormalizeTransform::default();
+        let good = [
+            "m1",
+            "c1",
+            "WHATSAPP",
+            "OUTBOUND",
+            "+393331234567",
+            "+39333",
+            "Ciao, \"tu\"\r\n👋",
+            "DELIVERED",
+            "2025-01-01T00:30:00+01:00",
+            "2025-01-01T01:00:05+02:00",
+            "0.05",
+            "1",
+        ];
+        let in_flight = [
+            "m2",
+            "c2",
+            "SMS",
+            "OUTBOUND",
+            "ACME",
+            "+49",
+            "x",
+            "SENT",
+            "2025-01-01T10:00:00Z",
+            "",
+            "0.04",
+            "1",
+        ];
+        let mut bad_send = in_flight;
+        bad_send[8] = "yesterday";
+        let mut bad_delivery = in_flight;
+        bad_delivery[9] = "later";
+        let mut no_id = in_flight;
+        no_id[0] = "";
+        let mut out = Emitter::default();
+        t.transform(
+            Batch::new(
+                window(),
+                raw_batch(&[good, bad_send, in_flight, bad_delivery, no_id]),
+            ),
+            &mut out,
+            &cx,
+        )
+        .unwrap();
+        let b: Vec<Batch> = out.drain().collect();
+        let b = &b[0].data;
+        assert_eq!(b.schema(), schema::canonical());
+        assert_eq!(b.num_rows(), 2);
+        assert_eq!(cx.metrics.dead_letters(), 3);
+        let s = |name: &str, i: usize| {
+            let c = b
+                .column_by_name(name)
+                .unwrap()
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap();
+            (!c.is_null(i)).then(|| c.value(i).to_string())
+        };
+        assert_eq!(s("message_id", 0).as_deref(), Some("m1"));
+        assert_eq!(s("provider", 0).as_deref(), Some("qlara"));
+        assert_eq!(s("channel", 0).as_deref(), Some("whatsapp"));
+        assert_eq!(s("status", 1).as_deref(), Some("sent"));
+        assert_eq!(s("recipient", 1).as_deref(), Some("+49"));
+        assert_eq!(s("sender_id", 1).as_deref(), Some("ACME"));
+        assert_eq!(s("text", 0).as_deref(), Some("Ciao, \"tu\"\r\n👋"));
+        let ts = |name: &str| {
+            b.column_by_name(name)
+                .unwrap()
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(ts("sent_at").value(0), us(2024, 12, 31, 23, 30, 0));
+        assert_eq!(ts("delivered_at").value(0), us(2024, 12, 31, 23, 0, 5));
+        assert!(ts("delivered_at").is_null(1));
+        let v = b
+            .column_by_name("version")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(v.value(0), us(2024, 12, 31, 23, 0, 5) / 1000);
+        assert_eq!(v.value(1), us(2025, 1, 1, 10, 0, 0) / 1000);
+        let dates = b
+            .column_by_name("sent_date")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Date32Array>()
+            .unwrap();
+        assert_eq!(
+            dates.value(0),
+            us(2024, 12, 31, 0, 0, 0).div_euclid(86_400_000_000) as i32
+        );
+    }
+}

@@ -1,0 +1,267 @@
+//! Zoom user-message and chat-report rows → canonical messages.
+//!
+//! Edited and deleted versions are records of their own: `sent_at` is the version's own
+//! `timestamp` (ms; `date_time` when it is missing), `version` is `action_timestamp` where
+//! present, else that timestamp, so `dedupe keep = "latest"` returns the newest state. `status`
+//! is the lowercase provider status (`normal` when absent), `is_bot` says a `bot_message` was
+//! present, `files` become `attachments` as they are. A row without an id or without a usable
+//! time is dead-lettered.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, Date32Array, Int64Array, RecordBatch, StringArray,
+    StringBuilder, TimestampMicrosecondArray,
+};
+use arrow::compute::filter;
+use chatlake_core::schema;
+use chatlake_core::{Batch, Emitter, Error, Result, TransformContext};
+use chrono::DateTime;
+
+/// The record type of `zoom_user_messages` (see `chatlake-source-zoom`).
+pub const USER_MESSAGES: &str = "zoom.user_messages";
+/// The record type of `zoom_chat_report`.
+pub const CHAT_REPORT: &str = "zoom.chat_report";
+
+/// Maps one raw Zoom batch.
+pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()> {
+    let data = &batch.data;
+    let stream = match schema::record_type(data.schema_ref()) {
+        Some(CHAT_REPORT) => "chat_report",
+        _ => "user_messages",
+    };
+    let missing = |name: &str| {
+        Error::component(
+            &cx.name,
+            format!("Zoom batch has no column `{name}` of the expected type"),
+        )
+    };
+    let text = |name: &str| -> Result<&StringArray> {
+        data.column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| missing(name))
+    };
+    let int = |name: &str| -> Result<&Int64Array> {
+        data.column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+            .ok_or_else(|| missing(name))
+    };
+    let id = text("id")?;
+    let date_time = text("date_time")?;
+    let timestamp = int("timestamp")?;
+    let action = int("action_timestamp")?;
+    let status_in = text("status")?;
+    let sender_member = text("sender_member_id")?;
+    let sender_email = text("sender")?;
+    let is_bot = data
+        .column_by_name("is_bot")
+        .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
+        .ok_or_else(|| missing("is_bot"))?;
+    let files = data
+        .column_by_name("files")
+        .ok_or_else(|| missing("files"))?;
+    let n = data.num_rows();
+
+    let mut keep = Vec::with_capacity(n);
+    let mut sent_at = Vec::with_capacity(n);
+    let mut version = Vec::with_capacity(n);
+    let mut status = StringBuilder::with_capacity(n, n * 7);
+    let mut sender = StringBuilder::with_capacity(n, n * 16);
+    for i in 0..n {
+        let ms = if timestamp.is_valid(i) {
+            Some(timestamp.value(i))
+        } else if date_time.is_valid(i) {
+            DateTime::parse_from_rfc3339(date_time.value(i))
+                .ok()
+                .map(|t| t.timestamp_millis())
+        } else {
+            None
+        };
+        let problem = match (id.is_valid(i) && !id.value(i).is_empty(), ms) {
+            (false, _) => Some("a message without an id"),
+            (true, None) => Some("a message without a usable timestamp or date_time"),
+            _ => None,
+        };
+        if let Some(reason) = problem {
+            let raw = serde_json::json!({
+                "id": id.is_valid(i).then(|| id.value(i)),
+                "date_time": date_time.is_valid(i).then(|| date_time.value(i)),
+                "timestamp": timestamp.is_valid(i).then(|| timestamp.value(i)),
+                "sender": sender_email.is_valid(i).then(|| sender_email.value(i)),
+            });
+            cx.dead_letters
+                .record(&cx.name, Some(&batch.window), reason, raw, &cx.metrics)?;
+            keep.push(false);
+            continue;
+        }
+        let ms = ms.unwrap_or_default();
+        keep.push(true);
+        sent_at.push(ms * 1000);
+        version.push(if action.is_valid(i) {
+            action.value(i)
+        } else {
+            ms
+        });
+        if status_in.is_valid(i) {
+            status.append_value(status_in.value(i).to_ascii_lowercase());
+        } else {
+            status.append_value("normal");
+        }
+        if sender_member.is_valid(i) {
+            sender.append_value(sender_member.value(i));
+        } else {
+            sender.append_option(sender_email.is_valid(i).then(|| sender_email.value(i)));
+        }
+    }
+
+    let rows = sent_at.len();
+    let all_kept = rows == n;
+    let mask = BooleanArray::from(keep);
+    let pass = |a: &dyn Array| -> Result<ArrayRef> {
+        if all_kept {
+            Ok(arrow::array::make_array(a.to_data()))
+        } else {
+            Ok(filter(a, &mask)?)
+        }
+    };
+    let col = |name: &str| -> Result<ArrayRef> {
+        pass(
+            data.column_by_name(name)
+                .ok_or_else(|| missing(name))?
+                .as_ref(),
+        )
+    };
+    let constant = |v: &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(v, rows)))
+    };
+    let dates: Vec<i32> = sent_at
+        .iter()
+        .map(|us: &i64| us.div_euclid(86_400_000_000) as i32)
+        .collect();
+    let columns: Vec<ArrayRef> = vec![
+        constant("zoom"),
+        constant(stream),
+        col("id")?,
+        col("conversation_id")?,
+        col("conversation_name")?,
+        Arc::new(sender.finish()),
+        col("sender_display_name")?,
+        col("recipient")?,
+        Arc::new(TimestampMicrosecondArray::from(sent_at).with_timezone("UTC")),
+        Arc::new(Date32Array::from(dates)),
+        col("message")?,
+        pass(is_bot)?,
+        Arc::new(status.finish()),
+        constant("chat"),
+        col("reply_main_message_id")?,
+        pass(files.as_ref())?,
+        Arc::new(TimestampMicrosecondArray::new_null(rows).with_timezone("UTC")),
+        Arc::new(Int64Array::from(version)),
+        constant(&cx.run.run_id),
+    ];
+    out.emit(
+        batch.window.clone(),
+        RecordBatch::try_new(schema::canonical(), columns)?,
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{AsArray, ListArray};
+    use arrow::datatypes::TimestampMicrosecondType;
+    use chatlake_core::dead_letter::DeadLetters;
+    use chatlake_core::stage::RunInfo;
+    use chatlake_core::{Window, WindowRef};
+    use chatlake_source_zoom::parse::{Context, Page, RawBuilder};
+
+    fn context(dir: &std::path::Path) -> TransformContext {
+        TransformContext {
+            name: "canonical".into(),
+            metrics: Arc::default(),
+            dead_letters: DeadLetters::in_dir(dir),
+            run: Arc::new(RunInfo {
+                pipeline: "p".into(),
+                run_id: "r1".into(),
+                started_at: chrono::Utc::now(),
+            }),
+        }
+    }
+
+    fn window() -> WindowRef {
+        Arc::new(Window {
+            source: "zoom".into(),
+            stream: "chat_report".into(),
+            index: 0,
+            start: None,
+            end: None,
+            utc_offset: chrono::FixedOffset::east_opt(0).unwrap(),
+            label: "w".into(),
+        })
+    }
+
+    #[test]
+    fn report_versions_map_to_their_own_records() {
+        let body = br#"{"messages":[
+            {"id":"a","message":"hi","sender":"x@e","sender_member_id":"m1","sender_display_name":"X",
+             "receiver":"y@e","timestamp":1000,"reply_main_message_id":"z","bot_message":{},
+             "files":[{"file_id":"f","file_name":"n","file_size":3,"download_url":"u"}]},
+            {"message":"no id","timestamp":1}],
+            "edited_messages":[{"id":"a","message":"hi!","timestamp":5000,"action_timestamp":6000}],
+            "deleted_messages":[{"id":"b","message":"","date_time":"2025-01-01T00:00:01Z"}]}"#;
+        let page: Page = serde_json::from_slice(body).unwrap();
+        let mut b = RawBuilder::new(CHAT_REPORT);
+        b.append_page(
+            &page,
+            &Context {
+                conversation_id: Some("s1"),
+                ..Context::default()
+            },
+        );
+        let dir = std::env::temp_dir().join(format!("zoom-normalize-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cx = context(&dir);
+        let mut out = Emitter::default();
+        map(Batch::new(window(), b.finish().unwrap()), &mut out, &cx).unwrap();
+        let batches: Vec<Batch> = out.drain().collect();
+        assert_eq!(batches.len(), 1);
+        let d = &batches[0].data;
+        assert_eq!(d.num_rows(), 3, "the row without an id is dead-lettered");
+        assert_eq!(cx.dead_letters.count(), 1);
+        let text = |c: &str| d.column_by_name(c).unwrap().as_string::<i32>().clone();
+        let int = |c: &str| {
+            d.column_by_name(c)
+                .unwrap()
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .clone()
+        };
+        assert_eq!(text("provider").value(0), "zoom");
+        assert_eq!(text("stream").value(0), "chat_report");
+        assert_eq!(text("conversation_id").value(0), "s1");
+        assert_eq!(text("sender_id").value(0), "m1");
+        assert_eq!(text("recipient").value(0), "y@e");
+        assert_eq!(text("reply_to_id").value(0), "z");
+        let status = text("status");
+        let status: Vec<&str> = (0..3).map(|i| status.value(i)).collect();
+        assert_eq!(status, ["normal", "edited", "deleted"]);
+        assert_eq!(
+            int("version").values().to_vec(),
+            [1000, 6000, 1_735_689_601_000]
+        );
+        let sent = d
+            .column_by_name("sent_at")
+            .unwrap()
+            .as_primitive::<TimestampMicrosecondType>();
+        assert_eq!(sent.value(1), 5_000_000, "its own timestamp");
+        assert!(d.column_by_name("is_bot").unwrap().as_boolean().value(0));
+        let files = d
+            .column_by_name("attachments")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<ListArray>()
+            .unwrap();
+        assert_eq!(files.value_length(0), 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

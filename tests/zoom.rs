@@ -1,0 +1,358 @@
+//! Zoom end to end: the real binary with `run --emulate --faults ...` against the built-in
+//! emulator, the lake read back and compared with the emulator's own dataset after
+//! `dedupe keep = "latest"`.
+
+// Test helpers outside `#[test]` functions may unwrap too.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chatlake_emulator::zoom::data;
+use chrono::{DateTime, Datelike, Utc};
+use common::{Scratch, read_jsonl, repo, temp_files};
+
+const START: &str = "2026-01-01T00:00:00Z";
+const END: &str = "2026-01-02T23:59:59Z";
+
+fn ms(s: &str) -> i64 {
+    DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis()
+}
+
+/// message_id → (version, status, text, is_bot) of the newest version of every message the
+/// emulator serves in the range.
+fn latest(from_ms: i64, to_ms: i64) -> BTreeMap<String, (i64, String, String, bool)> {
+    let mut out: BTreeMap<String, (i64, String, String, bool)> = BTreeMap::new();
+    for conv in data::conversations() {
+        for m in data::conversation_messages(42, 1.0, &conv, from_ms, to_ms, true) {
+            let row = (
+                m.timestamp,
+                m.status.as_str().to_lowercase(),
+                m.text.clone(),
+                m.is_bot,
+            );
+            match out.get(&m.id) {
+                Some(have) if have.0 >= row.0 => {}
+                _ => {
+                    out.insert(m.id.clone(), row);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn pipeline(extra: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "zoom_e2e"
+
+[sources.zoom_dm]
+type = "zoom_user_messages"
+start = "{START}"
+end = "{END}"
+window_days = 1
+page_size = 20
+retry = {{ initial_backoff = "10ms", max_backoff = "100ms" }}
+{extra}
+
+[transforms.canonical]
+type = "normalize"
+inputs = ["zoom_dm"]
+
+[transforms.latest]
+type = "dedupe"
+inputs = ["canonical"]
+keep = "latest"
+
+[sinks.out]
+type = "jsonl"
+inputs = ["latest"]
+path = "./lake/zoom"
+compression = "none"
+"#
+    )
+}
+
+fn run_faults(faults: &str, extra: &str) -> (Scratch, common::Outcome) {
+    let s = Scratch::new();
+    let p = s.pipeline("zoom.toml", &pipeline(extra));
+    let out = s.run(&["run", "--emulate", "--faults", faults, p.to_str().unwrap()]);
+    (s, out)
+}
+
+/// The lake holds exactly the newest version of every message, once.
+fn assert_exact(s: &Scratch) {
+    let rows = read_jsonl(&s.path("lake/zoom"));
+    let want = latest(ms(START), ms(END) + 999);
+    let mut got = BTreeMap::new();
+    for r in &rows {
+        let id = r["message_id"].as_str().unwrap().to_string();
+        let v = (
+            r["version"].as_i64().unwrap(),
+            r["status"].as_str().unwrap().to_string(),
+            r["text"].as_str().unwrap_or_default().to_string(),
+            r["is_bot"].as_bool().unwrap(),
+        );
+        assert!(got.insert(id.clone(), v).is_none(), "{id} twice");
+        assert_eq!(r["provider"], "zoom");
+        assert_eq!(r["stream"], "user_messages");
+    }
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "rows differ from the emulator's dataset");
+    let statuses: BTreeSet<&str> = got.values().map(|v| v.1.as_str()).collect();
+    assert_eq!(statuses, BTreeSet::from(["deleted", "edited", "normal"]));
+    assert!(temp_files(&s.path("lake/zoom")).is_empty());
+}
+
+#[test]
+fn user_messages_without_faults_land_exactly() {
+    let (s, out) = run_faults("", "");
+    out.expect_code(0);
+    assert_exact(&s);
+    let rows = read_jsonl(&s.path("lake/zoom"));
+    let r = rows
+        .iter()
+        .find(|r| r["attachments"].as_array().is_some_and(|a| !a.is_empty()))
+        .unwrap();
+    assert!(r["attachments"][0]["file_id"].is_string());
+    assert!(r["sent_at"].as_str().unwrap().ends_with('Z'));
+}
+
+#[test]
+fn expired_page_tokens_restart_windows_without_duplicates() {
+    let (s, out) = run_faults("zoom.page_token_expiry=6", "");
+    out.expect_code(0);
+    assert_exact(&s);
+}
+
+#[test]
+fn rate_limit_answers_with_headers_are_waited_out() {
+    let (s, out) = run_faults("zoom.rate_limit=7,zoom.daily_limit=11", "");
+    let out = out.expect_code(0);
+    assert_exact(&s);
+    assert!(out.stderr().contains("429"), "{}", out.stderr());
+}
+
+#[test]
+fn a_token_revoked_once_is_replaced() {
+    let (s, out) = run_faults("zoom.token_invalidate_once=2", "");
+    out.expect_code(0);
+    assert_exact(&s);
+}
+
+#[test]
+fn a_token_refused_twice_fails_the_run_with_a_clear_message() {
+    let (_s, out) = run_faults(
+        "zoom.token_invalidate=1",
+        r#"users = ["zu00"]
+conversations = { to_channel = ["ch-eng"] }"#,
+    );
+    let out = out.expect_code(1);
+    let all = format!("{}{}", out.stdout(), out.stderr());
+    assert!(all.contains("freshly fetched access token"), "{all}");
+    assert!(!all.contains(chatlake_emulator::zoom::CLIENT_SECRET));
+}
+
+#[test]
+fn server_errors_and_slow_answers_lose_nothing() {
+    let (s, out) = run_faults("zoom.server_error=5,zoom.slow_ms=30", "");
+    out.expect_code(0);
+    assert_exact(&s);
+}
+
+#[test]
+fn a_report_start_older_than_six_months_is_refused_by_validate() {
+    let s = Scratch::new();
+    let p = s.pipeline(
+        "report.toml",
+        r#"
+[pipeline]
+name = "r"
+
+[sources.rep]
+type = "zoom_chat_report"
+auth = { type = "zoom_server_to_server", account_id = "a", client_id = "c", client_secret = "s" }
+start = "2020-01-01"
+end = "2020-01-31"
+
+[transforms.canonical]
+type = "normalize"
+inputs = ["rep"]
+
+[sinks.out]
+type = "jsonl"
+inputs = ["canonical"]
+path = "./lake"
+"#,
+    );
+    let out = s.run(&["validate", p.to_str().unwrap()]).expect_code(2);
+    let err = out.stderr();
+    assert!(err.contains("sources.rep.start"), "{err}");
+    assert!(err.contains("six months"), "{err}");
+}
+
+#[test]
+fn chat_reports_of_this_month_keep_the_newest_version() {
+    let s = Scratch::new();
+    let today = Utc::now().date_naive();
+    let first = today.with_day(1).unwrap();
+    let p = s.pipeline(
+        "report.toml",
+        &format!(
+            r#"
+[pipeline]
+name = "r"
+
+[sources.rep]
+type = "zoom_chat_report"
+sessions = ["sess-ch-eng", "sess-im-zu00-zu01"]
+start = "{first}"
+end = "{today}"
+
+[transforms.canonical]
+type = "normalize"
+inputs = ["rep"]
+
+[transforms.latest]
+type = "dedupe"
+inputs = ["canonical"]
+keep = "latest"
+
+[sinks.out]
+type = "jsonl"
+inputs = ["latest"]
+path = "./lake"
+compression = "none"
+"#
+        ),
+    );
+    s.run(&["run", "--emulate", p.to_str().unwrap()])
+        .expect_code(0);
+    let from = first
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_millis();
+    let to = today
+        .and_hms_opt(23, 59, 59)
+        .unwrap()
+        .and_utc()
+        .timestamp_millis()
+        + 999;
+    let mut want = BTreeMap::new();
+    for (id, conv) in data::sessions() {
+        if id != "sess-ch-eng" && id != "sess-im-zu00-zu01" {
+            continue;
+        }
+        for m in data::conversation_messages(42, 1.0, &conv, from, to, true) {
+            let e = want.entry(m.id.clone()).or_insert((0, String::new()));
+            if m.timestamp > e.0 {
+                *e = (m.timestamp, m.status.as_str().to_lowercase());
+            }
+        }
+    }
+    let rows = read_jsonl(&s.path("lake"));
+    let got: BTreeMap<String, (i64, String)> = rows
+        .iter()
+        .map(|r| {
+            assert_eq!(r["stream"], "chat_report");
+            (
+                r["message_id"].as_str().unwrap().to_string(),
+                (
+                    r["version"].as_i64().unwrap(),
+                    r["status"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), rows.len(), "one row per message");
+    assert_eq!(got, want);
+}
+
+#[test]
+fn the_zoom_pipeline_plans_and_validates() {
+    let s = Scratch::new();
+    let p = repo("pipelines/zoom.toml");
+    s.run(&["validate", "--emulate", p.to_str().unwrap()])
+        .expect_code(0);
+    let out = s
+        .run(&["plan", "--emulate", p.to_str().unwrap()])
+        .expect_code(0);
+    assert!(out.stdout().contains("zoom_report"), "{}", out.stdout());
+}
+
+#[test]
+fn saved_pages_load_with_the_reference_mapping() {
+    let s = Scratch::new();
+    let pages = [
+        r#"{"date":"2025-05-02","from":"2025-05-01T00:00:00Z","to":"2025-05-02T00:00:00Z","page_size":2,"next_page_token":"x","user_id":"u1","to_channel":"ch1","messages":[{"id":"m1","message":"edited text","sender":"a@x","sender_member_id":"mem-a","send_member_id":"mem-a","sender_display_name":"A","date_time":"2025-05-01T10:05:00Z","timestamp":1746093900000,"status":"Edited","files":[]},{"id":"m2","message":"bot","send_member_id":"mem-b","date_time":"2025-05-01T10:01:00Z","timestamp":1746093660000,"status":"Normal","bot_message":{}}]}"#,
+        r#"{"date":"2025-05-02","from":"2025-05-01T00:00:00Z","to":"2025-05-02T00:00:00Z","page_size":2,"next_page_token":"","user_id":"u1","to_channel":"ch1","messages":[{"id":"m1","message":"original  ","send_member_id":"mem-a","sender_display_name":"A","date_time":"2025-05-01T10:00:00Z","timestamp":1746093600000,"files":[{"file_id":"f1","file_name":"a.png","file_size":12,"download_url":"https://x/f1"}],"reply_main_message_id":"m0"}]}"#,
+    ];
+    std::fs::write(s.path("pages.jsonl"), pages.join("\n")).unwrap();
+    let p = s.pipeline(
+        "files.toml",
+        r#"
+[pipeline]
+name = "zf"
+
+[sources.z]
+type = "zoom_user_messages"
+files = ["pages.jsonl"]
+
+[transforms.canonical]
+type = "normalize"
+inputs = ["z"]
+
+[transforms.latest]
+type = "dedupe"
+inputs = ["canonical"]
+keep = "latest"
+
+[transforms.humans]
+type = "bot_filter"
+inputs = ["latest"]
+mode = "exclude"
+
+[sinks.out]
+type = "jsonl"
+inputs = ["humans"]
+path = "./out"
+compression = "none"
+"#,
+    );
+    s.run(&["run", p.to_str().unwrap()]).expect_code(0);
+    let rows = read_jsonl(&s.path("out"));
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let r = &rows[0];
+    assert_eq!(r["message_id"], "m1");
+    assert_eq!(r["conversation_id"], "ch1");
+    assert_eq!(r["sender_id"], "mem-a");
+    assert_eq!(r["text"], "edited text");
+    assert_eq!(r["status"], "edited");
+    assert_eq!(r["version"], 1746093900000i64);
+    assert_eq!(r["channel"], "chat");
+    assert_eq!(r["attachments"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn a_second_run_skips_the_windows_the_first_committed() {
+    let s = Scratch::new();
+    let p = s.pipeline("zoom.toml", &pipeline(""));
+    let args = ["run", "--emulate", p.to_str().unwrap()];
+    let first = s.run(&args).expect_code(0);
+    assert!(
+        !first.stdout().contains("(0 source records"),
+        "{}",
+        first.stdout()
+    );
+    let second = s.run(&args).expect_code(0);
+    assert!(
+        second.stdout().contains("(0 source records"),
+        "{}",
+        second.stdout()
+    );
+    assert_exact(&s);
+}
