@@ -356,3 +356,34 @@ fn a_second_run_skips_the_windows_the_first_committed() {
     );
     assert_exact(&s);
 }
+
+#[test]
+fn conversations_zoom_does_not_serve_are_skipped_and_reported_without_failing_the_run() {
+    let (s, out) = run_faults(
+        "zoom.slow_ms=0",
+        r#"users = ["user01@example.com"]
+conversations = { to_channel = ["ch-general", "ch-ghost"] }"#,
+    );
+    let out = out.expect_code(0);
+    let stdout = out.stdout();
+    assert!(
+        stdout.contains("skipped by zoom_dm:") && stdout.contains("ch-ghost"),
+        "{stdout}"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(s.path("lake/_state/zoom_e2e/last_run.json")).unwrap(),
+    )
+    .unwrap();
+    let skipped = summary["components"][0]["skipped"].as_array().unwrap();
+    assert!(
+        !skipped.is_empty()
+            && skipped
+                .iter()
+                .all(|v| v.as_str().unwrap().contains("ch-ghost")),
+        "{skipped:?}"
+    );
+    assert!(
+        !read_jsonl(&s.path("lake/zoom")).is_empty(),
+        "ch-general still loads"
+    );
+}

@@ -141,6 +141,17 @@ pub fn print(s: &RunSummary) {
         for f in &c.failures {
             println!("  failed: {f}");
         }
+        for (i, what) in c.skipped.iter().enumerate() {
+            if i == 10 {
+                println!(
+                    "  {}: … and {} more skipped (all in the JSON summary)",
+                    c.name,
+                    c.skipped.len() - 10
+                );
+                break;
+            }
+            println!("  skipped by {}: {what}", c.name);
+        }
     }
     if let Some(e) = &s.error {
         println!("  error: {e}");

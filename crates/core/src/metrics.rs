@@ -20,6 +20,7 @@ pub struct ComponentMetrics {
     windows_done: AtomicU64,
     windows_failed: AtomicU64,
     failures: Mutex<Vec<String>>,
+    skipped: Mutex<Vec<String>>,
 }
 
 impl ComponentMetrics {
@@ -53,6 +54,14 @@ impl ComponentMetrics {
         self.windows_failed.fetch_add(1, Relaxed);
         if let Ok(mut f) = self.failures.lock() {
             f.push(why);
+        }
+    }
+
+    /// A resource the provider does not serve (a deleted user, a conversation that is gone) was
+    /// skipped: not a failure, but the summary says what and why.
+    pub fn add_skipped(&self, what: String) {
+        if let Ok(mut s) = self.skipped.lock() {
+            s.push(what);
         }
     }
 
@@ -94,6 +103,7 @@ impl ComponentMetrics {
             windows_done: self.windows_done.load(Relaxed),
             windows_failed: self.windows_failed.load(Relaxed),
             failures: self.failures.lock().map(|f| f.clone()).unwrap_or_default(),
+            skipped: self.skipped.lock().map(|f| f.clone()).unwrap_or_default(),
             seconds,
         }
     }
@@ -117,6 +127,8 @@ pub struct ComponentSummary {
     pub windows_done: u64,
     pub windows_failed: u64,
     pub failures: Vec<String>,
+    /// Resources skipped because the provider does not serve them (see `add_skipped`).
+    pub skipped: Vec<String>,
     pub seconds: f64,
 }
 

@@ -27,10 +27,16 @@ enum Budget {
     Window(Arc<tokio::sync::Mutex<VecDeque<Instant>>>),
 }
 
+/// How long a budget runs at half rate after a `429`.
+pub const SLOW_DOWN_FOR: Duration = Duration::from_secs(60);
+
 /// A cloneable, shared request budget.
 #[derive(Clone)]
 pub struct RateLimiter {
     budget: Budget,
+    /// Until when the budget runs at half its rate, after a `429`.
+    slowed_until: Arc<Mutex<Option<Instant>>>,
+    slow_down_for: Duration,
     paused_until: Arc<Mutex<Option<Instant>>>,
     requests: NonZeroU32,
     period: Duration,
@@ -53,6 +59,8 @@ impl RateLimiter {
         RateLimiter {
             budget: Budget::Spaced(Arc::new(governor::RateLimiter::direct(quota))),
             paused_until: Arc::new(Mutex::new(None)),
+            slowed_until: Arc::new(Mutex::new(None)),
+            slow_down_for: SLOW_DOWN_FOR,
             requests,
             period,
         }
@@ -65,9 +73,17 @@ impl RateLimiter {
                 requests.get() as usize,
             )))),
             paused_until: Arc::new(Mutex::new(None)),
+            slowed_until: Arc::new(Mutex::new(None)),
+            slow_down_for: SLOW_DOWN_FOR,
             requests,
             period,
         }
+    }
+
+    /// Sets how long the budget runs at half rate after a `429` (default [`SLOW_DOWN_FOR`]).
+    pub fn with_slow_down(mut self, slow_down_for: Duration) -> Self {
+        self.slow_down_for = slow_down_for;
+        self
     }
 
     /// At most `requests` a minute, evenly spaced.
@@ -89,6 +105,20 @@ impl RateLimiter {
                 _ => break,
             }
         }
+        let slowed = self
+            .slowed_until
+            .lock()
+            .ok()
+            .and_then(|s| *s)
+            .is_some_and(|until| until > Instant::now());
+        self.take_one().await;
+        if slowed {
+            // Half rate: every request spends two places of the budget.
+            self.take_one().await;
+        }
+    }
+
+    async fn take_one(&self) {
         match &self.budget {
             Budget::Spaced(limiter) => limiter.until_ready().await,
             Budget::Window(sent) => {
@@ -109,6 +139,16 @@ impl RateLimiter {
                     tokio::time::sleep_until(oldest + self.period).await;
                 }
             }
+        }
+    }
+
+    /// A `429` answered: hold every request back for `wait` (the provider's reset), then run at
+    /// half the rate for [`SLOW_DOWN_FOR`], since our pacing and the provider's count disagree
+    /// (another app of the same account spends the budget too).
+    pub fn rate_limited(&self, wait: Duration) {
+        self.pause_for(wait);
+        if let Ok(mut slowed) = self.slowed_until.lock() {
+            *slowed = Some(Instant::now() + wait + self.slow_down_for);
         }
     }
 
@@ -164,6 +204,32 @@ mod tests {
                 "request {i} at {t}s has {in_window} in its minute"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_429_pauses_the_budget_then_halves_its_rate_for_a_while() {
+        let rl = RateLimiter::per_second(NonZeroU32::new(20).unwrap())
+            .with_slow_down(Duration::from_millis(600));
+        rl.until_ready().await;
+        let start = std::time::Instant::now();
+        rl.clone().rate_limited(Duration::from_millis(200));
+        for _ in 0..5 {
+            rl.until_ready().await;
+        }
+        // A 200 ms pause, then 100 ms apart instead of 50: about 0.65 s (0.4 s at full rate).
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(600), "{took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let start = std::time::Instant::now();
+        for _ in 0..5 {
+            rl.until_ready().await;
+        }
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_millis(450),
+            "back to full rate: {took:?}"
+        );
     }
 
     #[tokio::test]

@@ -295,7 +295,7 @@ impl ZoomApi {
                     wait_ms = wait.as_millis() as u64,
                     "Zoom answered 429; pausing the account's budget."
                 );
-                limiter.per_second.pause_for(wait);
+                limiter.per_second.rate_limited(wait);
             } else {
                 let delay = self.retry.delay(attempts, error.server_wait());
                 tracing::warn!(

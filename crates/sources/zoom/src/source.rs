@@ -469,6 +469,7 @@ impl ZoomSource {
         api: &ZoomApi,
         settings: &ApiSettings,
         skipped: &AtomicU64,
+        metrics: &chatlake_core::metrics::ComponentMetrics,
     ) -> Result<Vec<Target>, ApiError> {
         let (users, ids_by_email): (Vec<String>, HashMap<String, String>) = match &settings.users {
             Some(list) => (list.clone(), HashMap::new()),
@@ -509,6 +510,7 @@ impl ZoomSource {
                 Ok(c) => c,
                 Err(ApiError::Resource(e)) => {
                     skipped.fetch_add(1, Ordering::Relaxed);
+                    metrics.add_skipped(format!("user {user}: {e}"));
                     tracing::warn!(component = %self.name, user = %user, "Skipping a user Zoom does not serve: {e}");
                     continue;
                 }
@@ -600,6 +602,7 @@ impl ZoomSource {
         api: &ZoomApi,
         settings: &ApiSettings,
         skipped: &AtomicU64,
+        metrics: &chatlake_core::metrics::ComponentMetrics,
     ) -> Result<Vec<(Window, Target)>, ApiError> {
         let mut targets = BTreeMap::new();
         if let Some(listed) = self.listed_targets(settings) {
@@ -611,7 +614,8 @@ impl ZoomSource {
         } else {
             targets.insert(
                 usize::MAX,
-                self.discover_user_targets(api, settings, skipped).await?,
+                self.discover_user_targets(api, settings, skipped, metrics)
+                    .await?,
             );
         }
         Ok(self.windows(settings, &targets))
@@ -770,6 +774,7 @@ impl ZoomSource {
             Ok(()) => cx.out.window_done(window).await,
             Err(WindowError::Skipped(e)) => {
                 skipped.fetch_add(1, Ordering::Relaxed);
+                cx.metrics.add_skipped(format!("{}: {e}", window.label));
                 tracing::warn!(component = %self.name, window = %window.label, "Skipping a conversation Zoom does not serve: {e}");
                 cx.out.window_done(window).await
             }
@@ -797,7 +802,7 @@ impl ZoomSource {
         );
         let skipped = AtomicU64::new(0);
         let windows = self
-            .discover(&api, settings, &skipped)
+            .discover(&api, settings, &skipped, &cx.metrics)
             .await
             .map_err(|e| self.core_error(format!("discovery failed: {e}")))?;
         tracing::info!(component = %self.name, windows = windows.len(), "Zoom windows planned.");
