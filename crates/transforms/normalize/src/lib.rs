@@ -3,6 +3,7 @@
 //! Each provider's mapping is a module of its own; the transform picks one per batch by the
 //! record type in the batch's schema metadata, so one `normalize` can take every source at once.
 
+mod columns;
 mod lineworks;
 mod qlara;
 mod zoom;

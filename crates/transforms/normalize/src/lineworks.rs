@@ -8,13 +8,12 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Date32Array, Int64Array, ListArray, RecordBatch, StringArray,
-    StringBuilder, TimestampMicrosecondArray,
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, StringBuilder,
 };
-use arrow::buffer::OffsetBuffer;
-use arrow::compute::filter;
-use chatlake_core::schema::{self, attachment_item_field};
+use chatlake_core::schema::{self};
 use chatlake_core::{Batch, Emitter, Error, Result, TransformContext, WindowRef};
+
+use crate::columns::{Kept, constant, no_attachments, no_text, no_time, utc, utc_dates};
 use chrono::{FixedOffset, NaiveDate};
 use hashbrown::HashMap;
 use md5::{Digest, Md5};
@@ -117,50 +116,30 @@ impl LineworksMapper {
         }
 
         let rows = sent_at.len();
-        let all_kept = rows == n;
-        let mask = BooleanArray::from(keep);
-        let pass = |a: &StringArray| -> Result<ArrayRef> {
-            // Text columns pass through without a copy unless rows were dead-lettered.
-            if all_kept {
-                Ok(Arc::new(a.clone()))
-            } else {
-                Ok(filter(a, &mask)?)
-            }
-        };
-        let constant = |v: &str| -> ArrayRef {
-            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(v, rows)))
-        };
+        // Text columns pass through without a copy unless rows were dead-lettered.
+        let kept = Kept::new(keep);
         let versions: Vec<i64> = sent_at.iter().map(|us| us / 1000).collect();
-        let dates: Vec<i32> = sent_at
-            .iter()
-            .map(|us| us.div_euclid(86_400_000_000) as i32)
-            .collect();
-        let attachments = ListArray::new(
-            attachment_item_field(),
-            OffsetBuffer::new_zeroed(rows),
-            arrow::array::new_empty_array(attachment_item_field().data_type()),
-            None,
-        );
+        let dates = utc_dates(&sent_at);
         let columns: Vec<ArrayRef> = vec![
-            constant("lineworks"),
-            constant("message_contents"),
+            constant("lineworks", rows),
+            constant("message_contents", rows),
             Arc::new(ids.finish()),
-            pass(room)?,
-            arrow::array::new_null_array(&arrow::datatypes::DataType::Utf8, rows),
+            kept.pass(room)?,
+            no_text(rows),
             Arc::new(sender_id.finish()),
             Arc::new(sender_name.finish()),
-            pass(recipient)?,
-            Arc::new(TimestampMicrosecondArray::from(sent_at).with_timezone("UTC")),
-            Arc::new(Date32Array::from(dates)),
-            pass(message)?,
+            kept.pass(recipient)?,
+            utc(sent_at),
+            dates,
+            kept.pass(message)?,
             Arc::new(BooleanArray::from(is_bot)),
-            constant("normal"),
-            constant("chat"),
-            arrow::array::new_null_array(&arrow::datatypes::DataType::Utf8, rows),
-            Arc::new(attachments),
-            Arc::new(TimestampMicrosecondArray::new_null(rows).with_timezone("UTC")),
+            constant("normal", rows),
+            constant("chat", rows),
+            no_text(rows),
+            no_attachments(rows),
+            no_time(rows),
             Arc::new(Int64Array::from(versions)),
-            constant(&cx.run.run_id),
+            constant(&cx.run.run_id, rows),
         ];
         out.emit(
             batch.window.clone(),
@@ -231,6 +210,7 @@ pub fn parse_local_time(s: &str, offset: FixedOffset) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::TimestampMicrosecondArray;
     use chatlake_core::dead_letter::DeadLetters;
     use chatlake_core::metrics::ComponentMetrics;
     use chatlake_core::stage::RunInfo;

@@ -10,13 +10,12 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Date32Array, Int64Array, ListArray, RecordBatch, StringArray,
-    StringBuilder, TimestampMicrosecondArray,
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, StringBuilder,
 };
-use arrow::buffer::OffsetBuffer;
-use arrow::compute::filter;
-use chatlake_core::schema::{self, attachment_item_field};
+use chatlake_core::schema::{self};
 use chatlake_core::{Batch, Emitter, Error, Result, TransformContext};
+
+use crate::columns::{Kept, constant, no_attachments, no_text, utc, utc_dates, utc_opt};
 
 /// The record type the Qlara source emits (see `chatlake-source-qlara`).
 pub const RECORD_TYPE: &str = "qlara.message_history";
@@ -111,54 +110,33 @@ pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()>
     }
 
     let rows = sent_at.len();
-    let all_kept = rows == n;
-    let mask = BooleanArray::from(keep);
-    let pass = |a: &StringArray| -> Result<ArrayRef> {
-        if all_kept {
-            Ok(Arc::new(a.clone()))
-        } else {
-            Ok(filter(a, &mask)?)
-        }
-    };
-    let constant = |v: &str| -> ArrayRef {
-        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(v, rows)))
-    };
+    let kept = Kept::new(keep);
     let versions: Vec<i64> = sent_at
         .iter()
         .zip(&delivered_at)
         .map(|(s, d)| d.unwrap_or(*s) / 1000)
         .collect();
-    let dates: Vec<i32> = sent_at
-        .iter()
-        .map(|us| us.div_euclid(86_400_000_000) as i32)
-        .collect();
-    let attachments = ListArray::new(
-        attachment_item_field(),
-        OffsetBuffer::new_zeroed(rows),
-        arrow::array::new_empty_array(attachment_item_field().data_type()),
-        None,
-    );
-    let null_text = || arrow::array::new_null_array(&arrow::datatypes::DataType::Utf8, rows);
+    let dates = utc_dates(&sent_at);
     let columns: Vec<ArrayRef> = vec![
-        constant("qlara"),
-        constant("message_history"),
-        pass(id)?,
-        null_text(),
-        null_text(),
-        pass(sender)?,
-        null_text(),
-        pass(destination)?,
-        Arc::new(TimestampMicrosecondArray::from(sent_at).with_timezone("UTC")),
-        Arc::new(Date32Array::from(dates)),
-        pass(body)?,
+        constant("qlara", rows),
+        constant("message_history", rows),
+        kept.pass(id)?,
+        no_text(rows),
+        no_text(rows),
+        kept.pass(sender)?,
+        no_text(rows),
+        kept.pass(destination)?,
+        utc(sent_at),
+        dates,
+        kept.pass(body)?,
         Arc::new(BooleanArray::from(vec![false; rows])),
         Arc::new(statuses.finish()),
         Arc::new(channels.finish()),
-        null_text(),
-        Arc::new(attachments),
-        Arc::new(TimestampMicrosecondArray::from(delivered_at).with_timezone("UTC")),
+        no_text(rows),
+        no_attachments(rows),
+        utc_opt(delivered_at),
         Arc::new(Int64Array::from(versions)),
-        constant(&cx.run.run_id),
+        constant(&cx.run.run_id, rows),
     ];
     out.emit(
         batch.window.clone(),
@@ -170,6 +148,7 @@ pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::{Date32Array, TimestampMicrosecondArray};
     use chatlake_core::dead_letter::DeadLetters;
     use chatlake_core::stage::RunInfo;
     use chatlake_core::{Transform, Window, WindowRef};

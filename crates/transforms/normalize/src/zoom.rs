@@ -10,13 +10,13 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Date32Array, Int64Array, RecordBatch, StringArray,
-    StringBuilder, TimestampMicrosecondArray,
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, StringBuilder,
 };
-use arrow::compute::filter;
 use chatlake_core::schema;
 use chatlake_core::{Batch, Emitter, Error, Result, TransformContext};
 use chrono::DateTime;
+
+use crate::columns::{Kept, constant, no_time, utc, utc_dates};
 
 /// The record type of `zoom_user_messages` (see `chatlake-source-zoom`).
 pub const USER_MESSAGES: &str = "zoom.user_messages";
@@ -115,49 +115,35 @@ pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()>
     }
 
     let rows = sent_at.len();
-    let all_kept = rows == n;
-    let mask = BooleanArray::from(keep);
-    let pass = |a: &dyn Array| -> Result<ArrayRef> {
-        if all_kept {
-            Ok(arrow::array::make_array(a.to_data()))
-        } else {
-            Ok(filter(a, &mask)?)
-        }
-    };
+    let kept = Kept::new(keep);
     let col = |name: &str| -> Result<ArrayRef> {
-        pass(
+        kept.pass(
             data.column_by_name(name)
                 .ok_or_else(|| missing(name))?
                 .as_ref(),
         )
     };
-    let constant = |v: &str| -> ArrayRef {
-        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(v, rows)))
-    };
-    let dates: Vec<i32> = sent_at
-        .iter()
-        .map(|us: &i64| us.div_euclid(86_400_000_000) as i32)
-        .collect();
+    let dates = utc_dates(&sent_at);
     let columns: Vec<ArrayRef> = vec![
-        constant("zoom"),
-        constant(stream),
+        constant("zoom", rows),
+        constant(stream, rows),
         col("id")?,
         col("conversation_id")?,
         col("conversation_name")?,
         Arc::new(sender.finish()),
         col("sender_display_name")?,
         col("recipient")?,
-        Arc::new(TimestampMicrosecondArray::from(sent_at).with_timezone("UTC")),
-        Arc::new(Date32Array::from(dates)),
+        utc(sent_at),
+        dates,
         col("message")?,
-        pass(is_bot)?,
+        kept.pass(is_bot)?,
         Arc::new(status.finish()),
-        constant("chat"),
+        constant("chat", rows),
         col("reply_main_message_id")?,
-        pass(files.as_ref())?,
-        Arc::new(TimestampMicrosecondArray::new_null(rows).with_timezone("UTC")),
+        kept.pass(files.as_ref())?,
+        no_time(rows),
         Arc::new(Int64Array::from(version)),
-        constant(&cx.run.run_id),
+        constant(&cx.run.run_id, rows),
     ];
     out.emit(
         batch.window.clone(),
