@@ -8,6 +8,7 @@ pub mod config;
 pub mod dead_letter;
 mod error;
 pub mod event;
+pub mod files;
 pub mod graph;
 pub mod metrics;
 pub mod registry;

@@ -19,13 +19,9 @@ pub enum Error {
     #[error("{origin}: {message}")]
     File { origin: String, message: String },
 
-    /// A `files` glob matched no file.
-    #[error("files[{index}]: no file matches {pattern:?} (relative paths start in {cwd})")]
-    NoMatch {
-        index: usize,
-        pattern: String,
-        cwd: String,
-    },
+    /// The `files` globs gave no files to read.
+    #[error(transparent)]
+    Files(#[from] chatlake_core::files::FilesError),
 
     #[error(transparent)]
     Http(#[from] chatlake_http::Error),

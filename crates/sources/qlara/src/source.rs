@@ -208,34 +208,7 @@ impl QlaraSource {
 
     /// One window per file matched by the globs, in path order.
     fn file_windows(&self, files: &FilesMode) -> Result<Vec<(Window, PathBuf)>, Error> {
-        let mut paths = Vec::new();
-        for (index, pattern) in files.patterns.iter().enumerate() {
-            let matches = glob::glob(pattern).map_err(|e| Error::File {
-                origin: format!("files[{index}]"),
-                message: e.to_string(),
-            })?;
-            let before = paths.len();
-            for entry in matches {
-                let path = entry.map_err(|e| Error::File {
-                    origin: e.path().display().to_string(),
-                    message: e.error().to_string(),
-                })?;
-                if path.is_file() {
-                    paths.push(path);
-                }
-            }
-            if paths.len() == before {
-                return Err(Error::NoMatch {
-                    index,
-                    pattern: pattern.clone(),
-                    cwd: std::env::current_dir()
-                        .map(|d| d.display().to_string())
-                        .unwrap_or_else(|_| "the working directory".into()),
-                });
-            }
-        }
-        paths.sort();
-        paths.dedup();
+        let paths = chatlake_core::files::expand(&files.patterns)?;
         let offset = files
             .start
             .map(|s| *s.offset())

@@ -828,24 +828,7 @@ impl ZoomSource {
     // ---- saved pages ----------------------------------------------------------------------
 
     fn file_paths(&self, files: &FilesSettings) -> chatlake_core::Result<Vec<PathBuf>> {
-        let mut paths = Vec::new();
-        for (i, pattern) in files.patterns.iter().enumerate() {
-            let before = paths.len();
-            for entry in
-                glob::glob(pattern).map_err(|e| self.core_error(format!("files[{i}]: {e}")))?
-            {
-                let path = entry.map_err(|e| self.core_error(e))?;
-                if path.is_file() {
-                    paths.push(path);
-                }
-            }
-            if paths.len() == before {
-                return Err(self.core_error(format!("files[{i}]: no file matches {pattern:?}")));
-            }
-        }
-        paths.sort();
-        paths.dedup();
-        Ok(paths)
+        chatlake_core::files::expand(&files.patterns).map_err(|e| self.core_error(e))
     }
 
     async fn load_file(
