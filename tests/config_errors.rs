@@ -191,3 +191,67 @@ fn components_lists_every_type_with_options() {
     // Other providers' sources join the list as they land: at least the types above.
     assert!(json.as_array().unwrap().len() >= 8, "{json}");
 }
+
+#[test]
+fn select_names_are_checked_against_canonical_columns() {
+    let s = Scratch::new();
+    let with_select = |select: &str| {
+        GOOD.replace("inputs = [\"canonical\"]", "inputs = [\"columns\"]")
+            + &format!(
+                "\n[transforms.columns]\ntype = \"select\"\ninputs = [\"canonical\"]\n{select}\n"
+            )
+    };
+    let p = s.pipeline(
+        "ok.toml",
+        &with_select("columns = [\"message_id\", \"sent_at\", \"text\"]"),
+    );
+    s.run(&["validate", p.to_str().unwrap()]).expect_code(0);
+
+    let p = s.pipeline(
+        "typo.toml",
+        &with_select("columns = [\"message_id\", \"sent_att\"]"),
+    );
+    let err = s
+        .run(&["validate", p.to_str().unwrap()])
+        .expect_code(2)
+        .stderr();
+    assert!(
+        err.contains(
+            "transforms.columns.inputs: column `sent_att` (listed in `columns`) is not in canonical messages"
+        ),
+        "{err}"
+    );
+
+    let p = s.pipeline(
+        "both.toml",
+        &with_select("columns = [\"text\"]\ndrop = [\"run_id\"]"),
+    );
+    let err = s
+        .run(&["validate", p.to_str().unwrap()])
+        .expect_code(2)
+        .stderr();
+    assert!(
+        err.contains("transforms.columns.drop: set `columns`"),
+        "{err}"
+    );
+
+    // A projection is not canonical any more: dedupe refuses it.
+    let body = with_select("drop = [\"run_id\"]")
+        + "\n[transforms.unique]\ntype = \"dedupe\"\ninputs = [\"columns\"]\n";
+    let body = body.replace(
+        "inputs = [\"columns\"]\npath",
+        "inputs = [\"unique\"]\npath",
+    );
+    let p = s.pipeline("order.toml", &body);
+    let err = s
+        .run(&["validate", p.to_str().unwrap()])
+        .expect_code(2)
+        .stderr();
+    assert!(
+        err.contains("transforms.unique.inputs: dedupe needs canonical messages")
+            && err.contains("canonical.projection"),
+        "{err}"
+    );
+    let out = s.run(&["components"]).expect_code(0).stdout();
+    assert!(out.contains("`select`"), "{out}");
+}

@@ -12,6 +12,7 @@ pub fn registry() -> Registry {
     r.register_transform::<chatlake_transform_normalize::NormalizeConfig>();
     r.register_transform::<chatlake_transform_dedupe::DedupeConfig>();
     r.register_transform::<chatlake_transform_bot_filter::BotFilterConfig>();
+    r.register_transform::<chatlake_transform_select::SelectConfig>();
     r.register_sink::<chatlake_sink_parquet::ParquetSinkConfig>();
     r.register_sink::<chatlake_sink_csv::CsvSinkConfig>();
     r.register_sink::<chatlake_sink_jsonl::JsonlSinkConfig>();
