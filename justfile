@@ -17,6 +17,12 @@ lint:
 validate:
     cargo run -- validate --emulate pipelines/*.toml
 
+# chatlake next to the DuckDB and Polars anchors on the reference jobs, verified (see
+# BENCHMARKS.md). Default 1M rows, 1 warm-up + 3 runs each; e.g. `just bench --quick`,
+# `just bench --rows 5000000 --jobs lineworks`, `just bench --bin target/debug/chatlake`.
+bench *ARGS:
+    python3 bench/run.py {{ARGS}}
+
 # Everything CI does.
 ci:
     bash .ci/run
