@@ -11,6 +11,7 @@ pub mod event;
 pub mod files;
 pub mod graph;
 pub mod metrics;
+pub mod parsed;
 pub mod registry;
 pub mod runtime;
 pub mod schema;

@@ -76,12 +76,8 @@ pub struct ParseOptions {
     pub header_warned: Arc<AtomicBool>,
 }
 
-/// Where parsed rows go. Returning `Err` stops the parser (downstream is gone).
-pub trait RowSink {
-    fn batch(&mut self, batch: RecordBatch) -> Result<(), String>;
-    /// A row that cannot be represented: `raw` holds its record number and fields.
-    fn dead_letter(&mut self, reason: &str, raw: serde_json::Value) -> Result<(), String>;
-}
+/// Where parsed rows go (the bridge every file-reading source shares).
+pub use chatlake_core::parsed::RowSink;
 
 /// What a parse found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -22,13 +22,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, LazyLock, PoisonError};
 use std::time::Duration;
 
-use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use chatlake_core::dead_letter::DeadLetters;
-use chatlake_core::metrics::ComponentMetrics;
-use chatlake_core::{
-    Batch, DataKind, PlannedWindow, Secret, Source, SourceContext, Window, WindowRef,
-};
+use chatlake_core::{DataKind, PlannedWindow, Secret, Source, SourceContext, Window, WindowRef};
 use chatlake_http::{
     CredentialScope, ErrorKind, HttpClient, RateLimiter, RequestError, RetryPolicy, redact_url,
     resolve_location,
@@ -37,19 +32,16 @@ use chrono::{DateTime, FixedOffset};
 use reqwest::header::LOCATION;
 use reqwest::{Method, StatusCode};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
 use url::Url;
 
 use crate::auth::{Auth, Authenticator};
 use crate::config::Language;
 use crate::error::Error;
-use crate::parse::{self, ParseError, ParseOptions, ParseOutcome, RECORD_TYPE, RowSink};
+use crate::parse::{self, ParseError, ParseOptions, ParseOutcome, RECORD_TYPE};
 use crate::window::{DownloadQuery, STREAM};
 
 /// Redirects followed from the download request to the file, at most.
 const MAX_REDIRECTS: u32 = 5;
-/// Batches in flight between the parser thread and the async side.
-const PARSED_BATCHES_IN_FLIGHT: usize = 2;
 
 /// The `lineworks_message_contents` source, built from [`crate::LineworksSourceConfig`].
 pub struct LineworksSource {
@@ -272,38 +264,12 @@ impl LineworksSource {
         file: File,
         origin: String,
     ) -> Result<ParseOutcome, WindowError> {
-        let (tx, mut rx) = mpsc::channel::<RecordBatch>(PARSED_BATCHES_IN_FLIGHT);
-        let mut sink = ChannelSink {
-            tx,
-            dead_letters: cx.dead_letters.clone(),
-            metrics: cx.metrics.clone(),
-            component: cx.name.clone(),
-            window: window.clone(),
-            dead_letter_error: None,
-        };
         let options = self.parse_options(origin.clone());
-        let parser = tokio::task::spawn_blocking(move || {
-            let result = parse::parse(file, &options, &mut sink);
-            (result, sink.dead_letter_error)
-        });
-        let mut downstream = None;
-        while let Some(data) = rx.recv().await {
-            if let Err(e) = cx.out.send(Batch::new(window.clone(), data)).await {
-                downstream = Some(e);
-                break;
-            }
-        }
-        // Dropping the receiver stops a parser still sending.
-        drop(rx);
-        let (result, dead_letter_error) = parser
-            .await
-            .map_err(|e| WindowError::Stop(self.core_error(e)))?;
-        if let Some(e) = downstream {
-            return Err(WindowError::Stop(e));
-        }
-        if let Some(e) = dead_letter_error {
-            return Err(WindowError::Stop(e));
-        }
+        let result = chatlake_core::parsed::parse_to_output(cx, window, move |sink| {
+            parse::parse(file, &options, sink)
+        })
+        .await
+        .map_err(WindowError::Stop)?;
         match result {
             Ok(outcome) => {
                 tracing::info!(
@@ -395,40 +361,6 @@ impl Source for LineworksSource {
             Err(WindowError::Stop(e)) => Err(e),
             Err(WindowError::Failed(e) | WindowError::Fatal(e)) => Err(self.core_error(e)),
         }
-    }
-}
-
-/// Hands parsed batches to the async side and writes dead letters from the parser thread.
-struct ChannelSink {
-    tx: mpsc::Sender<RecordBatch>,
-    dead_letters: DeadLetters,
-    metrics: Arc<ComponentMetrics>,
-    component: String,
-    window: WindowRef,
-    dead_letter_error: Option<chatlake_core::Error>,
-}
-
-impl RowSink for ChannelSink {
-    fn batch(&mut self, batch: RecordBatch) -> Result<(), String> {
-        self.tx
-            .blocking_send(batch)
-            .map_err(|_| "downstream stopped".to_string())
-    }
-
-    fn dead_letter(&mut self, reason: &str, raw: serde_json::Value) -> Result<(), String> {
-        self.dead_letters
-            .record(
-                &self.component,
-                Some(&self.window),
-                reason,
-                raw,
-                &self.metrics,
-            )
-            .map_err(|e| {
-                let message = e.to_string();
-                self.dead_letter_error = Some(e);
-                message
-            })
     }
 }
 

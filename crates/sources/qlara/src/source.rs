@@ -14,29 +14,22 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use chatlake_core::dead_letter::DeadLetters;
 use chatlake_core::metrics::ComponentMetrics;
-use chatlake_core::{
-    Batch, DataKind, PlannedWindow, Secret, Source, SourceContext, Window, WindowRef,
-};
+use chatlake_core::{DataKind, PlannedWindow, Secret, Source, SourceContext, Window, WindowRef};
 use chatlake_http::export::{ExportError, ExportHooks, ExportSettings, run_export};
 use chatlake_http::{HttpClient, RateLimiter, RequestError};
 use chrono::{DateTime, FixedOffset};
 use serde_json::json;
-use tokio::sync::mpsc;
 use url::Url;
 
 use crate::api::{WindowExport, api_root};
 use crate::config::format_time;
 use crate::error::Error;
-use crate::parse::{self, ParseError, RECORD_TYPE, RowSink};
+use crate::parse::{self, ParseError, RECORD_TYPE};
 
 /// The provider stream every window of this source belongs to.
 pub const STREAM: &str = "message_history";
-/// Batches in flight between the parser thread and the async side.
-const PARSED_BATCHES_IN_FLIGHT: usize = 2;
 
 /// The export job of one window, recorded as soon as the provider accepted it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -341,15 +334,6 @@ impl QlaraSource {
         file: File,
         origin: String,
     ) -> Result<(), WindowError> {
-        let (tx, mut rx) = mpsc::channel::<RecordBatch>(PARSED_BATCHES_IN_FLIGHT);
-        let mut sink = ChannelSink {
-            tx,
-            dead_letters: cx.dead_letters.clone(),
-            metrics: cx.metrics.clone(),
-            component: cx.name.clone(),
-            window: window.clone(),
-            dead_letter_error: None,
-        };
         let batch_size = self.batch_size;
         // Exports hold exactly their window; hand-downloaded files are filtered by start/end.
         let filter = match &self.mode {
@@ -359,24 +343,11 @@ impl QlaraSource {
             },
             Mode::Api(_) => parse::SendDateFilter::default(),
         };
-        let parser = tokio::task::spawn_blocking(move || {
-            let result = parse::parse_filtered(file, batch_size, &filter, &mut sink);
-            (result, sink.dead_letter_error)
-        });
-        let mut downstream = None;
-        while let Some(data) = rx.recv().await {
-            if let Err(e) = cx.out.send(Batch::new(window.clone(), data)).await {
-                downstream = Some(e);
-                break;
-            }
-        }
-        drop(rx);
-        let (result, dead_letter_error) = parser
-            .await
-            .map_err(|e| WindowError::Stop(self.core_error(e)))?;
-        if let Some(e) = downstream.or(dead_letter_error) {
-            return Err(WindowError::Stop(e));
-        }
+        let result = chatlake_core::parsed::parse_to_output(cx, window, move |sink| {
+            parse::parse_filtered(file, batch_size, &filter, sink)
+        })
+        .await
+        .map_err(WindowError::Stop)?;
         match result {
             Ok(outcome) => {
                 tracing::info!(
@@ -525,39 +496,5 @@ impl Source for QlaraSource {
             Err(WindowError::Stop(e)) => Err(e),
             Err(WindowError::Failed(e) | WindowError::Fatal(e)) => Err(self.core_error(e)),
         }
-    }
-}
-
-/// Hands parsed batches to the async side and writes dead letters from the parser thread.
-struct ChannelSink {
-    tx: mpsc::Sender<RecordBatch>,
-    dead_letters: DeadLetters,
-    metrics: Arc<ComponentMetrics>,
-    component: String,
-    window: WindowRef,
-    dead_letter_error: Option<chatlake_core::Error>,
-}
-
-impl RowSink for ChannelSink {
-    fn batch(&mut self, batch: RecordBatch) -> Result<(), String> {
-        self.tx
-            .blocking_send(batch)
-            .map_err(|_| "downstream stopped".to_string())
-    }
-
-    fn dead_letter(&mut self, reason: &str, raw: serde_json::Value) -> Result<(), String> {
-        self.dead_letters
-            .record(
-                &self.component,
-                Some(&self.window),
-                reason,
-                raw,
-                &self.metrics,
-            )
-            .map_err(|e| {
-                let message = e.to_string();
-                self.dead_letter_error = Some(e);
-                message
-            })
     }
 }
