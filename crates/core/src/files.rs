@@ -54,6 +54,23 @@ pub fn expand(patterns: &[String]) -> Result<Vec<PathBuf>, FilesError> {
     Ok(paths)
 }
 
+/// Runs `load` for every item, [`crate::runtime::parallelism`] at a time (parsers run on
+/// blocking threads, so files are read on several cores), and stops at the first error. Used by
+/// sources that read one window per file: the windows are independent.
+pub async fn load_concurrently<T, E, F, Fut>(items: Vec<T>, load: F) -> Result<(), E>
+where
+    F: FnMut(T) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+{
+    use futures::StreamExt;
+    let mut running = futures::stream::iter(items.into_iter().map(load))
+        .buffer_unordered(crate::runtime::parallelism());
+    while let Some(result) = running.next().await {
+        result?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -193,13 +193,13 @@ impl Run {
                         dead_letters: dead_letters.clone(),
                         run: info.clone(),
                     };
-                    tokio::spawn(timed(run_transform(
-                        t,
-                        rx,
-                        out,
-                        MarkerMerge::new(expected),
-                        cx,
-                    )))
+                    let merge = MarkerMerge::new(expected);
+                    let copies = replicas(&*t);
+                    if copies.is_empty() {
+                        tokio::spawn(timed(run_transform(t, rx, out, merge, cx)))
+                    } else {
+                        tokio::spawn(timed(run_replicated(t, copies, rx, out, merge, cx)))
+                    }
                 }
                 Stage::Sink(s) => {
                     let rx = receivers
@@ -500,10 +500,133 @@ async fn run_transform(
     }
     t.finish(&mut emitter, &cx)?;
     flush(&mut emitter, &out).await?;
+    while t.finish_next(&mut emitter, &cx)? {
+        flush(&mut emitter, &out).await?;
+    }
+    flush(&mut emitter, &out).await?;
     for marker in held_markers {
         out.forward(marker).await?;
     }
     Ok(())
+}
+
+/// How many instances of a transform (or files of a source) are worked on at once: one per core,
+/// at most [`MAX_REPLICAS`]. `CHATLAKE_THREADS` overrides the core count (1: one at a time).
+pub fn parallelism() -> usize {
+    std::env::var("CHATLAKE_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .min(MAX_REPLICAS)
+}
+
+/// More instances than this only add hand-offs: the stages around them are single.
+const MAX_REPLICAS: usize = 4;
+
+/// The extra instances of `t` to run beside it (empty: run it alone).
+fn replicas(t: &dyn Transform) -> Vec<Box<dyn Transform>> {
+    if t.holds_rows_until_finish() {
+        return Vec::new();
+    }
+    let mut copies = Vec::new();
+    for _ in 1..parallelism() {
+        match t.replicate() {
+            Some(copy) => copies.push(copy),
+            None => break,
+        }
+    }
+    copies
+}
+
+/// Runs `first` and its `copies` side by side. A router gives each window to an instance when
+/// its first batch arrives (the one with the fewest open windows, then the shortest queue); the
+/// window's later batches and its (merged) marker go to the same instance, so each instance sees
+/// a window whole and in order, and windows are transformed on several cores at once.
+async fn run_replicated(
+    first: Box<dyn Transform>,
+    copies: Vec<Box<dyn Transform>>,
+    mut rx: mpsc::Receiver<Event>,
+    out: Output,
+    mut merge: MarkerMerge,
+    cx: TransformContext,
+) -> Result<()> {
+    let mut lanes = Vec::new();
+    let mut tasks = Vec::new();
+    for t in std::iter::once(first).chain(copies) {
+        let (tx, lane_rx) = mpsc::channel(CHANNEL_CAPACITY);
+        lanes.push((tx, 0usize));
+        // Markers reach a lane already merged: it passes each one on as it comes.
+        let lane_merge = MarkerMerge::new(HashMap::new());
+        tasks.push(tokio::spawn(run_transform(
+            t,
+            lane_rx,
+            out.clone(),
+            lane_merge,
+            cx.clone(),
+        )));
+    }
+    let mut owner: HashMap<String, usize> = HashMap::new();
+    let mut routed = Ok(());
+    while let Some(event) = rx.recv().await {
+        let (lane, event) = match event {
+            Event::Batch(batch) => {
+                let key = batch.window.key();
+                let lane = *owner.entry(key).or_insert_with(|| {
+                    // Fewest open windows, then the shortest queue: a source that sends one
+                    // window after another still spreads them while a lane is behind.
+                    let lane = (0..lanes.len())
+                        .min_by_key(|i| (lanes[*i].1, std::cmp::Reverse(lanes[*i].0.capacity())))
+                        .expect("at least one lane");
+                    lanes[lane].1 += 1;
+                    lane
+                });
+                (lane, Event::Batch(batch))
+            }
+            marker => {
+                let (w, failed) = match marker {
+                    Event::WindowDone(w) => (w, false),
+                    Event::WindowFailed(w) => (w, true),
+                    Event::Batch(_) => unreachable!("handled above"),
+                };
+                let Some(failed) = merge.arrive(&w, failed) else {
+                    continue;
+                };
+                let lane = match owner.remove(&w.key()) {
+                    Some(lane) => {
+                        lanes[lane].1 -= 1;
+                        lane
+                    }
+                    None => 0,
+                };
+                let marker = if failed {
+                    Event::WindowFailed(w)
+                } else {
+                    Event::WindowDone(w)
+                };
+                (lane, marker)
+            }
+        };
+        if lanes[lane].0.send(event).await.is_err() {
+            // The lane stopped; its own result says why.
+            routed = Err(Error::DownstreamClosed {
+                component: cx.name.clone(),
+            });
+            break;
+        }
+    }
+    drop(lanes);
+    let mut result = Ok(());
+    for task in tasks {
+        let lane = task
+            .await
+            .map_err(|e| Error::component(&cx.name, format!("a stage panicked: {e}")))
+            .and_then(|r| r);
+        if result.is_ok() {
+            result = lane;
+        }
+    }
+    result.and(routed)
 }
 
 async fn run_sink(

@@ -297,6 +297,7 @@ impl Emitter {
 }
 
 /// What a running transform gets.
+#[derive(Clone)]
 pub struct TransformContext {
     pub name: String,
     pub metrics: Arc<ComponentMetrics>,
@@ -333,10 +334,24 @@ pub trait Transform: Send {
         Ok(())
     }
 
+    /// Called after `finish`, again and again while it returns `true`, each time after the
+    /// runtime has sent on what was emitted: a transform that held (or spilled) many rows hands
+    /// them out in parts, so they need not all be in memory at once.
+    fn finish_next(&mut self, _out: &mut Emitter, _cx: &TransformContext) -> Result<bool> {
+        Ok(false)
+    }
+
     /// True if rows are held until `finish` (dedupe `keep = "latest"`); the runtime then holds
     /// window markers back too, so a window is never committed before its rows.
     fn holds_rows_until_finish(&self) -> bool {
         false
+    }
+
+    /// A fresh instance to run beside this one on another core. Only for transforms whose state
+    /// is per window (or none): the runtime gives each window to one instance, which sees all of
+    /// that window's batches and its marker in order. `None` (the default) runs one instance.
+    fn replicate(&self) -> Option<Box<dyn Transform>> {
+        None
     }
 }
 

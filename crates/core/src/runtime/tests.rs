@@ -15,7 +15,7 @@ use crate::graph::{BuildOptions, Pipeline};
 use crate::metrics::RunStatus;
 use crate::runtime::Run;
 use crate::stage::*;
-use crate::{Batch, Registry, Result, Window, WindowRef};
+use crate::{Batch, Event, Registry, Result, Window, WindowRef};
 
 /// (event, window index, rows)
 type Seen = Vec<(String, u32, usize)>;
@@ -507,4 +507,149 @@ inputs = ["a"]
     // Window 3 never ended: its checkpoint is still there for the next run; the others' are gone.
     assert_eq!(ledger.checkpoints.len(), 1);
     assert_eq!(ledger.checkpoints.values().next().unwrap()["note"], 3);
+}
+
+/// Records (instance, event, window) for `replicated_windows_stay_whole_and_in_order`.
+struct Tag {
+    instance: usize,
+    log: Arc<Mutex<Vec<(usize, String, u32)>>>,
+}
+
+impl Transform for Tag {
+    fn output_kind(&self, input: &DataKind) -> Result<DataKind, String> {
+        Ok(input.clone())
+    }
+    fn transform(&mut self, batch: Batch, out: &mut Emitter, _: &TransformContext) -> Result<()> {
+        let n = batch
+            .data
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0);
+        self.log
+            .lock()
+            .unwrap()
+            .push((self.instance, format!("batch{n}"), batch.window.index));
+        out.push(batch);
+        Ok(())
+    }
+    fn window_done(&mut self, w: &WindowRef, _: &mut Emitter, _: &TransformContext) -> Result<()> {
+        self.log
+            .lock()
+            .unwrap()
+            .push((self.instance, "done".into(), w.index));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn replicated_windows_stay_whole_and_in_order() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let tag = |instance| -> Box<dyn Transform> {
+        Box::new(Tag {
+            instance,
+            log: log.clone(),
+        })
+    };
+    let window = |index: u32| -> WindowRef {
+        Arc::new(Window {
+            source: "s".into(),
+            stream: "t".into(),
+            index,
+            start: None,
+            end: None,
+            utc_offset: chrono::FixedOffset::east_opt(0).unwrap(),
+            label: format!("w{index}"),
+        })
+    };
+    let numbered = |n: i64| {
+        RecordBatch::try_new(
+            rows(1).schema(),
+            vec![Arc::new(Int64Array::from_iter_values([n]))],
+        )
+        .unwrap()
+    };
+    let (in_tx, in_rx) = tokio::sync::mpsc::channel(64);
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(64);
+    // Two windows open at once (as from a source reading two files), then a third.
+    let events = [(0, 0), (1, 1), (0, 2), (1, 3), (0, 4)];
+    for (w, n) in events {
+        in_tx
+            .send(Event::Batch(Batch::new(window(w), numbered(n))))
+            .await
+            .unwrap();
+    }
+    in_tx.send(Event::WindowDone(window(1))).await.unwrap();
+    in_tx.send(Event::WindowDone(window(0))).await.unwrap();
+    in_tx
+        .send(Event::Batch(Batch::new(window(2), numbered(5))))
+        .await
+        .unwrap();
+    in_tx.send(Event::WindowDone(window(2))).await.unwrap();
+    drop(in_tx);
+    let cx = TransformContext {
+        name: "tag".into(),
+        metrics: Arc::default(),
+        dead_letters: crate::dead_letter::DeadLetters::in_dir(&crate::config::tests::tempdir()),
+        run: Arc::new(RunInfo {
+            pipeline: "p".into(),
+            run_id: "r".into(),
+            started_at: chrono::Utc::now(),
+        }),
+    };
+    super::run_replicated(
+        tag(0),
+        vec![tag(1)],
+        in_rx,
+        Output::for_test("tag", out_tx),
+        super::MarkerMerge::new(HashMap::new()),
+        cx,
+    )
+    .await
+    .unwrap();
+
+    let log = log.lock().unwrap().clone();
+    let instance_of = |w: u32| -> Vec<usize> {
+        let mut i: Vec<usize> = log.iter().filter(|e| e.2 == w).map(|e| e.0).collect();
+        i.dedup();
+        i
+    };
+    assert_eq!(instance_of(0).len(), 1, "window 0 on one instance: {log:?}");
+    assert_eq!(instance_of(1).len(), 1, "window 1 on one instance: {log:?}");
+    assert_ne!(
+        instance_of(0),
+        instance_of(1),
+        "open windows run side by side: {log:?}"
+    );
+    let order = |w: u32| -> Vec<String> {
+        log.iter()
+            .filter(|e| e.2 == w)
+            .map(|e| e.1.clone())
+            .collect()
+    };
+    assert_eq!(order(0), ["batch0", "batch2", "batch4", "done"]);
+    assert_eq!(order(1), ["batch1", "batch3", "done"]);
+    assert_eq!(order(2), ["batch5", "done"]);
+
+    // Downstream gets every batch, and each window's marker after its batches.
+    let mut seen: Vec<(String, u32)> = Vec::new();
+    while let Some(event) = out_rx.recv().await {
+        seen.push(match event {
+            Event::Batch(b) => ("batch".into(), b.window.index),
+            Event::WindowDone(w) => ("done".into(), w.index),
+            Event::WindowFailed(w) => ("failed".into(), w.index),
+        });
+    }
+    for w in 0..3 {
+        let mine: Vec<&str> = seen
+            .iter()
+            .filter(|e| e.1 == w)
+            .map(|e| e.0.as_str())
+            .collect();
+        let batches = events.iter().filter(|e| e.0 == w).count() + usize::from(w == 2);
+        let mut expected = vec!["batch"; batches];
+        expected.push("done");
+        assert_eq!(mine, expected, "window {w}");
+    }
 }

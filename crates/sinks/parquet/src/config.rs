@@ -7,6 +7,7 @@ use chatlake_core::{BuildContext, Sink, SinkConfig};
 use chatlake_lake::{FileSink, LakeOptions};
 use parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +43,16 @@ pub struct ParquetSinkConfig {
     /// buffered in memory until a row group is full.
     #[serde(default = "default_row_group_size")]
     pub row_group_size: usize,
+
+    /// Columns written without a dictionary. Values that rarely repeat (ids, message text) gain
+    /// nothing from one, and building it costs a hash and a comparison per value; every other
+    /// column gets a dictionary while it pays (the writer falls back on its own).
+    #[serde(default = "default_no_dictionary")]
+    pub no_dictionary: Vec<String>,
+}
+
+fn default_no_dictionary() -> Vec<String> {
+    vec!["message_id".into(), "text".into()]
 }
 
 /// Compression of the column chunks.
@@ -111,10 +122,14 @@ impl ParquetSinkConfig {
         if self.row_group_size == 0 {
             return Err(InvalidConfig::new("row_group_size", "must be at least 1"));
         }
-        Ok(WriterProperties::builder()
+        let mut builder = WriterProperties::builder()
             .set_compression(self.codec()?)
-            .set_max_row_group_row_count(Some(self.row_group_size))
-            .build())
+            .set_max_row_group_row_count(Some(self.row_group_size));
+        for column in &self.no_dictionary {
+            builder =
+                builder.set_column_dictionary_enabled(ColumnPath::from(column.as_str()), false);
+        }
+        Ok(builder.build())
     }
 }
 

@@ -314,18 +314,8 @@ pub fn parse<R: Read>(
             .map_err(ParseError::Stopped)?;
             continue;
         }
-        let mut fields = [""; 5];
-        let mut bad = None;
-        for (i, field) in record.iter().enumerate() {
-            match std::str::from_utf8(field) {
-                Ok(text) => fields[i] = text,
-                Err(_) => {
-                    bad = Some(i);
-                    break;
-                }
-            }
-        }
-        if let Some(i) = bad {
+        let checked = chatlake_core::parsed::utf8_fields(&record);
+        if let Err(i) = checked {
             outcome.dead_letters += 1;
             sink.dead_letter(
                 &format!("field `{}` is not valid UTF-8", COLUMNS[i]),
@@ -334,7 +324,8 @@ pub fn parse<R: Read>(
             .map_err(ParseError::Stopped)?;
             continue;
         }
-        columns.push(&fields);
+        let text = checked.expect("checked above");
+        columns.push(&std::array::from_fn(|i| text.get(i).unwrap_or_default()));
         outcome.rows += 1;
         if columns.is_full()
             && let Some(batch) = columns.finish()?

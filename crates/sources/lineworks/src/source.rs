@@ -210,12 +210,12 @@ impl LineworksSource {
         let inputs = self
             .file_windows(files)
             .map_err(|e| WindowError::Stop(self.core_error(e)))?;
-        for (window, path) in inputs {
+        chatlake_core::files::load_concurrently(inputs, |(window, path)| async move {
             let window = Arc::new(window);
             let result = self.load_file(cx, &window, path).await;
-            self.finish_window(cx, window, result).await?;
-        }
-        Ok(())
+            self.finish_window(cx, window, result).await
+        })
+        .await
     }
 
     async fn load_file(

@@ -211,21 +211,9 @@ pub fn parse_filtered<R: Read>(
             .map_err(ParseError::Stopped)?;
             continue;
         }
-        let mut bad = None;
-        let mut fields: [Option<&str>; 12] = [None; 12];
-        for (c, pos) in position.iter().enumerate() {
-            fields[c] = match pos {
-                Some(p) => match std::str::from_utf8(&record[*p]) {
-                    Ok(text) => Some(text),
-                    Err(_) => {
-                        bad = Some(c);
-                        break;
-                    }
-                },
-                None => None,
-            };
-        }
-        if let Some(c) = bad {
+        let checked = chatlake_core::parsed::utf8_fields(&record);
+        if let Err(p) = checked {
+            let c = position.iter().position(|q| *q == Some(p)).unwrap_or(0);
             outcome.dead_letters += 1;
             sink.dead_letter(
                 &format!("field `{}` is not valid UTF-8", COLUMNS[c]),
@@ -234,6 +222,9 @@ pub fn parse_filtered<R: Read>(
             .map_err(ParseError::Stopped)?;
             continue;
         }
+        let text = checked.expect("checked above");
+        let fields: [Option<&str>; 12] =
+            std::array::from_fn(|c| position[c].and_then(|p| text.get(p)));
         if !filter.is_empty() && !filter.keeps(fields[SEND_DATE]) {
             outcome.filtered += 1;
             continue;

@@ -301,7 +301,7 @@ impl QlaraSource {
         let inputs = self
             .file_windows(files)
             .map_err(|e| WindowError::Stop(self.core_error(e)))?;
-        for (window, path) in inputs {
+        chatlake_core::files::load_concurrently(inputs, |(window, path)| async move {
             let window = Arc::new(window);
             let origin = path.display().to_string();
             let opened = tokio::task::spawn_blocking(move || {
@@ -321,9 +321,9 @@ impl QlaraSource {
                     message: e.to_string(),
                 })),
             };
-            self.finish_window(cx, window, result).await?;
-        }
-        Ok(())
+            self.finish_window(cx, window, result).await
+        })
+        .await
     }
 
     /// Parses `file` on a blocking thread and sends its batches as they come.

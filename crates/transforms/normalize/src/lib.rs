@@ -91,4 +91,10 @@ impl Transform for NormalizeTransform {
         self.lineworks.forget(window);
         Ok(())
     }
+
+    /// Its only state (LINE WORKS occurrence counts) is per window, so windows can be mapped on
+    /// several cores at once.
+    fn replicate(&self) -> Option<Box<dyn Transform>> {
+        Some(Box::new(NormalizeTransform::default()))
+    }
 }
