@@ -1,21 +1,41 @@
 //! `dedupe`: one row per key.
 //!
-//! * `keep = "first"` streams: a row passes if its key was not seen before. Memory is one
-//!   128-bit key hash per distinct key (16 bytes in a hashbrown table, about 18–36 bytes per key
-//!   with the table's spare capacity; see the README). 128 bits make a collision, which would
-//!   drop a row, practically impossible (about 10⁻²³ at 10 million keys).
-//! * `keep = "latest"` keeps the row with the highest `version` per key (the first seen on a tie).
-//!   A later row can always supersede an earlier one, so rows are held until the input ends and
-//!   then emitted, grouped by their window; the runtime holds window markers back with them.
+//! * `keep = "first"` streams: a row passes if its key was not seen before. The key set holds a
+//!   64-bit fingerprint per distinct key (the low half of the 128-bit xxh3 of the key bytes) in
+//!   one flat table kept between 53% and 80% full: 10 to 15 bytes per key, up to 25 for a moment
+//!   while it grows (see [`FingerprintSet`]). Two distinct keys share a fingerprint with
+//!   probability about n²/2⁶⁵ over n keys (3·10⁻⁶ at 10 million keys, 3·10⁻⁴ at 100 million);
+//!   a collision would drop the later key's first row as if it were a repeat.
+//! * `keep = "latest"` keeps the row with the highest `version` per key (the first seen on a tie;
+//!   a null version counts as the lowest, `i64::MIN`). A later row can always supersede an earlier one,
+//!   so rows are emitted at the end, grouped by their window as they arrived; the runtime holds
+//!   window markers back with them. The input is spilled to `<state_dir>/spill/<name>/` as it
+//!   arrives, so memory does not grow with it: on disk each row costs its Arrow size plus 32
+//!   bytes; in memory the transform keeps, besides 4 MiB of file buffers and a few bytes per
+//!   batch, only at the end a winner bitmap (1 bit per input row) and one of 64 key partitions
+//!   at a time (32 bytes per row of that partition, about 1/64 of the input). The directory
+//!   is removed when the transform finishes (and cleared at the first batch of the next run if
+//!   the process was killed). The 128-bit key hash makes a collision practically impossible
+//!   (about 10⁻²³ at 10 million keys). See `latest.rs`. The winners are read back and
+//!   emitted one spilled batch at a time (`finish_next`), each sent on before the next is read.
 //!
 //! Key columns may be of any scalar type; a null is distinct from every value.
 //!
 //! `across_runs = true` (with `keep = "first"`) also drops rows whose key an earlier run
 //! loaded, so lookback and overlapping windows never load a row twice. The keys a window adds are
-//! written to `<state_dir>/dedupe/<name>/<window key>.keys` (16 bytes per key) when the window
-//! ends, before its marker goes on to the sinks; at the next start only the files of windows the
-//! ledger lists as committed are read, and the others (a run stopped before its commit point)
-//! are deleted. So the remembered keys are exactly those of the rows in the lake.
+//! written, as they come, to a temporary file that becomes `<state_dir>/dedupe/<name>/<window
+//! key>.keys64` (8 bytes per key) when the window ends, before its marker goes on to the sinks;
+//! at the next start only the files of windows the ledger lists as committed are read, and the
+//! others (a run stopped before its commit point) are deleted. So the remembered keys are
+//! exactly those of the rows in the lake. Files of the earlier format (`.keys`, 16 bytes per
+//! key) of committed windows are still read: the low 8 bytes of each are its fingerprint.
+
+mod fingerprint_set;
+mod latest;
+
+use std::collections::HashMap;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch};
 use arrow::compute::filter_record_batch;
@@ -25,7 +45,8 @@ use chatlake_core::{
     Batch, BuildContext, DataKind, Emitter, Error, Result, Transform, TransformConfig,
     TransformContext, WindowRef,
 };
-use hashbrown::{HashMap, HashSet};
+pub use fingerprint_set::FingerprintSet;
+use latest::LatestSpill;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -36,7 +57,7 @@ pub enum Keep {
     /// The first row seen; streams in constant memory per key.
     #[default]
     First,
-    /// The row with the highest `version`; holds rows until the input ends.
+    /// The row with the highest `version`; spills rows to disk until the input ends.
     Latest,
 }
 
@@ -54,7 +75,7 @@ pub struct DedupeConfig {
     #[serde(default = "default_version")]
     pub version_column: String,
     /// Also drop rows whose key an earlier run loaded (`keep = "first"` only). The keys are kept
-    /// under the state directory, 16 bytes each, and held in memory while the run goes.
+    /// under the state directory, 8 bytes each, and held in memory while the run goes.
     #[serde(default)]
     pub across_runs: bool,
 }
@@ -99,10 +120,11 @@ impl TransformConfig for DedupeConfig {
             loaded: false,
             added: HashMap::new(),
         });
+        let latest = (self.keep == Keep::Latest).then(|| LatestSpill::new(&cx.state_dir, &cx.name));
         Ok(Box::new(DedupeTransform {
             config: self,
-            seen: HashSet::new(),
-            held: Vec::new(),
+            seen: FingerprintSet::new(),
+            latest,
             key_buf: Vec::with_capacity(128),
             across,
         }))
@@ -112,26 +134,42 @@ impl TransformConfig for DedupeConfig {
 /// See the crate docs.
 pub struct DedupeTransform {
     config: DedupeConfig,
-    /// `keep = "first"`: hashes of the keys seen.
-    seen: HashSet<u128>,
-    /// `keep = "latest"`: every batch with its row key hashes, until the end.
-    held: Vec<(Batch, Vec<u128>)>,
+    /// `keep = "first"`: fingerprints of the keys seen.
+    seen: FingerprintSet,
+    /// `keep = "latest"`: the input on disk, until the end.
+    latest: Option<LatestSpill>,
     key_buf: Vec<u8>,
     across: Option<AcrossRuns>,
 }
 
+/// The fingerprint `keep = "first"` keeps of a 128-bit key hash: its low half.
+fn fingerprint(hash: u128) -> u64 {
+    hash as u64
+}
+
 /// The key files of `across_runs`.
 struct AcrossRuns {
-    dir: std::path::PathBuf,
+    dir: PathBuf,
     committed: std::sync::Arc<std::collections::HashSet<String>>,
     loaded: bool,
-    /// Keys each open window added, written when it ends.
-    added: HashMap<String, Vec<u128>>,
+    /// The temporary key file of each open window: the fingerprints it added, written as they
+    /// come so that an open window costs no memory per key.
+    added: HashMap<String, KeyFile>,
 }
+
+struct KeyFile {
+    tmp: PathBuf,
+    writer: BufWriter<std::fs::File>,
+}
+
+/// Key files: 8-byte little-endian fingerprints.
+const KEYS_EXT: &str = "keys64";
+/// The earlier format: 16-byte little-endian 128-bit hashes, whose low half is the fingerprint.
+const LEGACY_KEYS_EXT: &str = "keys";
 
 impl AcrossRuns {
     /// Reads the keys of committed windows into `seen`; deletes the files of any other window.
-    fn load(&mut self, seen: &mut HashSet<u128>) -> std::io::Result<()> {
+    fn load(&mut self, seen: &mut FingerprintSet) -> std::io::Result<()> {
         self.loaded = true;
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
@@ -144,41 +182,73 @@ impl AcrossRuns {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            match name.strip_suffix(".keys") {
-                Some(window) if self.committed.contains(window) => {
-                    let bytes = std::fs::read(&path)?;
-                    seen.extend(
-                        bytes
-                            .chunks_exact(16)
-                            .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes"))),
-                    );
-                }
-                _ => std::fs::remove_file(&path)?,
+            let (window, width) = match name.rsplit_once('.') {
+                Some((w, KEYS_EXT)) => (w, 8),
+                Some((w, LEGACY_KEYS_EXT)) => (w, 16),
+                _ => ("", 0),
+            };
+            if width > 0 && self.committed.contains(window) {
+                for_each_key(&path, width, |fp| {
+                    seen.insert(fp);
+                })?;
+            } else {
+                std::fs::remove_file(&path)?;
             }
         }
         Ok(())
     }
 
-    /// Writes the keys `window` added (temporary file, fsync, rename).
+    /// The temporary key file of `window`, created at its first batch.
+    fn key_file(&mut self, window: String) -> std::io::Result<&mut BufWriter<std::fs::File>> {
+        use std::collections::hash_map::Entry;
+        match self.added.entry(window) {
+            Entry::Occupied(e) => Ok(&mut e.into_mut().writer),
+            Entry::Vacant(e) => {
+                std::fs::create_dir_all(&self.dir)?;
+                let tmp = self.dir.join(format!("{}.{KEYS_EXT}.tmp", e.key()));
+                let writer = BufWriter::with_capacity(16 * 1024, std::fs::File::create(&tmp)?);
+                Ok(&mut e.insert(KeyFile { tmp, writer }).writer)
+            }
+        }
+    }
+
+    /// Makes the keys `window` added durable under its final name (flush, fsync, rename).
     fn save(&mut self, window: &str) -> std::io::Result<()> {
-        let Some(keys) = self.added.remove(window) else {
+        let Some(KeyFile { tmp, writer }) = self.added.remove(window) else {
             return Ok(());
         };
-        std::fs::create_dir_all(&self.dir)?;
-        let mut bytes = Vec::with_capacity(keys.len() * 16);
-        for k in keys {
-            bytes.extend_from_slice(&k.to_le_bytes());
-        }
-        let path = self.dir.join(format!("{window}.keys"));
-        let tmp = self.dir.join(format!("{window}.keys.tmp"));
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path)
+        let file = writer.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, self.dir.join(format!("{window}.{KEYS_EXT}")))
     }
+
+    /// Forgets the keys `window` added: removes them from `seen` and deletes its file.
+    fn forget(&mut self, window: &str, seen: &mut FingerprintSet) -> std::io::Result<()> {
+        let Some(KeyFile { tmp, writer }) = self.added.remove(window) else {
+            return Ok(());
+        };
+        drop(writer.into_inner().map_err(|e| e.into_error())?);
+        for_each_key(&tmp, 8, |fp| {
+            seen.remove(fp);
+        })?;
+        std::fs::remove_file(&tmp)
+    }
+}
+
+/// Calls `f` with the fingerprint of each `width`-byte key (8, or 16 for the earlier format) in
+/// the file at `path`.
+fn for_each_key(path: &Path, width: usize, mut f: impl FnMut(u64)) -> std::io::Result<()> {
+    let file = std::fs::File::open(path)?;
+    let count = file.metadata()?.len() / width as u64;
+    let mut reader = BufReader::with_capacity(64 * 1024, file);
+    let mut key = [0u8; 16];
+    for _ in 0..count {
+        reader.read_exact(&mut key[..width])?;
+        let low: [u8; 8] = key[..8].try_into().expect("8 bytes");
+        f(u64::from_le_bytes(low));
+    }
+    Ok(())
 }
 
 impl DedupeTransform {
@@ -272,17 +342,27 @@ impl Transform for DedupeTransform {
                         Error::component(&cx.name, format!("reading {}: {e}", across.dir.display()))
                     })?;
                 }
-                let mask: BooleanArray =
-                    hashes.iter().map(|h| Some(self.seen.insert(*h))).collect();
+                let mask: BooleanArray = hashes
+                    .iter()
+                    .map(|h| Some(self.seen.insert(fingerprint(*h))))
+                    .collect();
                 if let Some(across) = self.across.as_mut() {
-                    let added = across.added.entry(batch.window.key()).or_default();
-                    added.extend(
-                        hashes
-                            .iter()
-                            .zip(mask.values().iter())
-                            .filter(|(_, new)| *new)
-                            .map(|(h, _)| *h),
-                    );
+                    let window = batch.window.key();
+                    let write = |across: &mut AcrossRuns| -> std::io::Result<()> {
+                        let file = across.key_file(window)?;
+                        for (h, new) in hashes.iter().zip(mask.values().iter()) {
+                            if new {
+                                file.write_all(&fingerprint(*h).to_le_bytes())?;
+                            }
+                        }
+                        Ok(())
+                    };
+                    write(across).map_err(|e| {
+                        Error::component(
+                            &cx.name,
+                            format!("writing keys to {}: {e}", across.dir.display()),
+                        )
+                    })?;
                 }
                 if mask.true_count() == mask.len() {
                     out.push(batch);
@@ -294,12 +374,11 @@ impl Transform for DedupeTransform {
                 }
             }
             Keep::Latest => {
-                if batch
+                let Some(versions) = batch
                     .data
                     .column_by_name(&self.config.version_column)
                     .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
-                    .is_none()
-                {
+                else {
                     return Err(Error::component(
                         &cx.name,
                         format!(
@@ -307,23 +386,29 @@ impl Transform for DedupeTransform {
                             self.config.version_column
                         ),
                     ));
-                }
-                self.held.push((batch, hashes));
+                };
+                let spill = self.latest.as_mut().expect("built for keep = latest");
+                spill
+                    .push(&batch.window, &batch.data, &hashes, versions)
+                    .map_err(|e| Error::component(&cx.name, e.to_string()))?;
             }
         }
         Ok(())
     }
 
-    fn window_failed(&mut self, window: &WindowRef, _cx: &TransformContext) -> Result<()> {
+    fn window_failed(&mut self, window: &WindowRef, cx: &TransformContext) -> Result<()> {
         // Rows of a failed window must not win over rows that will be committed, nor keep their
         // keys from rows of later windows.
-        self.held.retain(|(b, _)| b.window.key() != window.key());
-        if let Some(across) = self.across.as_mut()
-            && let Some(keys) = across.added.remove(&window.key())
-        {
-            for k in keys {
-                self.seen.remove(&k);
-            }
+        if let Some(spill) = self.latest.as_mut() {
+            spill.window_failed(window);
+        }
+        if let Some(across) = self.across.as_mut() {
+            across.forget(&window.key(), &mut self.seen).map_err(|e| {
+                Error::component(
+                    &cx.name,
+                    format!("forgetting keys in {}: {e}", across.dir.display()),
+                )
+            })?;
         }
         Ok(())
     }
@@ -347,47 +432,23 @@ impl Transform for DedupeTransform {
         Ok(())
     }
 
-    fn finish(&mut self, out: &mut Emitter, _cx: &TransformContext) -> Result<()> {
-        if self.config.keep != Keep::Latest {
-            return Ok(());
-        }
-        // Pass 1: the winning (version, batch, row) per key. Pass 2: one filter per batch.
-        let mut best: HashMap<u128, (i64, u32, u32)> = HashMap::new();
-        for (b, (batch, hashes)) in self.held.iter().enumerate() {
-            let versions = batch
-                .data
-                .column_by_name(&self.config.version_column)
-                .expect("checked in transform");
-            let versions = versions.as_primitive::<Int64Type>();
-            for (row, h) in hashes.iter().enumerate() {
-                let v = if versions.is_null(row) {
-                    i64::MIN
-                } else {
-                    versions.value(row)
-                };
-                best.entry(*h)
-                    .and_modify(|e| {
-                        if v > e.0 {
-                            *e = (v, b as u32, row as u32);
-                        }
-                    })
-                    .or_insert((v, b as u32, row as u32));
-            }
-        }
-        let mut winners: Vec<Vec<bool>> = self
-            .held
-            .iter()
-            .map(|(b, _)| vec![false; b.num_rows()])
-            .collect();
-        for (_, b, row) in best.into_values() {
-            winners[b as usize][row as usize] = true;
-        }
-        for ((batch, _), mask) in self.held.drain(..).zip(winners) {
-            let mask = BooleanArray::from(mask);
-            let data = filter_record_batch(&batch.data, &mask)?;
-            out.emit(batch.window, data);
+    fn finish(&mut self, _out: &mut Emitter, cx: &TransformContext) -> Result<()> {
+        if let Some(spill) = self.latest.as_mut() {
+            spill
+                .finish()
+                .map_err(|e| Error::component(&cx.name, e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// The winners of `keep = "latest"`, one batch at a time, so they are never all in memory.
+    fn finish_next(&mut self, out: &mut Emitter, cx: &TransformContext) -> Result<bool> {
+        match self.latest.as_mut() {
+            Some(spill) => spill
+                .emit_next(out)
+                .map_err(|e| Error::component(&cx.name, e.to_string())),
+            None => Ok(false),
+        }
     }
 }
 

@@ -127,6 +127,7 @@ fn latest_keeps_the_highest_version_and_its_window() {
     .unwrap();
     assert!(rows(&mut out).is_empty(), "nothing before the end");
     t.finish(&mut out, &cx).unwrap();
+    while t.finish_next(&mut out, &cx).unwrap() {}
     // Ties keep the first seen (window 0 for key 2).
     assert_eq!(
         rows(&mut out),
@@ -145,6 +146,7 @@ fn latest_ignores_rows_of_a_failed_window() {
         .unwrap();
     t.window_failed(&window(1), &cx).unwrap();
     t.finish(&mut out, &cx).unwrap();
+    while t.finish_next(&mut out, &cx).unwrap() {}
     assert_eq!(rows(&mut out), vec![("1".into(), 1, 0)]);
 }
 
@@ -183,23 +185,6 @@ fn rejects_raw_input_and_bad_keys() {
         e.to_string().contains("expected `first` or `latest`"),
         "{e}"
     );
-}
-
-/// The figure the README states: bytes of the key set per distinct key, across table sizes.
-#[test]
-fn key_set_memory_per_distinct_key() {
-    let mut seen: hashbrown::HashSet<u128> = hashbrown::HashSet::new();
-    let (mut lo, mut hi) = (f64::MAX, 0f64);
-    for i in 0..2_000_000u128 {
-        seen.insert(i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835));
-        if i > 1000 && i % 997 == 0 {
-            let per_key = seen.allocation_size() as f64 / seen.len() as f64;
-            lo = lo.min(per_key);
-            hi = hi.max(per_key);
-        }
-    }
-    println!("dedupe key set: {lo:.1} to {hi:.1} bytes per distinct key");
-    assert!(lo >= 16.0 && hi <= 40.0, "{lo} {hi}");
 }
 
 fn across(dir: &std::path::Path, committed: &[String]) -> Box<dyn Transform> {
@@ -243,7 +228,7 @@ fn across_runs_remembers_exactly_the_keys_of_committed_windows() {
     assert_eq!(rows(&mut out).len(), 1);
     assert!(
         !dir.join("dedupe/unique")
-            .join(format!("{}.keys", window(0).key()))
+            .join(format!("{}.keys64", window(0).key()))
             .exists()
     );
 
@@ -255,4 +240,405 @@ fn across_runs_remembers_exactly_the_keys_of_committed_windows() {
         "across_runs"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn across_runs_writes_8_bytes_per_key_and_reads_the_earlier_16_byte_files() {
+    let dir = std::env::temp_dir().join(format!("chatlake-dedupe-legacy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let keys_dir = dir.join("dedupe/unique");
+    let cx = cx();
+    let mut out = Emitter::default();
+
+    let mut t = across(&dir, &[]);
+    t.transform(
+        batch(0, &[("a", "1", 1), ("a", "2", 1), ("a", "1", 1)]),
+        &mut out,
+        &cx,
+    )
+    .unwrap();
+    t.window_done(&window(0), &mut out, &cx).unwrap();
+    let file = keys_dir.join(format!("{}.keys64", window(0).key()));
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 16, "two keys");
+    assert_eq!(rows(&mut out).len(), 2);
+
+    // A committed window of the earlier format (128-bit hashes) and a stray one of each.
+    let hash = |id: &str| {
+        let mut key = Vec::new();
+        for part in ["a", id] {
+            key.push(1);
+            key.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            key.extend_from_slice(part.as_bytes());
+        }
+        xxhash_rust::xxh3::xxh3_128(&key)
+    };
+    std::fs::write(
+        keys_dir.join(format!("{}.keys", window(1).key())),
+        [hash("3").to_le_bytes(), hash("4").to_le_bytes()].concat(),
+    )
+    .unwrap();
+    let stray_old = keys_dir.join(format!("{}.keys", window(7).key()));
+    let stray_tmp = keys_dir.join(format!("{}.keys64.tmp", window(8).key()));
+    std::fs::write(&stray_old, hash("5").to_le_bytes()).unwrap();
+    std::fs::write(&stray_tmp, (hash("6") as u64).to_le_bytes()).unwrap();
+
+    let mut t = across(&dir, &[window(0).key(), window(1).key()]);
+    let input = [("a", "9", 1), ("a", "2", 1), ("a", "3", 1), ("a", "4", 1)];
+    t.transform(batch(2, &input), &mut out, &cx).unwrap();
+    t.transform(batch(2, &[("a", "5", 1), ("a", "6", 1)]), &mut out, &cx)
+        .unwrap();
+    assert_eq!(
+        rows(&mut out).into_iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec!["5", "6", "9"]
+    );
+    assert!(!stray_old.exists() && !stray_tmp.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn across_runs_forgets_the_keys_of_a_failed_window() {
+    let dir = std::env::temp_dir().join(format!("chatlake-dedupe-failed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cx = cx();
+    let mut out = Emitter::default();
+    let mut t = across(&dir, &[]);
+    t.transform(batch(0, &[("a", "1", 1)]), &mut out, &cx)
+        .unwrap();
+    t.transform(batch(1, &[("a", "1", 1), ("a", "2", 1)]), &mut out, &cx)
+        .unwrap();
+    t.window_failed(&window(1), &cx).unwrap();
+    // Key 2 came only with the failed window: it passes again; key 1 belongs to window 0.
+    t.transform(batch(2, &[("a", "1", 2), ("a", "2", 2)]), &mut out, &cx)
+        .unwrap();
+    assert_eq!(
+        rows(&mut out),
+        vec![("1".into(), 1, 0), ("2".into(), 1, 1), ("2".into(), 2, 2)]
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.join("dedupe/unique"))
+            .unwrap()
+            .count(),
+        2,
+        "two open windows"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Rows of one window with a nullable version.
+fn batch_opt(w: u32, rows: &[(String, Option<i64>)]) -> Batch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("provider", DataType::Utf8, false),
+        Field::new("message_id", DataType::Utf8, false),
+        Field::new("version", DataType::Int64, true),
+    ]));
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|_| "p"))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.0))),
+        Arc::new(rows.iter().map(|r| r.1).collect::<Int64Array>()),
+    ];
+    Batch::new(window(w), RecordBatch::try_new(schema, cols).unwrap())
+}
+
+type Emitted = Vec<(u32, Vec<(String, Option<i64>)>)>;
+
+/// What was emitted, batch by batch, in order.
+fn emitted(out: &mut Emitter) -> Emitted {
+    out.drain()
+        .map(|b| {
+            let ids = b.data.column(1).as_string::<i32>();
+            let ver = b.data.column(2).as_primitive::<Int64Type>();
+            let rows = (0..b.num_rows())
+                .map(|i| {
+                    (
+                        ids.value(i).to_string(),
+                        ver.is_valid(i).then(|| ver.value(i)),
+                    )
+                })
+                .collect();
+            (b.window.index, rows)
+        })
+        .collect()
+}
+
+/// What `keep = "latest"` held every batch in memory to compute: the highest version per key
+/// (null lowest, first seen on a tie) over the batches of windows that did not fail, emitted
+/// batch by batch in arrival order.
+fn reference(input: &Emitted, failed: &[u32]) -> Emitted {
+    let live = |w: &u32| !failed.contains(w);
+    let mut best: std::collections::HashMap<&str, (i64, usize, usize)> = Default::default();
+    for (b, (_, rows)) in input.iter().enumerate().filter(|(_, (w, _))| live(w)) {
+        for (r, (id, v)) in rows.iter().enumerate() {
+            let v = v.unwrap_or(i64::MIN);
+            let e = best.entry(id).or_insert((v, b, r));
+            if v > e.0 {
+                *e = (v, b, r);
+            }
+        }
+    }
+    input
+        .iter()
+        .enumerate()
+        .filter(|(_, (w, _))| live(w))
+        .map(|(b, (w, rows))| {
+            let kept = rows
+                .iter()
+                .enumerate()
+                .filter(|(r, (id, _))| best[id.as_str()].1 == b && best[id.as_str()].2 == *r)
+                .map(|(_, row)| row.clone())
+                .collect::<Vec<_>>();
+            (*w, kept)
+        })
+        .filter(|(_, rows)| !rows.is_empty())
+        .collect()
+}
+
+fn latest_in(state_dir: &std::path::Path) -> Box<dyn Transform> {
+    let config: DedupeConfig =
+        serde_json::from_value(serde_json::json!({ "keep": "latest" })).unwrap();
+    config
+        .build(&BuildContext {
+            name: "unique".into(),
+            state_dir: state_dir.to_path_buf(),
+            ..BuildContext::default()
+        })
+        .unwrap()
+}
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Random batches of interleaved windows: keys from a small universe, versions in random order
+/// with ties and nulls, empty batches.
+fn random_input(seed: u64, batches: usize, keys: u64) -> Emitted {
+    let mut rng = seed;
+    (0..batches)
+        .map(|_| {
+            let w = (splitmix(&mut rng) % 6) as u32;
+            let n = splitmix(&mut rng) % 400;
+            let rows = (0..n)
+                .map(|_| {
+                    let id = format!("m{}", splitmix(&mut rng) % keys);
+                    let v = splitmix(&mut rng) % 12;
+                    (id, (v != 0).then_some(v as i64 - 6))
+                })
+                .collect();
+            (w, rows)
+        })
+        .collect()
+}
+
+#[test]
+fn latest_matches_an_in_memory_reference() {
+    let state = std::env::temp_dir().join(format!("chatlake-dedupe-latest-{}", std::process::id()));
+    let cx = cx();
+    for (seed, failed) in [(1, vec![]), (2, vec![3]), (3, vec![0, 5])] {
+        let input = random_input(seed, 60, 3000);
+        let mut t = latest_in(&state);
+        let mut out = Emitter::default();
+        for (w, rows) in &input {
+            t.transform(batch_opt(*w, rows), &mut out, &cx).unwrap();
+        }
+        for w in &failed {
+            t.window_failed(&window(*w), &cx).unwrap();
+        }
+        assert!(out.drain().next().is_none(), "nothing before the end");
+        assert!(state.join("spill/unique").is_dir());
+        t.finish(&mut out, &cx).unwrap();
+        while t.finish_next(&mut out, &cx).unwrap() {}
+        let got = emitted(&mut out);
+        let want = reference(&input, &failed);
+        assert!(want.len() > 20);
+        assert_eq!(got, want, "seed {seed}");
+        assert!(!state.join("spill/unique").exists(), "the spill is removed");
+    }
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+#[test]
+fn latest_ties_keep_the_first_seen_and_null_versions_are_lowest() {
+    let cx = cx();
+    let mut t = build("latest");
+    let mut out = Emitter::default();
+    let r = |id: &str, v: Option<i64>| (id.to_string(), v);
+    t.transform(
+        batch_opt(
+            0,
+            &[
+                r("tie", Some(2)),
+                r("null", None),
+                r("nulls", None),
+                r("min", None),
+            ],
+        ),
+        &mut out,
+        &cx,
+    )
+    .unwrap();
+    t.transform(
+        batch_opt(
+            1,
+            &[
+                r("tie", Some(2)),
+                r("null", Some(-9)),
+                r("nulls", None),
+                r("min", Some(i64::MIN)),
+            ],
+        ),
+        &mut out,
+        &cx,
+    )
+    .unwrap();
+    t.finish(&mut out, &cx).unwrap();
+    while t.finish_next(&mut out, &cx).unwrap() {}
+    // A null is lower than any version and equal to i64::MIN: the first seen wins that tie.
+    assert_eq!(
+        emitted(&mut out),
+        vec![
+            (0, vec![r("tie", Some(2)), r("nulls", None), r("min", None)]),
+            (1, vec![r("null", Some(-9))]),
+        ]
+    );
+}
+
+#[test]
+fn latest_rows_of_a_failed_window_never_win() {
+    let cx = cx();
+    let mut t = build("latest");
+    let mut out = Emitter::default();
+    let r = |id: &str, v: i64| (id.to_string(), Some(v));
+    t.transform(batch_opt(0, &[r("a", 1), r("b", 1)]), &mut out, &cx)
+        .unwrap();
+    // Window 1 has the newest version of `a` and the only row of `c`, then fails.
+    t.transform(batch_opt(1, &[r("a", 9), r("c", 9)]), &mut out, &cx)
+        .unwrap();
+    t.transform(batch_opt(2, &[r("a", 5), r("b", 0)]), &mut out, &cx)
+        .unwrap();
+    t.window_failed(&window(1), &cx).unwrap();
+    t.finish(&mut out, &cx).unwrap();
+    while t.finish_next(&mut out, &cx).unwrap() {}
+    assert_eq!(
+        emitted(&mut out),
+        vec![(0, vec![r("b", 1)]), (2, vec![r("a", 5)])]
+    );
+}
+
+#[test]
+fn latest_spill_clears_leftovers_and_is_gone_after_finish() {
+    let state = std::env::temp_dir().join(format!("chatlake-dedupe-spill-{}", std::process::id()));
+    let spill = state.join("spill/unique");
+    std::fs::create_dir_all(&spill).unwrap();
+    std::fs::write(spill.join("keys-00.bin"), [7u8; 32]).unwrap();
+    std::fs::write(spill.join("rows-00009.arrows"), b"killed").unwrap();
+    let cx = cx();
+    let mut out = Emitter::default();
+    let mut t = latest_in(&state);
+    t.finish(&mut out, &cx).unwrap();
+    while t.finish_next(&mut out, &cx).unwrap() {}
+    assert!(
+        spill.join("rows-00009.arrows").exists(),
+        "no input, nothing touched"
+    );
+    t.transform(batch(0, &[("a", "1", 1)]), &mut out, &cx)
+        .unwrap();
+    assert!(!spill.join("rows-00009.arrows").exists());
+    assert_eq!(std::fs::read_dir(&spill).unwrap().count(), 64 + 1);
+    t.finish(&mut out, &cx).unwrap();
+    while t.finish_next(&mut out, &cx).unwrap() {}
+    assert_eq!(rows(&mut out), vec![("1".into(), 1, 0)]);
+    assert!(!spill.exists());
+
+    // Dropped before the end (the run failed): the spill goes too.
+    let mut t = latest_in(&state);
+    t.transform(batch(0, &[("a", "1", 1)]), &mut out, &cx)
+        .unwrap();
+    assert!(spill.exists());
+    drop(t);
+    assert!(!spill.exists());
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// Built without a state directory (as here): a fresh directory under the system's temporary one.
+#[test]
+fn latest_spill_without_a_state_dir_uses_a_temporary_dir() {
+    let spill = latest::LatestSpill::new(std::path::Path::new(""), "unique");
+    let other = latest::LatestSpill::new(std::path::Path::new(""), "unique");
+    assert!(spill.dir().starts_with(std::env::temp_dir()));
+    assert_ne!(spill.dir(), other.dir());
+}
+
+/// Batches of another schema start a new spill file; each comes back with its own schema.
+#[test]
+fn latest_keeps_each_batch_schema() {
+    let cx = cx();
+    let mut t = build("latest");
+    let mut out = Emitter::default();
+    let plain = batch(0, &[("a", "1", 1), ("a", "2", 1)]);
+    let meta = {
+        let b = batch(1, &[("a", "1", 2), ("a", "3", 1)]);
+        let schema = Schema::new_with_metadata(
+            b.data.schema().fields().clone(),
+            [("origin".to_string(), "x".to_string())].into(),
+        );
+        Batch::new(
+            b.window.clone(),
+            b.data.with_schema(Arc::new(schema)).unwrap(),
+        )
+    };
+    let schemas = [plain.data.schema(), meta.data.schema(), plain.data.schema()];
+    t.transform(plain.clone(), &mut out, &cx).unwrap();
+    t.transform(meta, &mut out, &cx).unwrap();
+    t.transform(batch(2, &[("a", "4", 1)]), &mut out, &cx)
+        .unwrap();
+    t.finish(&mut out, &cx).unwrap();
+    while t.finish_next(&mut out, &cx).unwrap() {}
+    let got: Vec<_> = out.drain().map(|b| b.data.schema()).collect();
+    assert_eq!(got, schemas);
+}
+
+/// A key partition bigger than the reduction threshold (a key repeated often) is reduced as it
+/// is read, with the same winners.
+#[test]
+fn latest_spill_reduces_partitions_of_repeated_keys() {
+    let input = random_input(9, 40, 5);
+    for reduce_at in [1, 7, 1 << 20] {
+        let mut spill = latest::LatestSpill::new(std::path::Path::new(""), "unique");
+        spill.set_reduce_at(reduce_at);
+        let mut t = DedupeTransform {
+            config: serde_json::from_value(serde_json::json!({ "keep": "latest" })).unwrap(),
+            seen: FingerprintSet::new(),
+            latest: Some(spill),
+            key_buf: Vec::new(),
+            across: None,
+        };
+        let cx = cx();
+        let mut out = Emitter::default();
+        for (w, rows) in &input {
+            t.transform(batch_opt(*w, rows), &mut out, &cx).unwrap();
+        }
+        t.finish(&mut out, &cx).unwrap();
+        while t.finish_next(&mut out, &cx).unwrap() {}
+        assert_eq!(
+            emitted(&mut out),
+            reference(&input, &[]),
+            "reduce at {reduce_at}"
+        );
+    }
+}
+
+#[test]
+fn latest_needs_an_int64_version() {
+    let cx = cx();
+    let config: DedupeConfig =
+        serde_json::from_value(serde_json::json!({ "keep": "latest", "version_column": "nope" }))
+            .unwrap();
+    let mut t = config.build(&BuildContext::default()).unwrap();
+    let e = t
+        .transform(batch(0, &[("a", "1", 1)]), &mut Emitter::default(), &cx)
+        .unwrap_err();
+    assert!(e.to_string().contains("`nope` is missing"), "{e}");
 }

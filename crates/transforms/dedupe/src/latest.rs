@@ -1,0 +1,452 @@
+//! `keep = "latest"` in bounded memory: the input goes to disk as it arrives, the winners are
+//! found one key partition at a time, and the input is read back once, filtered.
+//!
+//! * While input arrives, each batch is appended as is to an Arrow IPC stream (the arrival-order
+//!   spill; a new file whenever the schema changes), and each row gets a number in arrival order
+//!   and a 32-byte record (128-bit key hash, version, row number) in one of 64 key-partition
+//!   files picked by the top 6 bits of the hash. In memory: the 64 file buffers and one small
+//!   entry per batch (its window and first row), nothing per row or per key.
+//! * At the end, each key partition in turn is read, sorted by (hash, version descending, row)
+//!   and the first row of each hash is marked in a winner bitmap, 1 bit per input row. Records
+//!   of failed windows are skipped. If one partition holds more than a million records (a key
+//!   repeated very often), it is sorted and reduced to one record per key whenever it doubles,
+//!   so memory stays at about twice the partition's distinct keys × 32 bytes.
+//! * Then the arrival-order spill is read back batch by batch, filtered with its slice of the
+//!   bitmap and emitted with its window, in the order it arrived.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch};
+use arrow::buffer::{BooleanBuffer, Buffer};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use chatlake_core::{Emitter, WindowRef};
+
+/// Key partitions: the top `PART_BITS` bits of the key hash pick one.
+const PART_BITS: u32 = 6;
+const PARTS: usize = 1 << PART_BITS;
+/// Bytes of one key record: hash (16), version (8), row (8).
+const RECORD: usize = 32;
+/// Buffer of each spill file.
+const IO_BUF: usize = 64 * 1024;
+/// A key partition with more records than this is reduced to one record per key as it is read.
+const REDUCE_AT: usize = 1 << 20;
+
+/// An I/O or Arrow error on a spill file, with the file.
+#[derive(Debug)]
+pub(crate) struct SpillError {
+    path: PathBuf,
+    reading: bool,
+    message: String,
+}
+
+impl std::fmt::Display for SpillError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = if self.reading {
+            "reading back"
+        } else {
+            "spilling to"
+        };
+        write!(f, "{what} {}: {}", self.path.display(), self.message)
+    }
+}
+
+fn spill_error(path: &Path, reading: bool, e: &dyn std::fmt::Display) -> SpillError {
+    SpillError {
+        path: path.to_path_buf(),
+        reading,
+        message: e.to_string(),
+    }
+}
+
+/// Names the file an error is about.
+trait Context<T> {
+    fn writing(self, path: &Path) -> Result<T, SpillError>;
+    fn reading(self, path: &Path) -> Result<T, SpillError>;
+}
+
+impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
+    fn writing(self, path: &Path) -> Result<T, SpillError> {
+        self.map_err(|e| spill_error(path, false, &e))
+    }
+    fn reading(self, path: &Path) -> Result<T, SpillError> {
+        self.map_err(|e| spill_error(path, true, &e))
+    }
+}
+
+/// What is kept in memory of one spilled batch.
+struct SpilledBatch {
+    window: WindowRef,
+    /// Arrival number of its first row.
+    first_row: u64,
+    rows: usize,
+    /// Its window failed: none of its rows may win, and it is not read back.
+    failed: bool,
+}
+
+/// One arrival-order file: batches of one schema.
+struct Segment {
+    path: PathBuf,
+    batches: usize,
+}
+
+/// The open spill files, from the first batch to `finish`.
+struct Open {
+    segments: Vec<Segment>,
+    writer: Option<(StreamWriter<BufWriter<File>>, SchemaRef)>,
+    parts: Vec<BufWriter<File>>,
+}
+
+/// The read-back, from `finish` until the last winner is out.
+struct Reading {
+    segments: std::vec::IntoIter<Segment>,
+    /// The segment being read and how many of its batches are left.
+    current: Option<(PathBuf, StreamReader<BufReader<File>>, usize)>,
+    winners: Buffer,
+    /// Index in `batches` of the next batch read back.
+    next_batch: usize,
+}
+
+/// The spill of one `keep = "latest"` transform. See the module docs.
+pub(crate) struct LatestSpill {
+    dir: PathBuf,
+    open: Option<Open>,
+    reading: Option<Reading>,
+    batches: Vec<SpilledBatch>,
+    rows: u64,
+    /// [`REDUCE_AT`], but for tests.
+    reduce_at: usize,
+    /// The directory exists and is ours to remove.
+    created: bool,
+}
+
+/// Tells spill directories of transforms built without a state directory apart.
+static UNNAMED: AtomicU64 = AtomicU64::new(0);
+
+impl LatestSpill {
+    /// Spills under `<state_dir>/spill/<name>/`, or a fresh directory under the system's
+    /// temporary directory if `state_dir` is empty (a transform built for a test).
+    pub(crate) fn new(state_dir: &Path, name: &str) -> Self {
+        let dir = if state_dir.as_os_str().is_empty() {
+            std::env::temp_dir().join(format!(
+                "chatlake-dedupe-spill-{}-{}",
+                std::process::id(),
+                UNNAMED.fetch_add(1, Ordering::Relaxed)
+            ))
+        } else {
+            state_dir.join("spill").join(name)
+        };
+        LatestSpill {
+            dir,
+            open: None,
+            reading: None,
+            batches: Vec::new(),
+            rows: 0,
+            reduce_at: REDUCE_AT,
+            created: false,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Makes the partition reduction run on small inputs.
+    #[cfg(test)]
+    pub(crate) fn set_reduce_at(&mut self, records: usize) {
+        self.reduce_at = records;
+    }
+
+    /// Appends a batch and its rows' key hashes and versions.
+    pub(crate) fn push(
+        &mut self,
+        window: &WindowRef,
+        data: &RecordBatch,
+        hashes: &[u128],
+        versions: &Int64Array,
+    ) -> Result<(), SpillError> {
+        if data.num_rows() == 0 {
+            return Ok(());
+        }
+        let open = match &mut self.open {
+            Some(open) => open,
+            None => {
+                self.created = true;
+                self.open.insert(Open::create(&self.dir)?)
+            }
+        };
+        if open
+            .writer
+            .as_ref()
+            .is_none_or(|(_, s)| *s != data.schema())
+        {
+            open.start_segment(&self.dir, data.schema())?;
+        }
+        let (writer, _) = open.writer.as_mut().expect("a segment is open");
+        let segment = open.segments.last_mut().expect("a segment is open");
+        writer.write(data).writing(&segment.path)?;
+        segment.batches += 1;
+
+        let mut record = [0u8; RECORD];
+        for (i, &hash) in hashes.iter().enumerate() {
+            let version = if versions.is_null(i) {
+                i64::MIN
+            } else {
+                versions.value(i)
+            };
+            record[..16].copy_from_slice(&hash.to_le_bytes());
+            record[16..24].copy_from_slice(&version.to_le_bytes());
+            record[24..].copy_from_slice(&(self.rows + i as u64).to_le_bytes());
+            let p = (hash >> (128 - PART_BITS)) as usize;
+            open.parts[p]
+                .write_all(&record)
+                .writing(&part_path(&self.dir, p))?;
+        }
+        self.batches.push(SpilledBatch {
+            window: window.clone(),
+            first_row: self.rows,
+            rows: data.num_rows(),
+            failed: false,
+        });
+        self.rows += data.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Rows of `window` that arrived so far may not win and are not emitted.
+    pub(crate) fn window_failed(&mut self, window: &WindowRef) {
+        let key = window.key();
+        for b in &mut self.batches {
+            if !b.failed && (std::sync::Arc::ptr_eq(&b.window, window) || b.window.key() == key) {
+                b.failed = true;
+            }
+        }
+    }
+
+    /// Closes the spill and finds the winners; [`LatestSpill::emit_next`] then hands them out.
+    pub(crate) fn finish(&mut self) -> Result<(), SpillError> {
+        let Some(open) = self.open.take() else {
+            return Ok(());
+        };
+        let segments = open.close(&self.dir)?;
+        let winners = Buffer::from_vec(self.winners()?);
+        self.reading = Some(Reading {
+            segments: segments.into_iter(),
+            current: None,
+            winners,
+            next_batch: 0,
+        });
+        Ok(())
+    }
+
+    /// Reads the spill back until one batch of winners is emitted (in arrival order, with its
+    /// window); `false` once everything is out and the spill directory is removed. One spilled
+    /// batch in memory at a time.
+    pub(crate) fn emit_next(&mut self, out: &mut Emitter) -> Result<bool, SpillError> {
+        let Some(reading) = self.reading.as_mut() else {
+            return Ok(false);
+        };
+        loop {
+            if reading
+                .current
+                .as_ref()
+                .is_none_or(|(_, _, left)| *left == 0)
+            {
+                let Some(segment) = reading.segments.next() else {
+                    break;
+                };
+                let file = File::open(&segment.path).reading(&segment.path)?;
+                let reader = StreamReader::try_new(BufReader::with_capacity(IO_BUF, file), None)
+                    .reading(&segment.path)?;
+                reading.current = Some((segment.path, reader, segment.batches));
+                continue;
+            }
+            let (path, reader, left) = reading.current.as_mut().expect("checked above");
+            let data = reader
+                .next()
+                .ok_or("the file ends early")
+                .reading(path)?
+                .reading(path)?;
+            *left -= 1;
+            let b = &self.batches[reading.next_batch];
+            reading.next_batch += 1;
+            if b.failed {
+                continue;
+            }
+            let mask = BooleanArray::new(
+                BooleanBuffer::new(reading.winners.clone(), b.first_row as usize, b.rows),
+                None,
+            );
+            let data = filter_record_batch(&data, &mask).reading(path)?;
+            if data.num_rows() > 0 {
+                out.emit(b.window.clone(), data);
+                return Ok(true);
+            }
+        }
+        self.reading = None;
+        self.batches = Vec::new();
+        self.rows = 0;
+        std::fs::remove_dir_all(&self.dir).writing(&self.dir)?;
+        self.created = false;
+        Ok(false)
+    }
+
+    /// The winner bitmap: bit `row` is set if that row is the latest of its key.
+    fn winners(&self) -> Result<Vec<u8>, SpillError> {
+        let mut winners = vec![0u8; (self.rows as usize).div_ceil(8)];
+        let failed: Vec<(u64, u64)> = self
+            .batches
+            .iter()
+            .filter(|b| b.failed)
+            .map(|b| (b.first_row, b.first_row + b.rows as u64))
+            .collect();
+        let is_failed = |row: u64| {
+            let i = failed.partition_point(|r| r.1 <= row);
+            i < failed.len() && failed[i].0 <= row
+        };
+        let mut records: Vec<Record> = Vec::new();
+        let mut buf = [0u8; RECORD];
+        for p in 0..PARTS {
+            let path = part_path(&self.dir, p);
+            let file = File::open(&path).reading(&path)?;
+            let count = file.metadata().reading(&path)?.len() as usize / RECORD;
+            let mut reader = BufReader::with_capacity(IO_BUF, file);
+            records.clear();
+            records.reserve(count.min(self.reduce_at));
+            let mut reduce_at = self.reduce_at;
+            for _ in 0..count {
+                reader.read_exact(&mut buf).reading(&path)?;
+                let r = Record::decode(&buf);
+                if !failed.is_empty() && is_failed(r.row) {
+                    continue;
+                }
+                records.push(r);
+                if records.len() >= reduce_at {
+                    reduce(&mut records);
+                    reduce_at = reduce_at.max(2 * records.len());
+                }
+            }
+            reduce(&mut records);
+            for r in &records {
+                arrow::util::bit_util::set_bit(&mut winners, r.row as usize);
+            }
+            // Frees the disk early; the directory goes at the end anyway.
+            let _ = std::fs::remove_file(&path);
+        }
+        Ok(winners)
+    }
+}
+
+impl Drop for LatestSpill {
+    /// A run that stops before `finish` ends, or whose `finish` fails, leaves no spill behind
+    /// (if it is killed, the next run's first batch clears the directory).
+    fn drop(&mut self) {
+        if self.created {
+            drop(self.open.take());
+            drop(self.reading.take());
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Open {
+    /// Clears what a killed run left in `dir` and opens the key partitions.
+    fn create(dir: &Path) -> Result<Open, SpillError> {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(spill_error(dir, false, &e)),
+        }
+        std::fs::create_dir_all(dir).writing(dir)?;
+        let parts = (0..PARTS)
+            .map(|p| {
+                let path = part_path(dir, p);
+                let file = File::create(&path).writing(&path)?;
+                Ok(BufWriter::with_capacity(IO_BUF, file))
+            })
+            .collect::<Result<_, SpillError>>()?;
+        Ok(Open {
+            segments: Vec::new(),
+            writer: None,
+            parts,
+        })
+    }
+
+    /// Ends the current arrival-order file, if any, and starts one for `schema`.
+    fn start_segment(&mut self, dir: &Path, schema: SchemaRef) -> Result<(), SpillError> {
+        self.end_segment()?;
+        let path = dir.join(format!("rows-{:05}.arrows", self.segments.len()));
+        let file = File::create(&path).writing(&path)?;
+        let writer = StreamWriter::try_new(BufWriter::with_capacity(IO_BUF, file), &schema)
+            .writing(&path)?;
+        self.segments.push(Segment { path, batches: 0 });
+        self.writer = Some((writer, schema));
+        Ok(())
+    }
+
+    fn end_segment(&mut self) -> Result<(), SpillError> {
+        if let Some((mut writer, _)) = self.writer.take() {
+            let path = &self.segments.last().expect("a segment is open").path;
+            writer.finish().writing(path)?;
+            writer
+                .into_inner()
+                .writing(path)?
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .writing(path)?;
+        }
+        Ok(())
+    }
+
+    /// Flushes and closes every file; returns the arrival-order files.
+    fn close(mut self, dir: &Path) -> Result<Vec<Segment>, SpillError> {
+        self.end_segment()?;
+        for (p, part) in self.parts.into_iter().enumerate() {
+            part.into_inner()
+                .map_err(|e| e.into_error())
+                .writing(&part_path(dir, p))?;
+        }
+        Ok(self.segments)
+    }
+}
+
+fn part_path(dir: &Path, p: usize) -> PathBuf {
+    dir.join(format!("keys-{p:02}.bin"))
+}
+
+/// One row's key record.
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    hash: u128,
+    version: i64,
+    row: u64,
+}
+
+impl Record {
+    fn decode(b: &[u8; RECORD]) -> Record {
+        let (hash, rest) = b.split_at(16);
+        let (version, row) = rest.split_at(8);
+        Record {
+            hash: u128::from_le_bytes(hash.try_into().expect("16 bytes")),
+            version: i64::from_le_bytes(version.try_into().expect("8 bytes")),
+            row: u64::from_le_bytes(row.try_into().expect("8 bytes")),
+        }
+    }
+}
+
+/// Sorts by (hash, version descending, row) and keeps the first record of each hash: the
+/// highest version, and of equal versions the first to arrive.
+fn reduce(records: &mut Vec<Record>) {
+    records.sort_unstable_by(|a, b| {
+        a.hash
+            .cmp(&b.hash)
+            .then(b.version.cmp(&a.version))
+            .then(a.row.cmp(&b.row))
+    });
+    records.dedup_by_key(|r| r.hash);
+}
