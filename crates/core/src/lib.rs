@@ -9,6 +9,7 @@ pub mod dead_letter;
 mod error;
 pub mod event;
 pub mod files;
+pub mod fingerprint;
 pub mod graph;
 pub mod metrics;
 pub mod parsed;

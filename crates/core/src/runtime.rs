@@ -30,8 +30,10 @@ use crate::stage::{
 use crate::state::{LedgerEvent, StateStore, WindowStatus};
 use crate::{Error, Result};
 
-/// Events buffered per edge. Batches are ~8k rows, so this bounds each edge to a few MB.
-pub const CHANNEL_CAPACITY: usize = 8;
+/// Events buffered per edge. Batches are ~8k rows (1–3 MB), and a full pipeline holds this many
+/// on every edge: 8 kept ~100 MB more resident at 5M rows than 4, for no measurable speed (issue
+/// 6, BENCHMARKS.md).
+pub const CHANNEL_CAPACITY: usize = 4;
 
 /// A pipeline about to run; its counters can be watched (progress) while it runs.
 pub struct Run {

@@ -9,12 +9,13 @@
 //! can read saved response pages (`files = [...]`) instead of calling the API.
 //!
 //! Layout: [`config`] (the tables, their checks, `build`), `api` (tokens, the shared rate
-//! budgets, one `GET` with retries), [`parse`] (pages → Arrow), `source` (discovery, windows,
-//! paging).
+//! budgets, one `GET` with retries), [`parse`] (pages → Arrow), `saved` (files of saved pages, parsed on parallel blocking
+//! threads), `source` (discovery, windows, paging).
 
 mod api;
 pub mod config;
 pub mod parse;
+mod saved;
 mod source;
 
 pub use config::{ZoomAuth, ZoomChatReportConfig, ZoomUserMessagesConfig};

@@ -33,7 +33,8 @@ use url::Url;
 
 use crate::api::{ApiError, Budgets, Credentials, Label, ZoomApi};
 use crate::config::ConversationList;
-use crate::parse::{CHAT_REPORT, Context, Page, RawBuilder, USER_MESSAGES};
+use crate::parse::{CHAT_REPORT, Context, RawBuilder, USER_MESSAGES};
+use crate::saved;
 
 /// Rows collected before a batch goes downstream.
 const BATCH_ROWS: usize = 4096;
@@ -726,15 +727,14 @@ impl ZoomSource {
                     }
                     Err(e) => return Err(e.into()),
                 };
-                let page: Page = serde_json::from_slice(&body).map_err(|e| {
-                    WindowError::Failed(format!(
-                        "{}: the page is not understood: {e}",
-                        window.label
-                    ))
-                })?;
-                let next = page.next();
-                builder.append_page(&page, &target.context());
-                drop(page);
+                let next = builder
+                    .append_json(&body, Some(&target.context()))
+                    .map_err(|e| {
+                        WindowError::Failed(format!(
+                            "{}: the page is not understood: {e}",
+                            window.label
+                        ))
+                    })?;
                 let ready = if builder.len() >= BATCH_ROWS || next.is_none() {
                     Some(
                         builder
@@ -831,83 +831,42 @@ impl ZoomSource {
         chatlake_core::files::expand(&files.patterns).map_err(|e| self.core_error(e))
     }
 
+    /// Reads a file of saved pages: split at line boundaries into parts parsed concurrently on
+    /// blocking threads, all sending into `window`.
     async fn load_file(
         &self,
         path: PathBuf,
         window: &WindowRef,
         cx: &SourceContext,
     ) -> Result<(), WindowError> {
-        use tokio::io::AsyncBufReadExt;
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| WindowError::Failed(format!("{}: {e}", path.display())))?;
-        // One page (line) in memory at a time, in one reused buffer.
-        let mut reader = tokio::io::BufReader::with_capacity(1 << 20, file);
-        let mut line = Vec::with_capacity(1 << 16);
-        let mut bytes = 0u64;
-        let mut builder = RawBuilder::new(self.record_type());
-        for n in 1.. {
-            line.clear();
-            let read = reader
-                .read_until(b'\n', &mut line)
+        let failed = |e: std::io::Error| WindowError::Failed(format!("{}: {e}", path.display()));
+        let parts = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || saved::split_lines(&path))
                 .await
-                .map_err(|e| WindowError::Failed(format!("{}: {e}", path.display())))?;
-            if read == 0 {
-                break;
-            }
-            bytes += read as u64;
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let parsed = match serde_json::from_slice::<Page>(&line) {
-                Ok(page) => {
-                    let contact = page.to_contact.as_deref();
-                    let context = Context {
-                        conversation_id: page
-                            .to_channel
-                            .as_deref()
-                            .or(contact)
-                            .or(page.session_id.as_deref()),
-                        conversation_name: None,
-                        user_id: page.user_id.as_deref(),
-                        recipient: contact,
-                    };
-                    builder.append_page(&page, &context);
-                    None
+                .map_err(|e| failed(std::io::Error::other(e)))?
+                .map_err(failed)?
+        };
+        let record_type = self.record_type();
+        let results = futures::future::join_all(parts.into_iter().map(|part| {
+            let path = path.clone();
+            chatlake_core::parsed::parse_to_output(cx, window, move |sink| {
+                saved::read_pages(&path, part, record_type, sink)
+            })
+        }))
+        .await;
+        let mut bytes = 0;
+        for result in results {
+            match result.map_err(WindowError::Stop)? {
+                Ok(read) => bytes += read,
+                Err(saved::ReadError::Io(e)) => return Err(failed(e)),
+                Err(saved::ReadError::Stopped(e)) => {
+                    return Err(WindowError::Stop(self.core_error(e)));
                 }
-                Err(e) => Some(e.to_string()),
-            };
-            if let Some(e) = parsed {
-                let raw = serde_json::Value::String(String::from_utf8_lossy(&line).into_owned());
-                cx.dead_letters
-                    .record(
-                        &cx.name,
-                        Some(window),
-                        &format!("line {n}: not a response page: {e}"),
-                        raw,
-                        &cx.metrics,
-                    )
-                    .map_err(WindowError::Stop)?;
-                continue;
-            }
-            if builder.len() >= BATCH_ROWS {
-                let data = builder
-                    .finish()
-                    .map_err(|e| WindowError::Failed(e.to_string()))?;
-                cx.out
-                    .send(Batch::new(window.clone(), data))
-                    .await
-                    .map_err(WindowError::Stop)?;
             }
         }
         cx.metrics.add_file(bytes);
-        let data = builder
-            .finish()
-            .map_err(|e| WindowError::Failed(e.to_string()))?;
-        cx.out
-            .send(Batch::new(window.clone(), data))
-            .await
-            .map_err(WindowError::Stop)
+        Ok(())
     }
 
     fn core_error(&self, e: impl std::fmt::Display) -> chatlake_core::Error {

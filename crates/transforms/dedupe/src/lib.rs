@@ -30,7 +30,6 @@
 //! exactly those of the rows in the lake. Files of the earlier format (`.keys`, 16 bytes per
 //! key) of committed windows are still read: the low 8 bytes of each are its fingerprint.
 
-mod fingerprint_set;
 mod latest;
 
 use std::collections::HashMap;
@@ -41,11 +40,11 @@ use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBat
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Date32Type, Int32Type, Int64Type, TimestampMicrosecondType};
 use chatlake_core::config::InvalidConfig;
+pub use chatlake_core::fingerprint::FingerprintSet;
 use chatlake_core::{
     Batch, BuildContext, DataKind, Emitter, Error, Result, Transform, TransformConfig,
     TransformContext, WindowRef,
 };
-pub use fingerprint_set::FingerprintSet;
 use latest::LatestSpill;
 use schemars::JsonSchema;
 use serde::Deserialize;

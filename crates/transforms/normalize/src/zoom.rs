@@ -66,7 +66,11 @@ pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()>
     let mut sent_at = Vec::with_capacity(n);
     let mut version = Vec::with_capacity(n);
     let mut status = StringBuilder::with_capacity(n, n * 7);
-    let mut sender = StringBuilder::with_capacity(n, n * 16);
+    let mut lowered = String::new();
+    // `sender_member_id` is the sender unless it is missing somewhere: then it is rebuilt with
+    // the e-mail `sender` in the gaps.
+    let mut sender =
+        (sender_member.null_count() > 0).then(|| StringBuilder::with_capacity(n, n * 16));
     for i in 0..n {
         let ms = if timestamp.is_valid(i) {
             Some(timestamp.value(i))
@@ -102,15 +106,23 @@ pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()>
         } else {
             ms
         });
-        if status_in.is_valid(i) {
-            status.append_value(status_in.value(i).to_ascii_lowercase());
-        } else {
-            status.append_value("normal");
-        }
-        if sender_member.is_valid(i) {
-            sender.append_value(sender_member.value(i));
-        } else {
-            sender.append_option(sender_email.is_valid(i).then(|| sender_email.value(i)));
+        status.append_value(match status_in.is_valid(i).then(|| status_in.value(i)) {
+            None | Some("Normal") => "normal",
+            Some("Edited") => "edited",
+            Some("Deleted") => "deleted",
+            Some(other) => {
+                lowered.clear();
+                lowered.push_str(other);
+                lowered.make_ascii_lowercase();
+                &lowered
+            }
+        });
+        if let Some(sender) = &mut sender {
+            if sender_member.is_valid(i) {
+                sender.append_value(sender_member.value(i));
+            } else {
+                sender.append_option(sender_email.is_valid(i).then(|| sender_email.value(i)));
+            }
         }
     }
 
@@ -130,7 +142,10 @@ pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()>
         col("id")?,
         col("conversation_id")?,
         col("conversation_name")?,
-        Arc::new(sender.finish()),
+        match &mut sender {
+            Some(sender) => Arc::new(sender.finish()),
+            None => kept.pass(sender_member)?,
+        },
         col("sender_display_name")?,
         col("recipient")?,
         utc(sent_at),
@@ -160,7 +175,7 @@ mod tests {
     use chatlake_core::dead_letter::DeadLetters;
     use chatlake_core::stage::RunInfo;
     use chatlake_core::{Window, WindowRef};
-    use chatlake_source_zoom::parse::{Context, Page, RawBuilder};
+    use chatlake_source_zoom::parse::{Context, RawBuilder};
 
     fn context(dir: &std::path::Path) -> TransformContext {
         TransformContext {
@@ -196,15 +211,12 @@ mod tests {
             {"message":"no id","timestamp":1}],
             "edited_messages":[{"id":"a","message":"hi!","timestamp":5000,"action_timestamp":6000}],
             "deleted_messages":[{"id":"b","message":"","date_time":"2025-01-01T00:00:01Z"}]}"#;
-        let page: Page = serde_json::from_slice(body).unwrap();
         let mut b = RawBuilder::new(CHAT_REPORT);
-        b.append_page(
-            &page,
-            &Context {
-                conversation_id: Some("s1"),
-                ..Context::default()
-            },
-        );
+        let cx = Context {
+            conversation_id: Some("s1"),
+            ..Context::default()
+        };
+        b.append_json(body, Some(&cx)).unwrap();
         let dir = std::env::temp_dir().join(format!("zoom-normalize-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let cx = context(&dir);

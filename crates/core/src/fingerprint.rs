@@ -1,4 +1,5 @@
-//! The key set of `keep = "first"`: 64-bit key fingerprints in one flat open-addressing table.
+//! A set of 64-bit key fingerprints in one flat open-addressing table: the key set of dedupe
+//! `keep = "first"` and the occurrence counting of LINE WORKS rows in `normalize`.
 //!
 //! A general-purpose hash set of 128-bit hashes cost 19–39 bytes per key (16-byte entries, a
 //! control byte each, and a table that doubles). This one stores the 8-byte fingerprint alone,
