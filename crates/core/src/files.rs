@@ -54,7 +54,7 @@ pub fn expand(patterns: &[String]) -> Result<Vec<PathBuf>, FilesError> {
     Ok(paths)
 }
 
-/// Runs `load` for every item, [`crate::runtime::parallelism`] at a time (parsers run on
+/// Runs `load` for every item, [`crate::runtime::windows_at_once`] at a time (parsers run on
 /// blocking threads, so files are read on several cores), and stops at the first error. Used by
 /// sources that read one window per file: the windows are independent.
 pub async fn load_concurrently<T, E, F, Fut>(items: Vec<T>, load: F) -> Result<(), E>
@@ -64,7 +64,7 @@ where
 {
     use futures::StreamExt;
     let mut running = futures::stream::iter(items.into_iter().map(load))
-        .buffer_unordered(crate::runtime::parallelism());
+        .buffer_unordered(crate::runtime::windows_at_once());
     while let Some(result) = running.next().await {
         result?;
     }

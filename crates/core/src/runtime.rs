@@ -512,15 +512,22 @@ async fn run_transform(
     Ok(())
 }
 
-/// How many instances of a transform (or files of a source) are worked on at once: one per core,
-/// at most [`MAX_REPLICAS`]. `CHATLAKE_THREADS` overrides the core count (1: one at a time).
-pub fn parallelism() -> usize {
+/// The cores a run plans for: the machine's, or `CHATLAKE_THREADS`.
+pub fn cores() -> usize {
     std::env::var("CHATLAKE_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|n| *n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .min(MAX_REPLICAS)
+}
+
+/// How many windows are worked on at once: files a source reads side by side, instances of a
+/// transform that can be replicated. The stages of a pipeline already keep about two cores busy
+/// by themselves (parser, transforms and the sink's encoder run concurrently), so one window per
+/// two cores: on 2 cores, replicas and concurrent files made the LINE WORKS job 8 % slower and
+/// 50 % bigger (issue 6, BENCHMARKS.md). At most [`MAX_REPLICAS`].
+pub fn windows_at_once() -> usize {
+    (cores() / 2).clamp(1, MAX_REPLICAS)
 }
 
 /// More instances than this only add hand-offs: the stages around them are single.
@@ -532,7 +539,7 @@ fn replicas(t: &dyn Transform) -> Vec<Box<dyn Transform>> {
         return Vec::new();
     }
     let mut copies = Vec::new();
-    for _ in 1..parallelism() {
+    for _ in 1..windows_at_once() {
         match t.replicate() {
             Some(copy) => copies.push(copy),
             None => break,

@@ -41,7 +41,7 @@ pub(crate) enum ReadError {
 
 /// How many threads parse a file of `len` bytes.
 fn parts_for(len: u64) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = chatlake_core::runtime::cores();
     let by_size = usize::try_from(len / MIN_PART).unwrap_or(usize::MAX).max(1);
     cores.min(MAX_PARTS).min(by_size)
 }
