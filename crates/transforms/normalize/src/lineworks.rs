@@ -14,8 +14,10 @@ use chatlake_core::fingerprint::FingerprintSet;
 use chatlake_core::schema::{self};
 use chatlake_core::{Batch, Emitter, Error, Result, TransformContext, WindowRef};
 
-use crate::columns::{Kept, constant, no_attachments, no_text, no_time, utc, utc_dates};
-use chrono::{FixedOffset, NaiveDate};
+use crate::columns::{
+    Kept, constant, no_attachments, no_text, no_time, utc, utc_dates, wall_clock_seconds,
+};
+use chrono::FixedOffset;
 use hashbrown::HashMap;
 use md5::{Digest, Md5};
 
@@ -206,24 +208,8 @@ pub fn split_sender(value: &str) -> (bool, Option<&str>, &str) {
 /// `yyyy-MM-dd HH:mm:ss` in `offset` (the file's local time), or ISO 8601 with its own offset,
 /// → microseconds since the epoch, UTC.
 pub fn parse_local_time(s: &str, offset: FixedOffset) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() == 19 && (b[10] == b' ' || b[10] == b'T') {
-        let num = |r: std::ops::Range<usize>| -> Option<u32> {
-            let mut v = 0u32;
-            for &c in &b[r] {
-                if !c.is_ascii_digit() {
-                    return None;
-                }
-                v = v * 10 + (c - b'0') as u32;
-            }
-            Some(v)
-        };
-        if b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
-            return None;
-        }
-        let local = NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?
-            .and_hms_opt(num(11..13)?, num(14..16)?, num(17..19)?)?;
-        let secs = local.and_utc().timestamp() - offset.local_minus_utc() as i64;
+    if s.len() == 19 {
+        let secs = wall_clock_seconds(s.as_bytes())? - offset.local_minus_utc() as i64;
         return Some(secs * 1_000_000);
     }
     chrono::DateTime::parse_from_rfc3339(s)

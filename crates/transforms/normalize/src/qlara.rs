@@ -15,7 +15,9 @@ use arrow::array::{
 use chatlake_core::schema::{self};
 use chatlake_core::{Batch, Emitter, Error, Result, TransformContext};
 
-use crate::columns::{Kept, constant, no_attachments, no_text, utc, utc_dates, utc_opt};
+use crate::columns::{
+    Kept, constant, no_attachments, no_text, utc, utc_dates, utc_opt, wall_clock_seconds,
+};
 
 /// The record type the Qlara source emits (see `chatlake-source-qlara`).
 pub const RECORD_TYPE: &str = "qlara.message_history";
@@ -25,6 +27,9 @@ const STATUSES: [&str; 5] = ["delivered", "sent", "error", "expired", "unknown"]
 /// `2025-01-01T10:00:00+01:00` (also `Z`, fractions, a space for `T`) → µs since the epoch.
 pub fn parse_time(s: &str) -> Option<i64> {
     let s = s.trim();
+    if let Some(micros) = parse_time_fast(s.as_bytes()) {
+        return Some(micros);
+    }
     chrono::DateTime::parse_from_rfc3339(s)
         .or_else(|_| chrono::DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%:z"))
         .or_else(|_| chrono::DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%z"))
@@ -32,12 +37,53 @@ pub fn parse_time(s: &str) -> Option<i64> {
         .map(|t| t.timestamp_micros())
 }
 
+/// The usual shapes, `2025-01-01T10:00:00[.fff](Z|+01:00)`, without chrono's format machinery
+/// (two per row; chrono's RFC 3339 parser was 1.3 % of the Qlara job). `None`: let chrono try.
+fn parse_time_fast(b: &[u8]) -> Option<i64> {
+    let wall = wall_clock_seconds(b)?;
+    let mut rest = &b[19..];
+    let mut micros = 0i64;
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let digits = fraction.iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 || digits > 9 {
+            return None;
+        }
+        for (i, c) in fraction[..digits].iter().enumerate() {
+            if i < 6 {
+                micros = micros * 10 + (c - b'0') as i64;
+            }
+        }
+        micros *= 10i64.pow(6u32.saturating_sub(digits as u32));
+        rest = &fraction[digits..];
+    }
+    let offset = match rest {
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let two = |a: u8, b: u8| -> Option<i64> {
+                (a.is_ascii_digit() && b.is_ascii_digit())
+                    .then(|| ((a - b'0') * 10 + (b - b'0')) as i64)
+            };
+            let minutes = two(*h1, *h2)? * 60 + two(*m1, *m2)?;
+            if minutes >= 24 * 60 {
+                return None;
+            }
+            if *sign == b'-' {
+                -minutes * 60
+            } else {
+                minutes * 60
+            }
+        }
+        _ => return None,
+    };
+    Some((wall - offset) * 1_000_000 + micros)
+}
+
 /// A canonical status: the lowercase provider status, or `unknown`.
 pub fn status(s: &str) -> &'static str {
-    let lower = s.trim().to_ascii_lowercase();
+    let s = s.trim();
     STATUSES
         .iter()
-        .find(|v| **v == lower)
+        .find(|v| v.eq_ignore_ascii_case(s))
         .copied()
         .unwrap_or("unknown")
 }
@@ -212,6 +258,38 @@ mod tests {
         Utc.with_ymd_and_hms(y, mo, d, h, mi, s)
             .unwrap()
             .timestamp_micros()
+    }
+
+    #[test]
+    fn the_fast_time_path_agrees_with_chrono() {
+        let chrono = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .ok()
+                .map(|t| t.timestamp_micros())
+        };
+        for s in [
+            "2025-01-01T10:00:00+01:00",
+            "2025-01-01T10:00:00Z",
+            "2024-02-29T23:59:59-09:30",
+            "2025-06-30T00:00:00.5Z",
+            "2025-06-30T00:00:00.123456789+14:00",
+            "1969-12-31T23:59:59.999999Z",
+        ] {
+            assert_eq!(parse_time_fast(s.as_bytes()), chrono(s), "{s}");
+        }
+        // Not the usual shape: left to chrono (which may still read it), never misread.
+        for s in [
+            "2025-13-01T00:00:00Z",
+            "2025-01-01T10:00:00+0100",
+            "2025-01-01T10:00:00",
+            "2025-01-01T10:00:00.Z",
+            "2025-01-01T10:00:00+24:00",
+            "2025-01-01T10:00:00 +01:00",
+        ] {
+            assert_eq!(parse_time_fast(s.as_bytes()), None, "{s}");
+        }
+        assert_eq!(status(" Delivered "), "delivered");
+        assert_eq!(status("weird"), "unknown");
     }
 
     #[test]
