@@ -90,7 +90,8 @@ impl ParquetWriter {
             let share = size / parts.len().max(1);
             leaves.extend(parts.into_iter().map(|leaf| (leaf, share)));
         }
-        let lanes = split_in_two(&leaves);
+        let sizes: Vec<usize> = leaves.iter().map(|(_, size)| *size).collect();
+        let lanes = split_in_two(&sizes);
         let mut first = Vec::new();
         let mut second = Vec::new();
         for ((writer, (leaf, _)), lane) in group.columns.iter_mut().zip(&leaves).zip(lanes) {
@@ -120,12 +121,21 @@ impl ParquetWriter {
         let Some(group) = self.group.take() else {
             return Ok(());
         };
-        let mut writers = group.columns;
-        let split = writers.len() / 2;
-        let second: Vec<_> = writers.drain(split..).collect();
-        let close = |ws: Vec<ArrowColumnWriter>| {
+        // What is left to compress is about what each writer holds.
+        let sizes: Vec<usize> = group.columns.iter().map(ArrowColumnWriter::memory_size).collect();
+        let lanes = split_in_two(&sizes);
+        let mut writers = Vec::new();
+        let mut second = Vec::new();
+        for (i, (writer, lane)) in group.columns.into_iter().zip(lanes).enumerate() {
+            if lane {
+                second.push((i, writer));
+            } else {
+                writers.push((i, writer));
+            }
+        }
+        let close = |ws: Vec<(usize, ArrowColumnWriter)>| {
             ws.into_iter()
-                .map(ArrowColumnWriter::close)
+                .map(|(i, w)| w.close().map(|chunk| (i, chunk)))
                 .collect::<Result<Vec<_>, _>>()
         };
         let (mut chunks, rest) = std::thread::scope(|scope| {
@@ -134,7 +144,10 @@ impl ParquetWriter {
             let there = other.join().expect("encoding thread panicked");
             here.and_then(|a| there.map(|b| (a, b)))
         })?;
+        // Column chunks go into the row group in schema order.
         chunks.extend(rest);
+        chunks.sort_unstable_by_key(|(i, _)| *i);
+        let chunks = chunks.into_iter().map(|(_, chunk)| chunk);
         let mut row_group = self.file.next_row_group()?;
         for chunk in chunks {
             chunk.append_to_row_group(&mut row_group)?;
@@ -145,19 +158,19 @@ impl ParquetWriter {
     }
 }
 
-/// Which lane each leaf goes to (false: this thread, true: the other), by size: the largest
+/// Which lane each column goes to (false: this thread, true: the other), by size: the largest
 /// first, each to the lighter lane.
-fn split_in_two(leaves: &[(ArrowLeafColumn, usize)]) -> Vec<bool> {
-    let mut order: Vec<usize> = (0..leaves.len()).collect();
-    order.sort_by_key(|i| std::cmp::Reverse(leaves[*i].1));
-    let mut lane = vec![false; leaves.len()];
+fn split_in_two(sizes: &[usize]) -> Vec<bool> {
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    order.sort_by_key(|i| std::cmp::Reverse(sizes[*i]));
+    let mut lane = vec![false; sizes.len()];
     let (mut here, mut there) = (0usize, 0usize);
     for i in order {
         if there < here {
             lane[i] = true;
-            there += leaves[i].1;
+            there += sizes[i];
         } else {
-            here += leaves[i].1;
+            here += sizes[i];
         }
     }
     lane
@@ -198,19 +211,11 @@ impl FormatWriter for ParquetWriter {
 #[cfg(test)]
 mod lanes {
     use super::*;
-    use arrow::array::{ArrayRef, Int64Array};
-    use arrow::datatypes::{DataType, Field};
-    use std::sync::Arc;
 
     #[test]
-    fn leaves_are_split_by_size() {
-        let field = Field::new("v", DataType::Int64, false);
-        let leaf = |n: i64| {
-            let a: ArrayRef = Arc::new(Int64Array::from_iter_values(0..n));
-            compute_leaves(&field, &a).unwrap().pop().unwrap()
-        };
-        let leaves = vec![(leaf(1), 100), (leaf(1), 60), (leaf(1), 50), (leaf(1), 10)];
+    fn columns_are_split_by_size() {
         // 100 | 60 + 50 → 100 + 10 | 110
-        assert_eq!(split_in_two(&leaves), vec![false, true, true, false]);
+        assert_eq!(split_in_two(&[100, 60, 50, 10]), vec![false, true, true, false]);
+        assert_eq!(split_in_two(&[]), Vec::<bool>::new());
     }
 }
