@@ -122,7 +122,11 @@ impl ParquetWriter {
             return Ok(());
         };
         // What is left to compress is about what each writer holds.
-        let sizes: Vec<usize> = group.columns.iter().map(ArrowColumnWriter::memory_size).collect();
+        let sizes: Vec<usize> = group
+            .columns
+            .iter()
+            .map(ArrowColumnWriter::memory_size)
+            .collect();
         let lanes = split_in_two(&sizes);
         let mut writers = Vec::new();
         let mut second = Vec::new();
@@ -215,7 +219,10 @@ mod lanes {
     #[test]
     fn columns_are_split_by_size() {
         // 100 | 60 + 50 → 100 + 10 | 110
-        assert_eq!(split_in_two(&[100, 60, 50, 10]), vec![false, true, true, false]);
+        assert_eq!(
+            split_in_two(&[100, 60, 50, 10]),
+            vec![false, true, true, false]
+        );
         assert_eq!(split_in_two(&[]), Vec::<bool>::new());
     }
 }
