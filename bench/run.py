@@ -24,7 +24,8 @@ requirements.txt (dlt and pyarrow only with --all-anchors).
 Exit status: 0 when every run succeeded and every job verified; 1 otherwise. Speed never fails it.
 
 usage: bench/run.py [--rows N] [--runs N] [--warmup N] [--quick] [--jobs lineworks,zoom,qlara]
-                    [--bin PATH] [--all-anchors] [--work DIR] [--venv DIR] [--json PATH]
+                    [--bin PATH] [--all-anchors | --chatlake-only] [--work DIR] [--venv DIR]
+                    [--json PATH]
 """
 from __future__ import annotations
 
@@ -179,7 +180,7 @@ class Tool:
 
 
 def tools_for(job: str, inp: Path, out_root: Path, work: Path, binary: Path, py: Path, bench: Path,
-              all_anchors: bool) -> list[Tool]:
+              anchors: list[str]) -> list[Tool]:
     prefix = JOBS[job][3]
     out = out_root / job
     state = work / "state" / job
@@ -187,7 +188,7 @@ def tools_for(job: str, inp: Path, out_root: Path, work: Path, binary: Path, py:
                   out / "chatlake", env={"BENCH_INPUT": str(inp), "BENCH_OUTPUT": str(out / "chatlake"),
                                          "BENCH_STATE": str(state), "NO_COLOR": "1"},
                   state=state)]
-    for a in ANCHORS + (EXTRA_ANCHORS if all_anchors else []):
+    for a in anchors:
         script = bench / "anchors" / f"{prefix}_{a}.py"
         if script.exists():
             tools.append(Tool(a, [str(py), str(script), str(inp), str(out / a)], out / a))
@@ -259,6 +260,8 @@ def main() -> int:
     ap.add_argument("--jobs", default="lineworks,zoom,qlara", help="comma-separated subset")
     ap.add_argument("--bin", help="the chatlake binary to run (default: cargo build --release)")
     ap.add_argument("--all-anchors", action="store_true", help="also PyArrow and dlt where they exist")
+    ap.add_argument("--chatlake-only", action="store_true",
+                    help="no anchors: how chatlake's time and memory grow with --rows (still verified)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--work", default=os.environ.get("CHATLAKE_BENCH_WORK", "/tmp/chatlake-bench"),
                     help="data cache, outputs, state and logs (default /tmp/chatlake-bench)")
@@ -290,7 +293,8 @@ def main() -> int:
     for job in jobs:
         inp, manifest = inputs[job]
         in_rows = manifest["rows"]
-        tools = tools_for(job, inp, work / "out", work, binary, py, bench, a.all_anchors)
+        anchors = [] if a.chatlake_only else ANCHORS + (EXTRA_ANCHORS if a.all_anchors else [])
+        tools = tools_for(job, inp, work / "out", work, binary, py, bench, anchors)
         log(f"== {job}: {in_rows:,} rows, {' / '.join(t.name for t in tools)}, "
             f"{warmup} warm-up + {runs} counted rounds, interleaved")
         for rnd in range(warmup + runs):

@@ -7,10 +7,8 @@ use arrow::record_batch::RecordBatch;
 use chatlake_core::schema;
 use chatlake_lake::FileFormat;
 use chatlake_lake::testing::{canonical_batch, message};
-use chatlake_sink_parquet::ParquetFormat;
+use chatlake_sink_parquet::{ParquetFormat, ParquetSinkConfig};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 use serde_json::json;
 
 const BATCH: usize = 8192;
@@ -51,15 +49,13 @@ fn batches() -> Vec<RecordBatch> {
 
 fn encode(c: &mut Criterion) {
     let input = batches();
-    let format = ParquetFormat::new(
-        WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("level 3")))
-            .set_max_row_group_row_count(Some(122_880))
-            .build(),
-    );
+    // The sink's defaults: zstd level 1, no dictionary for ids, text and times.
+    let config: ParquetSinkConfig =
+        serde_json::from_value(json!({"path": "unused"})).expect("a valid config");
+    let format = ParquetFormat::new(config.properties().expect("valid properties"));
     let mut group = c.benchmark_group("parquet");
     group.throughput(Throughput::Elements((BATCH * BATCHES) as u64));
-    group.bench_function("encode_zstd_49k_canonical_rows", |b| {
+    group.bench_function("encode_49k_canonical_rows_sink_defaults", |b| {
         b.iter(|| {
             let file = tempfile::tempfile().expect("a temporary file");
             let mut w = format.create(file, schema::canonical()).expect("a writer");

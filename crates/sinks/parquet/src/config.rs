@@ -131,7 +131,7 @@ impl ParquetSinkConfig {
     }
 
     /// Writer properties, checked without I/O.
-    fn properties(&self) -> Result<WriterProperties, InvalidConfig> {
+    pub fn properties(&self) -> Result<WriterProperties, InvalidConfig> {
         if self.row_group_size == 0 {
             return Err(InvalidConfig::new("row_group_size", "must be at least 1"));
         }
