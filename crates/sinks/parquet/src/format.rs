@@ -1,10 +1,10 @@
 //! Rows to Parquet, the columns of each batch encoded on two threads.
 //!
 //! Encoding (dictionary, levels, zstd) is most of a sink's CPU, and each column chunk is encoded
-//! on its own, so a batch's columns are split into two lanes of about equal size and the second
-//! lane is encoded on a scoped thread while this one does the first. The file layout is the one
-//! `ArrowWriter` writes: row groups of `max_row_group_row_count` rows, the Arrow schema in the
-//! footer.
+//! on its own, so a batch's columns go into one queue, biggest first, that this thread and a
+//! scoped second thread take from; a row group's writers are closed on two lanes balanced by what
+//! they hold. The file layout is the one `ArrowWriter` writes: row groups of
+//! `max_row_group_row_count` rows, the Arrow schema in the footer.
 
 use std::fs::File;
 
@@ -90,24 +90,35 @@ impl ParquetWriter {
             let share = size / parts.len().max(1);
             leaves.extend(parts.into_iter().map(|leaf| (leaf, share)));
         }
-        let sizes: Vec<usize> = leaves.iter().map(|(_, size)| *size).collect();
-        let lanes = split_in_two(&sizes);
-        let mut first = Vec::new();
-        let mut second = Vec::new();
-        for ((writer, (leaf, _)), lane) in group.columns.iter_mut().zip(&leaves).zip(lanes) {
-            if lane {
-                second.push((writer, leaf));
-            } else {
-                first.push((writer, leaf));
+        // Two threads take columns from one queue, biggest first, so a column that is slow for
+        // its size (a dictionary to build) does not leave the other thread idle.
+        let mut work: Vec<(usize, &mut ArrowColumnWriter, &ArrowLeafColumn)> = group
+            .columns
+            .iter_mut()
+            .zip(&leaves)
+            .map(|(writer, (leaf, size))| (*size, writer, leaf))
+            .collect();
+        work.sort_by_key(|(size, _, _)| std::cmp::Reverse(*size));
+        let queue: Vec<std::sync::Mutex<Option<(&mut ArrowColumnWriter, &ArrowLeafColumn)>>> = work
+            .into_iter()
+            .map(|(_, writer, leaf)| std::sync::Mutex::new(Some((writer, leaf))))
+            .collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let drain = || -> Result<(), parquet::errors::ParquetError> {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(slot) = queue.get(i) else {
+                    return Ok(());
+                };
+                let taken = slot.lock().expect("not poisoned").take();
+                if let Some((writer, leaf)) = taken {
+                    writer.write(leaf)?;
+                }
             }
-        }
-        let encode = |work: Vec<(&mut ArrowColumnWriter, &ArrowLeafColumn)>| {
-            work.into_iter()
-                .try_for_each(|(writer, leaf)| writer.write(leaf))
         };
         std::thread::scope(|scope| {
-            let other = (!second.is_empty()).then(|| scope.spawn(move || encode(second)));
-            let here = encode(first);
+            let other = (queue.len() > 1).then(|| scope.spawn(drain));
+            let here = drain();
             let there = other.map_or(Ok(()), |h| h.join().expect("encoding thread panicked"));
             here.and(there)
         })?;
