@@ -580,7 +580,7 @@ fn golden_canonical_rows_of_the_sample_file() {
 /// of each three are identical messages (distinct messages that must both survive); `rows` and
 /// `overlap` are multiples of 3, so windows split between seconds, as time windows do.
 fn overlapping_files(s: &Scratch, files: usize, rows: usize, overlap: usize) -> Vec<String> {
-    assert!(rows % 3 == 0 && overlap % 3 == 0);
+    assert!(rows.is_multiple_of(3) && overlap.is_multiple_of(3));
     let text_of = |n: usize| if n % 3 == 2 { n - 1 } else { n };
     let row = |n: usize| {
         let second = n / 3;
