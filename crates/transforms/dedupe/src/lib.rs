@@ -77,6 +77,15 @@ pub struct DedupeConfig {
     /// under the state directory, 8 bytes each, and held in memory while the run goes.
     #[serde(default)]
     pub across_runs: bool,
+    /// With `across_runs`: load only the keys of windows loaded within this long before the run
+    /// (e.g. `"30d"`), so memory is bounded by that period's volume instead of growing with
+    /// every run. A row a source's `lookback` fetches again was first loaded at most `lookback`
+    /// ago, so a `remember` at least as long as the longest lookback drops every such repeat;
+    /// hand-loaded files that overlap files loaded earlier need it to cover the time between the
+    /// two loads. Older key files stay on disk. Default: every key any earlier run loaded.
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub remember: Option<std::time::Duration>,
 }
 
 fn default_key() -> Vec<String> {
@@ -113,9 +122,18 @@ impl TransformConfig for DedupeConfig {
                 "works with keep = \"first\" only: replacing a row an earlier run wrote would mean rewriting its file",
             ));
         }
+        if self.remember.is_some() && !self.across_runs {
+            return Err(InvalidConfig::new(
+                "remember",
+                "applies to the keys of earlier runs: set across_runs = true, or remove it",
+            ));
+        }
         let across = self.across_runs.then(|| AcrossRuns {
             dir: cx.state_dir.join("dedupe").join(&cx.name),
             committed: cx.committed.clone(),
+            since: self
+                .remember
+                .map(|d| std::time::SystemTime::from(cx.now) - d),
             loaded: false,
             added: HashMap::new(),
         });
@@ -150,6 +168,8 @@ fn fingerprint(hash: u128) -> u64 {
 struct AcrossRuns {
     dir: PathBuf,
     committed: std::sync::Arc<std::collections::HashSet<String>>,
+    /// `remember`: key files last written before this are left unread.
+    since: Option<std::time::SystemTime>,
     loaded: bool,
     /// The temporary key file of each open window: the fingerprints it added, written as they
     /// come so that an open window costs no memory per key.
@@ -175,8 +195,10 @@ impl AcrossRuns {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
+        let mut forgotten = 0usize;
         for entry in entries {
-            let path = entry?.path();
+            let entry = entry?;
+            let path = entry.path();
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -187,12 +209,27 @@ impl AcrossRuns {
                 _ => ("", 0),
             };
             if width > 0 && self.committed.contains(window) {
+                // The file's modification time is when its window was loaded (written, then
+                // renamed into place at the window's end).
+                if let Some(since) = self.since
+                    && entry.metadata()?.modified()? < since
+                {
+                    forgotten += 1;
+                    continue;
+                }
                 for_each_key(&path, width, |fp| {
                     seen.insert(fp);
                 })?;
             } else {
                 std::fs::remove_file(&path)?;
             }
+        }
+        if forgotten > 0 {
+            tracing::info!(
+                dir = %self.dir.display(),
+                windows = forgotten,
+                "keys of windows loaded before `remember` reaches back are not loaded"
+            );
         }
         Ok(())
     }

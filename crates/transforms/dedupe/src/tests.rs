@@ -188,8 +188,15 @@ fn rejects_raw_input_and_bad_keys() {
 }
 
 fn across(dir: &std::path::Path, committed: &[String]) -> Box<dyn Transform> {
-    let config: DedupeConfig =
-        serde_json::from_value(serde_json::json!({ "across_runs": true })).unwrap();
+    across_with(dir, committed, serde_json::json!({ "across_runs": true }))
+}
+
+fn across_with(
+    dir: &std::path::Path,
+    committed: &[String],
+    options: serde_json::Value,
+) -> Box<dyn Transform> {
+    let config: DedupeConfig = serde_json::from_value(options).unwrap();
     config
         .build(&BuildContext {
             name: "unique".into(),
@@ -641,4 +648,64 @@ fn latest_needs_an_int64_version() {
         .transform(batch(0, &[("a", "1", 1)]), &mut Emitter::default(), &cx)
         .unwrap_err();
     assert!(e.to_string().contains("`nope` is missing"), "{e}");
+}
+
+#[test]
+fn remember_loads_only_the_keys_of_recently_loaded_windows() {
+    let dir = std::env::temp_dir().join(format!("chatlake-dedupe-remember-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cx = cx();
+    let mut out = Emitter::default();
+    // Window 0 loaded key 1 forty days ago, window 1 loaded key 2 yesterday.
+    let mut t = across(&dir, &[]);
+    t.transform(batch(0, &[("a", "1", 1)]), &mut out, &cx)
+        .unwrap();
+    t.window_done(&window(0), &mut out, &cx).unwrap();
+    t.transform(batch(1, &[("a", "2", 1)]), &mut out, &cx)
+        .unwrap();
+    t.window_done(&window(1), &mut out, &cx).unwrap();
+    rows(&mut out);
+    let age = |w: u32, days: u64| {
+        let file = dir
+            .join("dedupe/unique")
+            .join(format!("{}.keys64", window(w).key()));
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(
+                std::time::SystemTime::now() - std::time::Duration::from_secs(days * 86_400),
+            )
+            .unwrap();
+        file
+    };
+    let old = age(0, 40);
+    age(1, 1);
+    let committed = [window(0).key(), window(1).key()];
+
+    // remember = 30d: key 1 is not remembered (its row loads again), key 2 is.
+    let mut t = across_with(
+        &dir,
+        &committed,
+        serde_json::json!({ "across_runs": true, "remember": "30d" }),
+    );
+    t.transform(batch(2, &[("a", "1", 1), ("a", "2", 1)]), &mut out, &cx)
+        .unwrap();
+    assert_eq!(rows(&mut out), vec![("1".into(), 1, 2)]);
+    assert!(old.exists(), "older key files stay on disk");
+
+    // Without remember, both are.
+    let mut t = across(&dir, &committed);
+    t.transform(batch(2, &[("a", "1", 1), ("a", "2", 1)]), &mut out, &cx)
+        .unwrap();
+    assert!(rows(&mut out).is_empty());
+
+    // remember without across_runs means nothing: refused.
+    let config: DedupeConfig =
+        serde_json::from_value(serde_json::json!({ "remember": "30d" })).unwrap();
+    assert_eq!(
+        config.build(&BuildContext::default()).err().unwrap().key,
+        "remember"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
