@@ -385,3 +385,54 @@ fn lookback_refetches_but_across_runs_dedupe_loads_nothing_twice() {
         "about three days of rows were dropped as already loaded: {canonical_in}"
     );
 }
+
+/// Runs of one pipeline never overlap (a cron job that outlasts its interval): a second run or a
+/// `state reset` while one runs does nothing and exits 1, naming the holder; the lock goes with
+/// the process, even one killed with SIGKILL.
+#[test]
+fn a_second_run_of_a_pipeline_waits_for_no_one_and_changes_nothing() {
+    let s = Scratch::new();
+    let p = s.pipeline("slow.toml", SLOW);
+    let mut first = Command::new(BIN)
+        .args(["run", "--emulate", "--faults", FAULTS, p.to_str().unwrap()])
+        .current_dir(s.dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The lock file says who holds it once the first run has started.
+    let lock = s.path("lake/_state/slow/run.lock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&lock)
+        .unwrap_or_default()
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the first run never took the lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = run_slow(&s, &p).expect_code(1);
+    assert!(
+        second
+            .stderr()
+            .contains("another run of this pipeline is in progress")
+            && second.stderr().contains(&format!("pid {}", first.id())),
+        "{}",
+        second.stderr()
+    );
+    let reset = s
+        .run(&["state", "reset", p.to_str().unwrap()])
+        .expect_code(1);
+    assert!(reset.stderr().contains("in progress"), "{}", reset.stderr());
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first run is still going (else this test proves nothing); slow the emulator down"
+    );
+    first.kill().unwrap(); // SIGKILL: the lock goes with the process
+    first.wait().unwrap();
+    run_slow(&s, &p).expect_code(0);
+    assert_ledger_windows_are_in_the_lake(s.dir.path());
+}

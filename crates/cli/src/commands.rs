@@ -305,10 +305,18 @@ pub async fn run(args: RunArgs) -> u8 {
             return exit::BAD_INPUT;
         }
     };
+    // Held until the run ends: planning reads the ledger, so it is taken before the build.
+    let store = StateStore::new(file.state_dir().join(&file.pipeline.name));
+    let _lock = match store.lock() {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("error: {}: {e}", args.pipeline.display());
+            return exit::RUN_FAILED;
+        }
+    };
     if args.full_refresh {
         // The lake holds exactly the ledger's windows, so forgetting them makes every sink remove
         // this pipeline's files when it starts, and the whole range is loaded again.
-        let store = StateStore::new(file.state_dir().join(&file.pipeline.name));
         match store.reset(None) {
             Ok(sources) => tracing::info!(
                 ?sources,
@@ -476,6 +484,13 @@ pub fn state_reset(path: &Path, source: Option<&str>) -> u8 {
         return exit::BAD_INPUT;
     }
     let store = StateStore::new(file.state_dir().join(&file.pipeline.name));
+    let _lock = match store.lock() {
+        Ok(lock) => lock,
+        Err(e) => {
+            eprintln!("error: {}: {e}", path.display());
+            return exit::RUN_FAILED;
+        }
+    };
     match store.reset(source) {
         Ok(reset) if reset.is_empty() => println!("nothing to reset"),
         Ok(reset) => println!(

@@ -128,6 +128,23 @@ pub struct StateStore {
     dir: PathBuf,
 }
 
+/// Holds a pipeline's run lock until dropped (see [`StateStore::lock`]).
+#[derive(Debug)]
+pub struct PipelineLock {
+    _file: std::fs::File,
+}
+
+/// Why a pipeline's lock was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "another run of this pipeline is in progress ({holder}; {path} is locked): nothing was done"
+    )]
+    Held { path: PathBuf, holder: String },
+    #[error("cannot take the pipeline's lock: {0}")]
+    Io(Error),
+}
+
 impl StateStore {
     /// The store under `<state_dir>/<pipeline>`; nothing is created until the first save.
     pub fn new(pipeline_dir: impl Into<PathBuf>) -> Self {
@@ -142,6 +159,47 @@ impl StateStore {
 
     fn path(&self, source: &str) -> PathBuf {
         self.dir.join("sources").join(format!("{source}.json"))
+    }
+
+    /// Takes the pipeline's lock (`<state_dir>/<pipeline>/run.lock`) for as long as the returned
+    /// guard lives, or says who holds it. Runs of one pipeline must not overlap: a second run
+    /// would plan from a ledger the first is still writing, and its sinks would delete the first
+    /// run's unfinished files at start. The lock is the operating system's (released if the
+    /// process dies, even by SIGKILL), so a stale file never blocks the next run.
+    pub fn lock(&self) -> std::result::Result<PipelineLock, LockError> {
+        use std::io::{Read, Seek, Write};
+        let path = self.dir.join("run.lock");
+        let io = |e: std::io::Error| LockError::Io(Error::io(&path, e));
+        std::fs::create_dir_all(&self.dir).map_err(io)?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                return Err(LockError::Held {
+                    path,
+                    holder: holder.trim().to_string(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        // Who holds it, for the message another run prints.
+        let note = format!(
+            "pid {} since {}",
+            std::process::id(),
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        file.set_len(0).map_err(io)?;
+        file.rewind().map_err(io)?;
+        file.write_all(note.as_bytes()).map_err(io)?;
+        Ok(PipelineLock { _file: file })
     }
 
     /// The ledger of `source` (empty if it has none yet).
