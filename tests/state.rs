@@ -54,6 +54,18 @@ fn run_slow(s: &Scratch, p: &Path) -> common::Outcome {
     s.run(&["run", "--emulate", "--faults", FAULTS, p.to_str().unwrap()])
 }
 
+/// The slow run as a child process, to kill or to run beside.
+fn spawn_slow(s: &Scratch, p: &Path) -> std::process::Child {
+    Command::new(BIN)
+        .args(["run", "--emulate", "--faults", FAULTS, p.to_str().unwrap()])
+        .current_dir(s.dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Everything a reader of the lake sees, order-free.
 fn lake_rows(dir: &Path) -> (Vec<common::Row>, Vec<String>) {
     let parquet = read_parquet(&dir.join("lake/messages"));
@@ -87,14 +99,7 @@ fn runs_killed_at_any_moment_end_with_the_lake_of_one_clean_run() {
     // Kill points spread over the run: early, inside windows, near the end.
     let mut killed = 0;
     for fraction in [0.15, 0.35, 0.55, 0.8] {
-        let mut child = Command::new(BIN)
-            .args(["run", "--emulate", "--faults", FAULTS, p.to_str().unwrap()])
-            .current_dir(s.dir.path())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_slow(&s, &p);
         std::thread::sleep(Duration::from_secs_f64(clean_secs * fraction));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
@@ -393,14 +398,7 @@ fn lookback_refetches_but_across_runs_dedupe_loads_nothing_twice() {
 fn a_second_run_of_a_pipeline_waits_for_no_one_and_changes_nothing() {
     let s = Scratch::new();
     let p = s.pipeline("slow.toml", SLOW);
-    let mut first = Command::new(BIN)
-        .args(["run", "--emulate", "--faults", FAULTS, p.to_str().unwrap()])
-        .current_dir(s.dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = spawn_slow(&s, &p);
     // The lock file says who holds it once the first run has started.
     let lock = s.path("lake/_state/slow/run.lock");
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -433,6 +433,17 @@ impl MarkerMerge {
         }
     }
 
+    /// For a marker event: its window and whether it failed, once it has arrived along every
+    /// input.
+    fn arrive_marker(&mut self, marker: Event) -> Option<(WindowRef, bool)> {
+        let (w, failed) = match marker {
+            Event::WindowDone(w) => (w, false),
+            Event::WindowFailed(w) => (w, true),
+            Event::Batch(_) => unreachable!("a batch is not a marker"),
+        };
+        self.arrive(&w, failed).map(|failed| (w, failed))
+    }
+
     /// Some(failed) once the marker of `window` has arrived along every input.
     fn arrive(&mut self, window: &WindowRef, failed: bool) -> Option<bool> {
         let need = self.expected.get(&window.source).copied().unwrap_or(1);
@@ -476,12 +487,7 @@ async fn run_transform(
                 flush(&mut emitter, &out).await?;
             }
             marker => {
-                let (w, failed) = match marker {
-                    Event::WindowDone(w) => (w, false),
-                    Event::WindowFailed(w) => (w, true),
-                    Event::Batch(_) => unreachable!("handled above"),
-                };
-                let Some(failed) = merge.arrive(&w, failed) else {
+                let Some((w, failed)) = merge.arrive_marker(marker) else {
                     continue;
                 };
                 let marker = if failed {
@@ -593,12 +599,7 @@ async fn run_replicated(
                 (lane, Event::Batch(batch))
             }
             marker => {
-                let (w, failed) = match marker {
-                    Event::WindowDone(w) => (w, false),
-                    Event::WindowFailed(w) => (w, true),
-                    Event::Batch(_) => unreachable!("handled above"),
-                };
-                let Some(failed) = merge.arrive(&w, failed) else {
+                let Some((w, failed)) = merge.arrive_marker(marker) else {
                     continue;
                 };
                 let lane = match owner.remove(&w.key()) {
