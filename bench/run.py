@@ -17,8 +17,8 @@ Timing is whole-process from outside (os.wait4, as shared/bench/measure.py): wal
 exit, CPU = user + sys, peak RSS = ru_maxrss of the process tree. Output directories are deleted
 before the clock starts, for every tool.
 
-The shared bench folder is ../shared/bench relative to the repository root; set
-CHATLAKE_BENCH_DIR to use another. The anchors run in a venv (default WORK/venv) made from its
+The shared bench folder is ../shared/bench relative to the repository root, or its copy in
+bench/reference when that is missing; set CHATLAKE_BENCH_DIR to use another. The anchors run in a venv (default WORK/venv) made from its
 requirements.txt (dlt and pyarrow only with --all-anchors).
 
 Exit status: 0 when every run succeeded and every job verified; 1 otherwise. Speed never fails it.
@@ -63,9 +63,18 @@ def die(msg: str) -> None:
     sys.exit(1)
 
 
+BENCH_FILES = ("gen.py", "verify.py", "requirements.txt", "anchors")
+
+
 def bench_dir() -> Path:
-    d = Path(os.environ.get("CHATLAKE_BENCH_DIR", REPO.parent / "shared" / "bench")).resolve()
-    for f in ("gen.py", "verify.py", "requirements.txt", "anchors"):
+    """CHATLAKE_BENCH_DIR, else the shared folder beside the repository, else the copy of it in
+    bench/reference (bench/reference/PROVENANCE.md)."""
+    if "CHATLAKE_BENCH_DIR" in os.environ:
+        d = Path(os.environ["CHATLAKE_BENCH_DIR"]).resolve()
+    else:
+        shared = (REPO.parent / "shared" / "bench").resolve()
+        d = shared if all((shared / f).exists() for f in BENCH_FILES) else REPO / "bench" / "reference"
+    for f in BENCH_FILES:
         if not (d / f).exists():
             die(f"{d / f} not found; set CHATLAKE_BENCH_DIR to the shared bench folder")
     return d
