@@ -247,6 +247,43 @@ impl Output {
     }
 }
 
+/// How fetching one window went wrong, for a source's window loop; `E` is the source's own error.
+#[derive(Debug)]
+pub enum WindowError<E> {
+    /// This window failed; the run goes on with the next one.
+    Failed(E),
+    /// This window failed, and every further one would fail the same way (credentials refused).
+    Fatal(E),
+    /// Downstream stopped, or dead letters cannot be written: stop the source.
+    Stop(Error),
+}
+
+impl Output {
+    /// Ends `window` the way `result` says: its marker on success, a failure marker otherwise;
+    /// `Err` when the source must stop (a fatal window stops the remaining ones too).
+    pub async fn finish_window<E: fmt::Display + Sync>(
+        &self,
+        window: WindowRef,
+        result: std::result::Result<(), WindowError<E>>,
+    ) -> std::result::Result<(), WindowError<E>> {
+        let sent = match result {
+            Ok(()) => self.window_done(window).await,
+            Err(WindowError::Failed(e)) => self.window_failed(window, &e).await,
+            Err(WindowError::Fatal(e)) => {
+                self.window_failed(window, &e)
+                    .await
+                    .map_err(WindowError::Stop)?;
+                return Err(WindowError::Stop(Error::component(
+                    &self.component,
+                    format!("{e}; the remaining windows are not tried"),
+                )));
+            }
+            Err(stop @ WindowError::Stop(_)) => return Err(stop),
+        };
+        sent.map_err(WindowError::Stop)
+    }
+}
+
 /// What a running source gets.
 pub struct SourceContext {
     pub name: String,

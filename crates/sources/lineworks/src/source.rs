@@ -77,15 +77,8 @@ pub(crate) struct FilesMode {
     pub ledger: std::sync::Arc<chatlake_core::state::SourceState>,
 }
 
-/// How a window ended, when it did not succeed.
-enum WindowError {
-    /// This window failed; the run goes on with the next one.
-    Failed(Error),
-    /// This window failed, and every further one would fail the same way (credentials refused).
-    Fatal(Error),
-    /// Downstream stopped, or dead letters cannot be written: stop the source.
-    Stop(chatlake_core::Error),
-}
+/// How one window went wrong (see [`chatlake_core::stage::WindowError`]).
+type WindowError = chatlake_core::stage::WindowError<Error>;
 
 /// The per-domain state shared by every LINE WORKS source of the process: the provider rejects a
 /// download request made while another is in progress, and its rate limit is per domain.
@@ -201,7 +194,7 @@ impl LineworksSource {
                 }
                 Err(e) => Err(e),
             };
-            self.finish_window(cx, window, result).await?;
+            cx.out.finish_window(window, result).await?;
         }
         Ok(())
     }
@@ -213,7 +206,7 @@ impl LineworksSource {
         chatlake_core::files::load_concurrently(inputs, |(window, path)| async move {
             let window = Arc::new(window);
             let result = self.load_file(cx, &window, path).await;
-            self.finish_window(cx, window, result).await
+            cx.out.finish_window(window, result).await
         })
         .await
     }
@@ -287,29 +280,6 @@ impl LineworksSource {
                 message: e.to_string(),
             })),
         }
-    }
-
-    async fn finish_window(
-        &self,
-        cx: &SourceContext,
-        window: WindowRef,
-        result: Result<(), WindowError>,
-    ) -> Result<(), WindowError> {
-        let sent = match result {
-            Ok(()) => cx.out.window_done(window).await,
-            Err(WindowError::Failed(e)) => cx.out.window_failed(window, &e).await,
-            Err(WindowError::Fatal(e)) => {
-                cx.out
-                    .window_failed(window, &e)
-                    .await
-                    .map_err(WindowError::Stop)?;
-                return Err(WindowError::Stop(
-                    self.core_error(format!("{e}; the remaining windows are not tried")),
-                ));
-            }
-            Err(stop @ WindowError::Stop(_)) => return Err(stop),
-        };
-        sent.map_err(WindowError::Stop)
     }
 
     fn core_error(&self, e: impl std::fmt::Display) -> chatlake_core::Error {

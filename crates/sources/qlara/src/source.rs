@@ -123,15 +123,8 @@ pub(crate) struct FilesMode {
     pub ledger: Arc<chatlake_core::state::SourceState>,
 }
 
-/// How a window ended, when it did not succeed.
-enum WindowError {
-    /// This window failed; the run goes on with the next one.
-    Failed(Error),
-    /// This window failed, and every further one would fail the same way (credentials refused).
-    Fatal(Error),
-    /// Downstream stopped, or dead letters cannot be written: stop the source.
-    Stop(chatlake_core::Error),
-}
+/// How one window went wrong (see [`chatlake_core::stage::WindowError`]).
+type WindowError = chatlake_core::stage::WindowError<Error>;
 
 impl ApiMode {
     fn submit_body(&self, window: &Window) -> serde_json::Value {
@@ -273,7 +266,7 @@ impl QlaraSource {
                     source: e,
                 })),
             };
-            self.finish_window(cx, window, result).await?;
+            cx.out.finish_window(window, result).await?;
         }
         Ok(())
     }
@@ -321,7 +314,7 @@ impl QlaraSource {
                     message: e.to_string(),
                 })),
             };
-            self.finish_window(cx, window, result).await
+            cx.out.finish_window(window, result).await
         })
         .await
     }
@@ -366,29 +359,6 @@ impl QlaraSource {
                 message: e.to_string(),
             })),
         }
-    }
-
-    async fn finish_window(
-        &self,
-        cx: &SourceContext,
-        window: WindowRef,
-        result: Result<(), WindowError>,
-    ) -> Result<(), WindowError> {
-        let sent = match result {
-            Ok(()) => cx.out.window_done(window).await,
-            Err(WindowError::Failed(e)) => cx.out.window_failed(window, &e).await,
-            Err(WindowError::Fatal(e)) => {
-                cx.out
-                    .window_failed(window, &e)
-                    .await
-                    .map_err(WindowError::Stop)?;
-                return Err(WindowError::Stop(
-                    self.core_error(format!("{e}; the remaining windows are not tried")),
-                ));
-            }
-            Err(stop @ WindowError::Stop(_)) => return Err(stop),
-        };
-        sent.map_err(WindowError::Stop)
     }
 
     fn core_error(&self, e: impl std::fmt::Display) -> chatlake_core::Error {
