@@ -114,11 +114,10 @@ enum StateCommand {
 
 /// Arrow buffers of a batch are megabytes, allocated and freed by the thousand on several
 /// threads. glibc's malloc raises its mmap threshold each time such a block is freed (up to 32
-/// MiB), after which big blocks come from the heap arenas, where freed space stays resident: at
-/// 5M rows the LINE WORKS job kept ~150 MB more resident than it used. A fixed 4 MiB threshold
-/// sends the biggest blocks straight back to the kernel. Measured (issue 6, BENCHMARKS.md) at 5M
-/// LINE WORKS rows: dynamic 339 MiB peak, 4 MiB 257 MiB (and 0.3 s faster than 256 KiB, which
-/// reached 211 MiB at the cost of 1 s more system time).
+/// MiB), after which big blocks come from the heap arenas, where freed space stays resident. A
+/// fixed 4 MiB threshold sends the biggest blocks straight back to the kernel. Measured (issue 6,
+/// BENCHMARKS.md) on the LINE WORKS job at 5M rows: 255–265 MiB peak without it, 213–215 MiB
+/// with it, same speed (256 KiB would save a little more memory for 1 s more system time).
 #[allow(unsafe_code)]
 fn return_big_buffers_at_once() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
