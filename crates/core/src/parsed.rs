@@ -106,6 +106,29 @@ where
     }
 }
 
+/// The `number`-th record of a CSV file (the header is record 1) as a dead letter's raw value.
+/// The record number locates the row; csv's line and byte positions drift on CRLF files, so
+/// they are not given.
+pub fn raw_record(record: &csv::ByteRecord, number: u64) -> serde_json::Value {
+    serde_json::json!({
+        "record": number,
+        "fields": record.iter().map(String::from_utf8_lossy).collect::<Vec<_>>(),
+    })
+}
+
+/// `record` as text if it has `width` fields, each valid UTF-8; else why not (fields named by
+/// `name_of`, from their position), for the dead-letter file.
+pub fn check_record<'r>(
+    record: &'r csv::ByteRecord,
+    width: usize,
+    name_of: &dyn Fn(usize) -> &'static str,
+) -> std::result::Result<Utf8Fields<'r>, String> {
+    if record.len() != width {
+        return Err(format!("expected {width} fields, found {}", record.len()));
+    }
+    utf8_fields(record).map_err(|i| format!("field `{}` is not valid UTF-8", name_of(i)))
+}
+
 /// The fields of `record` as text, checked in one pass over the record's bytes (the fields lie
 /// side by side in it) instead of one check per field; `Err(i)`: field `i` is not valid UTF-8.
 pub fn utf8_fields<'r>(record: &'r csv::ByteRecord) -> std::result::Result<Utf8Fields<'r>, usize> {

@@ -258,6 +258,16 @@ pub enum WindowError<E> {
     Stop(Error),
 }
 
+impl<E: fmt::Display> WindowError<E> {
+    /// The error a source's `run` returns when its window loop ends this way.
+    pub fn into_run_error(self, component: &str) -> Error {
+        match self {
+            WindowError::Stop(e) => e,
+            WindowError::Failed(e) | WindowError::Fatal(e) => Error::component(component, e),
+        }
+    }
+}
+
 impl Output {
     /// Ends `window` the way `result` says: its marker on success, a failure marker otherwise;
     /// `Err` when the source must stop (a fatal window stops the remaining ones too).

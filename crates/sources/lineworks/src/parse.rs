@@ -19,8 +19,8 @@ use std::sync::{Arc, LazyLock};
 use arrow::array::{ArrayRef, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use chatlake_core::parsed::{check_record, raw_record};
 use chatlake_core::schema::RECORD_TYPE_KEY;
-use serde_json::json;
 
 use crate::config::Language;
 
@@ -274,15 +274,6 @@ fn looks_like_date(field: &[u8]) -> bool {
         && field[5].is_ascii_digit()
 }
 
-fn raw_record(record: &csv::ByteRecord, number: u64) -> serde_json::Value {
-    // The record number (the header is record 1) locates the row; csv's line and byte positions
-    // drift on CRLF files, so they are not given.
-    json!({
-        "record": number,
-        "fields": record.iter().map(String::from_utf8_lossy).collect::<Vec<_>>(),
-    })
-}
-
 /// Parses a whole file into `sink`. Stops at a trailer (the outcome says so; rows before it have
 /// been sent, so callers check with [`find_trailer`] first).
 pub fn parse<R: Read>(
@@ -305,26 +296,15 @@ pub fn parse<R: Read>(
         if number == 1 && matches!(classify_first(&record, options), FirstRecord::Header) {
             continue;
         }
-        if record.len() != COLUMNS.len() {
-            outcome.dead_letters += 1;
-            sink.dead_letter(
-                &format!("expected {} fields, found {}", COLUMNS.len(), record.len()),
-                raw_record(&record, number),
-            )
-            .map_err(ParseError::Stopped)?;
-            continue;
-        }
-        let checked = chatlake_core::parsed::utf8_fields(&record);
-        if let Err(i) = checked {
-            outcome.dead_letters += 1;
-            sink.dead_letter(
-                &format!("field `{}` is not valid UTF-8", COLUMNS[i]),
-                raw_record(&record, number),
-            )
-            .map_err(ParseError::Stopped)?;
-            continue;
-        }
-        let text = checked.expect("checked above");
+        let text = match check_record(&record, COLUMNS.len(), &|i| COLUMNS[i]) {
+            Ok(text) => text,
+            Err(reason) => {
+                outcome.dead_letters += 1;
+                sink.dead_letter(&reason, raw_record(&record, number))
+                    .map_err(ParseError::Stopped)?;
+                continue;
+            }
+        };
         columns.push(&std::array::from_fn(|i| text.get(i).unwrap_or_default()));
         outcome.rows += 1;
         if columns.is_full()

@@ -17,8 +17,8 @@ use std::sync::{Arc, LazyLock};
 use arrow::array::{ArrayRef, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use chatlake_core::parsed::{check_record, raw_record};
 use chatlake_core::schema::RECORD_TYPE_KEY;
-use serde_json::json;
 
 /// The record type of this source's batches.
 pub const RECORD_TYPE: &str = "qlara.message_history";
@@ -121,13 +121,6 @@ impl Columns {
     }
 }
 
-fn raw_record(record: &csv::ByteRecord, number: u64) -> serde_json::Value {
-    json!({
-        "record": number,
-        "fields": record.iter().map(String::from_utf8_lossy).collect::<Vec<_>>(),
-    })
-}
-
 /// Parses a whole export into `sink`, batches of at most `batch_size` rows.
 pub fn parse<R: Read>(
     input: R,
@@ -202,27 +195,22 @@ pub fn parse_filtered<R: Read>(
     let mut number: u64 = 1;
     while reader.read_byte_record(&mut record)? {
         number += 1;
-        if record.len() != width {
-            outcome.dead_letters += 1;
-            sink.dead_letter(
-                &format!("expected {width} fields, found {}", record.len()),
-                raw_record(&record, number),
-            )
-            .map_err(ParseError::Stopped)?;
-            continue;
-        }
-        let checked = chatlake_core::parsed::utf8_fields(&record);
-        if let Err(p) = checked {
-            let c = position.iter().position(|q| *q == Some(p)).unwrap_or(0);
-            outcome.dead_letters += 1;
-            sink.dead_letter(
-                &format!("field `{}` is not valid UTF-8", COLUMNS[c]),
-                raw_record(&record, number),
-            )
-            .map_err(ParseError::Stopped)?;
-            continue;
-        }
-        let text = checked.expect("checked above");
+        // A field in a column we do not read is named by what it is not: none of ours.
+        let name_of = |p: usize| {
+            position
+                .iter()
+                .position(|q| *q == Some(p))
+                .map_or("(a column not read)", |c| COLUMNS[c])
+        };
+        let text = match check_record(&record, width, &name_of) {
+            Ok(text) => text,
+            Err(reason) => {
+                outcome.dead_letters += 1;
+                sink.dead_letter(&reason, raw_record(&record, number))
+                    .map_err(ParseError::Stopped)?;
+                continue;
+            }
+        };
         let fields: [Option<&str>; 12] =
             std::array::from_fn(|c| position[c].and_then(|p| text.get(p)));
         if !filter.is_empty() && !filter.keeps(fields[SEND_DATE]) {

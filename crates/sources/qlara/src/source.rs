@@ -461,10 +461,6 @@ impl Source for QlaraSource {
             Mode::Api(api) => self.run_api(api, &cx).await,
             Mode::Files(files) => self.run_files(files, &cx).await,
         };
-        match result {
-            Ok(()) => Ok(()),
-            Err(WindowError::Stop(e)) => Err(e),
-            Err(WindowError::Failed(e) | WindowError::Fatal(e)) => Err(self.core_error(e)),
-        }
+        result.map_err(|e| e.into_run_error(&self.name))
     }
 }

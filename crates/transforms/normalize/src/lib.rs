@@ -6,6 +6,8 @@
 mod columns;
 mod lineworks;
 mod qlara;
+#[cfg(test)]
+mod testing;
 mod zoom;
 
 use chatlake_core::config::InvalidConfig;

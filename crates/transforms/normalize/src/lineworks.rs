@@ -221,10 +221,9 @@ pub fn parse_local_time(s: &str, offset: FixedOffset) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::context;
     use arrow::array::TimestampMicrosecondArray;
-    use chatlake_core::dead_letter::DeadLetters;
     use chatlake_core::metrics::ComponentMetrics;
-    use chatlake_core::stage::RunInfo;
     use chatlake_core::{Transform, Window};
     use chrono::TimeZone;
 
@@ -272,31 +271,8 @@ mod tests {
         assert_eq!(split_sender("odd(a)b)"), (false, None, "odd(a)b)"));
     }
 
-    fn context(dir: &std::path::Path) -> TransformContext {
-        TransformContext {
-            name: "canonical".into(),
-            metrics: Arc::default(),
-            dead_letters: DeadLetters::in_dir(dir),
-            run: Arc::new(RunInfo {
-                pipeline: "p".into(),
-                run_id: "r1".into(),
-                started_at: chrono::Utc::now(),
-            }),
-        }
-    }
-
     fn raw_batch(rows: &[[&str; 5]]) -> RecordBatch {
-        let schema = Arc::new(arrow::datatypes::Schema::new_with_metadata(
-            COLUMNS
-                .iter()
-                .map(|c| arrow::datatypes::Field::new(*c, arrow::datatypes::DataType::Utf8, false))
-                .collect::<Vec<_>>(),
-            [(schema::RECORD_TYPE_KEY.to_string(), RECORD_TYPE.to_string())].into(),
-        ));
-        let cols: Vec<ArrayRef> = (0..5)
-            .map(|c| Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r[c]))) as ArrayRef)
-            .collect();
-        RecordBatch::try_new(schema, cols).unwrap()
+        crate::testing::text_batch(&COLUMNS, RECORD_TYPE, false, rows)
     }
 
     fn window(index: u32) -> WindowRef {

@@ -194,9 +194,8 @@ pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::context;
     use arrow::array::{Date32Array, TimestampMicrosecondArray};
-    use chatlake_core::dead_letter::DeadLetters;
-    use chatlake_core::stage::RunInfo;
     use chatlake_core::{Transform, Window, WindowRef};
     use chrono::{FixedOffset, TimeZone, Utc};
 
@@ -216,17 +215,7 @@ mod tests {
     ];
 
     fn raw_batch(rows: &[[&str; 12]]) -> RecordBatch {
-        let schema = Arc::new(arrow::datatypes::Schema::new_with_metadata(
-            COLUMNS
-                .iter()
-                .map(|c| arrow::datatypes::Field::new(*c, arrow::datatypes::DataType::Utf8, true))
-                .collect::<Vec<_>>(),
-            [(schema::RECORD_TYPE_KEY.to_string(), RECORD_TYPE.to_string())].into(),
-        ));
-        let cols: Vec<ArrayRef> = (0..12)
-            .map(|c| Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r[c]))) as ArrayRef)
-            .collect();
-        RecordBatch::try_new(schema, cols).unwrap()
+        crate::testing::text_batch(&COLUMNS, RECORD_TYPE, true, rows)
     }
 
     fn window() -> WindowRef {
@@ -239,19 +228,6 @@ mod tests {
             utc_offset: FixedOffset::east_opt(3600).unwrap(),
             label: "w0".into(),
         })
-    }
-
-    fn context(dir: &std::path::Path) -> TransformContext {
-        TransformContext {
-            name: "canonical".into(),
-            metrics: Arc::default(),
-            dead_letters: DeadLetters::in_dir(dir),
-            run: Arc::new(RunInfo {
-                pipeline: "p".into(),
-                run_id: "r1".into(),
-                started_at: Utc::now(),
-            }),
-        }
     }
 
     fn us(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> i64 {

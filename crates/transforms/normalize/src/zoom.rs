@@ -170,25 +170,11 @@ pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::context;
     use arrow::array::{AsArray, ListArray};
     use arrow::datatypes::TimestampMicrosecondType;
-    use chatlake_core::dead_letter::DeadLetters;
-    use chatlake_core::stage::RunInfo;
     use chatlake_core::{Window, WindowRef};
     use chatlake_source_zoom::parse::{Context, RawBuilder};
-
-    fn context(dir: &std::path::Path) -> TransformContext {
-        TransformContext {
-            name: "canonical".into(),
-            metrics: Arc::default(),
-            dead_letters: DeadLetters::in_dir(dir),
-            run: Arc::new(RunInfo {
-                pipeline: "p".into(),
-                run_id: "r1".into(),
-                started_at: chrono::Utc::now(),
-            }),
-        }
-    }
 
     fn window() -> WindowRef {
         Arc::new(Window {
