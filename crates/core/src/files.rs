@@ -21,6 +21,22 @@ pub enum FilesError {
     },
 }
 
+/// The checks of a source's `files` option that need no disk: at least one pattern, each a glob.
+pub fn check_patterns(patterns: &[String]) -> Result<(), crate::config::InvalidConfig> {
+    use crate::config::InvalidConfig;
+    if patterns.is_empty() {
+        return Err(InvalidConfig::new(
+            "files",
+            "list at least one file or glob (or drop `files` to call the API)",
+        ));
+    }
+    for (i, p) in patterns.iter().enumerate() {
+        glob::Pattern::new(p)
+            .map_err(|e| InvalidConfig::new(format!("files[{i}]"), format!("{e}")))?;
+    }
+    Ok(())
+}
+
 /// The files the globs match, sorted by path and each once. Every pattern must match a file.
 pub fn expand(patterns: &[String]) -> Result<Vec<PathBuf>, FilesError> {
     let mut paths = Vec::new();

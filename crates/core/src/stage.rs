@@ -124,6 +124,91 @@ impl Default for BuildContext {
     }
 }
 
+/// A source's `start`/`end` after the command line had its say (see [`BuildContext::range`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ConfiguredRange {
+    pub start: Option<DateTime<FixedOffset>>,
+    pub end: Option<DateTime<FixedOffset>>,
+    /// How errors name the start: `start`, or `start (from --start)`.
+    pub start_key: &'static str,
+}
+
+impl ConfiguredRange {
+    /// The range an API source fetches: `start` is required (`example` shows the form, with the
+    /// provider's usual offset), `end` defaults to now.
+    pub fn for_api(
+        &self,
+        now: DateTime<Utc>,
+        example: &str,
+    ) -> Result<(DateTime<FixedOffset>, DateTime<FixedOffset>), InvalidConfig> {
+        use chrono::SubsecRound;
+        let Some(start) = self.start else {
+            return Err(InvalidConfig::new(
+                "start",
+                format!(
+                    "required unless `files` is set: an RFC 3339 time with an offset, like \
+                     {example}"
+                ),
+            ));
+        };
+        let end = match self.end {
+            Some(e) => e,
+            None => {
+                let now = now.with_timezone(start.offset()).trunc_subsecs(0);
+                if now <= start {
+                    return Err(InvalidConfig::new(
+                        "end",
+                        format!(
+                            "defaults to now ({}), which is not after {} {}",
+                            now.to_rfc3339(),
+                            self.start_key,
+                            start.to_rfc3339()
+                        ),
+                    ));
+                }
+                now
+            }
+        };
+        Ok((start, end))
+    }
+}
+
+impl BuildContext {
+    /// A source's `start` and `end` with `--start`/`--end` winning over the file; `end` must be
+    /// after `start` (the error names where each came from).
+    pub fn range(
+        &self,
+        start: Option<DateTime<FixedOffset>>,
+        end: Option<DateTime<FixedOffset>>,
+    ) -> Result<ConfiguredRange, InvalidConfig> {
+        let (start, start_key) = match (self.start, start) {
+            (Some(s), _) => (Some(s), "start (from --start)"),
+            (None, s) => (s, "start"),
+        };
+        let (end, end_key) = match (self.end, end) {
+            (Some(e), _) => (Some(e), "end (from --end)"),
+            (None, e) => (e, "end"),
+        };
+        if let (Some(s), Some(e)) = (start, end)
+            && e <= s
+        {
+            return Err(InvalidConfig::new(
+                "end",
+                format!(
+                    "{end_key} {} must be after {start_key} {}",
+                    e.to_rfc3339(),
+                    s.to_rfc3339()
+                ),
+            ));
+        }
+        Ok(ConfiguredRange {
+            start,
+            end,
+            start_key,
+        })
+    }
+}
+
 /// Facts about the run every stage may read.
 #[derive(Debug, Clone)]
 pub struct RunInfo {

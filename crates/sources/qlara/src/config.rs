@@ -340,38 +340,11 @@ impl QlaraSourceConfig {
         }
         let mut base_url = parse_http_url("base_url", &self.base_url)?;
 
-        let (start, start_key) = match (cx.start, self.start) {
-            (Some(s), _) => (Some(s), "start (from --start)"),
-            (None, s) => (s, "start"),
-        };
-        let (end, end_key) = match (cx.end, self.end) {
-            (Some(e), _) => (Some(e), "end (from --end)"),
-            (None, e) => (e, "end"),
-        };
-        if let (Some(s), Some(e)) = (start, end)
-            && e <= s
-        {
-            return Err(InvalidConfig::new(
-                "end",
-                format!(
-                    "{end_key} {} must be after {start_key} {}",
-                    e.to_rfc3339(),
-                    s.to_rfc3339()
-                ),
-            ));
-        }
+        let range = cx.range(self.start, self.end)?;
+        let (start, end) = (range.start, range.end);
 
         let mode = if let Some(patterns) = &self.files {
-            if patterns.is_empty() {
-                return Err(InvalidConfig::new(
-                    "files",
-                    "list at least one file or glob (or drop `files` to call the API)",
-                ));
-            }
-            for (i, p) in patterns.iter().enumerate() {
-                glob::Pattern::new(p)
-                    .map_err(|e| InvalidConfig::new(format!("files[{i}]"), format!("{e}")))?;
-            }
+            chatlake_core::files::check_patterns(patterns)?;
             Mode::Files(FilesMode {
                 patterns: patterns.clone(),
                 start,
@@ -379,30 +352,7 @@ impl QlaraSourceConfig {
                 ledger: cx.state.clone(),
             })
         } else {
-            let Some(start) = start else {
-                return Err(InvalidConfig::new(
-                    "start",
-                    "required unless `files` is set: an RFC 3339 time with an offset, like \
-                     2025-01-01T00:00:00+01:00",
-                ));
-            };
-            let end = match end {
-                Some(e) => e,
-                None => {
-                    let now = cx.now.with_timezone(start.offset()).trunc_subsecs(0);
-                    if now <= start {
-                        return Err(InvalidConfig::new(
-                            "end",
-                            format!(
-                                "defaults to now ({}), which is not after {start_key} {}",
-                                now.to_rfc3339(),
-                                start.to_rfc3339()
-                            ),
-                        ));
-                    }
-                    now
-                }
-            };
+            let (start, end) = range.for_api(cx.now, "2025-01-01T00:00:00+01:00")?;
             let mut poll_interval = self.poll_interval;
             let credentials = match &cx.emulator {
                 Some(profile) => {
