@@ -431,16 +431,7 @@ fn common_checks(
         .check()
         .map_err(|(key, msg)| InvalidConfig::new(format!("retry.{key}"), msg))?;
     if let Some(patterns) = files {
-        if patterns.is_empty() {
-            return Err(InvalidConfig::new(
-                "files",
-                "list at least one file or glob (or drop `files` to call the API)",
-            ));
-        }
-        for (i, p) in patterns.iter().enumerate() {
-            glob::Pattern::new(p)
-                .map_err(|e| InvalidConfig::new(format!("files[{i}]"), format!("{e}")))?;
-        }
+        chatlake_core::files::check_patterns(patterns)?;
     }
     Ok((
         Budgets {
