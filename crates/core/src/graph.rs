@@ -84,8 +84,8 @@ impl Pipeline {
         }
 
         let store = StateStore::new(file.state_dir().join(&file.pipeline.name));
-        let committed = if opts.use_state {
-            match store.committed_keys() {
+        let committed_by = if opts.use_state {
+            match store.committed_runs() {
                 Ok(keys) => Arc::new(keys),
                 Err(e) => {
                     errors
@@ -97,6 +97,8 @@ impl Pipeline {
         } else {
             Arc::default()
         };
+        let committed: Arc<std::collections::HashSet<String>> =
+            Arc::new(committed_by.keys().cloned().collect());
         let mut built: IndexMap<String, Node> = IndexMap::new();
         for spec in &file.components {
             let state = if opts.use_state && spec.role == Role::Source {
@@ -122,6 +124,7 @@ impl Pipeline {
                 state,
                 state_dir: store.dir().to_path_buf(),
                 committed: committed.clone(),
+                committed_by: committed_by.clone(),
             };
             let stage = match spec.role {
                 Role::Source => registry.build_source(spec, &cx).map(Stage::Source),
@@ -220,6 +223,38 @@ impl Pipeline {
                 }
             }
             nodes.push(node);
+        }
+
+        // A sink fed by a transform that replaces rows of earlier runs must be able to take
+        // those rows out of its files.
+        let mut replacers: HashMap<String, Vec<String>> = HashMap::new();
+        for node in &nodes {
+            let mut upstream: Vec<String> = node
+                .spec
+                .inputs
+                .iter()
+                .flat_map(|i| replacers.get(i).cloned().unwrap_or_default())
+                .collect();
+            if let Stage::Transform(t) = &node.stage
+                && t.replaces_rows_of_earlier_runs()
+            {
+                upstream.push(node.spec.name.clone());
+            }
+            upstream.sort();
+            upstream.dedup();
+            if let Stage::Sink(s) = &node.stage
+                && let Some(t) = upstream.first()
+                && let Err(why) = s.removes_rows()
+            {
+                errors.0.push(file.error(
+                    format!("{}.inputs", node.spec.key()),
+                    format!(
+                        "`{t}` replaces rows that earlier runs loaded (dedupe keep = \"latest\" with across_runs), \
+                         but this sink cannot take them out of its files: {why}"
+                    ),
+                ));
+            }
+            replacers.insert(node.spec.name.clone(), upstream);
         }
 
         if errors.is_empty() {

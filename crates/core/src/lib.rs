@@ -14,6 +14,7 @@ pub mod graph;
 pub mod metrics;
 pub mod parsed;
 pub mod registry;
+pub mod removal;
 pub mod runtime;
 pub mod schema;
 mod secret;

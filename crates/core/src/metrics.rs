@@ -19,6 +19,7 @@ pub struct ComponentMetrics {
     dead_letters: AtomicU64,
     windows_done: AtomicU64,
     windows_failed: AtomicU64,
+    records_removed: AtomicU64,
     failures: Mutex<Vec<String>>,
     skipped: Mutex<Vec<String>>,
 }
@@ -49,6 +50,10 @@ impl ComponentMetrics {
     }
     pub fn add_window_done(&self) {
         self.windows_done.fetch_add(1, Relaxed);
+    }
+    /// Rows a sink took out of files earlier runs committed (their newer versions replace them).
+    pub fn add_records_removed(&self, n: u64) {
+        self.records_removed.fetch_add(n, Relaxed);
     }
     pub fn add_window_failed(&self, why: String) {
         self.windows_failed.fetch_add(1, Relaxed);
@@ -102,6 +107,7 @@ impl ComponentMetrics {
             dead_letters: self.dead_letters.load(Relaxed),
             windows_done: self.windows_done.load(Relaxed),
             windows_failed: self.windows_failed.load(Relaxed),
+            records_removed: self.records_removed.load(Relaxed),
             failures: self.failures.lock().map(|f| f.clone()).unwrap_or_default(),
             skipped: self.skipped.lock().map(|f| f.clone()).unwrap_or_default(),
             seconds,
@@ -126,6 +132,9 @@ pub struct ComponentSummary {
     pub dead_letters: u64,
     pub windows_done: u64,
     pub windows_failed: u64,
+    /// Sinks: rows taken out of files earlier runs committed, replaced by newer versions
+    /// (dedupe `keep = "latest"` with `across_runs`).
+    pub records_removed: u64,
     pub failures: Vec<String>,
     /// Resources skipped because the provider does not serve them (see `add_skipped`).
     pub skipped: Vec<String>,

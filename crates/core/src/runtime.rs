@@ -24,6 +24,7 @@ use crate::dead_letter::DeadLetters;
 use crate::event::{Event, WindowRef};
 use crate::graph::{Pipeline, Stage};
 use crate::metrics::{ComponentMetrics, RunStatus, RunSummary};
+use crate::removal::RemovalLog;
 use crate::stage::{
     Emitter, Output, RunInfo, Sink, SinkContext, SourceContext, Transform, TransformContext,
 };
@@ -151,20 +152,82 @@ impl Run {
                 *sinks_per_source.entry(source.clone()).or_insert(0) += 1;
             }
         }
+        // Every stage upstream of each node: a removal log of a transform goes to the sinks
+        // downstream of it.
+        let mut upstream: HashMap<String, HashSet<String>> = HashMap::new();
+        for node in &pipeline.nodes {
+            let mut set = HashSet::new();
+            for input in &node.spec.inputs {
+                set.insert(input.clone());
+                set.extend(upstream.get(input).cloned().unwrap_or_default());
+            }
+            upstream.insert(node.spec.name.clone(), set);
+        }
+        let sinks_below = |transform: &str| -> Vec<String> {
+            pipeline
+                .nodes
+                .iter()
+                .filter(|n| n.spec.role == Role::Sink && upstream[&n.spec.name].contains(transform))
+                .map(|n| n.spec.name.clone())
+                .collect()
+        };
+        let removal_targets: HashMap<String, Vec<String>> = pipeline
+            .nodes
+            .iter()
+            .filter(|n| n.spec.role == Role::Transform)
+            .map(|n| (n.spec.name.clone(), sinks_below(&n.spec.name)))
+            .collect();
+        let sink_cx = |name: &str| SinkContext {
+            name: name.to_string(),
+            metrics: metrics[name].2.clone(),
+            dead_letters: dead_letters.clone(),
+            run: info.clone(),
+            committed: committed.clone(),
+        };
+
+        // Sinks start before anything runs: each clears what an interrupted run left, then the
+        // removal logs earlier runs committed but did not finish applying are applied.
+        let removals = RemovalLog::new(store.dir());
+        let mut sinks: HashMap<String, Box<dyn Sink>> = HashMap::new();
+        let mut nodes = Vec::new();
+        for node in pipeline.nodes {
+            match node.stage {
+                Stage::Sink(mut sink) => {
+                    let cx = sink_cx(&node.spec.name);
+                    if let Err(e) = sink.start(&cx).await {
+                        return failed_before_start(&info, &metrics, started, &state_dir, e);
+                    }
+                    sinks.insert(node.spec.name.clone(), sink);
+                    nodes.push((node.spec, None));
+                }
+                stage => nodes.push((node.spec, Some(stage))),
+            }
+        }
+        if let Err(e) =
+            apply_removals(&removals, &store, &removal_targets, &mut sinks, &sink_cx).await
+        {
+            return failed_before_start(&info, &metrics, started, &state_dir, e);
+        }
+
         let (ledger_tx, ledger_rx) = mpsc::unbounded_channel();
         let coordinator = tokio::spawn(coordinate_commits(
             ledger_rx,
             sinks_per_source,
-            store,
+            store.clone(),
             info.run_id.clone(),
         ));
 
+        let finished_sinks: Arc<std::sync::Mutex<HashMap<String, Box<dyn Sink>>>> = Arc::default();
         let mut tasks = Vec::new();
-        for node in pipeline.nodes {
-            let name = node.spec.name.clone();
+        for (spec, stage) in nodes {
+            let name = spec.name.clone();
             let m = metrics[&name].2.clone();
-            let expected = expected_markers(&node.spec.inputs, &reached_by);
-            let task: tokio::task::JoinHandle<(f64, Result<()>)> = match node.stage {
+            let expected = expected_markers(&spec.inputs, &reached_by);
+            let stage = match stage {
+                Some(stage) => stage,
+                None => Stage::Sink(sinks.remove(&name).expect("every sink was started")),
+            };
+            let task: tokio::task::JoinHandle<(f64, Result<()>)> = match stage {
                 Stage::Source(source) => {
                     let cx = SourceContext {
                         name: name.clone(),
@@ -207,21 +270,17 @@ impl Run {
                     let rx = receivers
                         .remove(&name)
                         .expect("every consumer has a channel");
-                    let cx = SinkContext {
-                        name,
-                        metrics: m,
-                        dead_letters: dead_letters.clone(),
-                        run: info.clone(),
-                        committed: committed.clone(),
-                    };
+                    let cx = sink_cx(&name);
                     let ledger = ledger_tx.clone();
-                    tokio::spawn(timed(run_sink(
-                        s,
-                        rx,
-                        MarkerMerge::new(expected),
-                        cx,
-                        ledger,
-                    )))
+                    let finished = finished_sinks.clone();
+                    tokio::spawn(timed(async move {
+                        let sink = run_sink(s, rx, MarkerMerge::new(expected), cx, ledger).await?;
+                        finished
+                            .lock()
+                            .expect("no task panics holding it")
+                            .insert(name, sink);
+                        Ok(())
+                    }))
                 }
             };
             tasks.push(task);
@@ -255,6 +314,14 @@ impl Run {
                 "runtime",
                 format!("the ledger task panicked: {join}"),
             )),
+        }
+        // After the run's last commit: rows its windows replaced leave the earlier files.
+        let mut sinks =
+            std::mem::take(&mut *finished_sinks.lock().expect("no task panics holding it"));
+        if let Err(e) =
+            apply_removals(&removals, &store, &removal_targets, &mut sinks, &sink_cx).await
+        {
+            errors.push(e);
         }
         if let Err(e) = dead_letters.flush() {
             errors.push(e);
@@ -639,14 +706,60 @@ async fn run_replicated(
     result.and(routed)
 }
 
+/// Applies every complete removal log (see [`crate::removal`]) to the sinks downstream of the
+/// transform that wrote it, then deletes it. Only removals whose replacing window the ledger lists
+/// as committed by the log's run count. A sink that stopped (not in `sinks`) keeps the log for the
+/// next run.
+async fn apply_removals(
+    log: &RemovalLog,
+    store: &StateStore,
+    targets: &HashMap<String, Vec<String>>,
+    sinks: &mut HashMap<String, Box<dyn Sink>>,
+    sink_cx: &impl Fn(&str) -> SinkContext,
+) -> Result<()> {
+    let files = log.pending()?;
+    if files.is_empty() {
+        return Ok(());
+    }
+    let committed_by = store.committed_runs()?;
+    for file in files {
+        let Some(names) = targets.get(&file.transform) else {
+            tracing::warn!(
+                log = %file.path.display(),
+                transform = %file.transform,
+                "a removal log of a transform this pipeline no longer has is left unapplied"
+            );
+            continue;
+        };
+        let removals = file.read(&committed_by)?;
+        let mut complete = true;
+        for name in names {
+            let Some(sink) = sinks.get_mut(name) else {
+                complete = false;
+                continue;
+            };
+            let cx = sink_cx(name);
+            for removal in &removals {
+                let n = sink.remove_rows(removal, &cx).await?;
+                cx.metrics.add_records_removed(n);
+            }
+        }
+        if complete {
+            file.delete()?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs a started sink to the end of its input; hands it back for the removals that follow
+/// the run's commits.
 async fn run_sink(
     mut sink: Box<dyn Sink>,
     mut rx: mpsc::Receiver<Event>,
     mut merge: MarkerMerge,
     cx: SinkContext,
     ledger: mpsc::UnboundedSender<LedgerEvent>,
-) -> Result<()> {
-    sink.start(&cx).await?;
+) -> Result<Box<dyn Sink>> {
     let mut open: IndexMap<String, WindowRef> = IndexMap::new();
     while let Some(event) = rx.recv().await {
         match event {
@@ -688,7 +801,8 @@ async fn run_sink(
         tracing::warn!(sink = %cx.name, window = %w, "input ended before the window was complete; not committing it");
         sink.abort(&w, &cx).await?;
     }
-    sink.finish(&cx).await
+    sink.finish(&cx).await?;
+    Ok(sink)
 }
 
 #[cfg(test)]

@@ -106,6 +106,9 @@ pub struct BuildContext {
     /// Keys of every window the ledger lists as committed: state a component wrote for any other
     /// window belongs to a run that stopped before its commit point and must be ignored.
     pub committed: Arc<HashSet<String>>,
+    /// The same windows with the run that committed each: state written by one run for a window
+    /// that a later run committed again (after a reset) is stale.
+    pub committed_by: Arc<std::collections::HashMap<String, String>>,
 }
 
 impl Default for BuildContext {
@@ -120,6 +123,7 @@ impl Default for BuildContext {
             state: Arc::default(),
             state_dir: std::path::PathBuf::new(),
             committed: Arc::default(),
+            committed_by: Arc::default(),
         }
     }
 }
@@ -479,6 +483,13 @@ pub trait Transform: Send {
         false
     }
 
+    /// True if it may replace rows that earlier runs committed (dedupe `keep = "latest"` with
+    /// `across_runs`): it writes a removal log (see [`crate::removal`]) and every sink
+    /// downstream of it must be able to [`Sink::remove_rows`]; the pipeline check says so.
+    fn replaces_rows_of_earlier_runs(&self) -> bool {
+        false
+    }
+
     /// A fresh instance to run beside this one on another core. Only for transforms whose state
     /// is per window (or none): the runtime gives each window to one instance, which sees all of
     /// that window's batches and its marker in order. `None` (the default) runs one instance.
@@ -530,6 +541,29 @@ pub trait Sink: Send {
     /// No more input: commit what is left (rows that arrived outside any window's commit).
     async fn finish(&mut self, _cx: &SinkContext) -> Result<()> {
         Ok(())
+    }
+
+    /// Why it cannot [`Sink::remove_rows`], if it cannot. Checked when a transform upstream
+    /// replaces rows of earlier runs. Default: it cannot.
+    fn removes_rows(&self) -> std::result::Result<(), String> {
+        Err("it cannot take rows out of files earlier runs committed".into())
+    }
+
+    /// Takes out of its committed files of `removal.window` every row whose key columns equal a
+    /// row of `removal.keys` (compared as [`crate::removal::key_cell`] text), each file replaced
+    /// atomically; returns the rows removed. Idempotent: rows already gone are not looked for
+    /// again. Called after the windows that replace them are in the ledger (see
+    /// [`crate::removal`]), after `finish` or before the first `write`.
+    async fn remove_rows(
+        &mut self,
+        removal: &crate::removal::Removal,
+        _cx: &SinkContext,
+    ) -> Result<u64> {
+        let _ = removal;
+        Err(Error::component(
+            "sink",
+            "this sink cannot take rows out of files earlier runs committed",
+        ))
     }
 }
 

@@ -258,6 +258,20 @@ impl StateStore {
             .collect())
     }
 
+    /// Every committed window of every source, with the run that committed it.
+    pub fn committed_runs(&self) -> Result<std::collections::HashMap<String, String>> {
+        Ok(self
+            .all()?
+            .into_values()
+            .flat_map(|s| {
+                s.windows
+                    .into_iter()
+                    .filter(|(_, w)| w.status == WindowStatus::Committed)
+            })
+            .map(|(k, w)| (k, w.run_id))
+            .collect())
+    }
+
     /// Forgets `source` (or every source): its windows will be fetched again, and sinks delete
     /// their files on the next run's start. Returns the sources reset.
     pub fn reset(&self, source: Option<&str>) -> Result<Vec<String>> {
