@@ -13,19 +13,28 @@
 //!   so memory stays at about twice the partition's distinct keys × 32 bytes.
 //! * Then the arrival-order spill is read back batch by batch, filtered with its slice of the
 //!   bitmap and emitted with its window, in the order it arrived.
+//! * With `across_runs` ([`ReplaceEarlier`]), the rows earlier runs loaded join the key
+//!   partitions at `finish` as *prior* records (hash, version, the window that holds them; see
+//!   `history.rs`). A prior record wins a tie and is never emitted again; a new row that beats
+//!   one is emitted and, as it is read back, its key columns go to the run's removal log with the
+//!   earlier window (see `chatlake_core::removal`), so the sinks take the old version out after
+//!   the new one is committed. This run's winners are written as the next run's history.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch};
+use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::buffer::{BooleanBuffer, Buffer};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
+use chatlake_core::removal::{RemovalLog, RemovalWriter};
 use chatlake_core::{Emitter, WindowRef};
+
+use crate::history::{History, HistoryWriter};
 
 /// Key partitions: the top `PART_BITS` bits of the key hash pick one.
 const PART_BITS: u32 = 6;
@@ -36,6 +45,8 @@ const RECORD: usize = 32;
 const IO_BUF: usize = 64 * 1024;
 /// A key partition with more records than this is reduced to one record per key as it is read.
 const REDUCE_AT: usize = 1 << 20;
+/// The row field of a prior record has this bit set; the rest is its window's index.
+const PRIOR: u64 = 1 << 63;
 
 /// An I/O or Arrow error on a spill file, with the file.
 #[derive(Debug)]
@@ -65,7 +76,7 @@ fn spill_error(path: &Path, reading: bool, e: &dyn std::fmt::Display) -> SpillEr
 }
 
 /// Names the file an error is about.
-trait Context<T> {
+pub(crate) trait Context<T> {
     fn writing(self, path: &Path) -> Result<T, SpillError>;
     fn reading(self, path: &Path) -> Result<T, SpillError>;
 }
@@ -110,6 +121,41 @@ struct Reading {
     winners: Buffer,
     /// Index in `batches` of the next batch read back.
     next_batch: usize,
+    /// Index in `ReplaceEarlier::supersedes` of the next entry.
+    next_supersede: usize,
+}
+
+/// `across_runs`: what replacing rows of earlier runs needs.
+pub(crate) struct ReplaceEarlier {
+    pub(crate) history: History,
+    pub(crate) removals: RemovalLog,
+    /// The transform's name: its removal log is named after it.
+    pub(crate) name: String,
+    /// The key columns, written to the removal log.
+    pub(crate) key: Vec<String>,
+    /// Set at `finish`.
+    state: Option<Replacing>,
+}
+
+impl ReplaceEarlier {
+    pub(crate) fn new(history: History, removals: RemovalLog, name: &str, key: &[String]) -> Self {
+        ReplaceEarlier {
+            history,
+            removals,
+            name: name.to_string(),
+            key: key.to_vec(),
+            state: None,
+        }
+    }
+}
+
+/// From `finish` until the last winner is out.
+struct Replacing {
+    /// Windows holding prior rows, by the index in their records.
+    prior_windows: Vec<String>,
+    /// New winners that replace a prior row: (row, index of the prior row's window), by row.
+    supersedes: Vec<(u64, u32)>,
+    removals: RemovalWriter,
 }
 
 /// The spill of one `keep = "latest"` transform. See the module docs.
@@ -123,6 +169,8 @@ pub(crate) struct LatestSpill {
     reduce_at: usize,
     /// The directory exists and is ours to remove.
     created: bool,
+    /// `across_runs`.
+    replace: Option<ReplaceEarlier>,
 }
 
 /// Tells spill directories of transforms built without a state directory apart.
@@ -149,7 +197,14 @@ impl LatestSpill {
             rows: 0,
             reduce_at: REDUCE_AT,
             created: false,
+            replace: None,
         }
+    }
+
+    /// Compares the input with the rows earlier runs loaded, too.
+    pub(crate) fn replacing_earlier(mut self, replace: ReplaceEarlier) -> Self {
+        self.replace = Some(replace);
+        self
     }
 
     #[cfg(test)]
@@ -230,17 +285,49 @@ impl LatestSpill {
     }
 
     /// Closes the spill and finds the winners; [`LatestSpill::emit_next`] then hands them out.
-    pub(crate) fn finish(&mut self) -> Result<(), SpillError> {
-        let Some(open) = self.open.take() else {
+    /// `run_id` names this run's history and removal log (`across_runs`).
+    pub(crate) fn finish(&mut self, run_id: &str) -> Result<(), SpillError> {
+        let Some(mut open) = self.open.take() else {
             return Ok(());
         };
+        let mut history = None;
+        if let Some(replace) = self.replace.as_mut() {
+            let prior_windows = replace.history.load(|hash, version, window| {
+                open.write_record(
+                    &self.dir,
+                    Record {
+                        hash,
+                        version,
+                        row: PRIOR | u64::from(window),
+                    },
+                )
+            })?;
+            let mut windows: Vec<String> = Vec::new();
+            let mut index: std::collections::HashMap<String, u32> = Default::default();
+            for b in &self.batches {
+                index.entry(b.window.key()).or_insert_with_key(|k| {
+                    windows.push(k.clone());
+                    (windows.len() - 1) as u32
+                });
+            }
+            history = Some((replace.history.writer(run_id, &windows)?, index));
+            replace.state = Some(Replacing {
+                prior_windows,
+                supersedes: Vec::new(),
+                removals: replace.removals.writer(run_id, &replace.name),
+            });
+        }
         let segments = open.close(&self.dir)?;
-        let winners = Buffer::from_vec(self.winners()?);
+        let winners = Buffer::from_vec(self.winners(history.as_mut())?);
+        if let Some((writer, _)) = history {
+            writer.commit()?;
+        }
         self.reading = Some(Reading {
             segments: segments.into_iter(),
             current: None,
             winners,
             next_batch: 0,
+            next_supersede: 0,
         });
         Ok(())
     }
@@ -279,6 +366,23 @@ impl LatestSpill {
             if b.failed {
                 continue;
             }
+            if let Some(replace) = self.replace.as_mut()
+                && let Some(state) = replace.state.as_mut()
+            {
+                let end = b.first_row + b.rows as u64;
+                let from = reading.next_supersede;
+                while reading.next_supersede < state.supersedes.len()
+                    && state.supersedes[reading.next_supersede].0 < end
+                {
+                    reading.next_supersede += 1;
+                }
+                let here = &state.supersedes[from..reading.next_supersede];
+                if !here.is_empty() {
+                    let windows = &state.prior_windows;
+                    record_removals(&mut state.removals, windows, &replace.key, b, &data, here)
+                        .reading(path)?;
+                }
+            }
             let mask = BooleanArray::new(
                 BooleanBuffer::new(reading.winners.clone(), b.first_row as usize, b.rows),
                 None,
@@ -289,6 +393,20 @@ impl LatestSpill {
                 return Ok(true);
             }
         }
+        // Durable before the runtime lets the windows' markers go on to the sinks.
+        if let Some(state) = self.replace.as_mut().and_then(|r| r.state.take()) {
+            let rows = state.removals.rows();
+            state
+                .removals
+                .commit()
+                .map_err(|e| spill_error(Path::new("removal log"), false, &e))?;
+            if rows > 0 {
+                tracing::info!(
+                    rows,
+                    "rows earlier runs loaded are replaced by newer versions"
+                );
+            }
+        }
         self.reading = None;
         self.batches = Vec::new();
         self.rows = 0;
@@ -297,8 +415,13 @@ impl LatestSpill {
         Ok(false)
     }
 
-    /// The winner bitmap: bit `row` is set if that row is the latest of its key.
-    fn winners(&self) -> Result<Vec<u8>, SpillError> {
+    /// The winner bitmap: bit `row` is set if that row is the latest of its key. With
+    /// `across_runs`, also writes each winner to this run's history and notes which winners
+    /// replace a prior row.
+    fn winners(
+        &mut self,
+        mut history: Option<&mut (HistoryWriter, std::collections::HashMap<String, u32>)>,
+    ) -> Result<Vec<u8>, SpillError> {
         let mut winners = vec![0u8; (self.rows as usize).div_ceil(8)];
         let failed: Vec<(u64, u64)> = self
             .batches
@@ -323,7 +446,7 @@ impl LatestSpill {
             for _ in 0..count {
                 reader.read_exact(&mut buf).reading(&path)?;
                 let r = Record::decode(&buf);
-                if !failed.is_empty() && is_failed(r.row) {
+                if !failed.is_empty() && !r.is_prior() && is_failed(r.row) {
                     continue;
                 }
                 records.push(r);
@@ -333,14 +456,74 @@ impl LatestSpill {
                 }
             }
             reduce(&mut records);
-            for r in &records {
+            for (i, r) in records.iter().enumerate() {
+                // A prior record either won (the lake has it) or follows the new winner that
+                // replaces it.
+                if r.is_prior() {
+                    continue;
+                }
                 arrow::util::bit_util::set_bit(&mut winners, r.row as usize);
+                if let Some((writer, index)) = history.as_deref_mut() {
+                    let b = &self.batches[self.batch_of(r.row)];
+                    writer.push(r.hash, r.version, index[&b.window.key()])?;
+                }
+                if let Some(prior) = records.get(i + 1).filter(|p| p.hash == r.hash)
+                    && let Some(state) = self.replace.as_mut().and_then(|x| x.state.as_mut())
+                {
+                    state.supersedes.push((r.row, (prior.row & !PRIOR) as u32));
+                }
             }
             // Frees the disk early; the directory goes at the end anyway.
             let _ = std::fs::remove_file(&path);
         }
+        if let Some(state) = self.replace.as_mut().and_then(|x| x.state.as_mut()) {
+            state.supersedes.sort_unstable();
+        }
         Ok(winners)
     }
+
+    /// The index in `batches` of the batch holding arrival row `row`.
+    fn batch_of(&self, row: u64) -> usize {
+        self.batches
+            .partition_point(|b| b.first_row + b.rows as u64 <= row)
+    }
+}
+
+/// Writes to the removal log the key columns of the rows of `b` (read back as `data`) that
+/// replace prior rows, with the windows holding those.
+fn record_removals(
+    removals: &mut RemovalWriter,
+    prior_windows: &[String],
+    key: &[String],
+    b: &SpilledBatch,
+    data: &RecordBatch,
+    supersedes: &[(u64, u32)],
+) -> Result<(), String> {
+    let schema = data.schema();
+    let columns: Vec<usize> = key
+        .iter()
+        .map(|k| {
+            schema
+                .index_of(k)
+                .map_err(|_| format!("key column `{k}` is not in the spilled rows"))
+        })
+        .collect::<Result<_, _>>()?;
+    let keys = data.project(&columns).map_err(|e| e.to_string())?;
+    let mut by_window: Vec<(u32, u32)> = supersedes
+        .iter()
+        .map(|(row, w)| (*w, (row - b.first_row) as u32))
+        .collect();
+    by_window.sort_unstable();
+    let replaced_by = b.window.key();
+    for group in by_window.chunk_by(|a, b| a.0 == b.0) {
+        let rows = UInt32Array::from_iter_values(group.iter().map(|(_, r)| *r));
+        let taken = arrow::compute::take_record_batch(&keys, &rows).map_err(|e| e.to_string())?;
+        let window = &prior_windows[group[0].0 as usize];
+        removals
+            .append(&replaced_by, window, &taken)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 impl Drop for LatestSpill {
@@ -376,6 +559,18 @@ impl Open {
             writer: None,
             parts,
         })
+    }
+
+    /// Appends a key record to its partition.
+    fn write_record(&mut self, dir: &Path, r: Record) -> Result<(), SpillError> {
+        let mut record = [0u8; RECORD];
+        record[..16].copy_from_slice(&r.hash.to_le_bytes());
+        record[16..24].copy_from_slice(&r.version.to_le_bytes());
+        record[24..].copy_from_slice(&r.row.to_le_bytes());
+        let p = (r.hash >> (128 - PART_BITS)) as usize;
+        self.parts[p]
+            .write_all(&record)
+            .map_err(|e| spill_error(&part_path(dir, p), false, &e))
     }
 
     /// Ends the current arrival-order file, if any, and starts one for `schema`.
@@ -429,6 +624,11 @@ struct Record {
 }
 
 impl Record {
+    /// A row an earlier run loaded (see [`PRIOR`]).
+    fn is_prior(&self) -> bool {
+        self.row & PRIOR != 0
+    }
+
     fn decode(b: &[u8; RECORD]) -> Record {
         let (hash, rest) = b.split_at(16);
         let (version, row) = rest.split_at(8);
@@ -440,14 +640,86 @@ impl Record {
     }
 }
 
-/// Sorts by (hash, version descending, row) and keeps the first record of each hash: the
-/// highest version, and of equal versions the first to arrive.
+/// Sorts by (hash, version descending, prior first, row) and keeps the first record of each
+/// hash: the highest version, and of equal versions a prior row, else the first to arrive. If
+/// that winner is new, the best prior record of its hash (the row the lake holds) is kept right
+/// after it, so the caller knows what it replaces.
 fn reduce(records: &mut Vec<Record>) {
     records.sort_unstable_by(|a, b| {
         a.hash
             .cmp(&b.hash)
             .then(b.version.cmp(&a.version))
+            .then(b.is_prior().cmp(&a.is_prior()))
             .then(a.row.cmp(&b.row))
     });
-    records.dedup_by_key(|r| r.hash);
+    let mut kept = 0;
+    let mut i = 0;
+    while i < records.len() {
+        let winner = records[i];
+        records[kept] = winner;
+        kept += 1;
+        let mut prior_kept = winner.is_prior();
+        i += 1;
+        while i < records.len() && records[i].hash == winner.hash {
+            if !prior_kept && records[i].is_prior() {
+                records[kept] = records[i];
+                kept += 1;
+                prior_kept = true;
+            }
+            i += 1;
+        }
+    }
+    records.truncate(kept);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(hash: u128, version: i64, row: u64) -> Record {
+        Record { hash, version, row }
+    }
+
+    fn prior(hash: u128, version: i64, window: u64) -> Record {
+        Record {
+            hash,
+            version,
+            row: PRIOR | window,
+        }
+    }
+
+    fn rows(records: &[Record]) -> Vec<(u128, i64, u64)> {
+        records.iter().map(|r| (r.hash, r.version, r.row)).collect()
+    }
+
+    #[test]
+    fn reduce_keeps_the_winner_and_the_prior_row_it_replaces() {
+        let mut records = vec![
+            new(1, 5, 0),
+            prior(1, 3, 7),
+            prior(1, 2, 6), // already replaced by window 7's row in an earlier run
+            new(1, 4, 1),
+            new(2, 3, 2),
+            prior(2, 3, 8), // a tie: the lake's row stays
+            new(3, 1, 3),
+            new(3, 1, 4),
+            prior(4, 9, 9),
+        ];
+        reduce(&mut records);
+        let expected = vec![
+            (1, 5, 0),
+            (1, 3, PRIOR | 7),
+            (2, 3, PRIOR | 8),
+            (3, 1, 3),
+            (4, 9, PRIOR | 9),
+        ];
+        assert_eq!(rows(&records), expected);
+        // Reducing again (a large partition is reduced whenever it doubles) changes nothing.
+        records.push(new(1, 1, 5));
+        records.push(prior(3, 0, 2));
+        reduce(&mut records);
+        let mut expected = expected;
+        expected.insert(4, (3, 0, PRIOR | 2));
+        assert_eq!(rows(&records), expected);
+    }
 }

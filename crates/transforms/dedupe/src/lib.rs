@@ -29,7 +29,18 @@
 //! others (a run stopped before its commit point) are deleted. So the remembered keys are
 //! exactly those of the rows in the lake. Files of the earlier format (`.keys`, 16 bytes per
 //! key) of committed windows are still read: the low 8 bytes of each are its fingerprint.
+//!
+//! `across_runs = true` with `keep = "latest"` compares the input with the rows earlier runs
+//! loaded as well: a row fetched again with the same or an older version is not loaded again,
+//! and a newer version replaces the loaded one. Each run writes `<state_dir>/dedupe/<name>/<run
+//! id>.latest` (28 bytes per row it emitted: key hash, version, window; see `history.rs`), read
+//! back by later runs into the spill's key partitions (so on disk, not in memory) for the
+//! windows the ledger lists as committed by that run; `remember` leaves older files unread. A
+//! newer version is emitted with its own window, and the earlier window that holds the old one
+//! goes with its key columns into the run's removal log, which the runtime has the sinks apply
+//! once the new window is committed (see `chatlake_core::removal`).
 
+mod history;
 mod latest;
 
 use std::collections::HashMap;
@@ -41,11 +52,13 @@ use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Date32Type, Int32Type, Int64Type, TimestampMicrosecondType};
 use chatlake_core::config::InvalidConfig;
 pub use chatlake_core::fingerprint::FingerprintSet;
+use chatlake_core::removal::RemovalLog;
 use chatlake_core::{
     Batch, BuildContext, DataKind, Emitter, Error, Result, Transform, TransformConfig,
     TransformContext, WindowRef,
 };
-use latest::LatestSpill;
+use history::History;
+use latest::{LatestSpill, ReplaceEarlier};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -73,8 +86,12 @@ pub struct DedupeConfig {
     /// The column `keep = "latest"` compares (Int64).
     #[serde(default = "default_version")]
     pub version_column: String,
-    /// Also drop rows whose key an earlier run loaded (`keep = "first"` only). The keys are kept
-    /// under the state directory, 8 bytes each, and held in memory while the run goes.
+    /// Also compare with what earlier runs loaded. `keep = "first"`: drop rows whose key an
+    /// earlier run loaded (keys kept under the state directory, 8 bytes each, and held in memory
+    /// while the run goes). `keep = "latest"`: drop rows an earlier run loaded with the same or a
+    /// newer version, and replace the loaded row with a newer version (28 bytes per loaded row
+    /// on disk, read back into the spill, not memory; the sinks below must be able to take rows
+    /// out of their files: Parquet, JSON Lines and CSV with a header can).
     #[serde(default)]
     pub across_runs: bool,
     /// With `across_runs`: load only the keys of windows loaded within this long before the run
@@ -116,28 +133,38 @@ impl TransformConfig for DedupeConfig {
                 format!("column `{}` is listed twice", dup.1),
             ));
         }
-        if self.across_runs && self.keep == Keep::Latest {
-            return Err(InvalidConfig::new(
-                "across_runs",
-                "works with keep = \"first\" only: replacing a row an earlier run wrote would mean rewriting its file",
-            ));
-        }
         if self.remember.is_some() && !self.across_runs {
             return Err(InvalidConfig::new(
                 "remember",
                 "applies to the keys of earlier runs: set across_runs = true, or remove it",
             ));
         }
-        let across = self.across_runs.then(|| AcrossRuns {
+        let since = self
+            .remember
+            .map(|d| std::time::SystemTime::from(cx.now) - d);
+        let across = (self.across_runs && self.keep == Keep::First).then(|| AcrossRuns {
             dir: cx.state_dir.join("dedupe").join(&cx.name),
             committed: cx.committed.clone(),
-            since: self
-                .remember
-                .map(|d| std::time::SystemTime::from(cx.now) - d),
+            since,
             loaded: false,
             added: HashMap::new(),
         });
-        let latest = (self.keep == Keep::Latest).then(|| LatestSpill::new(&cx.state_dir, &cx.name));
+        let latest = (self.keep == Keep::Latest).then(|| {
+            let spill = LatestSpill::new(&cx.state_dir, &cx.name);
+            if !self.across_runs {
+                return spill;
+            }
+            spill.replacing_earlier(ReplaceEarlier::new(
+                History {
+                    dir: cx.state_dir.join("dedupe").join(&cx.name),
+                    committed_by: cx.committed_by.clone(),
+                    since,
+                },
+                RemovalLog::new(&cx.state_dir),
+                &cx.name,
+                &self.key,
+            ))
+        });
         Ok(Box::new(DedupeTransform {
             config: self,
             seen: FingerprintSet::new(),
@@ -367,6 +394,10 @@ impl Transform for DedupeTransform {
         self.config.keep == Keep::Latest
     }
 
+    fn replaces_rows_of_earlier_runs(&self) -> bool {
+        self.config.keep == Keep::Latest && self.config.across_runs
+    }
+
     fn transform(&mut self, batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()> {
         let hashes = self.hash_keys(&batch.data, cx)?;
         match self.config.keep {
@@ -471,7 +502,7 @@ impl Transform for DedupeTransform {
     fn finish(&mut self, _out: &mut Emitter, cx: &TransformContext) -> Result<()> {
         if let Some(spill) = self.latest.as_mut() {
             spill
-                .finish()
+                .finish(&cx.run.run_id)
                 .map_err(|e| Error::component(&cx.name, e.to_string()))?;
         }
         Ok(())

@@ -238,14 +238,6 @@ fn across_runs_remembers_exactly_the_keys_of_committed_windows() {
             .join(format!("{}.keys64", window(0).key()))
             .exists()
     );
-
-    let latest: DedupeConfig =
-        serde_json::from_value(serde_json::json!({ "across_runs": true, "keep": "latest" }))
-            .unwrap();
-    assert_eq!(
-        latest.build(&BuildContext::default()).err().unwrap().key,
-        "across_runs"
-    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -706,6 +698,209 @@ fn remember_loads_only_the_keys_of_recently_loaded_windows() {
     assert_eq!(
         config.build(&BuildContext::default()).err().unwrap().key,
         "remember"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A run of `keep = "latest"` with `across_runs`, given the ledger's committed windows (window →
+/// run): its input batches, every window done; returns what it emitted.
+fn latest_run(
+    dir: &std::path::Path,
+    run_id: &str,
+    committed_by: &[(WindowRef, &str)],
+    input: Vec<Batch>,
+) -> Vec<(String, i64, u32)> {
+    let config: DedupeConfig =
+        serde_json::from_value(serde_json::json!({ "keep": "latest", "across_runs": true }))
+            .unwrap();
+    let mut t = config
+        .build(&BuildContext {
+            name: "unique".into(),
+            state_dir: dir.to_path_buf(),
+            committed: Arc::new(committed_by.iter().map(|(w, _)| w.key()).collect()),
+            committed_by: Arc::new(
+                committed_by
+                    .iter()
+                    .map(|(w, r)| (w.key(), r.to_string()))
+                    .collect(),
+            ),
+            ..BuildContext::default()
+        })
+        .unwrap();
+    assert!(t.replaces_rows_of_earlier_runs());
+    let mut cx = cx();
+    cx.run = Arc::new(RunInfo {
+        pipeline: "p".into(),
+        run_id: run_id.into(),
+        started_at: chrono_now(),
+    });
+    let mut out = Emitter::default();
+    let mut windows: Vec<WindowRef> = Vec::new();
+    for b in input {
+        if !windows.iter().any(|w| w.index == b.window.index) {
+            windows.push(b.window.clone());
+        }
+        t.transform(b, &mut out, &cx).unwrap();
+    }
+    for w in &windows {
+        t.window_done(w, &mut out, &cx).unwrap();
+    }
+    t.finish(&mut out, &cx).unwrap();
+    while t.finish_next(&mut out, &cx).unwrap() {}
+    rows(&mut out)
+}
+
+/// The removal logs under `dir`: (run, replacing window, earlier window, message id), sorted.
+fn removal_rows(
+    dir: &std::path::Path,
+    committed_by: &[(WindowRef, &str)],
+) -> Vec<(String, String, String)> {
+    let log = chatlake_core::removal::RemovalLog::new(dir);
+    let committed: std::collections::HashMap<String, String> = committed_by
+        .iter()
+        .map(|(w, r)| (w.key(), r.to_string()))
+        .collect();
+    let mut out = Vec::new();
+    for file in log.pending().unwrap() {
+        for removal in file.read(&committed).unwrap() {
+            let ids = removal
+                .keys
+                .column_by_name("message_id")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .clone();
+            for id in ids.iter().flatten() {
+                out.push((file.run_id.clone(), removal.window.clone(), id.to_string()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn latest_across_runs_replaces_what_an_earlier_run_loaded_and_never_loads_a_row_twice() {
+    let dir = std::env::temp_dir().join(format!("chatlake-dedupe-replace-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Run 1 loads 1@1, 2@1 and 3@4 in window 0.
+    let loaded = latest_run(
+        &dir,
+        "r1",
+        &[],
+        vec![batch(0, &[("a", "1", 1), ("a", "2", 1), ("a", "3", 4)])],
+    );
+    assert_eq!(loaded.len(), 3);
+    assert!(
+        removal_rows(&dir, &[(window(0), "r1")]).is_empty(),
+        "nothing to replace in a first run"
+    );
+
+    // Run 2 fetches them again (a lookback): 1 was edited (version 2), 2 is unchanged, 3 comes
+    // back older; 4 is new.
+    let committed = [(window(0), "r1")];
+    let loaded = latest_run(
+        &dir,
+        "r2",
+        &committed,
+        vec![batch(
+            1,
+            &[("a", "1", 2), ("a", "2", 1), ("a", "3", 3), ("a", "4", 1)],
+        )],
+    );
+    assert_eq!(loaded, vec![("1".into(), 2, 1), ("4".into(), 1, 1)]);
+    // The log names the row window 0 holds; it counts once window 1 is committed by run 2.
+    assert!(removal_rows(&dir, &committed).is_empty());
+    let committed = [(window(0), "r1"), (window(1), "r2")];
+    assert_eq!(
+        removal_rows(&dir, &committed),
+        vec![("r2".into(), window(0).key(), "1".into())]
+    );
+    chatlake_core::removal::RemovalLog::new(&dir)
+        .pending()
+        .unwrap()
+        .iter()
+        .for_each(|f| f.delete().unwrap());
+
+    // Run 3: key 1 edited again; the lake holds it in window 1 now (run 2's version), and only
+    // that row is replaced.
+    let loaded = latest_run(
+        &dir,
+        "r3",
+        &committed,
+        vec![batch(2, &[("a", "1", 5), ("a", "1", 2)])],
+    );
+    assert_eq!(loaded, vec![("1".into(), 5, 2)]);
+    let committed = [(window(0), "r1"), (window(1), "r2"), (window(2), "r3")];
+    assert_eq!(
+        removal_rows(&dir, &committed),
+        vec![("r3".into(), window(1).key(), "1".into())]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn latest_across_runs_ignores_windows_not_committed_by_the_run_that_loaded_them() {
+    let dir = std::env::temp_dir().join(format!("chatlake-dedupe-stale-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    latest_run(&dir, "r1", &[], vec![batch(0, &[("a", "1", 3)])]);
+
+    // Window 0 never reached the ledger: its row was never in the lake, so an older version
+    // loads, and nothing is removed.
+    let loaded = latest_run(&dir, "r2", &[], vec![batch(1, &[("a", "1", 1)])]);
+    assert_eq!(loaded, vec![("1".into(), 1, 1)]);
+    assert!(removal_rows(&dir, &[(window(1), "r2")]).is_empty());
+    // And run 1's history, none of whose windows count, is gone.
+    assert!(!dir.join("dedupe/unique/r1.latest").exists());
+
+    // Window 0 committed by another run than the one whose history names it (loaded again
+    // after a reset): that history is stale.
+    latest_run(&dir, "r3", &[], vec![batch(0, &[("a", "9", 3)])]);
+    let loaded = latest_run(
+        &dir,
+        "r4",
+        &[(window(0), "r5")],
+        vec![batch(1, &[("a", "9", 1)])],
+    );
+    assert_eq!(loaded, vec![("9".into(), 1, 1)]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn latest_across_runs_finds_replaced_rows_among_many_repeats() {
+    let dir = std::env::temp_dir().join(format!("chatlake-dedupe-reduce-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let first: Vec<(String, String, i64)> =
+        (0..500).map(|i| ("a".into(), i.to_string(), 1)).collect();
+    let refs: Vec<(&str, &str, i64)> = first
+        .iter()
+        .map(|(p, m, v)| (p.as_str(), m.as_str(), *v))
+        .collect();
+    latest_run(&dir, "r1", &[], vec![batch(0, &refs)]);
+    // Run 2: many repeats of every key, the newest version of even keys higher than run 1's.
+    let mut again = Vec::new();
+    for round in 0..6 {
+        for i in 0..500 {
+            let v = if i % 2 == 0 && round == 5 { 2 } else { 1 };
+            again.push(("a".to_string(), i.to_string(), v));
+        }
+    }
+    let refs: Vec<(&str, &str, i64)> = again
+        .iter()
+        .map(|(p, m, v)| (p.as_str(), m.as_str(), *v))
+        .collect();
+    let loaded = latest_run(&dir, "r2", &[(window(0), "r1")], vec![batch(1, &refs)]);
+    assert_eq!(loaded.len(), 250);
+    assert!(
+        loaded
+            .iter()
+            .all(|(id, v, _)| *v == 2 && id.parse::<u32>().unwrap() % 2 == 0)
+    );
+    assert_eq!(
+        removal_rows(&dir, &[(window(0), "r1"), (window(1), "r2")]).len(),
+        250
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
