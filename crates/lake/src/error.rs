@@ -39,6 +39,14 @@ pub enum Error {
     #[error("a batch has columns ({found}) that differ from the first batch's ({expected})")]
     SchemaChanged { expected: String, found: String },
 
+    /// Reading a committed file, or writing it again without some rows, failed.
+    #[error("removing rows from {}: {source}", path.display())]
+    Remove { path: PathBuf, source: FormatError },
+
+    /// The keys of rows to remove cannot be compared with the files.
+    #[error("the keys of the rows to remove: {0}")]
+    RemovalKeys(String),
+
     /// Splitting a batch by partition failed.
     #[error("splitting a batch by partition: {0}")]
     Arrow(#[from] arrow::error::ArrowError),

@@ -9,7 +9,9 @@
 //!   window fsyncs them and renames them to their final names, so a `**/*.<ext>` glob never sees
 //!   an unfinished file; `abort` deletes them;
 //! * a file that reaches `max_rows_per_file` rows is finished and the next part begins;
-//! * temporary files that a killed run left behind are removed before the first write.
+//! * temporary files that a killed run left behind are removed before the first write;
+//! * rows a later run replaces are taken out of committed files ([`FileFormat::filter_file`]),
+//!   each file replaced atomically.
 //!
 //! Text formats share [`text::TextCompression`] and [`text::FileOutput`] (optional gzip) and
 //! [`text::timestamps_as_utc_offset`] (RFC 3339 timestamps ending in `Z`).
@@ -17,6 +19,7 @@
 mod error;
 mod format;
 mod partition;
+mod remove;
 mod sink;
 pub mod text;
 
@@ -24,6 +27,6 @@ pub mod text;
 pub mod testing;
 
 pub use error::{Error, Result};
-pub use format::{FileFormat, FormatError, FormatWriter};
+pub use format::{FileFormat, Filtered, FormatError, FormatWriter, MissingKeyColumn};
 pub use partition::{DEFAULT_PARTITION, escape_path_name};
 pub use sink::{FileKey, FileSink, LakeOptions, file_name};

@@ -2,8 +2,9 @@
 //!
 //! Files are keyed by (window, partition directory). Rows go to `part-….<ext>.tmp`; `commit`
 //! of a window finishes and fsyncs its files, renames each to its final name and fsyncs the
-//! directories; `abort` deletes them. Encoding and file I/O run on tokio's blocking pool, so the
-//! async workers that move batches between stages never wait on a disk.
+//! directories; `abort` deletes them; `remove_rows` rewrites committed files without some rows
+//! ([`crate::remove`]). Encoding and file I/O run on tokio's blocking pool, so the async workers
+//! that move batches between stages never wait on a disk.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
@@ -15,6 +16,7 @@ use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use chatlake_core::config::InvalidConfig;
 use chatlake_core::metrics::ComponentMetrics;
+use chatlake_core::removal::Removal;
 use chatlake_core::stage::RunInfo;
 use chatlake_core::{Batch, Sink, SinkContext, Window, WindowRef};
 
@@ -110,7 +112,7 @@ pub fn file_prefix(pipeline: &str, sink: &str) -> String {
 }
 
 /// The window key in a data file name of this sink, if it is one (`None` for other files).
-fn window_key_of<'n>(name: &'n str, prefix: &str, extension: &str) -> Option<&'n str> {
+pub(crate) fn window_key_of<'n>(name: &'n str, prefix: &str, extension: &str) -> Option<&'n str> {
     let rest = name
         .strip_prefix(prefix)?
         .strip_suffix(extension)?
@@ -210,6 +212,23 @@ impl<F: FileFormat> Sink for FileSink<F> {
 
     async fn finish(&mut self, cx: &SinkContext) -> chatlake_core::Result<()> {
         self.run(cx, |state, run| state.finish(run)).await
+    }
+
+    fn removes_rows(&self) -> std::result::Result<(), String> {
+        match &self.state {
+            Some(state) => state.format.filters_rows(),
+            None => Err("the file writer panicked earlier".into()),
+        }
+    }
+
+    async fn remove_rows(
+        &mut self,
+        removal: &Removal,
+        cx: &SinkContext,
+    ) -> chatlake_core::Result<u64> {
+        let removal = removal.clone();
+        self.run(cx, move |state, run| state.remove_rows(&removal, run))
+            .await
     }
 }
 
@@ -420,6 +439,26 @@ impl<F: FileFormat> State<F> {
             let removed = files.discard();
             tracing::info!(sink = %cx.sink, window = %window, removed, "aborted window; removed its temporary files");
         }
+    }
+
+    /// Takes rows out of committed files. Needs neither the partitioner nor a `start`: it may
+    /// come before the first write, so the layout comes from the options and the files.
+    fn remove_rows(&mut self, removal: &Removal, cx: &RunCx) -> Result<u64> {
+        let prefix = file_prefix(&cx.run.pipeline, &cx.sink);
+        let removed = crate::remove::remove_rows(&self.format, &self.options, &prefix, removal)?;
+        if removed.rows > 0 {
+            tracing::info!(
+                sink = %cx.sink,
+                window = %removal.window,
+                rewritten = removed.rewritten,
+                deleted = removed.deleted,
+                rows = removed.rows,
+                "removed rows a later run replaced"
+            );
+        } else {
+            tracing::debug!(sink = %cx.sink, window = %removal.window, "no rows to remove were in the files");
+        }
+        Ok(removed.rows)
     }
 
     fn finish(&mut self, cx: &RunCx) -> Result<()> {
@@ -652,14 +691,14 @@ fn finish_file(open: OpenFile) -> Result<FinishedFile> {
 }
 
 #[cfg(unix)]
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(dir, e))
 }
 
 #[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(_dir: &Path) -> Result<()> {
     // Directories cannot be opened for fsync here; the rename itself is what the OS offers.
     Ok(())
 }

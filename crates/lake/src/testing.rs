@@ -1,5 +1,8 @@
 //! Helpers for the tests of file sinks (feature `testing`): canonical batches from JSON rows,
-//! windows, and a [`SinkContext`] writing dead letters into a temporary directory.
+//! windows, a [`SinkContext`] writing dead letters into a temporary directory, and the removal
+//! scenarios every format must pass ([`removal`]).
+
+pub mod removal;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,8 +1,8 @@
-//! What the text formats (CSV, JSON Lines) share: optional gzip on the way to the file, and
-//! timestamps written as RFC 3339 ending in `Z`.
+//! What the text formats (CSV, JSON Lines) share: optional gzip on the way to the file and back,
+//! and timestamps written as RFC 3339 ending in `Z`.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::sync::Arc;
 
 use arrow::array::ArrayRef;
@@ -10,6 +10,7 @@ use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use flate2::Compression;
+use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -88,6 +89,53 @@ impl Write for FileOutput {
     }
 }
 
+/// A buffered reader of a file [`FileOutput`] wrote, gunzipping it if it is gzipped.
+pub struct FileInput(Input);
+
+enum Input {
+    Plain(BufReader<File>),
+    // gzip members one after another read as one stream, as `gzip -d` does.
+    Gzip(Box<BufReader<MultiGzDecoder<BufReader<File>>>>),
+}
+
+impl FileInput {
+    pub fn new(file: File, compression: TextCompression) -> Self {
+        const CAPACITY: usize = 256 * 1024;
+        FileInput(match compression {
+            TextCompression::None => Input::Plain(BufReader::with_capacity(CAPACITY, file)),
+            TextCompression::Gzip => Input::Gzip(Box::new(BufReader::with_capacity(
+                CAPACITY,
+                MultiGzDecoder::new(BufReader::with_capacity(CAPACITY, file)),
+            ))),
+        })
+    }
+}
+
+impl Read for FileInput {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.0 {
+            Input::Plain(r) => r.read(buf),
+            Input::Gzip(r) => r.read(buf),
+        }
+    }
+}
+
+impl BufRead for FileInput {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        match &mut self.0 {
+            Input::Plain(r) => r.fill_buf(),
+            Input::Gzip(r) => r.fill_buf(),
+        }
+    }
+
+    fn consume(&mut self, amount: usize) {
+        match &mut self.0 {
+            Input::Plain(r) => r.consume(amount),
+            Input::Gzip(r) => r.consume(amount),
+        }
+    }
+}
+
 /// Relabels timestamps in the `UTC` zone as `+00:00`, at any depth, without touching values.
 ///
 /// Arrow's text writers print a zoned timestamp as RFC 3339 ending in `Z` when its offset is
@@ -161,7 +209,6 @@ mod tests {
     use arrow::array::{Array, AsArray, ListArray, StructArray, TimestampMicrosecondArray};
     use arrow::datatypes::{Int32Type, TimeUnit};
     use arrow::util::display::{ArrayFormatter, FormatOptions};
-    use std::io::Read;
 
     fn ts(values: Vec<i64>) -> TimestampMicrosecondArray {
         TimestampMicrosecondArray::from(values).with_timezone("UTC")
@@ -233,7 +280,7 @@ mod tests {
         out.write_all("日本語\n".as_bytes()).unwrap();
         out.finish().unwrap().sync_all().unwrap();
         let mut text = String::new();
-        flate2::read::GzDecoder::new(File::open(&path).unwrap())
+        FileInput::new(File::open(&path).unwrap(), TextCompression::Gzip)
             .read_to_string(&mut text)
             .unwrap();
         assert_eq!(text, "日本語\n");

@@ -37,7 +37,9 @@ pub struct CsvSinkConfig {
     #[serde(default = "default_delimiter")]
     pub delimiter: String,
 
-    /// Write the column names as the first line of every file.
+    /// Write the column names as the first line of every file. Needed below a transform that
+    /// replaces rows earlier runs loaded (dedupe `keep = "latest"` with `across_runs`): the
+    /// replaced rows are found in the files by their key columns' names.
     #[serde(default = "default_header")]
     pub header: bool,
 }

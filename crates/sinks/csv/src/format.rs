@@ -10,7 +10,7 @@ use arrow::error::ArrowError;
 use arrow::json::writer::{EncoderOptions, make_encoder};
 use arrow::record_batch::RecordBatch;
 use chatlake_lake::text::{FileOutput, TextCompression, timestamps_as_utc_offset};
-use chatlake_lake::{FileFormat, FormatError, FormatWriter};
+use chatlake_lake::{FileFormat, Filtered, FormatError, FormatWriter};
 
 /// CSV, gzipped or not.
 #[derive(Debug, Clone)]
@@ -43,6 +43,36 @@ impl FileFormat for CsvFormat {
             .with_header(self.header)
             .build(FileOutput::new(file, self.compression));
         Ok(Box::new(CsvWriter(writer)))
+    }
+
+    fn filters_rows(&self) -> Result<(), String> {
+        if self.header {
+            Ok(())
+        } else {
+            Err(
+                "its files have no header row (`header = false`), so the key columns cannot be \
+                 found in them; set `header = true`"
+                    .into(),
+            )
+        }
+    }
+
+    fn filter_file(
+        &self,
+        input: File,
+        key_columns: &[&str],
+        goes: &dyn Fn(&[u8]) -> bool,
+        output: Option<File>,
+    ) -> Result<Filtered, FormatError> {
+        self.filters_rows()?;
+        crate::filter::filter_records(
+            input,
+            self.compression,
+            self.delimiter,
+            key_columns,
+            goes,
+            output,
+        )
     }
 }
 

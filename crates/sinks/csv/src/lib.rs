@@ -7,8 +7,14 @@
 //! write one (so a null and an empty string look alike; use JSON Lines or Parquet to tell them
 //! apart). Fields are quoted when they hold the delimiter, a quote or a line break; text is
 //! otherwise written byte for byte.
+//!
+//! Rows a later run replaces are taken out record by record, the header and the records kept
+//! copied byte for byte (see `filter`); key columns are found by the header, so a sink with
+//! `header = false` cannot do it. An empty key field counts as null there (that is how a null
+//! is written), so a row whose key is empty text is not found.
 
 mod config;
+mod filter;
 mod format;
 
 pub use config::CsvSinkConfig;

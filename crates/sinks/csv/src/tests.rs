@@ -10,8 +10,14 @@ use arrow::array::{Array, AsArray, Int64Array, ListArray, StringArray, StructArr
 use arrow::datatypes::{DataType, Field, Int64Type};
 use arrow::record_batch::RecordBatch;
 use chatlake_core::schema::canonical;
-use chatlake_core::{Registry, SinkConfig};
-use chatlake_lake::testing::{build_context, files_under, sink_context, write_interleaved};
+use chatlake_core::{Batch, Registry, Sink, SinkConfig};
+use chatlake_lake::testing::removal::{
+    check_missing_key_column, check_null_integer_and_boolean_keys, check_remove_rows, removal_by_id,
+};
+use chatlake_lake::testing::{
+    build_context, canonical_batch, files_under, message, sample_messages, sink_context, window,
+    write_interleaved,
+};
 use serde_json::{Value, json};
 
 use crate::{CsvSinkConfig, nested_as_json};
@@ -278,4 +284,152 @@ fn every_option_is_documented_for_chatlake_components() {
     assert_eq!(default("delimiter"), Some(json!(",")));
     assert_eq!(default("header"), Some(json!(true)));
     assert_eq!(default("compression"), Some(json!("none")));
+}
+
+fn build_sink(
+    compression: &'static str,
+    delimiter: &'static str,
+) -> impl Fn(&Path, &[&str]) -> Box<dyn Sink> {
+    move |root: &Path, partition_by: &[&str]| {
+        config(json!({
+            "path": root, "partition_by": partition_by,
+            "compression": compression, "delimiter": delimiter
+        }))
+        .unwrap()
+        .build(&build_context(SINK))
+        .unwrap()
+    }
+}
+
+fn read_ids(delimiter: u8) -> impl Fn(&Path) -> Vec<String> {
+    move |path: &Path| {
+        let (head, records) = read_csv(path, delimiter, true);
+        let id = head.iter().position(|c| c == "message_id").unwrap();
+        records.into_iter().map(|r| r[id].clone()).collect()
+    }
+}
+
+/// The rewritten file holds the header and records a fresh sink writes for the same rows, byte
+/// for byte. Gzipped files are compared unzipped: the sink flushes the encoder after each batch
+/// it writes, so where the compressed blocks end differs.
+fn same_bytes(rewritten: &Path, reference: &Path) {
+    if rewritten.extension().is_some_and(|e| e == "gz") {
+        assert_eq!(
+            read_text(rewritten),
+            read_text(reference),
+            "{}",
+            rewritten.display()
+        );
+    } else {
+        assert_eq!(
+            std::fs::read(rewritten).unwrap(),
+            std::fs::read(reference).unwrap(),
+            "{}",
+            rewritten.display()
+        );
+    }
+}
+
+#[tokio::test]
+async fn removes_rows_from_committed_files_keeping_other_records_byte_for_byte() {
+    for (compression, delimiter) in [("none", ","), ("gzip", "\t")] {
+        let build = build_sink(compression, delimiter);
+        let read_ids = read_ids(delimiter.as_bytes()[0]);
+        let dir = tempfile::tempdir().unwrap();
+        check_remove_rows(dir.path(), SINK, &build, &read_ids, &same_bytes).await;
+        let dir = tempfile::tempdir().unwrap();
+        check_null_integer_and_boolean_keys(dir.path(), SINK, &build, &read_ids).await;
+        let dir = tempfile::tempdir().unwrap();
+        check_missing_key_column(dir.path(), SINK, &build).await;
+    }
+}
+
+#[tokio::test]
+async fn records_with_quotes_and_line_breaks_are_kept_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let cx = sink_context(SINK, dir.path());
+    let build = build_sink("none", ",");
+    let w = window("lw", 0);
+    // Quotes, delimiters, `\n` and `\r\n` inside quoted fields, in the key of a removed row too.
+    let odd = "lw-2, \"two\"\r\n";
+    let mut rows = sample_messages();
+    rows[1]["message_id"] = json!(odd);
+    let write = |root: std::path::PathBuf, rows: Vec<Value>| {
+        let mut sink = build(&root, &[]);
+        let (w, cx) = (&w, &cx);
+        async move {
+            sink.write(Batch::new(w.clone(), canonical_batch(&rows)), cx)
+                .await
+                .unwrap();
+            sink.commit(w, cx).await.unwrap();
+            sink
+        }
+    };
+    let root = dir.path().join("csv");
+    let mut sink = write(root.clone(), rows.clone()).await;
+    let keys = removal_by_id(&w, &[("lineworks", odd), ("zoom", "zm-2")]);
+    assert_eq!(sink.remove_rows(&keys, &cx).await.unwrap(), 2);
+
+    let name = chatlake_lake::testing::data_file_name(SINK, "lw", 0, 0, "csv");
+    assert_eq!(read_ids(b',')(&root.join(&name)), ["lw-1", "zm-1", "lw-3"]);
+    rows.retain(|r| r["message_id"] != odd && r["message_id"] != "zm-2");
+    let reference = dir.path().join("reference");
+    write(reference.clone(), rows).await;
+    same_bytes(&root.join(&name), &reference.join(&name));
+}
+
+#[test]
+fn without_a_header_rows_cannot_be_removed() {
+    let build = |header: bool| {
+        config(json!({"path": "x", "header": header}))
+            .unwrap()
+            .build(&build_context(SINK))
+            .unwrap()
+    };
+    assert!(build(true).removes_rows().is_ok());
+    let why = build(false).removes_rows().unwrap_err();
+    assert!(why.contains("header = true"), "{why}");
+}
+
+#[tokio::test]
+async fn files_larger_than_the_read_buffers_are_streamed_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cx = sink_context(SINK, dir.path());
+    let w = window("lw", 0);
+    let rows: Vec<Value> = (0..3000)
+        .map(|i| {
+            let mut row = message("zoom", &format!("m{i}"), "2025-05-01T00:00:00Z");
+            row["text"] = json!(format!(
+                "row {i}, \"quoted\"\nand long: {}",
+                "x".repeat(i % 300)
+            ));
+            row
+        })
+        .collect();
+    let gone: Vec<String> = (0..3000).step_by(7).map(|i| format!("m{i}")).collect();
+    let keys: Vec<(&str, &str)> = gone.iter().map(|id| ("zoom", id.as_str())).collect();
+    let left: Vec<Value> = rows
+        .iter()
+        .filter(|r| !gone.iter().any(|g| r["message_id"] == g.as_str()))
+        .cloned()
+        .collect();
+    let name = chatlake_lake::testing::data_file_name(SINK, "lw", 0, 0, "csv.gz");
+    let mut lakes = Vec::new();
+    for (lake, rows) in [("csv", &rows), ("reference", &left)] {
+        let root = dir.path().join(lake);
+        let mut sink = build_sink("gzip", ",")(&root, &[]);
+        sink.write(Batch::new(w.clone(), canonical_batch(rows)), &cx)
+            .await
+            .unwrap();
+        sink.commit(&w, &cx).await.unwrap();
+        lakes.push((root, sink));
+    }
+    let (root, sink) = &mut lakes[0];
+    assert!(read_text(&root.join(&name)).len() > 512 * 1024);
+    let removed = sink
+        .remove_rows(&removal_by_id(&w, &keys), &cx)
+        .await
+        .unwrap();
+    assert_eq!(removed, gone.len() as u64);
+    same_bytes(&root.join(&name), &lakes[1].0.join(&name));
 }

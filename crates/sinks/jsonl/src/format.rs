@@ -6,7 +6,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::json::writer::{LineDelimited, Writer, WriterBuilder};
 use arrow::record_batch::RecordBatch;
 use chatlake_lake::text::{FileOutput, TextCompression, timestamps_as_utc_offset};
-use chatlake_lake::{FileFormat, FormatError, FormatWriter};
+use chatlake_lake::{FileFormat, Filtered, FormatError, FormatWriter};
 
 /// JSON Lines, gzipped or not.
 #[derive(Debug, Clone)]
@@ -36,6 +36,20 @@ impl FileFormat for JsonlFormat {
             .with_explicit_nulls(true)
             .build::<_, LineDelimited>(FileOutput::new(file, self.compression));
         Ok(Box::new(JsonlWriter(writer)))
+    }
+
+    fn filters_rows(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn filter_file(
+        &self,
+        input: File,
+        key_columns: &[&str],
+        goes: &dyn Fn(&[u8]) -> bool,
+        output: Option<File>,
+    ) -> Result<Filtered, FormatError> {
+        crate::filter::filter_lines(input, self.compression, key_columns, goes, output)
     }
 }
 

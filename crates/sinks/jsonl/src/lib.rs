@@ -4,8 +4,12 @@
 //! `null`, so each line has the same keys), nested values as JSON (attachments are an array of
 //! objects), timestamps as RFC 3339 strings ending in `Z` and dates as `YYYY-MM-DD`. Where the
 //! files go, how they are partitioned and committed is [`chatlake_lake`]'s business.
+//!
+//! Rows a later run replaces are taken out line by line, the lines kept copied byte for byte
+//! (see `filter`).
 
 mod config;
+mod filter;
 mod format;
 
 pub use config::JsonlSinkConfig;

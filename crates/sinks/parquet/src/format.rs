@@ -11,7 +11,7 @@ use std::fs::File;
 use arrow::array::Array;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use chatlake_lake::{FileFormat, FormatError, FormatWriter};
+use chatlake_lake::{FileFormat, Filtered, FormatError, FormatWriter};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::{
     ArrowColumnWriter, ArrowLeafColumn, ArrowRowGroupWriterFactory, compute_leaves,
@@ -54,6 +54,19 @@ impl FileFormat for ParquetFormat {
             group: None,
             groups_written: 0,
         }))
+    }
+    fn filters_rows(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn filter_file(
+        &self,
+        input: File,
+        key_columns: &[&str],
+        goes: &dyn Fn(&[u8]) -> bool,
+        output: Option<File>,
+    ) -> Result<Filtered, FormatError> {
+        crate::filter::filter_rows(self, input, key_columns, goes, output)
     }
 }
 

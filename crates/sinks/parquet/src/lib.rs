@@ -4,8 +4,12 @@
 //! Parquet `TIMESTAMP(MICROS, isAdjustedToUTC = true)`, and the Arrow schema is stored in the
 //! footer so Arrow readers get the exact types back. Where the files go, how they are
 //! partitioned and committed is [`chatlake_lake`]'s business.
+//!
+//! Rows a later run replaces are taken out by reading a file back with the Arrow reader and
+//! writing the rows kept with the sink's own writer and properties (see `filter`).
 
 mod config;
+mod filter;
 mod format;
 
 pub use config::{ParquetCompression, ParquetSinkConfig};

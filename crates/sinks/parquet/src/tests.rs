@@ -9,7 +9,10 @@ use arrow::compute::concat_batches;
 use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
 use chatlake_core::schema::{self, canonical};
-use chatlake_core::{Registry, SinkConfig};
+use chatlake_core::{Registry, Sink, SinkConfig};
+use chatlake_lake::testing::removal::{
+    check_missing_key_column, check_null_integer_and_boolean_keys, check_remove_rows,
+};
 use chatlake_lake::testing::{
     build_context, canonical_batch, files_under, sink_context, write_interleaved,
 };
@@ -276,4 +279,83 @@ fn every_option_is_documented_for_chatlake_components() {
     assert_eq!(option("compression").kind, "zstd | snappy | gzip | none");
     assert_eq!(option("row_group_size").default, Some(json!(122_880)));
     assert!(option("path").required);
+}
+
+fn build_sink(options: Value) -> impl Fn(&Path, &[&str]) -> Box<dyn Sink> {
+    move |root: &Path, partition_by: &[&str]| {
+        let mut options = options.clone();
+        options["path"] = json!(root);
+        options["partition_by"] = json!(partition_by);
+        config(options)
+            .unwrap()
+            .build(&build_context(SINK))
+            .unwrap()
+    }
+}
+
+fn read_ids(path: &Path) -> Vec<String> {
+    let (batch, _) = read_parquet(path);
+    let ids = batch
+        .column_by_name(schema::MESSAGE_ID)
+        .unwrap()
+        .as_string::<i32>();
+    ids.iter().map(|v| v.unwrap().to_string()).collect()
+}
+
+/// The rewritten file is what a fresh sink writes for the same rows: same rows and types,
+/// same footer (Arrow schema, key-value metadata), row groups, codecs and encodings.
+fn same_file(rewritten: &Path, reference: &Path) {
+    let (got, got_meta) = read_parquet(rewritten);
+    let (want, want_meta) = read_parquet(reference);
+    let f = rewritten.display();
+    assert_eq!(got, want, "{f}");
+    assert_eq!(
+        got_meta.file_metadata().key_value_metadata(),
+        want_meta.file_metadata().key_value_metadata(),
+        "{f}"
+    );
+    assert_eq!(got_meta.num_row_groups(), want_meta.num_row_groups(), "{f}");
+    for (g, w) in got_meta.row_groups().iter().zip(want_meta.row_groups()) {
+        assert_eq!(g.num_rows(), w.num_rows(), "{f}");
+        for (gc, wc) in g.columns().iter().zip(w.columns()) {
+            assert_eq!(gc.column_path(), wc.column_path(), "{f}");
+            assert_eq!(gc.compression(), wc.compression(), "{f}");
+            assert_eq!(
+                gc.encodings().collect::<Vec<_>>(),
+                wc.encodings().collect::<Vec<_>>(),
+                "{f}"
+            );
+        }
+    }
+    // Nothing in the encoding depends on when or how often the file was written.
+    assert_eq!(
+        std::fs::read(rewritten).unwrap(),
+        std::fs::read(reference).unwrap(),
+        "{f}"
+    );
+}
+
+#[tokio::test]
+async fn removes_rows_from_committed_files_with_the_sinks_own_writer() {
+    for options in [
+        json!({}),
+        json!({"compression": "gzip", "compression_level": 9, "row_group_size": 1}),
+    ] {
+        let build = build_sink(options);
+        let dir = tempfile::tempdir().unwrap();
+        check_remove_rows(dir.path(), SINK, &build, &read_ids, &same_file).await;
+        let dir = tempfile::tempdir().unwrap();
+        check_null_integer_and_boolean_keys(dir.path(), SINK, &build, &read_ids).await;
+        let dir = tempfile::tempdir().unwrap();
+        check_missing_key_column(dir.path(), SINK, &build).await;
+    }
+}
+
+#[test]
+fn the_format_removes_rows() {
+    let sink = config(json!({"path": "x"}))
+        .unwrap()
+        .build(&build_context(SINK))
+        .unwrap();
+    assert!(sink.removes_rows().is_ok());
 }
