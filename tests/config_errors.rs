@@ -255,3 +255,26 @@ fn select_names_are_checked_against_canonical_columns() {
     let out = s.run(&["components"]).expect_code(0).stdout();
     assert!(out.contains("`select`"), "{out}");
 }
+
+#[test]
+fn a_sink_that_cannot_take_rows_out_is_refused_below_a_dedupe_that_replaces_rows() {
+    let s = Scratch::new();
+    let body = GOOD.replace(
+        "[sinks.lake]\ntype = \"parquet\"\ninputs = [\"canonical\"]",
+        "[transforms.latest]\ntype = \"dedupe\"\ninputs = [\"canonical\"]\nkeep = \"latest\"\nacross_runs = true\n\n\
+         [sinks.sheet]\ntype = \"csv\"\ninputs = [\"latest\"]\npath = \"./sheet\"\nheader = false\n\n\
+         [sinks.lake]\ntype = \"parquet\"\ninputs = [\"latest\"]",
+    );
+    let p = s.pipeline("p.toml", &body);
+    let out = s.run(&["validate", p.to_str().unwrap()]).expect_code(2);
+    let err = out.stderr();
+    assert!(
+        err.contains("p.toml: sinks.sheet.inputs: `latest` replaces rows that earlier runs loaded"),
+        "{err}"
+    );
+    assert!(err.contains("header = true"), "{err}");
+    assert!(!err.contains("sinks.lake"), "Parquet can: {err}");
+    // With a header the same pipeline is fine.
+    let p = s.pipeline("p.toml", &body.replace("header = false", "header = true"));
+    s.run(&["validate", p.to_str().unwrap()]).expect_code(0);
+}

@@ -144,26 +144,33 @@ fn ends() -> Vec<String> {
 }
 
 /// Rows the sinks took out of earlier files, over every run saved in the state directory.
-fn removed(dir: &Path) -> u64 {
-    files(&dir.join("lake/_state/edits/runs"), ".json")
-        .iter()
-        .map(|p| {
-            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
-            v["components"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|c| c["records_removed"].as_u64().unwrap_or(0))
-                .sum::<u64>()
-        })
-        .sum()
+fn removed(dir: &Path, pipeline: &str) -> u64 {
+    files(
+        &dir.join("lake/_state").join(pipeline).join("runs"),
+        ".json",
+    )
+    .iter()
+    .map(|p| {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+        v["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["records_removed"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    })
+    .sum()
 }
 
 fn clean_lake() -> Lake {
     let clean = Scratch::new();
     let p = clean.pipeline("edits.toml", PIPELINE);
     run_to(&clean, &p, END, "").expect_code(0);
-    assert_eq!(removed(clean.dir.path()), 0, "one run replaces nothing");
+    assert_eq!(
+        removed(clean.dir.path(), "edits"),
+        0,
+        "one run replaces nothing"
+    );
     lake(clean.dir.path())
 }
 
@@ -176,7 +183,7 @@ fn runs_every_few_hours_replace_earlier_versions_and_end_with_the_lake_of_one_ru
     for end in ends() {
         run_to(&s, &p, &end, "").expect_code(0);
     }
-    let removed = removed(s.dir.path());
+    let removed = removed(s.dir.path(), "edits");
     eprintln!("rows removed over the runs: {removed}");
     // Reports that came after a run's end, in each of the three sinks.
     assert!(removed >= 9, "the runs replaced rows: {removed}");
@@ -287,4 +294,144 @@ fn runs_killed_while_replacing_rows_end_with_the_lake_of_one_run() {
         lake(s.dir.path()) == want,
         "killed runs, run again, leave the lake of one clean run"
     );
+}
+
+/// One saved Zoom page (the user-messages endpoint's answer plus `user_id`/`to_contact`).
+fn zoom_page(messages: &[(usize, &str, i64)]) -> String {
+    let messages: Vec<serde_json::Value> = messages
+        .iter()
+        .map(|(i, status, ms)| {
+            let at = DateTime::<Utc>::from_timestamp_millis(*ms).unwrap();
+            serde_json::json!({
+                "id": format!("ZM-{i:04}"),
+                "message": if *status == "Deleted" { String::new() } else { format!("message {i} ({status})") },
+                "sender": "user01@example.com",
+                "sender_member_id": "mem01",
+                "sender_display_name": "User 01",
+                "date_time": at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                "timestamp": ms,
+                "status": status,
+                "files": [],
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "user_id": "user01@example.com",
+        "to_contact": "user02@example.com",
+        "page_size": 50,
+        "next_page_token": "",
+        "messages": messages,
+    })
+    .to_string()
+        + "\n"
+}
+
+const ZOOM_FILES: &str = r#"
+[pipeline]
+name = "zoom_edits"
+state_dir = "./lake/_state"
+
+[sources.saved]
+type = "zoom_user_messages"
+files = FILES
+
+[transforms.canonical]
+type = "normalize"
+inputs = ["saved"]
+
+[transforms.latest]
+type = "dedupe"
+inputs = ["canonical"]
+key = ["provider", "stream", "message_id"]
+keep = "latest"
+across_runs = true
+
+[sinks.lake]
+type = "parquet"
+inputs = ["latest"]
+path = "./lake/messages"
+partition_by = ["provider", "sent_date"]
+
+[sinks.archive]
+type = "jsonl"
+inputs = ["latest"]
+path = "./lake/archive"
+partition_by = ["sent_date"]
+
+[sinks.sheet]
+type = "csv"
+inputs = ["latest"]
+path = "./lake/sheet"
+compression = "gzip"
+"#;
+
+/// Two days of saved pages: the first file has 30 messages of 1 May; the second, fetched a day
+/// later, edits ten of them and deletes one (versions of 2 May, so another `sent_date`
+/// partition), repeats five unchanged, and adds ten new ones.
+fn write_zoom_files(s: &Scratch) {
+    let day1 = DateTime::parse_from_rfc3339("2025-05-01T08:00:00Z")
+        .unwrap()
+        .timestamp_millis();
+    let day2 = day1 + 86_400_000;
+    let first: Vec<(usize, &str, i64)> = (0..30)
+        .map(|i| (i, "Normal", day1 + i as i64 * 60_000))
+        .collect();
+    let mut second: Vec<(usize, &str, i64)> = (0..10)
+        .map(|i| (i, "Edited", day2 + i as i64 * 60_000))
+        .collect();
+    second.push((12, "Deleted", day2 + 3_600_000));
+    second.extend((20..25).map(|i| (i, "Normal", day1 + i as i64 * 60_000)));
+    second.extend((30..40).map(|i| (i, "Normal", day2 + i as i64 * 60_000)));
+    std::fs::write(s.path("a.jsonl"), zoom_page(&first)).unwrap();
+    std::fs::write(s.path("b.jsonl"), zoom_page(&second)).unwrap();
+}
+
+fn zoom_pipeline(s: &Scratch, files: &[&str]) -> std::path::PathBuf {
+    let list = format!(
+        "[{}]",
+        files
+            .iter()
+            .map(|f| format!("\"{f}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    s.pipeline("zoom.toml", &ZOOM_FILES.replace("FILES", &list))
+}
+
+#[test]
+fn zoom_edits_saved_a_day_later_replace_the_loaded_messages() {
+    let clean = Scratch::new();
+    write_zoom_files(&clean);
+    let p = zoom_pipeline(&clean, &["a.jsonl", "b.jsonl"]);
+    clean.run(&["run", p.to_str().unwrap()]).expect_code(0);
+    let want = lake(clean.dir.path());
+    assert_eq!(want.parquet.len(), 40);
+
+    let s = Scratch::new();
+    write_zoom_files(&s);
+    let p = zoom_pipeline(&s, &["a.jsonl"]);
+    s.run(&["run", p.to_str().unwrap()]).expect_code(0);
+    assert_eq!(lake(s.dir.path()).parquet.len(), 30);
+    let p = zoom_pipeline(&s, &["a.jsonl", "b.jsonl"]);
+    let out = s.run(&["run", p.to_str().unwrap()]).expect_code(0);
+    assert!(
+        out.stdout()
+            .contains("lake: 11 row(s) of earlier runs replaced by newer versions"),
+        "{}",
+        out.stdout()
+    );
+    let got = lake(s.dir.path());
+    assert!(
+        got == want,
+        "the second run leaves the lake of one run over both files"
+    );
+    let edited = got
+        .parquet
+        .iter()
+        .filter(|r| r.text.as_deref().is_some_and(|t| t.ends_with("(Edited)")))
+        .count();
+    assert_eq!(edited, 10);
+    // Eleven rows of the first file replaced, in each of the three sinks; every 1 May file of
+    // the first run was rewritten in place, and none of the second run's doubles them.
+    assert_eq!(removed(s.dir.path(), "zoom_edits"), 33);
 }

@@ -137,6 +137,12 @@ pub fn print(s: &RunSummary) {
         rows,
         rows as f64 / s.seconds.max(0.001)
     );
+    for c in s.components.iter().filter(|c| c.records_removed > 0) {
+        println!(
+            "  {}: {} row(s) of earlier runs replaced by newer versions",
+            c.name, c.records_removed
+        );
+    }
     for c in &s.components {
         for f in &c.failures {
             println!("  failed: {f}");
