@@ -157,6 +157,9 @@ class Tool:
             if d is not None:
                 shutil.rmtree(d, ignore_errors=True)
         env = dict(os.environ, **(self.env or {}))
+        # Every tool starts with no dirty pages pending: otherwise the kernel writes the previous
+        # tool's output (and deletions) back while this one runs, and bills it for the time.
+        os.sync()
         with open(log_path, "wb") as f:
             t = time.monotonic()
             p = subprocess.Popen(self.cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
