@@ -12,8 +12,9 @@
 //!   window markers back with them. The input is spilled to `<state_dir>/spill/<name>/` as it
 //!   arrives, so memory does not grow with it: on disk each row costs its Arrow size plus 32
 //!   bytes; in memory the transform keeps, besides 4 MiB of file buffers and a few bytes per
-//!   batch, only at the end a winner bitmap (1 bit per input row) and one of 64 key partitions
-//!   at a time (32 bytes per row of that partition, about 1/64 of the input). The directory
+//!   batch, only at the end a winner bitmap (1 bit per input row) and at most four of the 64 key
+//!   partitions at a time (32 bytes per row of each, about 1/64 of the input; two threads sort
+//!   them). The directory
 //!   is removed when the transform finishes (and cleared at the first batch of the next run if
 //!   the process was killed). The 128-bit key hash makes a collision practically impossible
 //!   (about 10⁻²³ at 10 million keys). See `latest.rs`. The winners are read back and
