@@ -70,17 +70,21 @@ pub fn expand(patterns: &[String]) -> Result<Vec<PathBuf>, FilesError> {
     Ok(paths)
 }
 
-/// Runs `load` for every item, [`crate::runtime::windows_at_once`] at a time (parsers run on
-/// blocking threads, so files are read on several cores), and stops at the first error. Used by
-/// sources that read one window per file: the windows are independent.
-pub async fn load_concurrently<T, E, F, Fut>(items: Vec<T>, load: F) -> Result<(), E>
+/// Runs `load` for every item, `at_once` at a time (parsers run on blocking threads, so files
+/// are read on several cores; see [`crate::runtime::fetch_windows_at_once`]), and stops at the
+/// first error. Used by sources that read one window per file: the windows are independent.
+pub async fn load_concurrently<T, E, F, Fut>(
+    items: Vec<T>,
+    at_once: usize,
+    load: F,
+) -> Result<(), E>
 where
     F: FnMut(T) -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,
 {
     use futures::StreamExt;
-    let mut running = futures::stream::iter(items.into_iter().map(load))
-        .buffer_unordered(crate::runtime::windows_at_once());
+    let mut running =
+        futures::stream::iter(items.into_iter().map(load)).buffer_unordered(at_once.max(1));
     while let Some(result) = running.next().await {
         result?;
     }

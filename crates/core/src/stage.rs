@@ -390,6 +390,8 @@ pub struct SourceContext {
     pub metrics: Arc<ComponentMetrics>,
     pub dead_letters: DeadLetters,
     pub run: Arc<RunInfo>,
+    /// How many windows (files) to fetch side by side ([`crate::runtime::fetch_windows_at_once`]).
+    pub windows_at_once: usize,
 }
 
 /// A provider source: fetches its windows in order and sends their rows.

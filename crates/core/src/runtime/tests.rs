@@ -653,3 +653,14 @@ async fn replicated_windows_stay_whole_and_in_order() {
         assert_eq!(mine, expected, "window {w}");
     }
 }
+
+#[test]
+fn sources_fetch_on_every_core_while_rows_are_held_below_them() {
+    let all = super::cores().clamp(1, super::MAX_REPLICAS);
+    assert_eq!(super::fetch_windows_at_once(true), all);
+    assert_eq!(
+        super::fetch_windows_at_once(false),
+        super::windows_at_once()
+    );
+    assert!(super::fetch_windows_at_once(false) <= super::fetch_windows_at_once(true));
+}

@@ -203,11 +203,15 @@ impl LineworksSource {
         let inputs = self
             .file_windows(files)
             .map_err(|e| WindowError::Stop(self.core_error(e)))?;
-        chatlake_core::files::load_concurrently(inputs, |(window, path)| async move {
-            let window = Arc::new(window);
-            let result = self.load_file(cx, &window, path).await;
-            cx.out.finish_window(window, result).await
-        })
+        chatlake_core::files::load_concurrently(
+            inputs,
+            cx.windows_at_once,
+            |(window, path)| async move {
+                let window = Arc::new(window);
+                let result = self.load_file(cx, &window, path).await;
+                cx.out.finish_window(window, result).await
+            },
+        )
         .await
     }
 

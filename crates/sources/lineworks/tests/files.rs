@@ -89,6 +89,7 @@ async fn one_window_per_file() {
             run_id: "r".into(),
             started_at: Utc::now(),
         }),
+        windows_at_once: 2,
     };
     let task = tokio::spawn(source.run(cx));
     let mut log = Vec::new();

@@ -294,28 +294,32 @@ impl QlaraSource {
         let inputs = self
             .file_windows(files)
             .map_err(|e| WindowError::Stop(self.core_error(e)))?;
-        chatlake_core::files::load_concurrently(inputs, |(window, path)| async move {
-            let window = Arc::new(window);
-            let origin = path.display().to_string();
-            let opened = tokio::task::spawn_blocking(move || {
-                let file = File::open(&path)?;
-                let len = file.metadata()?.len();
-                Ok::<_, std::io::Error>((file, len))
-            })
-            .await
-            .map_err(|e| WindowError::Stop(self.core_error(e)))?;
-            let result = match opened {
-                Ok((file, len)) => {
-                    cx.metrics.add_file(len);
-                    self.send_file(cx, &window, file, origin).await
-                }
-                Err(e) => Err(WindowError::Failed(Error::File {
-                    origin,
-                    message: e.to_string(),
-                })),
-            };
-            cx.out.finish_window(window, result).await
-        })
+        chatlake_core::files::load_concurrently(
+            inputs,
+            cx.windows_at_once,
+            |(window, path)| async move {
+                let window = Arc::new(window);
+                let origin = path.display().to_string();
+                let opened = tokio::task::spawn_blocking(move || {
+                    let file = File::open(&path)?;
+                    let len = file.metadata()?.len();
+                    Ok::<_, std::io::Error>((file, len))
+                })
+                .await
+                .map_err(|e| WindowError::Stop(self.core_error(e)))?;
+                let result = match opened {
+                    Ok((file, len)) => {
+                        cx.metrics.add_file(len);
+                        self.send_file(cx, &window, file, origin).await
+                    }
+                    Err(e) => Err(WindowError::Failed(Error::File {
+                        origin,
+                        message: e.to_string(),
+                    })),
+                };
+                cx.out.finish_window(window, result).await
+            },
+        )
         .await
     }
 

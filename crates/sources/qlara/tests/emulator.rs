@@ -88,6 +88,7 @@ async fn run(source: QlaraSource) -> Run {
             run_id: "run-1".into(),
             started_at: Utc::now(),
         }),
+        windows_at_once: 2,
     };
     let task = tokio::spawn(Box::new(source).run(cx));
     let mut out = Run {

@@ -73,6 +73,7 @@ async fn run(source: Box<dyn Source>) -> Run {
             run_id: "run-1".into(),
             started_at: Utc::now(),
         }),
+        windows_at_once: 2,
     };
     let task = tokio::spawn(source.run(cx));
     let mut out = Run {
