@@ -246,16 +246,7 @@ impl StateStore {
 
     /// Keys of every committed window of every source: what the lake may hold.
     pub fn committed_keys(&self) -> Result<HashSet<String>> {
-        Ok(self
-            .all()?
-            .into_values()
-            .flat_map(|s| {
-                s.windows
-                    .into_iter()
-                    .filter(|(_, w)| w.status == WindowStatus::Committed)
-            })
-            .map(|(k, _)| k)
-            .collect())
+        Ok(self.committed_runs()?.into_keys().collect())
     }
 
     /// Every committed window of every source, with the run that committed it.

@@ -21,7 +21,7 @@ use chatlake_core::removal::{Removal, encode_cell, key_cell};
 use crate::error::{Error, Result};
 use crate::format::{FileFormat, Filtered};
 use crate::partition::{DEFAULT_PARTITION, escape_path_name};
-use crate::sink::{LakeOptions, sync_dir, window_key_of};
+use crate::sink::{LakeOptions, for_each_file, sync_dir, window_key_of};
 
 /// What one removal did to a window's files.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -126,27 +126,12 @@ fn filter(
 /// temporary files and files of other windows are left out.
 fn window_files(root: &Path, prefix: &str, extension: &str, window: &str) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io(&dir, e)),
-        };
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io(&dir, e))?;
-            // `file_type` does not follow symlinks, so a link cannot lead the walk elsewhere.
-            let kind = entry.file_type().map_err(|e| Error::io(entry.path(), e))?;
-            if kind.is_dir() {
-                dirs.push(entry.path());
-            } else if kind.is_file()
-                && window_key_of(&entry.file_name().to_string_lossy(), prefix, extension)
-                    == Some(window)
-            {
-                files.push(entry.path());
-            }
+    for_each_file(root, |path, name| {
+        if window_key_of(name, prefix, extension) == Some(window) {
+            files.push(path);
         }
-    }
+        Ok(())
+    })?;
     files.sort();
     Ok(files)
 }

@@ -703,21 +703,12 @@ pub(crate) fn sync_dir(_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Deletes `part-*.<extension>.tmp` files under `root`, left by a run that was killed before
-/// it could commit or abort. Only this format's temporary files: a sink of another format may
-/// share the directory and be writing right now.
-/// Removes this sink's temporary files and, when `committed` is given, its data files of
-/// windows the ledger does not list: both are leftovers of a run that stopped before its commit
-/// point. Files of other sinks and pipelines (other prefixes) are never touched. Returns
-/// (temporary files, uncommitted data files) removed.
-fn reconcile(
+/// Calls `f` with the path and name of every regular file under `root` (a missing `root` has
+/// none). Symbolic links are not followed, so a link cannot lead the walk elsewhere.
+pub(crate) fn for_each_file(
     root: &Path,
-    prefix: &str,
-    extension: &str,
-    committed: Option<&std::collections::HashSet<String>>,
-) -> Result<(usize, usize)> {
-    let tmp_suffix = format!(".{extension}.tmp");
-    let (mut temporary, mut uncommitted) = (0, 0);
+    mut f: impl FnMut(PathBuf, &str) -> Result<()>,
+) -> Result<()> {
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         let entries = match fs::read_dir(&dir) {
@@ -727,42 +718,56 @@ fn reconcile(
         };
         for entry in entries {
             let entry = entry.map_err(|e| Error::io(&dir, e))?;
-            // `file_type` does not follow symlinks, so a link cannot lead the walk elsewhere.
             let kind = entry.file_type().map_err(|e| Error::io(entry.path(), e))?;
             if kind.is_dir() {
                 dirs.push(entry.path());
-                continue;
-            }
-            if !kind.is_file() {
-                continue;
-            }
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if !name.starts_with(prefix) {
-                continue;
-            }
-            let remove = if name.ends_with(&tmp_suffix) {
-                temporary += 1;
-                true
-            } else if let (Some(committed), Some(window)) =
-                (committed, window_key_of(&name, prefix, extension))
-            {
-                let stale = !committed.contains(window);
-                uncommitted += usize::from(stale);
-                stale
-            } else {
-                false
-            };
-            if remove {
-                let path = entry.path();
-                match fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io(path, e)),
-                }
+            } else if kind.is_file() {
+                let name = entry.file_name();
+                f(entry.path(), &name.to_string_lossy())?;
             }
         }
     }
+    Ok(())
+}
+
+/// Removes this sink's temporary files (`part-….<extension>.tmp`: only this format's, as a sink
+/// of another format may share the directory and be writing right now) and, when `committed` is
+/// given, its data files of windows the ledger does not list: both are leftovers of a run that
+/// stopped before its commit point. Files of other sinks and pipelines (other prefixes) are never
+/// touched. Returns (temporary files, uncommitted data files) removed.
+fn reconcile(
+    root: &Path,
+    prefix: &str,
+    extension: &str,
+    committed: Option<&std::collections::HashSet<String>>,
+) -> Result<(usize, usize)> {
+    let tmp_suffix = format!(".{extension}.tmp");
+    let (mut temporary, mut uncommitted) = (0, 0);
+    for_each_file(root, |path, name| {
+        if !name.starts_with(prefix) {
+            return Ok(());
+        }
+        let remove = if name.ends_with(&tmp_suffix) {
+            temporary += 1;
+            true
+        } else if let (Some(committed), Some(window)) =
+            (committed, window_key_of(name, prefix, extension))
+        {
+            let stale = !committed.contains(window);
+            uncommitted += usize::from(stale);
+            stale
+        } else {
+            false
+        };
+        if remove {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(path, e)),
+            }
+        }
+        Ok(())
+    })?;
     Ok((temporary, uncommitted))
 }
 
