@@ -127,7 +127,12 @@ impl History {
         let file = File::create(&tmp).writing(&tmp)?;
         let mut out = BufWriter::with_capacity(64 * 1024, file);
         write_header(&mut out, windows).writing(&tmp)?;
-        Ok(HistoryWriter { path, tmp, out })
+        Ok(HistoryWriter {
+            path,
+            tmp,
+            out,
+            records: 0,
+        })
     }
 }
 
@@ -167,6 +172,7 @@ pub(crate) struct HistoryWriter {
     path: PathBuf,
     tmp: PathBuf,
     out: BufWriter<File>,
+    records: u64,
 }
 
 impl HistoryWriter {
@@ -175,11 +181,17 @@ impl HistoryWriter {
         buf[..16].copy_from_slice(&hash.to_le_bytes());
         buf[16..24].copy_from_slice(&version.to_le_bytes());
         buf[24..].copy_from_slice(&window.to_le_bytes());
+        self.records += 1;
         self.out.write_all(&buf).writing(&self.tmp)
     }
 
-    /// Flush, fsync, rename into place, fsync the directory.
+    /// Flush, fsync, rename into place, fsync the directory; a run that emitted nothing (all of
+    /// its input was loaded before) leaves no file.
     pub(crate) fn commit(self) -> Result<(), SpillError> {
+        if self.records == 0 {
+            drop(self.out);
+            return std::fs::remove_file(&self.tmp).writing(&self.tmp);
+        }
         let file = self
             .out
             .into_inner()

@@ -904,3 +904,25 @@ fn latest_across_runs_finds_replaced_rows_among_many_repeats() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn latest_across_runs_a_run_that_loads_nothing_leaves_no_history() {
+    let dir = std::env::temp_dir().join(format!("chatlake-dedupe-nohist-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    latest_run(&dir, "r1", &[], vec![batch(0, &[("a", "1", 3)])]);
+    assert!(dir.join("dedupe/unique/r1.latest").exists());
+    // Fetched again unchanged: nothing to load, nothing to remember.
+    let loaded = latest_run(
+        &dir,
+        "r2",
+        &[(window(0), "r1")],
+        vec![batch(1, &[("a", "1", 3)])],
+    );
+    assert!(loaded.is_empty());
+    let names: Vec<String> = std::fs::read_dir(dir.join("dedupe/unique"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["r1.latest".to_string()]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
