@@ -105,20 +105,37 @@ impl Run {
             Err(e) => return failed_before_start(&info, &metrics, started, &state_dir, e),
         };
 
-        // Which sources reach each node, to know along how many inputs a window's marker comes.
-        let mut reached_by: HashMap<String, HashSet<String>> = HashMap::new();
+        // Every stage upstream of each node (nodes come in dependency order).
+        let mut upstream: HashMap<String, HashSet<String>> = HashMap::new();
         for node in &pipeline.nodes {
-            let set = if node.spec.role == Role::Source {
-                HashSet::from([node.spec.name.clone()])
-            } else {
-                node.spec
-                    .inputs
-                    .iter()
-                    .flat_map(|i| reached_by.get(i).cloned().unwrap_or_default())
-                    .collect()
-            };
-            reached_by.insert(node.spec.name.clone(), set);
+            let mut set = HashSet::new();
+            for input in &node.spec.inputs {
+                set.insert(input.clone());
+                set.extend(upstream.get(input).cloned().unwrap_or_default());
+            }
+            upstream.insert(node.spec.name.clone(), set);
         }
+        // Which sources reach each node, to know along how many inputs a window's marker comes.
+        let sources: HashSet<&str> = pipeline
+            .nodes
+            .iter()
+            .filter(|n| n.spec.role == Role::Source)
+            .map(|n| n.spec.name.as_str())
+            .collect();
+        let reached_by: HashMap<String, HashSet<String>> = upstream
+            .iter()
+            .map(|(node, above)| {
+                let mut set: HashSet<String> = above
+                    .iter()
+                    .filter(|n| sources.contains(n.as_str()))
+                    .cloned()
+                    .collect();
+                if sources.contains(node.as_str()) {
+                    set.insert(node.clone());
+                }
+                (node.clone(), set)
+            })
+            .collect();
 
         // One channel per consumer; producers hold a sender to each of their consumers.
         let mut receivers: HashMap<String, mpsc::Receiver<Event>> = HashMap::new();
@@ -152,17 +169,7 @@ impl Run {
                 *sinks_per_source.entry(source.clone()).or_insert(0) += 1;
             }
         }
-        // Every stage upstream of each node: a removal log of a transform goes to the sinks
-        // downstream of it.
-        let mut upstream: HashMap<String, HashSet<String>> = HashMap::new();
-        for node in &pipeline.nodes {
-            let mut set = HashSet::new();
-            for input in &node.spec.inputs {
-                set.insert(input.clone());
-                set.extend(upstream.get(input).cloned().unwrap_or_default());
-            }
-            upstream.insert(node.spec.name.clone(), set);
-        }
+        // A removal log of a transform goes to the sinks downstream of it.
         let sinks_below = |transform: &str| -> Vec<String> {
             pipeline
                 .nodes
