@@ -261,7 +261,17 @@ fn runs_killed_while_replacing_rows_end_with_the_lake_of_one_run() {
         match i % 4 {
             1 => {
                 kill_when(&s, &p, end, log_written, Duration::ZERO);
-                caught_with_log += usize::from(log_written());
+                if log_written() {
+                    caught_with_log += 1;
+                    let shown = s
+                        .run(&["state", "show", p.to_str().unwrap()])
+                        .expect_code(0);
+                    assert!(
+                        shown.stdout().contains("removal log(s) not yet applied"),
+                        "{}",
+                        shown.stdout()
+                    );
+                }
             }
             3 => {
                 kill_when(

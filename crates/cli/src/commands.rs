@@ -461,6 +461,27 @@ pub fn state_show(path: &Path, json: bool) -> u8 {
             println!("  open checkpoints: {}", ledger.checkpoints.len());
         }
     }
+    // A run that stopped after committing rows that replace earlier ones, before the sinks took
+    // the earlier versions out: the next run's start does it.
+    match chatlake_core::removal::RemovalLog::new(store.dir()).logs() {
+        Ok(logs) if !logs.is_empty() => {
+            println!();
+            println!(
+                "{} removal log(s) not yet applied (the next run applies them before it fetches):",
+                logs.len()
+            );
+            for log in logs {
+                println!(
+                    "  {} (run {}, {})",
+                    log.path.display(),
+                    log.run_id,
+                    log.transform
+                );
+            }
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: cannot list removal logs: {e}"),
+    }
     exit::OK
 }
 

@@ -153,8 +153,17 @@ impl RemovalLog {
 
     /// Every complete log, oldest run first; temporary files of a log that was being written
     /// when a run died are deleted (that run committed none of the windows it names). Call it
-    /// only before the run's own transforms start writing logs.
+    /// only under the pipeline's run lock, before the run's own transforms start writing logs.
     pub fn pending(&self) -> Result<Vec<RemovalFile>> {
+        self.scan(true)
+    }
+
+    /// Every complete log, oldest run first, touching nothing (for `state show`).
+    pub fn logs(&self) -> Result<Vec<RemovalFile>> {
+        self.scan(false)
+    }
+
+    fn scan(&self, delete_unfinished: bool) -> Result<Vec<RemovalFile>> {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -168,7 +177,9 @@ impl RemovalLog {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             if name.ends_with(".tmp") {
-                std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+                if delete_unfinished {
+                    std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+                }
                 continue;
             }
             let Some((run_id, transform)) = name
