@@ -50,10 +50,16 @@ across_runs = true
 type = "bot_filter"
 inputs = ["latest"]
 mode = "exclude"
+"#;
 
+/// The three sinks both pipelines write: Parquet (fed by `lake_input`), JSON Lines and gzipped
+/// CSV, each below the `latest` dedupe.
+fn with_sinks(pipeline: &str, lake_input: &str) -> String {
+    format!(
+        r#"{pipeline}
 [sinks.lake]
 type = "parquet"
-inputs = ["humans"]
+inputs = ["{lake_input}"]
 path = "./lake/messages"
 partition_by = ["provider", "sent_date"]
 
@@ -68,7 +74,9 @@ type = "csv"
 inputs = ["latest"]
 path = "./lake/sheet"
 compression = "gzip"
-"#;
+"#
+    )
+}
 
 fn run_to(s: &Scratch, p: &Path, end: &str, faults: &str) -> common::Outcome {
     s.run(&[
@@ -164,7 +172,7 @@ fn removed(dir: &Path, pipeline: &str) -> u64 {
 
 fn clean_lake() -> Lake {
     let clean = Scratch::new();
-    let p = clean.pipeline("edits.toml", PIPELINE);
+    let p = clean.pipeline("edits.toml", &with_sinks(PIPELINE, "humans"));
     run_to(&clean, &p, END, "").expect_code(0);
     assert_eq!(
         removed(clean.dir.path(), "edits"),
@@ -179,7 +187,7 @@ fn runs_every_few_hours_replace_earlier_versions_and_end_with_the_lake_of_one_ru
     let want = clean_lake();
 
     let s = Scratch::new();
-    let p = s.pipeline("edits.toml", PIPELINE);
+    let p = s.pipeline("edits.toml", &with_sinks(PIPELINE, "humans"));
     for end in ends() {
         run_to(&s, &p, &end, "").expect_code(0);
     }
@@ -245,7 +253,7 @@ fn kill_when(s: &Scratch, p: &Path, end: &str, ready: impl Fn() -> bool, after: 
 fn runs_killed_while_replacing_rows_end_with_the_lake_of_one_run() {
     let want = clean_lake();
     let s = Scratch::new();
-    let p = s.pipeline("edits.toml", PIPELINE);
+    let p = s.pipeline("edits.toml", &with_sinks(PIPELINE, "humans"));
     let removals = s.path("lake/_state/edits/removals");
     let log_written = || {
         removals.read_dir().is_ok_and(|d| {
@@ -355,24 +363,6 @@ inputs = ["canonical"]
 key = ["provider", "stream", "message_id"]
 keep = "latest"
 across_runs = true
-
-[sinks.lake]
-type = "parquet"
-inputs = ["latest"]
-path = "./lake/messages"
-partition_by = ["provider", "sent_date"]
-
-[sinks.archive]
-type = "jsonl"
-inputs = ["latest"]
-path = "./lake/archive"
-partition_by = ["sent_date"]
-
-[sinks.sheet]
-type = "csv"
-inputs = ["latest"]
-path = "./lake/sheet"
-compression = "gzip"
 "#;
 
 /// Two days of saved pages: the first file has 30 messages of 1 May; the second, fetched a day
@@ -405,7 +395,10 @@ fn zoom_pipeline(s: &Scratch, files: &[&str]) -> std::path::PathBuf {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    s.pipeline("zoom.toml", &ZOOM_FILES.replace("FILES", &list))
+    s.pipeline(
+        "zoom.toml",
+        &with_sinks(&ZOOM_FILES.replace("FILES", &list), "latest"),
+    )
 }
 
 #[test]

@@ -315,12 +315,17 @@ impl RemovalFile {
             let batch = filter_record_batch(&batch, &keep)?;
             let windows = batch.column(1).as_string::<i32>();
             let keys = batch.project(&key_indices)?;
+            // Each window's rows of this batch, taken together.
+            let mut rows: indexmap::IndexMap<&str, Vec<u32>> = Default::default();
             for i in 0..batch.num_rows() {
-                let w = windows.value(i);
-                by_window
-                    .entry(w.to_string())
-                    .or_default()
-                    .push(keys.slice(i, 1));
+                rows.entry(windows.value(i)).or_default().push(i as u32);
+            }
+            for (window, rows) in rows {
+                let taken = arrow::compute::take_record_batch(
+                    &keys,
+                    &arrow::array::UInt32Array::from(rows),
+                )?;
+                by_window.entry(window.to_string()).or_default().push(taken);
             }
         }
         let key_schema = Arc::new(schema.project(&key_indices)?);
