@@ -56,8 +56,45 @@ impl FingerprintSet {
         let fp = nonzero(fp);
         // Grow before the load would pass 0.8: len + 1 > 0.8 × capacity.
         if (self.len + 1) * 5 > self.slots.len() * 4 {
-            self.grow();
+            self.rebuild((self.slots.len() + self.slots.len() / 2).max(MIN_CAPACITY));
         }
+        self.insert_reserved(fp)
+    }
+
+    /// Adds every fingerprint of `fps` in order, telling `each` whether it was new, as
+    /// [`insert`](Self::insert) one by one would. Faster on a table bigger than the CPU caches:
+    /// the home slots of a group of fingerprints are loaded first, side by side, so their cache
+    /// misses overlap instead of coming one after another.
+    pub fn insert_many(&mut self, fps: &[u64], mut each: impl FnMut(bool)) {
+        const GROUP: usize = 16;
+        self.reserve(fps.len());
+        for group in fps.chunks(GROUP) {
+            let mut touched = 0u64;
+            for &fp in group {
+                touched ^= self.slots[self.home(nonzero(fp))];
+            }
+            std::hint::black_box(touched);
+            for &fp in group {
+                each(self.insert_reserved(nonzero(fp)));
+            }
+        }
+    }
+
+    /// Makes room for `additional` more fingerprints without growing.
+    pub fn reserve(&mut self, additional: usize) {
+        let needed = self.len + additional;
+        if needed * 5 <= self.slots.len() * 4 {
+            return;
+        }
+        let mut cap = self.slots.len().max(MIN_CAPACITY);
+        while needed * 5 > cap * 4 {
+            cap += cap / 2;
+        }
+        self.rebuild(cap);
+    }
+
+    /// `insert` once [`reserve`](Self::reserve) made room.
+    fn insert_reserved(&mut self, fp: u64) -> bool {
         let mut i = self.home(fp);
         loop {
             match self.slots[i] {
@@ -128,10 +165,18 @@ impl FingerprintSet {
         if i + 1 == self.slots.len() { 0 } else { i + 1 }
     }
 
-    fn grow(&mut self) {
-        let cap = (self.slots.len() + self.slots.len() / 2).max(MIN_CAPACITY);
+    /// Moves every fingerprint into a new table of `cap` slots.
+    fn rebuild(&mut self, cap: usize) {
         // `vec!` of zeros asks the allocator for zeroed memory, which the OS hands out lazily.
-        let old = std::mem::replace(&mut self.slots, vec![0; cap]);
+        let mut slots = vec![0; cap];
+        // Write to every page of it once now. A page first read (a probe) is mapped to the
+        // shared zero page, and the first write to it then costs a second fault and a TLB
+        // flush on every core the process runs on: 5 % of the LINE WORKS job's time.
+        // (`black_box`: the compiler knows the memory is zero and would drop a plain 0.)
+        for slot in slots.iter_mut().step_by(4096 / std::mem::size_of::<u64>()) {
+            *slot = std::hint::black_box(0);
+        }
+        let old = std::mem::replace(&mut self.slots, slots);
         for fp in old.into_iter().filter(|&s| s != 0) {
             let mut i = self.home(fp);
             while self.slots[i] != 0 {
@@ -182,6 +227,25 @@ mod tests {
         assert!(s.contains(u64::MAX) && s.contains(u64::MAX - 1));
         assert!(s.remove(u64::MAX));
         assert!(s.contains(u64::MAX - 1));
+    }
+
+    #[test]
+    fn insert_many_answers_as_insert_one_by_one_does() {
+        let mut state = 11;
+        // Repeats within a group, across groups, and of 0 / 1 (the same fingerprint).
+        let mut fps: Vec<u64> = (0..5_000).map(|_| splitmix(&mut state) % 3_000).collect();
+        fps.extend([0, 1, 0, u64::MAX, u64::MAX]);
+        let mut one_by_one = FingerprintSet::new();
+        let expected: Vec<bool> = fps.iter().map(|&fp| one_by_one.insert(fp)).collect();
+        let mut many = FingerprintSet::new();
+        let mut got = Vec::new();
+        for batch in fps.chunks(777) {
+            many.insert_many(batch, |new| got.push(new));
+        }
+        assert_eq!(got, expected);
+        assert_eq!(many.len(), one_by_one.len());
+        assert!(many.len() * 5 <= many.slots.len() * 4, "load stays ≤ 0.8");
+        assert!(fps.iter().all(|&fp| many.contains(fp)));
     }
 
     #[test]

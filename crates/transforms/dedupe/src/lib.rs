@@ -410,10 +410,10 @@ impl Transform for DedupeTransform {
                         Error::component(&cx.name, format!("reading {}: {e}", across.dir.display()))
                     })?;
                 }
-                let mask: BooleanArray = hashes
-                    .iter()
-                    .map(|h| Some(self.seen.insert(fingerprint(*h))))
-                    .collect();
+                let fingerprints: Vec<u64> = hashes.iter().map(|h| fingerprint(*h)).collect();
+                let mut new = Vec::with_capacity(fingerprints.len());
+                self.seen.insert_many(&fingerprints, |is_new| new.push(is_new));
+                let mask = BooleanArray::from(new);
                 if let Some(across) = self.across.as_mut() {
                     let window = batch.window.key();
                     let write = |across: &mut AcrossRuns| -> std::io::Result<()> {
