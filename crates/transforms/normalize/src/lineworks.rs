@@ -53,14 +53,19 @@ struct Occurrences {
 }
 
 impl Occurrences {
-    /// The occurrence number (1, 2, ...) of a row with this fingerprint.
-    fn next(&mut self, fp: u64) -> u32 {
-        if self.seen.insert(fp) {
-            return 1;
+    /// The occurrence numbers (1, 2, ...) of rows with these fingerprints, in order.
+    fn next_many(&mut self, fps: &[u64]) -> Vec<u32> {
+        let mut numbers = Vec::with_capacity(fps.len());
+        self.seen
+            .insert_many(fps, |new| numbers.push(if new { 1 } else { 0 }));
+        for (number, fp) in numbers.iter_mut().zip(fps) {
+            if *number == 0 {
+                let count = self.repeats.entry(*fp).or_insert(1);
+                *count += 1;
+                *number = *count;
+            }
         }
-        let count = self.repeats.entry(fp).or_insert(1);
-        *count += 1;
-        *count
+        numbers
     }
 }
 
@@ -96,6 +101,7 @@ impl LineworksMapper {
         // Every kept row's identity `date␟sender␟recipient␟room␟message␟occ`, one after another.
         let mut identities = Vec::with_capacity(n * 160);
         let mut identity_ends = Vec::with_capacity(n);
+        let mut fingerprints = Vec::with_capacity(n);
 
         for i in 0..n {
             let d = date.value(i);
@@ -123,7 +129,6 @@ impl LineworksMapper {
             sender_id.append_option(id);
             sender_name.append_value(name);
 
-            // Occurrence number of this exact row within its window.
             let start = identities.len();
             for (j, field) in [d, s, recipient.value(i), room.value(i), message.value(i)]
                 .iter()
@@ -134,11 +139,15 @@ impl LineworksMapper {
                 }
                 identities.extend_from_slice(field.as_bytes());
             }
-            let occ = occurrences.next(xxhash_rust::xxh3::xxh3_64(&identities[start..]));
-            identities.push(SEP);
-            let mut itoa = [0u8; 10];
-            identities.extend_from_slice(decimal(occ, &mut itoa));
+            fingerprints.push(xxhash_rust::xxh3::xxh3_64(&identities[start..]));
+            // Occurrence 1 for now: nearly every row is the first of its kind in its window.
+            identities.extend_from_slice(&[SEP, b'1']);
             identity_ends.push(identities.len());
+        }
+        // Occurrence number of each row among identical rows of its window.
+        let numbers = occurrences.next_many(&fingerprints);
+        if numbers.iter().any(|&n| n != 1) {
+            identities = with_occurrences(&identities, &mut identity_ends, &numbers);
         }
         let ids = self.message_ids(&identities, &identity_ends);
 
@@ -199,6 +208,22 @@ impl LineworksMapper {
         StringArray::try_new(offsets, Buffer::from_vec(hex), None)
             .expect("32 hex digits per id are valid UTF-8")
     }
+}
+
+/// `identities`, each ending in occurrence 1, rewritten with the occurrence `numbers`; `ends`
+/// is updated to the new positions.
+fn with_occurrences(identities: &[u8], ends: &mut [usize], numbers: &[u32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(identities.len() + numbers.len());
+    let mut start = 0;
+    for (end, &number) in ends.iter_mut().zip(numbers) {
+        // Everything up to the placeholder digit `1`.
+        out.extend_from_slice(&identities[start..*end - 1]);
+        let mut itoa = [0u8; 10];
+        out.extend_from_slice(decimal(number, &mut itoa));
+        start = *end;
+        *end = out.len();
+    }
+    out
 }
 
 fn decimal(mut v: u32, buf: &mut [u8; 10]) -> &[u8] {
@@ -404,6 +429,41 @@ mod tests {
         key.extend_from_slice(&[SEP, b'1']);
         use md5::Digest;
         assert_eq!(ids.value(0), format!("{:x}", md5::Md5::digest(&key)));
+    }
+
+    /// Occurrence numbers count on across the batches of a window, past one digit, with other
+    /// rows in between, and start again in another window.
+    #[test]
+    fn occurrence_numbers_count_across_batches_and_past_nine() {
+        use md5::Digest;
+        let dir = tempfile_dir();
+        let cx = context(&dir);
+        let mut t = crate::NormalizeTransform::default();
+        let row = ["2025-01-01 09:00:00", "a(a@x)", "b(b@x)", "7", "same"];
+        let other = ["2025-01-01 09:00:01", "a(a@x)", "b(b@x)", "7", "other"];
+        let id_of = |fields: [&str; 5], occ: u32| {
+            let key = format!("{}\u{1f}{occ}", fields.join("\u{1f}"));
+            format!("{:x}", md5::Md5::digest(key.as_bytes()))
+        };
+        let ids = |t: &mut crate::NormalizeTransform, w: u32, rows: &[[&str; 5]]| {
+            let mut out = Emitter::default();
+            t.transform(Batch::new(window(w), raw_batch(rows)), &mut out, &cx)
+                .unwrap();
+            let batches: Vec<Batch> = out.drain().collect();
+            let ids = batches[0].data.column_by_name("message_id").unwrap();
+            let ids = ids.as_any().downcast_ref::<StringArray>().unwrap();
+            ids.iter().map(|v| v.unwrap().to_string()).collect::<Vec<_>>()
+        };
+        let first = ids(&mut t, 0, &[row, other, row, row, row, row, row, row]);
+        let second = ids(&mut t, 0, &[row, row, row, row, other]);
+        let expected: Vec<String> = [(row, 1), (other, 1), (row, 2), (row, 3), (row, 4)]
+            .into_iter()
+            .chain([(row, 5), (row, 6), (row, 7)])
+            .chain([(row, 8), (row, 9), (row, 10), (row, 11), (other, 2)])
+            .map(|(fields, occ)| id_of(fields, occ))
+            .collect();
+        assert_eq!([first, second].concat(), expected);
+        assert_eq!(ids(&mut t, 1, &[row]), vec![id_of(row, 1)]);
     }
 
     /// The batched MD5 (SIMD lanes, lengths mixed within a batch, batches of every size) gives
