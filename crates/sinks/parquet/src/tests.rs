@@ -19,6 +19,8 @@ use chatlake_lake::testing::{
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, LogicalType, TimeUnit};
 use parquet::file::metadata::ParquetMetaData;
+use parquet::file::properties::EnabledStatistics;
+use parquet::schema::types::ColumnPath;
 use serde_json::{Value, json};
 
 use crate::{ParquetCompression, ParquetSinkConfig};
@@ -109,6 +111,10 @@ async fn writes_partitioned_parquet_that_reads_back_exactly() {
         );
         for column in metadata.row_group(0).columns() {
             assert!(matches!(column.compression(), Compression::ZSTD(_)));
+            // Random ids and free text carry no statistics by default; the rest do.
+            let path = column.column_path().string();
+            let plain = ["message_id", "text", "reply_to_id"].contains(&path.as_str());
+            assert_eq!(column.statistics().is_none(), plain, "statistics of {path} in {f}");
         }
     }
     assert_eq!(total, rows.len());
@@ -207,6 +213,14 @@ fn config_defaults_and_errors() {
     assert_eq!(c.compression_level, None);
     assert_eq!(c.row_group_size, 122_880);
     assert!(c.partition_by.is_empty());
+    assert_eq!(c.no_statistics, ["message_id", "text", "reply_to_id"]);
+    // An empty list gives every column its statistics.
+    let all = config(json!({"path": "x", "no_statistics": []})).unwrap();
+    let props = all.properties().unwrap();
+    assert_ne!(
+        props.statistics_enabled(&ColumnPath::from("text")),
+        EnabledStatistics::None
+    );
 
     let e = config(json!({"path": "x", "compression": "zstdd"})).unwrap_err();
     assert!(
