@@ -5,6 +5,7 @@
 //! with them, and nothing else knows every component.
 
 pub mod config;
+pub mod csv_input;
 pub mod dead_letter;
 mod error;
 pub mod event;

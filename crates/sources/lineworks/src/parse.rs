@@ -1,9 +1,10 @@
 //! The monitoring CSV: header table, raw schema, and the parser that turns a file into Arrow
 //! batches of `lineworks.message_contents` records.
 //!
-//! The parser reads into one reused [`csv::ByteRecord`] and appends the fields straight into
-//! Arrow string builders, so a row costs no allocation of its own; it runs on a blocking thread
-//! while the async side forwards its batches. Text is kept byte for byte: no trimming, no
+//! The parser reads (records split by [`CsvRecords`]: SIMD, with the csv crate's results) into
+//! one reused [`csv::ByteRecord`] and appends the fields straight into Arrow string builders,
+//! so a row costs no allocation of its own; it runs on a blocking thread while the async side
+//! forwards its batches. Text is kept byte for byte: no trimming, no
 //! normalisation of line ends inside quoted fields.
 //!
 //! File layout (providers.md §1, contract E1): optional UTF-8 BOM, a header row of five columns,
@@ -12,13 +13,14 @@
 //! reach the lake, so [`find_trailer`] looks for it before any row is parsed.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{ArrayRef, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use chatlake_core::csv_input::{Bom, CsvRecords, skip_bom};
 use chatlake_core::parsed::{check_record, raw_record};
 use chatlake_core::schema::RECORD_TYPE_KEY;
 
@@ -105,20 +107,13 @@ pub enum ParseError {
     Stopped(String),
 }
 
-/// A CSV reader over `input` with the provider's dialect, past any UTF-8 BOM.
-fn csv_reader<R: Read>(input: R) -> Result<csv::Reader<BufReader<R>>, ParseError> {
-    let mut input = BufReader::with_capacity(256 * 1024, input);
-    let head = input.fill_buf()?;
-    if head.starts_with(b"\xFF\xFE") || head.starts_with(b"\xFE\xFF") {
+/// The records of `input` (from its current position) with the provider's dialect, past any
+/// UTF-8 BOM.
+fn csv_reader<R: Read + Seek>(mut input: R) -> Result<CsvRecords<R>, ParseError> {
+    if skip_bom(&mut input)? == Bom::Utf16 {
         return Err(ParseError::Utf16);
     }
-    if head.starts_with(UTF8_BOM) {
-        input.consume(UTF8_BOM.len());
-    }
-    Ok(csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(input))
+    Ok(CsvRecords::new(input)?)
 }
 
 fn is_marker(record: &csv::ByteRecord) -> bool {
@@ -126,8 +121,8 @@ fn is_marker(record: &csv::ByteRecord) -> bool {
 }
 
 /// The trailer's message: the records after the marker, as text.
-fn read_trailer_message<R: Read>(
-    reader: &mut csv::Reader<R>,
+fn read_trailer_message<R: Read + Seek>(
+    reader: &mut CsvRecords<R>,
     record: &mut csv::ByteRecord,
 ) -> Result<String, ParseError> {
     let mut lines = Vec::new();
@@ -276,7 +271,7 @@ fn looks_like_date(field: &[u8]) -> bool {
 
 /// Parses a whole file into `sink`. Stops at a trailer (the outcome says so; rows before it have
 /// been sent, so callers check with [`find_trailer`] first).
-pub fn parse<R: Read>(
+pub fn parse<R: Read + Seek>(
     input: R,
     options: &ParseOptions,
     sink: &mut dyn RowSink,
@@ -367,7 +362,7 @@ pub(crate) mod tests {
 
     fn run(bytes: &[u8], language: Language) -> (ParseOutcome, Collect) {
         let mut sink = Collect::default();
-        let outcome = parse(bytes, &options(language, 8192), &mut sink).unwrap();
+        let outcome = parse(std::io::Cursor::new(bytes), &options(language, 8192), &mut sink).unwrap();
         (outcome, sink)
     }
 
@@ -482,7 +477,7 @@ pub(crate) mod tests {
             text.push_str(&format!("2025-01-01 00:00:{i:02},a,b,1,m{i}\n"));
         }
         let mut sink = Collect::default();
-        let o = parse(text.as_bytes(), &options(Language::EnUs, 4), &mut sink).unwrap();
+        let o = parse(std::io::Cursor::new(text.as_bytes()), &options(Language::EnUs, 4), &mut sink).unwrap();
         assert_eq!(o.rows, 10);
         let sizes: Vec<_> = sink.batches.iter().map(RecordBatch::num_rows).collect();
         assert_eq!(sizes, [4, 4, 2]);
@@ -495,7 +490,7 @@ pub(crate) mod tests {
         // A ja_JP header on an en_US source.
         let mut s = Collect::default();
         let o = parse(
-            format!("{JA}\n2025-01-01 00:00:00,a,b,1,x\n").as_bytes(),
+            std::io::Cursor::new(format!("{JA}\n2025-01-01 00:00:00,a,b,1,x\n").as_bytes()),
             &opts,
             &mut s,
         )
@@ -526,7 +521,7 @@ pub(crate) mod tests {
     #[test]
     fn utf16_files_are_refused_with_advice() {
         let mut sink = Collect::default();
-        let e = parse(&b"\xFF\xFEa\0"[..], &options(Language::EnUs, 10), &mut sink).unwrap_err();
+        let e = parse(std::io::Cursor::new(&b"\xFF\xFEa\0"[..]), &options(Language::EnUs, 10), &mut sink).unwrap_err();
         assert!(e.to_string().contains("UTF-16"));
     }
 

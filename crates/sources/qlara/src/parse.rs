@@ -7,16 +7,18 @@
 //! regard to case or surrounding spaces. A column the header lacks is null in every row;
 //! `messageId` and `sendDate` are required. RFC 4180, UTF-8; a BOM is tolerated.
 //!
-//! The parser reads into one reused [`csv::ByteRecord`] and appends straight into Arrow string
+//! The parser reads (records split by [`CsvRecords`]: SIMD, with the csv crate's results) into
+//! one reused [`csv::ByteRecord`] and appends straight into Arrow string
 //! builders. Text is kept byte for byte. A row with the wrong number of fields or a field that is
 //! not UTF-8 is a dead letter; parsing goes on.
 
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read, Seek};
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{ArrayRef, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use chatlake_core::csv_input::{CsvRecords, skip_bom};
 use chatlake_core::parsed::{check_record, raw_record};
 use chatlake_core::schema::RECORD_TYPE_KEY;
 
@@ -45,7 +47,6 @@ const SEND_DATE: usize = 8;
 /// Columns a file must have.
 const REQUIRED: [&str; 2] = ["messageId", "sendDate"];
 
-const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 static RAW_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     let fields: Vec<Field> = COLUMNS
@@ -122,7 +123,7 @@ impl Columns {
 }
 
 /// Parses a whole export into `sink`, batches of at most `batch_size` rows.
-pub fn parse<R: Read>(
+pub fn parse<R: Read + Seek>(
     input: R,
     batch_size: usize,
     sink: &mut dyn RowSink,
@@ -153,20 +154,15 @@ impl SendDateFilter {
 }
 
 /// [`parse`], keeping only the rows `filter` keeps; `ParseOutcome::filtered` counts the others.
-pub fn parse_filtered<R: Read>(
+pub fn parse_filtered<R: Read + Seek>(
     input: R,
     batch_size: usize,
     filter: &SendDateFilter,
     sink: &mut dyn RowSink,
 ) -> Result<ParseOutcome, ParseError> {
-    let mut input = BufReader::with_capacity(256 * 1024, input);
-    if input.fill_buf()?.starts_with(UTF8_BOM) {
-        input.consume(UTF8_BOM.len());
-    }
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(input);
+    let mut input = input;
+    skip_bom(&mut input)?;
+    let mut reader = CsvRecords::new(input)?;
     let mut record = csv::ByteRecord::new();
     let mut outcome = ParseOutcome::default();
     if !reader.read_byte_record(&mut record)? {
@@ -271,7 +267,7 @@ pub(crate) mod tests {
 
     fn run(bytes: &[u8], batch_size: usize) -> (ParseOutcome, Collect) {
         let mut sink = Collect::default();
-        let outcome = parse(bytes, batch_size, &mut sink).unwrap();
+        let outcome = parse(std::io::Cursor::new(bytes), batch_size, &mut sink).unwrap();
         (outcome, sink)
     }
 
@@ -341,7 +337,7 @@ pub(crate) mod tests {
             end: t("2025-01-01T23:59:59Z"),
         };
         let mut sink = Collect::default();
-        let o = parse_filtered(text.as_bytes(), 10, &filter, &mut sink).unwrap();
+        let o = parse_filtered(std::io::Cursor::new(text.as_bytes()), 10, &filter, &mut sink).unwrap();
         assert_eq!((o.rows, o.filtered), (2, 2));
         let ids: Vec<_> = sink.column("messageId").into_iter().flatten().collect();
         assert_eq!(ids, ["b", "d"]);
@@ -350,7 +346,7 @@ pub(crate) mod tests {
     #[test]
     fn a_header_without_message_id_is_refused_and_empty_files_are_empty() {
         let mut sink = Collect::default();
-        let e = parse(&b"id,sendDate\n1,x\n"[..], 10, &mut sink).unwrap_err();
+        let e = parse(std::io::Cursor::new(&b"id,sendDate\n1,x\n"[..]), 10, &mut sink).unwrap_err();
         assert!(e.to_string().contains("`messageId`"), "{e}");
         let (o, s) = run(b"", 10);
         assert_eq!(o, ParseOutcome::default());
