@@ -229,17 +229,36 @@ mod tests {
             z ^ (z >> 31)
         };
         let pieces: [&[u8]; 12] = [
-            b"a", b"bc", b",", b"\"", b"\"\"", b"\r\n", b"\n", b"\r", b" ", "é".as_bytes(),
-            b",\"x\"", b"\"q,\"\"r\"",
+            b"a",
+            b"bc",
+            b",",
+            b"\"",
+            b"\"\"",
+            b"\r\n",
+            b"\n",
+            b"\r",
+            b" ",
+            "é".as_bytes(),
+            b",\"x\"",
+            b"\"q,\"\"r\"",
         ];
         let mut fast = 0;
         for _ in 0..3000 {
             let len = (next() % 40) as usize;
             let text: Vec<u8> = (0..len)
-                .flat_map(|_| pieces[(next() % pieces.len() as u64) as usize].iter().copied())
+                .flat_map(|_| {
+                    pieces[(next() % pieces.len() as u64) as usize]
+                        .iter()
+                        .copied()
+                })
                 .collect();
             let (records, fell_back) = ours(&text);
-            assert_eq!(records, exact(&text), "{:?}", String::from_utf8_lossy(&text));
+            assert_eq!(
+                records,
+                exact(&text),
+                "{:?}",
+                String::from_utf8_lossy(&text)
+            );
             fast += usize::from(!fell_back);
         }
         // Not every case falls back: the fast reader is what gets tested too.
@@ -256,9 +275,11 @@ mod tests {
                         text.push(b'"');
                         for _ in 0..(next() % 6) {
                             let p = pieces[(next() % pieces.len() as u64) as usize];
-                            text.extend(p.iter().flat_map(|&b| {
-                                if b == b'"' { vec![b'"', b'"'] } else { vec![b] }
-                            }));
+                            text.extend(
+                                p.iter().flat_map(|&b| {
+                                    if b == b'"' { vec![b'"', b'"'] } else { vec![b] }
+                                }),
+                            );
                         }
                         text.push(b'"');
                     } else {
@@ -268,7 +289,12 @@ mod tests {
                 text.extend_from_slice(if next() % 2 == 0 { b"\r\n" } else { b"\n" });
             }
             let (records, fell_back) = ours(&text);
-            assert_eq!(records, exact(&text), "{:?}", String::from_utf8_lossy(&text));
+            assert_eq!(
+                records,
+                exact(&text),
+                "{:?}",
+                String::from_utf8_lossy(&text)
+            );
             assert!(!fell_back, "{:?}", String::from_utf8_lossy(&text));
         }
     }

@@ -114,7 +114,11 @@ async fn writes_partitioned_parquet_that_reads_back_exactly() {
             // Random ids and free text carry no statistics by default; the rest do.
             let path = column.column_path().string();
             let plain = ["message_id", "text", "reply_to_id"].contains(&path.as_str());
-            assert_eq!(column.statistics().is_none(), plain, "statistics of {path} in {f}");
+            assert_eq!(
+                column.statistics().is_none(),
+                plain,
+                "statistics of {path} in {f}"
+            );
         }
     }
     assert_eq!(total, rows.len());

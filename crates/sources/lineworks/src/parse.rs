@@ -362,7 +362,12 @@ pub(crate) mod tests {
 
     fn run(bytes: &[u8], language: Language) -> (ParseOutcome, Collect) {
         let mut sink = Collect::default();
-        let outcome = parse(std::io::Cursor::new(bytes), &options(language, 8192), &mut sink).unwrap();
+        let outcome = parse(
+            std::io::Cursor::new(bytes),
+            &options(language, 8192),
+            &mut sink,
+        )
+        .unwrap();
         (outcome, sink)
     }
 
@@ -477,7 +482,12 @@ pub(crate) mod tests {
             text.push_str(&format!("2025-01-01 00:00:{i:02},a,b,1,m{i}\n"));
         }
         let mut sink = Collect::default();
-        let o = parse(std::io::Cursor::new(text.as_bytes()), &options(Language::EnUs, 4), &mut sink).unwrap();
+        let o = parse(
+            std::io::Cursor::new(text.as_bytes()),
+            &options(Language::EnUs, 4),
+            &mut sink,
+        )
+        .unwrap();
         assert_eq!(o.rows, 10);
         let sizes: Vec<_> = sink.batches.iter().map(RecordBatch::num_rows).collect();
         assert_eq!(sizes, [4, 4, 2]);
@@ -521,7 +531,12 @@ pub(crate) mod tests {
     #[test]
     fn utf16_files_are_refused_with_advice() {
         let mut sink = Collect::default();
-        let e = parse(std::io::Cursor::new(&b"\xFF\xFEa\0"[..]), &options(Language::EnUs, 10), &mut sink).unwrap_err();
+        let e = parse(
+            std::io::Cursor::new(&b"\xFF\xFEa\0"[..]),
+            &options(Language::EnUs, 10),
+            &mut sink,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("UTF-16"));
     }
 

@@ -47,7 +47,6 @@ const SEND_DATE: usize = 8;
 /// Columns a file must have.
 const REQUIRED: [&str; 2] = ["messageId", "sendDate"];
 
-
 static RAW_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     let fields: Vec<Field> = COLUMNS
         .iter()
@@ -337,7 +336,13 @@ pub(crate) mod tests {
             end: t("2025-01-01T23:59:59Z"),
         };
         let mut sink = Collect::default();
-        let o = parse_filtered(std::io::Cursor::new(text.as_bytes()), 10, &filter, &mut sink).unwrap();
+        let o = parse_filtered(
+            std::io::Cursor::new(text.as_bytes()),
+            10,
+            &filter,
+            &mut sink,
+        )
+        .unwrap();
         assert_eq!((o.rows, o.filtered), (2, 2));
         let ids: Vec<_> = sink.column("messageId").into_iter().flatten().collect();
         assert_eq!(ids, ["b", "d"]);
@@ -346,7 +351,12 @@ pub(crate) mod tests {
     #[test]
     fn a_header_without_message_id_is_refused_and_empty_files_are_empty() {
         let mut sink = Collect::default();
-        let e = parse(std::io::Cursor::new(&b"id,sendDate\n1,x\n"[..]), 10, &mut sink).unwrap_err();
+        let e = parse(
+            std::io::Cursor::new(&b"id,sendDate\n1,x\n"[..]),
+            10,
+            &mut sink,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("`messageId`"), "{e}");
         let (o, s) = run(b"", 10);
         assert_eq!(o, ParseOutcome::default());

@@ -412,7 +412,8 @@ impl Transform for DedupeTransform {
                 }
                 let fingerprints: Vec<u64> = hashes.iter().map(|h| fingerprint(*h)).collect();
                 let mut new = Vec::with_capacity(fingerprints.len());
-                self.seen.insert_many(&fingerprints, |is_new| new.push(is_new));
+                self.seen
+                    .insert_many(&fingerprints, |is_new| new.push(is_new));
                 let mask = BooleanArray::from(new);
                 if let Some(across) = self.across.as_mut() {
                     let window = batch.window.key();

@@ -452,7 +452,9 @@ mod tests {
             let batches: Vec<Batch> = out.drain().collect();
             let ids = batches[0].data.column_by_name("message_id").unwrap();
             let ids = ids.as_any().downcast_ref::<StringArray>().unwrap();
-            ids.iter().map(|v| v.unwrap().to_string()).collect::<Vec<_>>()
+            ids.iter()
+                .map(|v| v.unwrap().to_string())
+                .collect::<Vec<_>>()
         };
         let first = ids(&mut t, 0, &[row, other, row, row, row, row, row, row]);
         let second = ids(&mut t, 0, &[row, row, row, row, other]);
@@ -499,7 +501,12 @@ mod tests {
             let mut start = 0;
             for (i, &end) in ends.iter().enumerate() {
                 let expected = format!("{:x}", md5::Md5::digest(&identities[start..end]));
-                assert_eq!(ids.value(i), expected, "row {i} of {batch}, {} bytes", end - start);
+                assert_eq!(
+                    ids.value(i),
+                    expected,
+                    "row {i} of {batch}, {} bytes",
+                    end - start
+                );
                 start = end;
             }
         }
