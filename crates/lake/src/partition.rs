@@ -217,17 +217,33 @@ impl Partitioner {
             .collect();
         let rows = converter.convert_columns(&keys)?;
 
-        // One hash lookup per row on the encoded partition values; directory names are built
-        // once per group, not per row.
+        // A hash lookup on the encoded partition values only where they change from one row
+        // to the next (rows mostly come in runs of one date); directory names are built once
+        // per group, not per row.
         let mut group_of: HashMap<&[u8], usize> = HashMap::new();
         let mut groups: Vec<(usize, Vec<u32>)> = Vec::new();
+        let mut previous: Option<(&[u8], usize)> = None;
         for row in 0..batch.num_rows() {
-            let next = groups.len();
-            let g = *group_of.entry(rows.row(row).data()).or_insert(next);
-            if g == next {
-                groups.push((row, Vec::new()));
+            let key = rows.row(row).data();
+            let g = match previous {
+                Some((last, g)) if last == key => g,
+                _ => {
+                    let next = groups.len();
+                    let g = *group_of.entry(key).or_insert(next);
+                    if g == next {
+                        if next == 1 {
+                            // Row numbers are kept only once there are two groups.
+                            groups[0].1.extend(0..row as u32);
+                        }
+                        groups.push((row, Vec::new()));
+                    }
+                    g
+                }
+            };
+            previous = Some((key, g));
+            if groups.len() > 1 {
+                groups[g].1.push(row as u32);
             }
-            groups[g].1.push(row as u32);
         }
 
         if groups.len() == 1 {
@@ -346,6 +362,44 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn runs_that_come_back_join_their_group_in_row_order() {
+        use arrow::array::StringArray;
+        let keys = ["a", "a", "b", "b", "a", "c", "c", "b"];
+        let b = RecordBatch::try_from_iter([
+            ("k", Arc::new(StringArray::from(keys.to_vec())) as ArrayRef),
+            (
+                "x",
+                Arc::new(StringArray::from_iter_values(
+                    (0..keys.len()).map(|i| format!("r{i}")),
+                )) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let p = Partitioner::new(b.schema(), &["k".to_string()]).unwrap();
+        let got: Vec<(String, Vec<String>)> = p
+            .split(&b)
+            .unwrap()
+            .iter()
+            .map(|(d, b)| (d.clone(), column_x(b)))
+            .collect();
+        let want =
+            |d: &str, rows: &[&str]| (d.to_string(), rows.iter().map(|r| r.to_string()).collect());
+        assert_eq!(
+            got,
+            vec![
+                want("k=a", &["r0", "r1", "r4"]),
+                want("k=b", &["r2", "r3", "r7"]),
+                want("k=c", &["r5", "r6"]),
+            ]
+        );
+        // One run only: the batch itself, no copy.
+        let one = b.slice(0, 2);
+        let parts = p.split(&one).unwrap();
+        assert_eq!(parts.len(), 1);
+        assert_eq!(column_x(&parts[0].1), ["r0", "r1"]);
     }
 
     #[test]
