@@ -2,9 +2,9 @@
 //!
 //! Encoding (dictionary, levels, zstd) is most of a sink's CPU, and each column chunk is encoded
 //! on its own, so a batch's columns go into one queue, biggest first, that this thread and a
-//! scoped second thread take from; a row group's writers are closed on two lanes balanced by what
-//! they hold. The file layout is the one `ArrowWriter` writes: row groups of
-//! `max_row_group_row_count` rows, the Arrow schema in the footer.
+//! second thread (one for the process, see [`helper`]) take from; a row group's writers are
+//! closed on two lanes balanced by what they hold. The file layout is the one `ArrowWriter`
+//! writes: row groups of `max_row_group_row_count` rows, the Arrow schema in the footer.
 
 use std::fs::File;
 
@@ -264,12 +264,17 @@ impl ParquetWriter {
                 }
             }
         };
-        std::thread::scope(|scope| {
-            let other = (queue.len() > 1).then(|| scope.spawn(drain));
-            let here = drain();
-            let there = other.map_or(Ok(()), |h| h.join().expect("encoding thread panicked"));
-            here.and(there)
-        })?;
+        let mut there = Ok(());
+        let here = match helper() {
+            Some(helper) => helper.in_place_scope(|scope| {
+                if queue.len() > 1 {
+                    scope.spawn(|_| there = drain());
+                }
+                drain()
+            }),
+            None => drain(),
+        };
+        here.and(there)?;
         group.rows += batch.num_rows();
         Ok(())
     }
@@ -301,12 +306,18 @@ impl ParquetWriter {
                 .map(|(i, w)| w.close().map(|chunk| (i, chunk)))
                 .collect::<Result<Vec<_>, _>>()
         };
-        let (mut chunks, rest) = std::thread::scope(|scope| {
-            let other = scope.spawn(move || close(second));
-            let here = close(writers);
-            let there = other.join().expect("encoding thread panicked");
-            here.and_then(|a| there.map(|b| (a, b)))
-        })?;
+        let (here, there) = match helper() {
+            Some(helper) => {
+                let mut there = Ok(Vec::new());
+                let here = helper.in_place_scope(|scope| {
+                    scope.spawn(|_| there = close(second));
+                    close(writers)
+                });
+                (here, there)
+            }
+            None => (close(writers), close(second)),
+        };
+        let (mut chunks, rest) = (here?, there?);
         // Column chunks go into the row group in schema order.
         chunks.extend(rest);
         chunks.sort_unstable_by_key(|(i, _)| *i);
@@ -319,6 +330,22 @@ impl ParquetWriter {
         self.groups_written += 1;
         Ok(())
     }
+}
+
+/// The encoder's second thread, shared by every open file and started once: a thread started
+/// per batch cost a stack mapped and unmapped each time, and with it the process's memory-map
+/// lock, which the other threads' page faults wait for.
+/// Without it (no thread could be started) everything is encoded on the calling thread.
+fn helper() -> Option<&'static rayon::ThreadPool> {
+    static HELPER: std::sync::LazyLock<Option<rayon::ThreadPool>> =
+        std::sync::LazyLock::new(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .thread_name(|_| "chatlake-parquet".into())
+                .build()
+                .ok()
+        });
+    HELPER.as_ref()
 }
 
 /// Which lane each column goes to (false: this thread, true: the other), by size: the largest

@@ -151,7 +151,11 @@ mod wall_clock_tests {
             for month in 1..=12 {
                 for day in [1, 15, 28, 29, 30, 31] {
                     let text = format!("{year:04}-{month:02}-{day:02} 23:59:58");
-                    assert_eq!(wall_clock_seconds(text.as_bytes()), chrono_seconds(&text), "{text}");
+                    assert_eq!(
+                        wall_clock_seconds(text.as_bytes()),
+                        chrono_seconds(&text),
+                        "{text}"
+                    );
                 }
             }
         }
@@ -170,6 +174,9 @@ mod wall_clock_tests {
             assert_eq!(wall_clock_seconds(bad.as_bytes()), None, "{bad}");
         }
         assert_eq!(wall_clock_seconds(b"1970-01-01T00:00:00"), Some(0));
-        assert_eq!(wall_clock_seconds(b"2000-02-29 12:00:00"), Some(951_825_600));
+        assert_eq!(
+            wall_clock_seconds(b"2000-02-29 12:00:00"),
+            Some(951_825_600)
+        );
     }
 }
