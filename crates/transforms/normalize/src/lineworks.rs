@@ -20,6 +20,7 @@ use crate::columns::{
 use arrow::buffer::{Buffer, OffsetBuffer};
 use chrono::FixedOffset;
 use hashbrown::HashMap;
+use md5::Digest;
 use md5_many::Md5Many;
 
 /// The record type the LINE WORKS source emits (see `chatlake-source-lineworks`).
@@ -32,9 +33,38 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 #[derive(Debug, Default)]
 pub struct LineworksMapper {
     occurrences: HashMap<String, Occurrences>,
-    /// MD5 of a whole batch's identities at once, 8 or 16 per SIMD instruction (AVX2,
-    /// AVX-512): one MD5 after another was a fifth of the LINE WORKS job's CPU time.
-    md5: Md5Many,
+}
+
+/// MD5 of a whole batch's identities at once, 8 or 16 per SIMD instruction (AVX2, AVX-512): one
+/// MD5 after another was a fifth of the LINE WORKS job's CPU time. `md5-many` is a young crate
+/// and picks its kernel by the CPU it runs on, so once per process it hashes messages of every
+/// length from 0 to 300 bytes, in batches of every shape, and is used only if it agrees with
+/// `md-5` on all of them; otherwise ids are computed one by one with `md-5` (and it says so).
+fn batch_md5() -> Option<Md5Many> {
+    static CHECKED: std::sync::LazyLock<Option<Md5Many>> = std::sync::LazyLock::new(|| {
+        let engine = Md5Many::new();
+        let messages: Vec<Vec<u8>> = (0..=300usize)
+            .map(|len| (0..len).map(|i| (i * 31 + len) as u8).collect())
+            .collect();
+        let agrees = [1usize, 7, 8, 9, 16, 17, 48, 301].iter().all(|&size| {
+            messages.chunks(size).all(|chunk| {
+                let slices: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+                let mut digests = vec![[0u8; 16]; slices.len()];
+                engine.hash_many(&slices, &mut digests);
+                slices
+                    .iter()
+                    .zip(&digests)
+                    .all(|(m, d)| <[u8; 16]>::from(md5::Md5::digest(m)) == *d)
+            })
+        });
+        if !agrees {
+            tracing::warn!(
+                "batched MD5 disagrees with md-5 on this CPU; LINE WORKS ids are computed one by one"
+            );
+        }
+        agrees.then_some(engine)
+    });
+    *CHECKED
 }
 
 /// How often each row (its five fields) has occurred in one window so far. Almost every row
@@ -189,25 +219,37 @@ impl LineworksMapper {
     /// The lowercase hex MD5 of each identity: `ends[i]` is where identity `i` ends in
     /// `identities` (and `i + 1` starts).
     fn message_ids(&self, identities: &[u8], ends: &[usize]) -> StringArray {
-        let mut slices = Vec::with_capacity(ends.len());
-        let mut start = 0;
-        for &end in ends {
-            slices.push(&identities[start..end]);
-            start = end;
-        }
-        let mut digests = vec![[0u8; 16]; slices.len()];
-        self.md5.hash_many(&slices, &mut digests);
-        let mut hex = Vec::with_capacity(digests.len() * 32);
-        for digest in &digests {
-            for b in digest {
-                hex.push(HEX[(b >> 4) as usize]);
-                hex.push(HEX[(b & 15) as usize]);
+        message_ids_with(batch_md5(), identities, ends)
+    }
+}
+
+/// [`LineworksMapper::message_ids`] with `engine`, or one by one with `md-5` without one.
+fn message_ids_with(engine: Option<Md5Many>, identities: &[u8], ends: &[usize]) -> StringArray {
+    let mut slices = Vec::with_capacity(ends.len());
+    let mut start = 0;
+    for &end in ends {
+        slices.push(&identities[start..end]);
+        start = end;
+    }
+    let mut digests = vec![[0u8; 16]; slices.len()];
+    match engine {
+        Some(engine) => engine.hash_many(&slices, &mut digests),
+        None => {
+            for (digest, identity) in digests.iter_mut().zip(&slices) {
+                *digest = md5::Md5::digest(identity).into();
             }
         }
-        let offsets = OffsetBuffer::from_lengths(std::iter::repeat_n(32, digests.len()));
-        StringArray::try_new(offsets, Buffer::from_vec(hex), None)
-            .expect("32 hex digits per id are valid UTF-8")
     }
+    let mut hex = Vec::with_capacity(digests.len() * 32);
+    for digest in &digests {
+        for b in digest {
+            hex.push(HEX[(b >> 4) as usize]);
+            hex.push(HEX[(b & 15) as usize]);
+        }
+    }
+    let offsets = OffsetBuffer::from_lengths(std::iter::repeat_n(32, digests.len()));
+    StringArray::try_new(offsets, Buffer::from_vec(hex), None)
+        .expect("32 hex digits per id are valid UTF-8")
 }
 
 /// `identities`, each ending in occurrence 1, rewritten with the occurrence `numbers`; `ends`
@@ -472,7 +514,10 @@ mod tests {
     /// the reference digest of every identity.
     #[test]
     fn batched_ids_are_the_reference_md5_of_each_identity() {
-        use md5::Digest;
+        assert!(
+            batch_md5().is_some(),
+            "the batched MD5 passes its check on this CPU"
+        );
         let mapper = LineworksMapper::default();
         let mut state = 0x2545_F491_4F6C_DD1Du64;
         let mut next = move || {
@@ -498,6 +543,8 @@ mod tests {
             }
             let ids = mapper.message_ids(&identities, &ends);
             assert_eq!(ids.len(), batch);
+            // The one-by-one path (a CPU where the batched MD5 fails its check) gives the same.
+            assert_eq!(message_ids_with(None, &identities, &ends), ids);
             let mut start = 0;
             for (i, &end) in ends.iter().enumerate() {
                 let expected = format!("{:x}", md5::Md5::digest(&identities[start..end]));
