@@ -543,8 +543,23 @@ async fn at_most_max_open_files_stay_open_and_nothing_is_lost() {
             .count();
         assert!(open <= MAX_OPEN_FILES, "{open} files open");
     }
+    // Another window whose evicted files are still being finished in the background when it
+    // is aborted: nothing of it stays, temporary or not.
+    let aborted = window("lw", 1);
+    sink.write(Batch::new(aborted.clone(), canonical_batch(&messages)), &cx)
+        .await
+        .unwrap();
+    sink.abort(&aborted, &cx).await.unwrap();
     sink.commit(&w, &cx).await.unwrap();
-    let written: usize = files_under(dir.path())
+    let files = files_under(dir.path());
+    assert!(files.iter().all(|f| !f.ends_with(".tmp")), "{files:?}");
+    // File names carry their window's key: one window's files only.
+    let windows: std::collections::BTreeSet<&str> = files
+        .iter()
+        .map(|f| f.rsplit('/').next().unwrap().split('.').nth(2).unwrap())
+        .collect();
+    assert_eq!(windows.len(), 1, "{files:?}");
+    let written: usize = files
         .iter()
         .map(|f| read_lines(&dir.path().join(f)).len())
         .sum();
