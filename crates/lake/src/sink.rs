@@ -549,7 +549,7 @@ impl PartitionFiles {
             if open.rows >= max
                 && let Some(full) = self.open.take()
             {
-                self.finished.push(finish_file(full)?);
+                finish_in_background(self, full)?;
             }
         }
         Ok(())
@@ -560,9 +560,10 @@ impl WindowFiles {
     /// Finishes every file, renames each into place and fsyncs the directories. On error the
     /// caller discards what is left.
     fn commit(&mut self, root: &Path, cx: &RunCx) -> Result<()> {
+        // The files still open are finished side by side.
         for part in self.partitions.values_mut() {
             if let Some(open) = part.open.take() {
-                part.finished.push(finish_file(open)?);
+                finish_in_background(part, open)?;
             }
         }
         let mut first_error = None;
@@ -694,8 +695,8 @@ fn open_file(
 }
 
 /// Finishes a file's encoding and fsyncs it; on error removes it.
-/// Finishes `file` (a least recently written one, closed to keep few files open) on a thread of
-/// its own: its last row group is encoded and compressed, its footer written and the file
+/// Finishes `file` (closed to keep few files open, full, or at its window's commit) on a thread
+/// of its own: its last row group is encoded and compressed, its footer written and the file
 /// fsynced while this thread goes on with the files still open (Zoom, 1M rows: 60–90 ms of the
 /// sink's thread, which bounds the second phase of `keep = "latest"`). The window's commit
 /// waits for it. If no thread can be started, the file is finished here.
