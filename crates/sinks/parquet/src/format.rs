@@ -1,10 +1,11 @@
-//! Rows to Parquet, the columns of each batch encoded on two threads.
+//! Rows to Parquet, encoded on the encoder's threads while the sink reads on.
 //!
 //! Encoding (dictionary, levels, zstd) is most of a sink's CPU, and each column chunk is encoded
-//! on its own, so a batch's columns go into one queue, biggest first, that this thread and a
-//! second thread (one for the process, see [`helper`]) take from; a row group's writers are
-//! closed on two lanes balanced by what they hold. The file layout is the one `ArrowWriter`
-//! writes: row groups of `max_row_group_row_count` rows, the Arrow schema in the footer.
+//! on its own: a batch goes to the encoder's threads (one per core, shared by every open file,
+//! see [`encoder`]), where two of them take its columns from one queue, biggest first; the sink
+//! goes on with the next batch meanwhile. A row group's writers are closed on two lanes balanced
+//! by what they hold. The file layout is the one `ArrowWriter` writes: row groups of
+//! `max_row_group_row_count` rows, the Arrow schema in the footer.
 
 use std::fs::File;
 
@@ -16,6 +17,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::{
     ArrowColumnWriter, ArrowLeafColumn, ArrowRowGroupWriterFactory, compute_leaves,
 };
+use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 
@@ -188,8 +190,14 @@ struct ParquetWriter {
     factory: ArrowRowGroupWriterFactory,
     schema: SchemaRef,
     max_rows: usize,
-    /// The row group being encoded.
+    /// The row group being encoded, while none of its batches is on the encoder's threads.
     group: Option<RowGroup>,
+    /// A batch being encoded on the encoder's threads; the row group comes back with the result.
+    in_flight: Option<std::sync::mpsc::Receiver<(RowGroup, Result<(), ParquetError>)>>,
+    /// Rows of the current row group, the batch in flight included.
+    group_rows: usize,
+    /// What the row group's writers held when it last came back.
+    buffered: usize,
     groups_written: usize,
 }
 
@@ -217,19 +225,43 @@ impl ParquetWriter {
             schema,
             max_rows,
             group: None,
+            in_flight: None,
+            group_rows: 0,
+            buffered: 0,
             groups_written: 0,
         })
     }
 
-    /// Encodes `batch` (which fits in the current row group) into the group's column writers.
+    /// Waits for the batch in flight, if any, and takes its row group back.
+    fn settle(&mut self) -> Result<(), FormatError> {
+        if let Some(in_flight) = self.in_flight.take() {
+            let (group, result) = in_flight
+                .recv()
+                .map_err(|_| FormatError::from("the encoding thread stopped"))?;
+            self.buffered = group
+                .columns
+                .iter()
+                .map(ArrowColumnWriter::memory_size)
+                .sum();
+            self.group = Some(group);
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Encodes `batch` (which fits in the current row group) into the group's column writers:
+    /// hands it to the encoder's threads and returns, so that the sink reads and splits the next
+    /// batch meanwhile. The next batch of this file waits for this one (a column's pages are in
+    /// order); batches of other files do not.
     fn encode(&mut self, batch: &RecordBatch) -> Result<(), FormatError> {
-        if self.group.is_none() {
-            self.group = Some(RowGroup {
+        self.settle()?;
+        let mut group = match self.group.take() {
+            Some(group) => group,
+            None => RowGroup {
                 columns: self.factory.create_column_writers(self.groups_written)?,
                 rows: 0,
-            });
-        }
-        let group = self.group.as_mut().expect("just made");
+            },
+        };
         // Leaves in file order, each with the size of the Arrow column it comes from.
         let mut leaves: Vec<(ArrowLeafColumn, usize)> = Vec::with_capacity(group.columns.len());
         for (field, array) in self.schema.fields().iter().zip(batch.columns()) {
@@ -238,50 +270,35 @@ impl ParquetWriter {
             let share = size / parts.len().max(1);
             leaves.extend(parts.into_iter().map(|leaf| (leaf, share)));
         }
-        // Two threads take columns from one queue, biggest first, so a column that is slow for
-        // its size (a dictionary to build) does not leave the other thread idle.
-        let mut work: Vec<(usize, &mut ArrowColumnWriter, &ArrowLeafColumn)> = group
-            .columns
-            .iter_mut()
-            .zip(&leaves)
-            .map(|(writer, (leaf, size))| (*size, writer, leaf))
-            .collect();
-        work.sort_by_key(|(size, _, _)| std::cmp::Reverse(*size));
-        let queue: Vec<std::sync::Mutex<Option<(&mut ArrowColumnWriter, &ArrowLeafColumn)>>> = work
-            .into_iter()
-            .map(|(_, writer, leaf)| std::sync::Mutex::new(Some((writer, leaf))))
-            .collect();
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let drain = || -> Result<(), parquet::errors::ParquetError> {
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(slot) = queue.get(i) else {
-                    return Ok(());
-                };
-                let taken = slot.lock().expect("not poisoned").take();
-                if let Some((writer, leaf)) = taken {
-                    writer.write(leaf)?;
-                }
+        let rows = batch.num_rows();
+        self.group_rows += rows;
+        match encoder() {
+            Some(encoder) => {
+                let (done, in_flight) = std::sync::mpsc::sync_channel(1);
+                encoder.spawn(move || {
+                    let result = encode_columns(&mut group.columns, &leaves);
+                    group.rows += rows;
+                    // Nobody waits if the file was given up meanwhile.
+                    let _ = done.send((group, result));
+                });
+                self.in_flight = Some(in_flight);
             }
-        };
-        let mut there = Ok(());
-        let here = match helper() {
-            Some(helper) => helper.in_place_scope(|scope| {
-                if queue.len() > 1 {
-                    scope.spawn(|_| there = drain());
-                }
-                drain()
-            }),
-            None => drain(),
-        };
-        here.and(there)?;
-        group.rows += batch.num_rows();
+            None => {
+                let result = encode_columns(&mut group.columns, &leaves);
+                group.rows += rows;
+                self.group = Some(group);
+                result?;
+            }
+        }
         Ok(())
     }
 
     /// Finishes the current row group (its last pages are compressed on two threads too) and
     /// appends it to the file.
     fn close_group(&mut self) -> Result<(), FormatError> {
+        self.settle()?;
+        self.group_rows = 0;
+        self.buffered = 0;
         let Some(group) = self.group.take() else {
             return Ok(());
         };
@@ -306,10 +323,10 @@ impl ParquetWriter {
                 .map(|(i, w)| w.close().map(|chunk| (i, chunk)))
                 .collect::<Result<Vec<_>, _>>()
         };
-        let (here, there) = match helper() {
-            Some(helper) => {
+        let (here, there) = match encoder() {
+            Some(encoder) => {
                 let mut there = Ok(Vec::new());
-                let here = helper.in_place_scope(|scope| {
+                let here = encoder.in_place_scope(|scope| {
                     scope.spawn(|_| there = close(second));
                     close(writers)
                 });
@@ -332,20 +349,63 @@ impl ParquetWriter {
     }
 }
 
-/// The encoder's second thread, shared by every open file and started once: a thread started
-/// per batch cost a stack mapped and unmapped each time, and with it the process's memory-map
-/// lock, which the other threads' page faults wait for.
-/// Without it (no thread could be started) everything is encoded on the calling thread.
-fn helper() -> Option<&'static rayon::ThreadPool> {
-    static HELPER: std::sync::LazyLock<Option<rayon::ThreadPool>> =
+/// Encodes a batch's columns into `columns` on two threads: they take columns from one queue,
+/// biggest first, so a column that is slow for its size (a dictionary to build) does not leave
+/// the other thread idle. Runs on the encoder's threads (see [`encoder`]).
+fn encode_columns(
+    columns: &mut [ArrowColumnWriter],
+    leaves: &[(ArrowLeafColumn, usize)],
+) -> Result<(), ParquetError> {
+    let mut work: Vec<(usize, &mut ArrowColumnWriter, &ArrowLeafColumn)> = columns
+        .iter_mut()
+        .zip(leaves)
+        .map(|(writer, (leaf, size))| (*size, writer, leaf))
+        .collect();
+    work.sort_by_key(|(size, _, _)| std::cmp::Reverse(*size));
+    let queue: Vec<std::sync::Mutex<Option<(&mut ArrowColumnWriter, &ArrowLeafColumn)>>> = work
+        .into_iter()
+        .map(|(_, writer, leaf)| std::sync::Mutex::new(Some((writer, leaf))))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let drain = || -> Result<(), ParquetError> {
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(slot) = queue.get(i) else {
+                return Ok(());
+            };
+            let taken = slot.lock().expect("not poisoned").take();
+            if let Some((writer, leaf)) = taken {
+                writer.write(leaf)?;
+            }
+        }
+    };
+    let mut there = Ok(());
+    let here = rayon::scope(|scope| {
+        if queue.len() > 1 {
+            scope.spawn(|_| there = drain());
+        }
+        drain()
+    });
+    here.and(there)
+}
+
+/// The encoder's threads, one per core, shared by every open file and started once. The sink
+/// hands each batch to them and goes on (reading and splitting the next batch is the sink's
+/// share): with the sink's own thread encoding half of every batch, it was the thread the
+/// second phase of `keep = "latest"` waited for. A thread started per batch, as before that,
+/// also cost a stack mapped and unmapped each time under the memory-map lock that the other
+/// threads' page faults wait for. Without them (no thread could be started) everything is
+/// encoded on the calling thread.
+fn encoder() -> Option<&'static rayon::ThreadPool> {
+    static ENCODER: std::sync::LazyLock<Option<rayon::ThreadPool>> =
         std::sync::LazyLock::new(|| {
             rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .thread_name(|_| "chatlake-parquet".into())
+                .num_threads(chatlake_core::runtime::cores())
+                .thread_name(|i| format!("chatlake-parquet-{i}"))
                 .build()
                 .ok()
         });
-    HELPER.as_ref()
+    ENCODER.as_ref()
 }
 
 /// Which lane each column goes to (false: this thread, true: the other), by size: the largest
@@ -370,11 +430,11 @@ impl FormatWriter for ParquetWriter {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), FormatError> {
         let mut offset = 0;
         while offset < batch.num_rows() {
-            let room = self.max_rows - self.group.as_ref().map_or(0, |g| g.rows);
+            let room = self.max_rows - self.group_rows;
             let take = room.min(batch.num_rows() - offset);
             self.encode(&batch.slice(offset, take))?;
             offset += take;
-            if self.group.as_ref().is_some_and(|g| g.rows >= self.max_rows) {
+            if self.group_rows >= self.max_rows {
                 self.close_group()?;
             }
         }
@@ -382,9 +442,15 @@ impl FormatWriter for ParquetWriter {
     }
 
     fn buffered_bytes(&self) -> usize {
-        self.group.as_ref().map_or(0, |g| {
-            g.columns.iter().map(ArrowColumnWriter::memory_size).sum()
-        })
+        match &self.group {
+            Some(group) => group
+                .columns
+                .iter()
+                .map(ArrowColumnWriter::memory_size)
+                .sum(),
+            // A batch in flight: what the writers held before it.
+            None => self.buffered,
+        }
     }
 
     fn flush_buffer(&mut self) -> Result<(), FormatError> {
