@@ -113,7 +113,7 @@ async fn writes_partitioned_parquet_that_reads_back_exactly() {
             assert!(matches!(column.compression(), Compression::ZSTD(_)));
             // Random ids and free text carry no statistics by default; the rest do.
             let path = column.column_path().string();
-            let plain = ["message_id", "text", "reply_to_id"].contains(&path.as_str());
+            let plain = ["message_id", "text", "reply_to_id", "recipient"].contains(&path.as_str());
             assert_eq!(
                 column.statistics().is_none(),
                 plain,
@@ -217,7 +217,10 @@ fn config_defaults_and_errors() {
     assert_eq!(c.compression_level, None);
     assert_eq!(c.row_group_size, 122_880);
     assert!(c.partition_by.is_empty());
-    assert_eq!(c.no_statistics, ["message_id", "text", "reply_to_id"]);
+    assert_eq!(
+        c.no_statistics,
+        ["message_id", "text", "reply_to_id", "recipient"]
+    );
     // An empty list gives every column its statistics.
     let all = config(json!({"path": "x", "no_statistics": []})).unwrap();
     let props = all.properties().unwrap();
