@@ -402,6 +402,10 @@ fn encoder() -> Option<&'static rayon::ThreadPool> {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(chatlake_core::runtime::cores())
                 .thread_name(|i| format!("chatlake-parquet-{i}"))
+                // A job that panics drops its result channel: the file's writer reports "the
+                // encoding thread stopped" and its window fails, instead of rayon aborting the
+                // process.
+                .panic_handler(|_| {})
                 .build()
                 .ok()
         });
