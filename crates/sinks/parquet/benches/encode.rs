@@ -1,4 +1,4 @@
-//! Parquet encoding of canonical batches with the sink's defaults (zstd level 3, 120 Ki-row row
+//! Parquet encoding of canonical batches with the sink's defaults (zstd level 1, 120 Ki-row row
 //! groups) into a temporary file. `cargo bench -p chatlake-sink-parquet`.
 
 use std::hint::black_box;
