@@ -265,7 +265,7 @@ struct PartitionFiles {
     /// Finished (fsynced) files waiting for the commit.
     finished: Vec<FinishedFile>,
     /// Files being finished on threads of their own (see [`finish_in_background`]).
-    finishing: Vec<std::thread::JoinHandle<Result<FinishedFile>>>,
+    finishing: Vec<(PathBuf, std::thread::JoinHandle<Result<FinishedFile>>)>,
     next_part: u32,
 }
 
@@ -274,7 +274,7 @@ impl PartitionFiles {
     /// all of them.
     fn wait_for_finishing(&mut self) -> Result<()> {
         let mut first_error = None;
-        for finishing in self.finishing.drain(..) {
+        for (tmp, finishing) in self.finishing.drain(..) {
             match finishing.join() {
                 Ok(Ok(file)) => self.finished.push(file),
                 Ok(Err(e)) => {
@@ -282,8 +282,8 @@ impl PartitionFiles {
                 }
                 Err(_) => {
                     first_error.get_or_insert(Error::Write {
-                        path: PathBuf::new(),
-                        source: "the thread finishing a file panicked".into(),
+                        path: tmp,
+                        source: "the thread finishing the file panicked".into(),
                     });
                 }
             }
@@ -701,6 +701,7 @@ fn open_file(
 /// sink's thread, which bounds the second phase of `keep = "latest"`). The window's commit
 /// waits for it. If no thread can be started, the file is finished here.
 fn finish_in_background(part: &mut PartitionFiles, file: OpenFile) -> Result<()> {
+    let tmp = file.tmp.clone();
     let file = std::sync::Arc::new(std::sync::Mutex::new(Some(file)));
     let theirs = file.clone();
     let started = std::thread::Builder::new()
@@ -714,7 +715,7 @@ fn finish_in_background(part: &mut PartitionFiles, file: OpenFile) -> Result<()>
             finish_file(file)
         });
     match started {
-        Ok(finishing) => part.finishing.push(finishing),
+        Ok(finishing) => part.finishing.push((tmp, finishing)),
         Err(_) => {
             let file = file
                 .lock()

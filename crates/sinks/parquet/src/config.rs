@@ -56,7 +56,7 @@ pub struct ParquetSinkConfig {
     /// only when values cluster; random ids, free text and recipients (phone numbers, names)
     /// span nearly the whole range in every row group, so their statistics skip nothing, while
     /// computing them costs two comparisons per value (3 % of the Zoom and Qlara jobs for the
-    /// ids and text, 2–4 % of Qlara for the recipients). Times, dates, senders, conversations and
+    /// ids and text, 1–4 % of Qlara for the recipients). Times, dates, senders, conversations and
     /// the low-cardinality columns keep theirs.
     #[serde(default = "default_no_statistics")]
     pub no_statistics: Vec<String>,

@@ -179,7 +179,7 @@ impl LineworksMapper {
         if numbers.iter().any(|&n| n != 1) {
             identities = with_occurrences(&identities, &mut identity_ends, &numbers);
         }
-        let ids = self.message_ids(&identities, &identity_ends);
+        let ids = message_ids(&identities, &identity_ends);
 
         let rows = sent_at.len();
         // Text columns pass through without a copy unless rows were dead-lettered.
@@ -215,15 +215,13 @@ impl LineworksMapper {
     }
 }
 
-impl LineworksMapper {
-    /// The lowercase hex MD5 of each identity: `ends[i]` is where identity `i` ends in
-    /// `identities` (and `i + 1` starts).
-    fn message_ids(&self, identities: &[u8], ends: &[usize]) -> StringArray {
-        message_ids_with(batch_md5(), identities, ends)
-    }
+/// The lowercase hex MD5 of each identity: `ends[i]` is where identity `i` ends in
+/// `identities` (and `i + 1` starts).
+fn message_ids(identities: &[u8], ends: &[usize]) -> StringArray {
+    message_ids_with(batch_md5(), identities, ends)
 }
 
-/// [`LineworksMapper::message_ids`] with `engine`, or one by one with `md-5` without one.
+/// [`message_ids`] with `engine`, or one by one with `md-5` without one.
 fn message_ids_with(engine: Option<Md5Many>, identities: &[u8], ends: &[usize]) -> StringArray {
     let mut slices = Vec::with_capacity(ends.len());
     let mut start = 0;
@@ -518,7 +516,6 @@ mod tests {
             batch_md5().is_some(),
             "the batched MD5 passes its check on this CPU"
         );
-        let mapper = LineworksMapper::default();
         let mut state = 0x2545_F491_4F6C_DD1Du64;
         let mut next = move || {
             state ^= state << 13;
@@ -541,7 +538,7 @@ mod tests {
                 identities.extend((0..len).map(|_| (next() & 0xff) as u8));
                 ends.push(identities.len());
             }
-            let ids = mapper.message_ids(&identities, &ends);
+            let ids = message_ids(&identities, &ends);
             assert_eq!(ids.len(), batch);
             // The one-by-one path (a CPU where the batched MD5 fails its check) gives the same.
             assert_eq!(message_ids_with(None, &identities, &ends), ids);
