@@ -1,8 +1,9 @@
 //! `keep = "latest"` in bounded memory: the input goes to disk as it arrives, the winners are
 //! found a few key partitions at a time, and the input is read back once, filtered.
 //!
-//! * While input arrives, each batch is appended as is to an Arrow IPC stream (the arrival-order
-//!   spill; a new file whenever the schema changes), and each row gets a number in arrival order
+//! * While input arrives, each batch is appended to an Arrow IPC stream (the arrival-order
+//!   spill; a new file whenever the schema changes), without the columns that hold one value
+//!   in every row (see `spill_shape.rs`), and each row gets a number in arrival order
 //!   and a 32-byte record (128-bit key hash, version, row number) in one of 64 key-partition
 //!   files picked by the top 6 bits of the hash. In memory: the 64 file buffers and one small
 //!   entry per batch (its window and first row), nothing per row or per key.
@@ -29,13 +30,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::buffer::{BooleanBuffer, Buffer};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::SchemaRef;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use chatlake_core::removal::{RemovalLog, RemovalWriter};
 use chatlake_core::{Emitter, WindowRef};
 
 use crate::history::{History, HistoryWriter};
+use crate::spill_shape::SpillShape;
 
 /// Key partitions: the top `PART_BITS` bits of the key hash pick one.
 const PART_BITS: u32 = 6;
@@ -101,16 +102,18 @@ struct SpilledBatch {
     failed: bool,
 }
 
-/// One arrival-order file: batches of one schema.
+/// One arrival-order file: batches of one schema and shape.
 struct Segment {
     path: PathBuf,
     batches: usize,
+    shape: SpillShape,
 }
 
 /// The open spill files, from the first batch to `finish`.
 struct Open {
     segments: Vec<Segment>,
-    writer: Option<(StreamWriter<BufWriter<File>>, SchemaRef)>,
+    /// The writer of the last segment, until it ends.
+    writer: Option<StreamWriter<BufWriter<File>>>,
     parts: Vec<BufWriter<File>>,
 }
 
@@ -118,7 +121,7 @@ struct Open {
 struct Reading {
     segments: std::vec::IntoIter<Segment>,
     /// The segment being read and how many of its batches are left.
-    current: Option<(PathBuf, StreamReader<BufReader<File>>, usize)>,
+    current: Option<(Segment, StreamReader<BufReader<File>>, usize)>,
     winners: Buffer,
     /// Index in `batches` of the next batch read back.
     next_batch: usize,
@@ -237,16 +240,18 @@ impl LatestSpill {
                 self.open.insert(Open::create(&self.dir)?)
             }
         };
-        if open
-            .writer
-            .as_ref()
-            .is_none_or(|(_, s)| *s != data.schema())
-        {
-            open.start_segment(&self.dir, data.schema())?;
+        let last = open.segments.last().filter(|_| open.writer.is_some());
+        if !last.is_some_and(|s| s.shape.fits(data)) {
+            let shape = match last {
+                Some(s) if s.shape.schema() == &data.schema() => s.shape.narrowed(data),
+                _ => SpillShape::of(data),
+            };
+            open.start_segment(&self.dir, shape)?;
         }
-        let (writer, _) = open.writer.as_mut().expect("a segment is open");
+        let writer = open.writer.as_mut().expect("a segment is open");
         let segment = open.segments.last_mut().expect("a segment is open");
-        writer.write(data).writing(&segment.path)?;
+        let written = segment.shape.strip(data).writing(&segment.path)?;
+        writer.write(&written).writing(&segment.path)?;
         segment.batches += 1;
 
         let mut record = [0u8; RECORD];
@@ -352,11 +357,13 @@ impl LatestSpill {
                 let file = File::open(&segment.path).reading(&segment.path)?;
                 let reader = trusted_reader(BufReader::with_capacity(IO_BUF, file))
                     .reading(&segment.path)?;
-                reading.current = Some((segment.path, reader, segment.batches));
+                let batches = segment.batches;
+                reading.current = Some((segment, reader, batches));
                 continue;
             }
-            let (path, reader, left) = reading.current.as_mut().expect("checked above");
-            let data = reader
+            let (segment, reader, left) = reading.current.as_mut().expect("checked above");
+            let (path, shape) = (&segment.path, &segment.shape);
+            let written = reader
                 .next()
                 .ok_or("the file ends early")
                 .reading(path)?
@@ -380,6 +387,7 @@ impl LatestSpill {
                 let here = &state.supersedes[from..reading.next_supersede];
                 if !here.is_empty() {
                     let windows = &state.prior_windows;
+                    let data = shape.restore(&written).reading(path)?;
                     record_removals(&mut state.removals, windows, &replace.key, b, &data, here)
                         .reading(path)?;
                 }
@@ -388,9 +396,10 @@ impl LatestSpill {
                 BooleanBuffer::new(reading.winners.clone(), b.first_row as usize, b.rows),
                 None,
             );
-            let data = filter_record_batch(&data, &mask).reading(path)?;
-            if data.num_rows() > 0 {
-                out.emit(b.window.clone(), data);
+            // Filtered before the remembered columns are rebuilt: only for the winners.
+            let winners = filter_record_batch(&written, &mask).reading(path)?;
+            if winners.num_rows() > 0 {
+                out.emit(b.window.clone(), shape.restore(&winners).reading(path)?);
                 return Ok(true);
             }
         }
@@ -621,20 +630,27 @@ impl Open {
             .map_err(|e| spill_error(&part_path(dir, p), false, &e))
     }
 
-    /// Ends the current arrival-order file, if any, and starts one for `schema`.
-    fn start_segment(&mut self, dir: &Path, schema: SchemaRef) -> Result<(), SpillError> {
+    /// Ends the current arrival-order file, if any, and starts one of `shape`.
+    fn start_segment(&mut self, dir: &Path, shape: SpillShape) -> Result<(), SpillError> {
         self.end_segment()?;
         let path = dir.join(format!("rows-{:05}.arrows", self.segments.len()));
         let file = File::create(&path).writing(&path)?;
-        let writer = StreamWriter::try_new(BufWriter::with_capacity(IO_BUF, file), &schema)
-            .writing(&path)?;
-        self.segments.push(Segment { path, batches: 0 });
-        self.writer = Some((writer, schema));
+        let writer = StreamWriter::try_new(
+            BufWriter::with_capacity(IO_BUF, file),
+            shape.written_schema(),
+        )
+        .writing(&path)?;
+        self.segments.push(Segment {
+            path,
+            batches: 0,
+            shape,
+        });
+        self.writer = Some(writer);
         Ok(())
     }
 
     fn end_segment(&mut self) -> Result<(), SpillError> {
-        if let Some((mut writer, _)) = self.writer.take() {
+        if let Some(mut writer) = self.writer.take() {
             let path = &self.segments.last().expect("a segment is open").path;
             writer.finish().writing(path)?;
             writer

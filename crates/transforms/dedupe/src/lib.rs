@@ -10,7 +10,8 @@
 //!   a null version counts as the lowest, `i64::MIN`). A later row can always supersede an earlier one,
 //!   so rows are emitted at the end, grouped by their window as they arrived; the runtime holds
 //!   window markers back with them. The input is spilled to `<state_dir>/spill/<name>/` as it
-//!   arrives, so memory does not grow with it: on disk each row costs its Arrow size plus 32
+//!   arrives, so memory does not grow with it: on disk each row costs its Arrow size (less the
+//!   columns that hold one value in every row, which are remembered, not written) plus 32
 //!   bytes; in memory the transform keeps, besides 4 MiB of file buffers and a few bytes per
 //!   batch, only at the end a winner bitmap (1 bit per input row) and at most four of the 64 key
 //!   partitions at a time (32 bytes per row of each, about 1/64 of the input; two threads sort
@@ -43,6 +44,7 @@
 
 mod history;
 mod latest;
+mod spill_shape;
 
 use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Read, Write};
