@@ -8,6 +8,7 @@ use arrow::array::{ArrayBuilder, ArrayRef, StringBuilder};
 use arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc;
 
+use crate::csv_input::CsvRecord;
 use crate::event::{Batch, WindowRef};
 use crate::stage::SourceContext;
 use crate::{Error, Result};
@@ -123,7 +124,7 @@ pub fn finish_text(builder: &mut StringBuilder) -> ArrayRef {
 /// The `number`-th record of a CSV file (the header is record 1) as a dead letter's raw value.
 /// The record number locates the row; csv's line and byte positions drift on CRLF files, so
 /// they are not given.
-pub fn raw_record(record: &csv::ByteRecord, number: u64) -> serde_json::Value {
+pub fn raw_record(record: CsvRecord<'_>, number: u64) -> serde_json::Value {
     serde_json::json!({
         "record": number,
         "fields": record.iter().map(String::from_utf8_lossy).collect::<Vec<_>>(),
@@ -133,7 +134,7 @@ pub fn raw_record(record: &csv::ByteRecord, number: u64) -> serde_json::Value {
 /// `record` as text if it has `width` fields, each valid UTF-8; else why not (fields named by
 /// `name_of`, from their position), for the dead-letter file.
 pub fn check_record<'r>(
-    record: &'r csv::ByteRecord,
+    record: CsvRecord<'r>,
     width: usize,
     name_of: &dyn Fn(usize) -> &'static str,
 ) -> std::result::Result<Utf8Fields<'r>, String> {
@@ -143,17 +144,18 @@ pub fn check_record<'r>(
     utf8_fields(record).map_err(|i| format!("field `{}` is not valid UTF-8", name_of(i)))
 }
 
-/// The fields of `record` as text, checked in one pass over the record's bytes (the fields lie
-/// side by side in it) instead of one check per field; `Err(i)`: field `i` is not valid UTF-8.
-pub fn utf8_fields<'r>(record: &'r csv::ByteRecord) -> std::result::Result<Utf8Fields<'r>, usize> {
+/// The fields of `record` as text, checked in one pass over the bytes they lie in instead of
+/// one check per field; `Err(i)`: field `i` is not valid UTF-8.
+pub fn utf8_fields(record: CsvRecord<'_>) -> std::result::Result<Utf8Fields<'_>, usize> {
     let first_bad = || {
         record
             .iter()
             .position(|f| simdutf8::basic::from_utf8(f).is_err())
             .unwrap_or(0)
     };
-    // Valid as a whole and every field starting on a character boundary means every field is
-    // valid on its own (a sequence split across two fields would fail `get`).
+    // Valid as a whole and every field starting and ending on a character boundary means every
+    // field is valid on its own (a sequence split across two fields side by side would fail
+    // `get`).
     let text = simdutf8::basic::from_utf8(record.as_slice()).map_err(|_| first_bad())?;
     for i in 0..record.len() {
         let range = record.range(i).expect("i < len");
@@ -167,7 +169,7 @@ pub fn utf8_fields<'r>(record: &'r csv::ByteRecord) -> std::result::Result<Utf8F
 /// A record whose fields are known to be valid UTF-8; see [`utf8_fields`].
 #[derive(Clone, Copy)]
 pub struct Utf8Fields<'r> {
-    record: &'r csv::ByteRecord,
+    record: CsvRecord<'r>,
     text: &'r str,
 }
 
@@ -201,18 +203,37 @@ mod tests {
         assert_eq!(finish_text(&mut builder).len(), 1);
     }
 
+    /// What `utf8_fields` says of the first record of `csv`, fields as text.
+    fn checked(csv: &[u8]) -> std::result::Result<Vec<Option<String>>, usize> {
+        let mut reader = crate::csv_input::CsvRecords::new(std::io::Cursor::new(csv)).unwrap();
+        let mut result = None;
+        reader
+            .for_each_record(|record| {
+                result = Some(utf8_fields(record).map(|fields| {
+                    (0..=record.len())
+                        .map(|i| fields.get(i).map(String::from))
+                        .collect()
+                }));
+                Ok::<_, csv::Error>(std::ops::ControlFlow::Break(()))
+            })
+            .unwrap();
+        result.unwrap()
+    }
+
     #[test]
     fn fields_are_checked_as_a_whole_and_each_on_its_own() {
-        let ok = csv::ByteRecord::from(vec!["太郎", "", "a,b"]);
-        let fields = utf8_fields(&ok).unwrap();
-        assert_eq!(
-            (fields.get(0), fields.get(1), fields.get(2), fields.get(3)),
-            (Some("太郎"), Some(""), Some("a,b"), None)
-        );
-        let bad = csv::ByteRecord::from(vec![&b"ok"[..], &b"\xff"[..], &b"x"[..]]);
-        assert_eq!(utf8_fields(&bad).err(), Some(1));
-        // "é" split across two fields: valid when joined, invalid in each field.
-        let split = csv::ByteRecord::from(vec![&b"a\xc3"[..], &b"\xa9b"[..]]);
-        assert_eq!(utf8_fields(&split).err(), Some(0));
+        let text = |f: &[&str]| f.iter().map(|f| Some(f.to_string())).collect::<Vec<_>>();
+        // Fields where they lie in the record, and fields copied to unescape them.
+        let mut fields = text(&["太郎", "", "a,b"]);
+        fields.push(None);
+        assert_eq!(checked("太郎,,\"a,b\"\n".as_bytes()), Ok(fields.clone()));
+        fields[2] = Some("a,\"b".into());
+        assert_eq!(checked("太郎,,\"a,\"\"b\"\n".as_bytes()), Ok(fields));
+        assert_eq!(checked(b"ok,\xff,x\n"), Err(1));
+        assert_eq!(checked(b"ok,\"\"\"\",\"\xff\""), Err(2));
+        // "é" split across two fields: valid when joined side by side (as copied fields are),
+        // invalid in each field.
+        assert_eq!(checked(b"\"a\xc3\",\"\xa9\"\"b\"\n"), Err(0));
+        assert_eq!(checked(b"a\xc3,\xa9b\n"), Err(0));
     }
 }

@@ -14,13 +14,14 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{ArrayRef, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use chatlake_core::csv_input::{Bom, CsvRecords, skip_bom};
+use chatlake_core::csv_input::{Bom, CsvRecord, CsvRecords, skip_bom};
 use chatlake_core::parsed::{check_record, finish_text, raw_record};
 use chatlake_core::schema::RECORD_TYPE_KEY;
 
@@ -116,17 +117,15 @@ fn csv_reader<R: Read + Seek>(mut input: R) -> Result<CsvRecords<R>, ParseError>
     Ok(CsvRecords::new(input)?)
 }
 
-fn is_marker(record: &csv::ByteRecord) -> bool {
-    record.len() == 1 && &record[0] == TRAILER_MARKER.as_bytes()
+fn is_marker(record: CsvRecord<'_>) -> bool {
+    record.len() == 1 && record.get(0) == Some(TRAILER_MARKER.as_bytes())
 }
 
 /// The trailer's message: the records after the marker, as text.
-fn read_trailer_message<R: Read + Seek>(
-    reader: &mut CsvRecords<R>,
-    record: &mut csv::ByteRecord,
-) -> Result<String, ParseError> {
+fn read_trailer_message<R: Read + Seek>(reader: &mut CsvRecords<R>) -> Result<String, ParseError> {
     let mut lines = Vec::new();
-    while reader.read_byte_record(record)? {
+    let mut record = csv::ByteRecord::new();
+    while reader.read_byte_record(&mut record)? {
         let fields: Vec<_> = record.iter().map(String::from_utf8_lossy).collect();
         lines.push(fields.join(","));
     }
@@ -158,14 +157,20 @@ pub fn find_trailer(file: &mut File) -> Result<Option<String>, ParseError> {
         return Ok(None);
     }
     let mut reader = csv_reader(&mut *file)?;
-    let mut record = csv::ByteRecord::new();
-    let mut found = None;
-    while reader.read_byte_record(&mut record)? {
-        if is_marker(&record) {
-            found = Some(read_trailer_message(&mut reader, &mut record)?);
-            break;
-        }
-    }
+    let mut marker = false;
+    reader.for_each_record(|record| {
+        marker = is_marker(record);
+        Ok::<_, csv::Error>(if marker {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        })
+    })?;
+    let found = if marker {
+        Some(read_trailer_message(&mut reader)?)
+    } else {
+        None
+    };
     drop(reader);
     file.rewind()?;
     Ok(found)
@@ -215,7 +220,7 @@ enum FirstRecord {
     Data,
 }
 
-fn classify_first(record: &csv::ByteRecord, options: &ParseOptions) -> FirstRecord {
+fn classify_first(record: CsvRecord<'_>, options: &ParseOptions) -> FirstRecord {
     let fields: Vec<&[u8]> = record.iter().collect();
     let matches = |header: [&str; 5]| {
         fields.len() == 5 && fields.iter().zip(header).all(|(f, h)| *f == h.as_bytes())
@@ -273,27 +278,26 @@ pub fn parse<R: Read + Seek>(
     sink: &mut dyn RowSink,
 ) -> Result<ParseOutcome, ParseError> {
     let mut reader = csv_reader(input)?;
-    let mut record = csv::ByteRecord::new();
     let mut columns = Columns::new(options.batch_size.max(1));
     let mut outcome = ParseOutcome::default();
     let mut number: u64 = 0;
-    while reader.read_byte_record(&mut record)? {
+    let mut trailer = false;
+    reader.for_each_record(|record| {
         number += 1;
-        if is_marker(&record) {
-            outcome.trailer = Some(read_trailer_message(&mut reader, &mut record)?);
-            // Rows of a failed file must not reach the lake: drop what is held.
-            return Ok(outcome);
+        if is_marker(record) {
+            trailer = true;
+            return Ok(ControlFlow::Break(()));
         }
-        if number == 1 && matches!(classify_first(&record, options), FirstRecord::Header) {
-            continue;
+        if number == 1 && matches!(classify_first(record, options), FirstRecord::Header) {
+            return Ok(ControlFlow::Continue(()));
         }
-        let text = match check_record(&record, COLUMNS.len(), &|i| COLUMNS[i]) {
+        let text = match check_record(record, COLUMNS.len(), &|i| COLUMNS[i]) {
             Ok(text) => text,
             Err(reason) => {
                 outcome.dead_letters += 1;
-                sink.dead_letter(&reason, raw_record(&record, number))
+                sink.dead_letter(&reason, raw_record(record, number))
                     .map_err(ParseError::Stopped)?;
-                continue;
+                return Ok(ControlFlow::Continue(()));
             }
         };
         columns.push(&std::array::from_fn(|i| text.get(i).unwrap_or_default()));
@@ -303,6 +307,12 @@ pub fn parse<R: Read + Seek>(
         {
             sink.batch(batch).map_err(ParseError::Stopped)?;
         }
+        Ok::<_, ParseError>(ControlFlow::Continue(()))
+    })?;
+    if trailer {
+        outcome.trailer = Some(read_trailer_message(&mut reader)?);
+        // Rows of a failed file must not reach the lake: drop what is held.
+        return Ok(outcome);
     }
     if let Some(batch) = columns.finish()? {
         sink.batch(batch).map_err(ParseError::Stopped)?;

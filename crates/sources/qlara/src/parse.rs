@@ -7,12 +7,13 @@
 //! regard to case or surrounding spaces. A column the header lacks is null in every row;
 //! `messageId` and `sendDate` are required. RFC 4180, UTF-8; a BOM is tolerated.
 //!
-//! The parser reads (records split by [`CsvRecords`]: SIMD, with the csv crate's results) into
-//! one reused [`csv::ByteRecord`] and appends straight into Arrow string
-//! builders. Text is kept byte for byte. A row with the wrong number of fields or a field that is
+//! The parser takes each record's fields where they lie in the reader's buffer (records split by
+//! [`CsvRecords`]: SIMD, with the csv crate's results) and appends them straight into Arrow
+//! string builders. Text is kept byte for byte. A row with the wrong number of fields or a field that is
 //! not UTF-8 is a dead letter; parsing goes on.
 
 use std::io::{self, Read, Seek};
+use std::ops::ControlFlow;
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{ArrayRef, StringBuilder};
@@ -184,7 +185,7 @@ pub fn parse_filtered<R: Read + Seek>(
     }
     let mut columns = Columns::new(batch_size.max(1));
     let mut number: u64 = 1;
-    while reader.read_byte_record(&mut record)? {
+    reader.for_each_record(|record| {
         number += 1;
         // A field in a column we do not read is named by what it is not: none of ours.
         let name_of = |p: usize| {
@@ -193,20 +194,20 @@ pub fn parse_filtered<R: Read + Seek>(
                 .position(|q| *q == Some(p))
                 .map_or("(a column not read)", |c| COLUMNS[c])
         };
-        let text = match check_record(&record, width, &name_of) {
+        let text = match check_record(record, width, &name_of) {
             Ok(text) => text,
             Err(reason) => {
                 outcome.dead_letters += 1;
-                sink.dead_letter(&reason, raw_record(&record, number))
+                sink.dead_letter(&reason, raw_record(record, number))
                     .map_err(ParseError::Stopped)?;
-                continue;
+                return Ok(ControlFlow::Continue(()));
             }
         };
         let fields: [Option<&str>; 12] =
             std::array::from_fn(|c| position[c].and_then(|p| text.get(p)));
         if !filter.is_empty() && !filter.keeps(fields[SEND_DATE]) {
             outcome.filtered += 1;
-            continue;
+            return Ok(ControlFlow::Continue(()));
         }
         for (builder, field) in columns.builders.iter_mut().zip(fields) {
             builder.append_option(field);
@@ -218,7 +219,8 @@ pub fn parse_filtered<R: Read + Seek>(
         {
             sink.batch(batch).map_err(ParseError::Stopped)?;
         }
-    }
+        Ok::<_, ParseError>(ControlFlow::Continue(()))
+    })?;
     if let Some(batch) = columns.finish()? {
         sink.batch(batch).map_err(ParseError::Stopped)?;
     }
