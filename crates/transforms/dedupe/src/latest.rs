@@ -362,7 +362,7 @@ impl LatestSpill {
                 continue;
             }
             let (segment, reader, left) = reading.current.as_mut().expect("checked above");
-            let (path, shape) = (&segment.path, &segment.shape);
+            let (path, shape) = (&segment.path, &mut segment.shape);
             let written = reader
                 .next()
                 .ok_or("the file ends early")

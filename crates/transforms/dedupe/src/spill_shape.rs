@@ -29,7 +29,11 @@ enum Column {
     /// Null in every row.
     Null,
     /// This text (`Utf8`) in every row.
-    Text(Box<str>),
+    Text {
+        value: Box<str>,
+        /// The value repeated to about 4 KiB, to compare a column in few large pieces.
+        pattern: Box<[u8]>,
+    },
     /// An empty list (`List`, not null) in every row.
     EmptyList,
 }
@@ -46,7 +50,12 @@ impl Column {
             if text.null_count() > 0 {
                 return None;
             }
-            Column::Text(text.value(0).into())
+            let value = text.value(0);
+            let pattern = value.repeat(4096_usize.div_ceil(value.len().max(1)));
+            Column::Text {
+                value: value.into(),
+                pattern: pattern.into_bytes().into(),
+            }
         } else if let DataType::List(_) = array.data_type() {
             Column::EmptyList
         } else {
@@ -60,7 +69,7 @@ impl Column {
         match self {
             Column::Written(_) => true,
             Column::Null => array.null_count() == array.len(),
-            Column::Text(value) => {
+            Column::Text { value, pattern } => {
                 let Some(text) = array.as_string_opt::<i32>() else {
                     return false;
                 };
@@ -72,12 +81,13 @@ impl Column {
                 let value = value.as_bytes();
                 // Equal lengths first: a column that varies usually fails here at once.
                 last - first == value.len() * text.len()
-                    && text.value_data()[first..last]
-                        .chunks_exact(value.len().max(1))
-                        .all(|chunk| chunk == value)
                     && offsets
                         .windows(2)
                         .all(|w| (w[1] - w[0]) as usize == value.len())
+                    && (value.is_empty()
+                        || text.value_data()[first..last]
+                            .chunks(pattern.len())
+                            .all(|chunk| chunk == &pattern[..chunk.len()]))
             }
             Column::EmptyList => match array.as_list_opt::<i32>() {
                 Some(list) => {
@@ -94,7 +104,7 @@ impl Column {
         match self {
             Column::Written(_) => unreachable!("written columns are read"),
             Column::Null => new_null_array(data_type, rows),
-            Column::Text(value) => {
+            Column::Text { value, .. } => {
                 let offsets = OffsetBuffer::from_lengths(std::iter::repeat_n(value.len(), rows));
                 let values = Buffer::from_vec(value.repeat(rows).into_bytes());
                 Arc::new(StringArray::new(offsets, values, None))
@@ -123,6 +133,9 @@ pub(crate) struct SpillShape {
     columns: Vec<Column>,
     /// The schema of the file: the written columns.
     written: SchemaRef,
+    /// The remembered columns as last rebuilt: sliced for every batch that fits, so rebuilding
+    /// costs nothing per row.
+    rebuilt: Vec<Option<ArrayRef>>,
 }
 
 impl SpillShape {
@@ -175,6 +188,7 @@ impl SpillShape {
             .collect();
         let written = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
         SpillShape {
+            rebuilt: vec![None; schema.fields().len()],
             schema,
             columns,
             written,
@@ -208,15 +222,24 @@ impl SpillShape {
     }
 
     /// The batch that went in, from what was written of it (or of some of its rows).
-    pub(crate) fn restore(&self, written: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    pub(crate) fn restore(&mut self, written: &RecordBatch) -> Result<RecordBatch, ArrowError> {
         let rows = written.num_rows();
         let columns = self
             .columns
             .iter()
             .zip(self.schema.fields())
-            .map(|(kept, field)| match kept {
+            .zip(&mut self.rebuilt)
+            .map(|((kept, field), rebuilt)| match kept {
                 Column::Written(i) => written.column(*i).clone(),
-                kept => kept.rebuild(field.data_type(), rows),
+                kept => {
+                    let have = rebuilt.as_ref().map_or(0, |a| a.len());
+                    if have < rows {
+                        // Room for batches up to twice as large, so a growing size rebuilds
+                        // rarely.
+                        *rebuilt = Some(kept.rebuild(field.data_type(), rows.max(2 * have)));
+                    }
+                    rebuilt.as_ref().expect("rebuilt above").slice(0, rows)
+                }
             })
             .collect();
         RecordBatch::try_new_with_options(
@@ -282,7 +305,7 @@ mod tests {
     #[test]
     fn constant_columns_are_remembered_and_come_back_equal() {
         let b = batch(&[Some("qlara"); 3], &[1, 2, 3], &[EMPTY; 3]);
-        let shape = SpillShape::of(&b);
+        let mut shape = SpillShape::of(&b);
         // Booleans and numbers are written whatever they hold.
         assert_eq!(written_names(&shape), ["id", "flag"]);
         let written = shape.strip(&b).unwrap();
@@ -296,7 +319,7 @@ mod tests {
     #[test]
     fn a_column_that_changes_is_written_from_then_on() {
         let first = batch(&[Some("qlara"); 2], &[1, 2], &[EMPTY; 2]);
-        let shape = SpillShape::of(&first);
+        let mut shape = SpillShape::of(&first);
         for (changed, b) in [
             (
                 "provider",
@@ -321,7 +344,7 @@ mod tests {
             ("items", batch(&[Some("qlara"); 2], &[3, 4], &[EMPTY, None])),
         ] {
             assert!(!shape.fits(&b), "{changed}");
-            let narrowed = shape.narrowed(&b);
+            let mut narrowed = shape.narrowed(&b);
             // In the schema's order.
             let mut expected = vec!["id", "flag"];
             match changed {
@@ -338,6 +361,25 @@ mod tests {
     }
 
     #[test]
+    fn long_columns_are_compared_whole_and_rebuilt_for_any_batch_size() {
+        let n = 3000; // 15,000 bytes of "qlara": several pieces of the pattern.
+        let ids: Vec<i64> = (0..n as i64).collect();
+        let b = batch(&vec![Some("qlara"); n], &ids, &vec![EMPTY; n]);
+        let mut shape = SpillShape::of(&b.slice(0, 1));
+        assert!(shape.fits(&b));
+        for at in [0, 818, 819, n - 1] {
+            let mut late = vec![Some("qlara"); n];
+            late[at] = Some("qlarb");
+            assert!(!shape.fits(&batch(&late, &ids, &vec![EMPTY; n])), "{at}");
+        }
+        for rows in [1, n, 2, n - 1] {
+            let part = b.slice(n - rows, rows);
+            let written = shape.strip(&part).unwrap();
+            assert_eq!(shape.restore(&written).unwrap(), part, "{rows} rows");
+        }
+    }
+
+    #[test]
     fn all_null_and_empty_text_columns_and_batches_with_nothing_written() {
         let schema = Arc::new(Schema::new(vec![
             Field::new("a", DataType::Utf8, true),
@@ -351,7 +393,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let shape = SpillShape::of(&b);
+        let mut shape = SpillShape::of(&b);
         let written = shape.strip(&b).unwrap();
         assert_eq!((written.num_columns(), written.num_rows()), (0, 3));
         assert_eq!(shape.restore(&written).unwrap(), b);
