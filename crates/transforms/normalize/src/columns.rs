@@ -38,9 +38,10 @@ impl Kept {
 
 /// `value` in every row.
 pub(crate) fn constant(value: &str, rows: usize) -> ArrayRef {
-    Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-        value, rows,
-    )))
+    // Both buffers at once rather than a value at a time (1 % of the Qlara job).
+    let offsets = OffsetBuffer::from_lengths(std::iter::repeat_n(value.len(), rows));
+    let values = arrow::buffer::Buffer::from_vec(value.repeat(rows).into_bytes());
+    Arc::new(StringArray::new(offsets, values, None))
 }
 
 /// A text column with no values.
@@ -178,5 +179,16 @@ mod wall_clock_tests {
             wall_clock_seconds(b"2000-02-29 12:00:00"),
             Some(951_825_600)
         );
+    }
+
+    #[test]
+    fn constant_columns_equal_those_built_a_value_at_a_time() {
+        for value in ["", "qlara", "message_history"] {
+            for rows in [0, 1, 7] {
+                let built = StringArray::from_iter_values(std::iter::repeat_n(value, rows));
+                let ours = constant(value, rows);
+                assert_eq!(ours.as_any().downcast_ref::<StringArray>(), Some(&built));
+            }
+        }
     }
 }

@@ -117,6 +117,7 @@ pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()>
     let mut delivered_at: Vec<Option<i64>> = Vec::with_capacity(n);
     let mut channels = StringBuilder::with_capacity(n, n * 4);
     let mut statuses = StringBuilder::with_capacity(n, n * 8);
+    let mut lowered = String::new();
     for i in 0..n {
         let sent = text(send, i).and_then(parse_time);
         let delivered = match text(delivery, i).map(str::trim) {
@@ -147,11 +148,15 @@ pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()>
         keep.push(true);
         sent_at.push(sent.unwrap_or_default());
         delivered_at.push(delivered.unwrap_or_default());
-        channels.append_value(
-            text(channel, i)
-                .map(|c| c.trim().to_ascii_lowercase())
-                .unwrap_or_default(),
-        );
+        let c = text(channel, i).map_or("", str::trim);
+        if c.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered.clear();
+            lowered.push_str(c);
+            lowered.make_ascii_lowercase();
+            channels.append_value(&lowered);
+        } else {
+            channels.append_value(c);
+        }
         statuses.append_value(status(text(status_col, i).unwrap_or("")));
     }
 
@@ -311,7 +316,7 @@ mod tests {
         let in_flight = [
             "m2",
             "c2",
-            "SMS",
+            " sms ",
             "OUTBOUND",
             "ACME",
             "+49",
@@ -355,6 +360,7 @@ mod tests {
         assert_eq!(s("message_id", 0).as_deref(), Some("m1"));
         assert_eq!(s("provider", 0).as_deref(), Some("qlara"));
         assert_eq!(s("channel", 0).as_deref(), Some("whatsapp"));
+        assert_eq!(s("channel", 1).as_deref(), Some("sms"));
         assert_eq!(s("status", 1).as_deref(), Some("sent"));
         assert_eq!(s("recipient", 1).as_deref(), Some("+49"));
         assert_eq!(s("sender_id", 1).as_deref(), Some("ACME"));
