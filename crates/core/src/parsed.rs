@@ -2,9 +2,6 @@
 //! to a source's async output, so parsing uses the other core and a slow sink still holds the
 //! parser back. Every file-reading source uses this one bridge.
 
-use std::sync::Arc;
-
-use arrow::array::{ArrayBuilder, ArrayRef, StringBuilder};
 use arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc;
 
@@ -110,17 +107,6 @@ where
     }
 }
 
-/// The builder's rows as an array; the builder starts again with room for as much as it held.
-/// (`finish` leaves a builder with no capacity, so every batch would otherwise grow its buffers
-/// from nothing: reallocations and copies were 3 % of the Qlara job.)
-pub fn finish_text(builder: &mut StringBuilder) -> ArrayRef {
-    let rows = builder.len();
-    let bytes = builder.values_slice().len();
-    let array = builder.finish();
-    *builder = StringBuilder::with_capacity(rows, bytes + bytes / 8);
-    Arc::new(array)
-}
-
 /// The `number`-th record of a CSV file (the header is record 1) as a dead letter's raw value.
 /// The record number locates the row; csv's line and byte positions drift on CRLF files, so
 /// they are not given.
@@ -183,25 +169,6 @@ impl<'r> Utf8Fields<'r> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_finished_text_builder_keeps_room_for_the_next_batch() {
-        use arrow::array::Array;
-        let mut builder = StringBuilder::new();
-        builder.append_value("abcdefgh");
-        builder.append_null();
-        builder.append_value("ij");
-        let array = finish_text(&mut builder);
-        assert_eq!(array.len(), 3);
-        assert_eq!(array.null_count(), 1);
-        assert!(builder.is_empty());
-        assert!(builder.values_slice().is_empty());
-        // Room for the ten bytes again, without reallocating.
-        let before = builder.values_slice().as_ptr();
-        builder.append_value("0123456789");
-        assert_eq!(builder.values_slice().as_ptr(), before);
-        assert_eq!(finish_text(&mut builder).len(), 1);
-    }
 
     /// What `utf8_fields` says of the first record of `csv`, fields as text.
     fn checked(csv: &[u8]) -> std::result::Result<Vec<Option<String>>, usize> {

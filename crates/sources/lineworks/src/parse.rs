@@ -22,7 +22,7 @@ use arrow::array::{ArrayRef, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use chatlake_core::csv_input::{Bom, CsvRecord, CsvRecords, skip_bom};
-use chatlake_core::parsed::{check_record, finish_text, raw_record};
+use chatlake_core::parsed::{check_record, raw_record};
 use chatlake_core::schema::RECORD_TYPE_KEY;
 
 use crate::config::Language;
@@ -209,7 +209,11 @@ impl Columns {
             return Ok(None);
         }
         self.rows = 0;
-        let columns: Vec<ArrayRef> = self.builders.iter_mut().map(finish_text).collect();
+        let columns: Vec<ArrayRef> = self
+            .builders
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as ArrayRef)
+            .collect();
         Ok(Some(RecordBatch::try_new(raw_schema(), columns)?))
     }
 }

@@ -883,7 +883,13 @@ impl RawBuilder {
 
     /// Every column finished; the builders start again with room for as much as they held.
     fn finish_columns(&mut self) -> Vec<ArrayRef> {
-        use chatlake_core::parsed::finish_text as text;
+        fn text(b: &mut StringBuilder) -> ArrayRef {
+            let rows = b.len();
+            let bytes = b.values_slice().len();
+            let array = b.finish();
+            *b = StringBuilder::with_capacity(rows, bytes + bytes / 8);
+            Arc::new(array)
+        }
         fn int(b: &mut Int64Builder) -> ArrayRef {
             let rows = b.len();
             let array = b.finish();
