@@ -199,22 +199,16 @@ fn delta_encoded_numbers(properties: WriterProperties, schema: &SchemaRef) -> Wr
         .fields()
         .iter()
         .filter(|field| {
-            matches!(
-                field.data_type(),
-                DataType::Int8
-                    | DataType::Int16
-                    | DataType::Int32
-                    | DataType::Int64
-                    | DataType::UInt8
-                    | DataType::UInt16
-                    | DataType::UInt32
-                    | DataType::UInt64
-                    | DataType::Date32
-                    | DataType::Date64
-                    | DataType::Time32(_)
-                    | DataType::Time64(_)
-                    | DataType::Timestamp(_, _)
-            )
+            let t = field.data_type();
+            t.is_integer()
+                || matches!(
+                    t,
+                    DataType::Date32
+                        | DataType::Date64
+                        | DataType::Time32(_)
+                        | DataType::Time64(_)
+                        | DataType::Timestamp(_, _)
+                )
         })
         .map(|field| ColumnPath::from(field.name().as_str()))
         .filter(|path| !properties.dictionary_enabled(path))
@@ -547,6 +541,24 @@ mod dictionaries {
         RecordBatch::try_from_iter([("recipient", unique), ("sender_id", repeated)]).unwrap()
     }
 
+    /// `batch` written through the format into a temporary file, and a reader of it.
+    fn written(
+        name: &str,
+        properties: WriterProperties,
+        batch: &RecordBatch,
+    ) -> (std::path::PathBuf, SerializedFileReader<File>) {
+        let path =
+            std::env::temp_dir().join(format!("chatlake-{name}-{}.parquet", std::process::id()));
+        let format = ParquetFormat::new(properties);
+        let mut w = format
+            .create(File::create(&path).unwrap(), batch.schema())
+            .unwrap();
+        w.write(batch).unwrap();
+        w.finish().unwrap();
+        let reader = SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
+        (path, reader)
+    }
+
     #[test]
     fn nearly_unique_string_columns_are_written_without_a_dictionary() {
         let b = batch(4000);
@@ -561,15 +573,7 @@ mod dictionaries {
         assert!(props.dictionary_enabled(&ColumnPath::from("recipient")));
 
         // Through the format: the file's `recipient` chunk has no dictionary page.
-        let path =
-            std::env::temp_dir().join(format!("chatlake-dict-{}.parquet", std::process::id()));
-        let format = ParquetFormat::new(WriterProperties::default());
-        let mut w = format
-            .create(File::create(&path).unwrap(), b.schema())
-            .unwrap();
-        w.write(&b).unwrap();
-        w.finish().unwrap();
-        let reader = SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
+        let (path, reader) = written("dict", WriterProperties::default(), &b);
         let group = reader.metadata().row_group(0);
         assert!(
             group.column(0).dictionary_page_offset().is_none(),
@@ -619,15 +623,7 @@ mod dictionaries {
             .set_column_dictionary_enabled(ColumnPath::from("version"), false)
             .set_column_dictionary_enabled(ColumnPath::from("recipient"), false)
             .build();
-        let path =
-            std::env::temp_dir().join(format!("chatlake-delta-{}.parquet", std::process::id()));
-        let format = ParquetFormat::new(properties);
-        let mut w = format
-            .create(File::create(&path).unwrap(), b.schema())
-            .unwrap();
-        w.write(&b).unwrap();
-        w.finish().unwrap();
-        let reader = SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
+        let (path, reader) = written("delta", properties, &b);
         let group = reader.metadata().row_group(0);
         let delta = |c: usize| {
             group
