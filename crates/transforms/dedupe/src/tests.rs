@@ -135,6 +135,49 @@ fn latest_keeps_the_highest_version_and_its_window() {
     );
 }
 
+/// Columns that hold one value in a batch are remembered rather than spilled; batches in which
+/// they vary (or hold another value) must come back as they went in.
+#[test]
+fn latest_brings_back_columns_that_were_constant_for_a_while() {
+    let cx = cx();
+    let mut t = build("latest");
+    let mut out = Emitter::default();
+    for b in [
+        batch(0, &[("zoom", "a", 1)]),
+        batch(1, &[("zoom", "b", 1), ("zoom", "c", 1)]),
+        batch(2, &[("qlara", "a", 2), ("zoom", "a", 3)]),
+        batch(3, &[("zoom", "b", 0), ("zoom", "d", 5)]),
+        batch(4, &[("line", "e", 1), ("line", "f", 1)]),
+    ] {
+        t.transform(b, &mut out, &cx).unwrap();
+    }
+    t.finish(&mut out, &cx).unwrap();
+    while t.finish_next(&mut out, &cx).unwrap() {}
+    let got: Vec<Vec<(String, String, i64)>> = out
+        .drain()
+        .map(|b| {
+            let (p, id, v) = (
+                b.data.column(0).as_string::<i32>(),
+                b.data.column(1).as_string::<i32>(),
+                b.data.column(2).as_primitive::<Int64Type>(),
+            );
+            (0..b.num_rows())
+                .map(|i| (p.value(i).into(), id.value(i).into(), v.value(i)))
+                .collect()
+        })
+        .collect();
+    let row = |p: &str, id: &str, v| (p.to_string(), id.to_string(), v);
+    assert_eq!(
+        got,
+        vec![
+            vec![row("zoom", "b", 1), row("zoom", "c", 1)],
+            vec![row("qlara", "a", 2), row("zoom", "a", 3)],
+            vec![row("zoom", "d", 5)],
+            vec![row("line", "e", 1), row("line", "f", 1)],
+        ]
+    );
+}
+
 #[test]
 fn latest_ignores_rows_of_a_failed_window() {
     let cx = cx();
