@@ -253,7 +253,17 @@ impl Partitioner {
         groups
             .into_iter()
             .map(|(first, indices)| {
-                let part = take_record_batch(&data, &UInt32Array::from(indices))?;
+                // A group in one run (a batch that crosses a day boundary) is a slice of the
+                // batch, not a copy: copying was 2 % of the Qlara job.
+                let run = indices.len();
+                let part = if indices
+                    .last()
+                    .is_some_and(|&l| l as usize + 1 - first == run)
+                {
+                    data.slice(first, run)
+                } else {
+                    take_record_batch(&data, &UInt32Array::from(indices))?
+                };
                 Ok((self.directory(&keys, first), part))
             })
             .collect()
@@ -395,6 +405,18 @@ mod tests {
                 want("k=c", &["r5", "r6"]),
             ]
         );
+        // A group in one run is a slice of the batch; one that comes back is copied.
+        use arrow::array::AsArray;
+        let parts = p.split(&b).unwrap();
+        let values = |b: &RecordBatch| {
+            b.column_by_name("x")
+                .unwrap()
+                .as_string::<i32>()
+                .values()
+                .as_ptr()
+        };
+        assert_ne!(values(&parts[0].1), values(&b));
+        assert_eq!(values(&parts[2].1), values(&b));
         // One run only: the batch itself, no copy.
         let one = b.slice(0, 2);
         let parts = p.split(&one).unwrap();
