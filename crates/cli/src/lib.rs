@@ -112,31 +112,9 @@ enum StateCommand {
     },
 }
 
-/// Arrow buffers of a batch are megabytes, allocated and freed by the thousand on several
-/// threads. glibc's malloc raises its mmap threshold each time such a block is freed (up to 32
-/// MiB), after which big blocks come from the heap arenas, where freed space stays resident. A
-/// fixed 4 MiB threshold sends the biggest blocks straight back to the kernel. Measured (issue 6,
-/// BENCHMARKS.md) on the LINE WORKS job at 5M rows: 255–265 MiB peak without it, 213–215 MiB
-/// with it, same speed (256 KiB would save a little more memory for 1 s more system time).
-///
-/// Fixing that threshold also fixes the trim threshold at its 128 KiB default: every time the
-/// free space at the top of an arena passed 128 KiB it went back to the kernel, and the next
-/// batch took it back page by page (83k page faults per million Zoom rows, a quarter of the
-/// run's system time). At 4 MiB a batch's worth stays: Zoom 1.00 → 0.92 s; LINE WORKS at 5M
-/// rows peaks at 278 MiB instead of 263 (64 MiB was no faster and peaked at 310).
-#[allow(unsafe_code)]
-fn tune_the_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; it is called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 4 << 20);
-    }
-}
-
 /// Entry point of the `chatlake` binary.
 pub fn main() -> ExitCode {
-    tune_the_allocator();
+    let _ = chatlake_core::allocator::tune();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

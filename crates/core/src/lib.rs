@@ -4,6 +4,7 @@
 //! Components live in their own crates and depend only on this one; the CLI fills a [`Registry`]
 //! with them, and nothing else knows every component.
 
+pub mod allocator;
 pub mod config;
 pub mod csv_input;
 pub mod dead_letter;
