@@ -694,7 +694,6 @@ fn open_file(
     })
 }
 
-/// Finishes a file's encoding and fsyncs it; on error removes it.
 /// Finishes `file` (closed to keep few files open, full, or at its window's commit) on a thread
 /// of its own: its last row group is encoded and compressed, its footer written and the file
 /// fsynced while this thread goes on with the files still open (Zoom, 1M rows: 60–90 ms of the
@@ -728,6 +727,7 @@ fn finish_in_background(part: &mut PartitionFiles, file: OpenFile) -> Result<()>
     Ok(())
 }
 
+/// Finishes a file's encoding and fsyncs it; on error removes it.
 fn finish_file(open: OpenFile) -> Result<FinishedFile> {
     let OpenFile {
         writer,
