@@ -329,7 +329,7 @@ compression = "none"
     let r = &rows[0];
     assert_eq!(r["message_id"], "m1");
     assert_eq!(r["conversation_id"], "ch1");
-    assert_eq!(r["sender_id"], "mem-a");
+    assert_eq!(r["sender_id"], "a@x", "the e-mail (spec section 3)");
     assert_eq!(r["text"], "edited text");
     assert_eq!(r["status"], "edited");
     assert_eq!(r["version"], 1746093900000i64);

@@ -67,10 +67,12 @@ pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()>
     let mut version = Vec::with_capacity(n);
     let mut status = StringBuilder::with_capacity(n, n * 7);
     let mut lowered = String::new();
-    // `sender_member_id` is the sender unless it is missing somewhere: then it is rebuilt with
-    // the e-mail `sender` in the gaps.
+    let bot_message = text("bot_message")?;
+    // `sender_id` is the e-mail (spec section 3), so that one person has one id across
+    // providers: `sender`, else the bot's `external_sender_email`, else the member id. Where
+    // every row has `sender`, the column passes through as it is.
     let mut sender =
-        (sender_member.null_count() > 0).then(|| StringBuilder::with_capacity(n, n * 16));
+        (sender_email.null_count() > 0).then(|| StringBuilder::with_capacity(n, n * 24));
     for i in 0..n {
         let ms = if timestamp.is_valid(i) {
             Some(timestamp.value(i))
@@ -118,10 +120,16 @@ pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()>
             }
         });
         if let Some(sender) = &mut sender {
-            if sender_member.is_valid(i) {
-                sender.append_value(sender_member.value(i));
+            if sender_email.is_valid(i) {
+                sender.append_value(sender_email.value(i));
+            } else if let Some(email) = bot_message
+                .is_valid(i)
+                .then(|| external_sender_email(bot_message.value(i)))
+                .flatten()
+            {
+                sender.append_value(email);
             } else {
-                sender.append_option(sender_email.is_valid(i).then(|| sender_email.value(i)));
+                sender.append_option(sender_member.is_valid(i).then(|| sender_member.value(i)));
             }
         }
     }
@@ -144,7 +152,7 @@ pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()>
         col("conversation_name")?,
         match &mut sender {
             Some(sender) => Arc::new(sender.finish()),
-            None => kept.pass(sender_member)?,
+            None => kept.pass(sender_email)?,
         },
         col("sender_display_name")?,
         col("recipient")?,
@@ -165,6 +173,13 @@ pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()>
         RecordBatch::try_new(schema::canonical(), columns)?,
     );
     Ok(())
+}
+
+/// The `external_sender_email` of a `bot_message` object (JSON text), if it holds a non-empty one.
+fn external_sender_email(bot_message: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(bot_message).ok()?;
+    let email = value.get("external_sender_email")?.as_str()?;
+    (!email.is_empty()).then(|| email.to_owned())
 }
 
 #[cfg(test)]
@@ -223,7 +238,7 @@ mod tests {
         assert_eq!(text("provider").value(0), "zoom");
         assert_eq!(text("stream").value(0), "chat_report");
         assert_eq!(text("conversation_id").value(0), "s1");
-        assert_eq!(text("sender_id").value(0), "m1");
+        assert_eq!(text("sender_id").value(0), "x@e", "the e-mail, not the member id");
         assert_eq!(text("recipient").value(0), "y@e");
         assert_eq!(text("reply_to_id").value(0), "z");
         let status = text("status");
@@ -247,5 +262,31 @@ mod tests {
             .unwrap();
         assert_eq!(files.value_length(0), 1);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn sender_id_is_the_email_then_the_bots_email_then_the_member_id() {
+        let body = br#"{"messages":[
+            {"id":"a","sender":"x@e","sender_member_id":"m1","timestamp":1000},
+            {"id":"b","sender_member_id":"m2","timestamp":1000,
+             "bot_message":{"external_sender_email":"bot@e","content":{}}},
+            {"id":"c","send_member_id":"m3","timestamp":1000,"bot_message":{}},
+            {"id":"d","timestamp":1000}]}"#;
+        let mut b = RawBuilder::new(CHAT_REPORT);
+        b.append_json(body, Some(&Context::default())).unwrap();
+        let dir = std::env::temp_dir().join(format!("zoom-sender-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cx = context(&dir);
+        let mut out = Emitter::default();
+        map(Batch::new(window(), b.finish().unwrap()), &mut out, &cx).unwrap();
+        let batches: Vec<Batch> = out.drain().collect();
+        let sender = batches[0]
+            .data
+            .column_by_name("sender_id")
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
+        let got: Vec<Option<&str>> = sender.iter().collect();
+        assert_eq!(got, [Some("x@e"), Some("bot@e"), Some("m3"), None]);
     }
 }
