@@ -179,6 +179,15 @@ impl PipelineFile {
                 return Err(errors);
             }
         };
+        if matches!(ext.as_str(), "yaml" | "yml") {
+            // figment keeps the last of two equal YAML keys without a word; TOML refuses them.
+            // serde_yaml's own value type refuses them, with the line, so the file is read once
+            // more through it first.
+            if let Err(message) = yaml_duplicate_keys(path) {
+                errors.push(path, "", message);
+                return Err(errors);
+            }
+        }
         let figment = base.merge(Env::prefixed(ENV_PREFIX).split("__"));
         let mut root: Value = match figment.extract() {
             Ok(v) => v,
@@ -269,6 +278,23 @@ impl PipelineFile {
                 }
             }
         }
+        // A name is a component's identity (inputs, state, file names): one per pipeline across
+        // the three tables.
+        for (i, later) in components.iter().enumerate() {
+            if let Some(first) = components[..i].iter().find(|c| c.name == later.name) {
+                errors.push(
+                    path,
+                    later.key(),
+                    format!(
+                        "the name `{}` is also used by {} (`{}`): a component name must be unique \
+                         across sources, transforms and sinks",
+                        later.name,
+                        first.role,
+                        first.key()
+                    ),
+                );
+            }
+        }
         match pipeline {
             Some(pipeline) if errors.is_empty() => Ok(PipelineFile {
                 path: path.to_path_buf(),
@@ -313,6 +339,17 @@ impl PipelineFile {
             key,
             message,
         }
+    }
+}
+
+/// Refuses a YAML file in which one mapping holds a key twice, naming the key and its line.
+fn yaml_duplicate_keys(path: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    match serde_yaml::from_str::<serde_yaml::Value>(&text) {
+        Ok(_) => Ok(()),
+        Err(e) if e.to_string().contains("duplicate entry") => Err(e.to_string()),
+        // Other syntax errors are figment's to report, with its key paths.
+        Err(_) => Ok(()),
     }
 }
 

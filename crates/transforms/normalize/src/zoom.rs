@@ -23,6 +23,11 @@ pub const USER_MESSAGES: &str = "zoom.user_messages";
 /// The record type of `zoom_chat_report`.
 pub const CHAT_REPORT: &str = "zoom.chat_report";
 
+/// The instants a row's time may take, in milliseconds: years 0001 to 9999 UTC, what RFC 3339
+/// (JSON Lines, CSV) can write. Checked before the microseconds are computed, so a far-off
+/// `timestamp` is a dead letter instead of wrapping round into a nonsense time.
+const WRITABLE_MS: std::ops::RangeInclusive<i64> = -62_135_596_800_000..=253_402_300_799_999;
+
 /// Maps one raw Zoom batch.
 pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()> {
     let data = &batch.data;
@@ -86,6 +91,9 @@ pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()>
         let problem = match (id.is_valid(i) && !id.value(i).is_empty(), ms) {
             (false, _) => Some("a message without an id"),
             (true, None) => Some("a message without a usable timestamp or date_time"),
+            (true, Some(ms)) if !WRITABLE_MS.contains(&ms) => {
+                Some("a timestamp out of range (years 0001 to 9999)")
+            }
             _ => None,
         };
         if let Some(reason) = problem {
@@ -238,7 +246,11 @@ mod tests {
         assert_eq!(text("provider").value(0), "zoom");
         assert_eq!(text("stream").value(0), "chat_report");
         assert_eq!(text("conversation_id").value(0), "s1");
-        assert_eq!(text("sender_id").value(0), "x@e", "the e-mail, not the member id");
+        assert_eq!(
+            text("sender_id").value(0),
+            "x@e",
+            "the e-mail, not the member id"
+        );
         assert_eq!(text("recipient").value(0), "y@e");
         assert_eq!(text("reply_to_id").value(0), "z");
         let status = text("status");
@@ -288,5 +300,36 @@ mod tests {
             .clone();
         let got: Vec<Option<&str>> = sender.iter().collect();
         assert_eq!(got, [Some("x@e"), Some("bot@e"), Some("m3"), None]);
+    }
+
+    #[test]
+    fn a_timestamp_out_of_range_is_a_dead_letter_not_a_wrapped_time() {
+        let body = br#"{"messages":[
+            {"id":"a","timestamp":9223372036854775807},
+            {"id":"b","timestamp":-9223372036854775808},
+            {"id":"c","timestamp":253402300800000},
+            {"id":"d","timestamp":253402300799999},
+            {"id":"e","timestamp":-62135596800000}]}"#;
+        let mut b = RawBuilder::new(CHAT_REPORT);
+        b.append_json(body, Some(&Context::default())).unwrap();
+        let dir = std::env::temp_dir().join(format!("zoom-range-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cx = context(&dir);
+        let mut out = Emitter::default();
+        map(Batch::new(window(), b.finish().unwrap()), &mut out, &cx).unwrap();
+        let batches: Vec<Batch> = out.drain().collect();
+        let ids = batches[0]
+            .data
+            .column_by_name("message_id")
+            .unwrap()
+            .as_string::<i32>()
+            .clone();
+        let ids: Vec<&str> = ids.iter().map(|v| v.unwrap()).collect();
+        assert_eq!(
+            ids,
+            ["d", "e"],
+            "the first and last writable instants are kept"
+        );
+        assert_eq!(cx.dead_letters.count(), 3);
     }
 }
