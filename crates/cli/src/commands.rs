@@ -279,13 +279,23 @@ pub fn completions(shell: clap_complete::Shell) -> u8 {
     exit::OK
 }
 
-/// `man`: the man page in roff, generated from the command-line definition.
-pub fn man() -> u8 {
-    let page = clap_mangen::Man::new(crate::Cli::command());
-    match page.render(&mut std::io::stdout()) {
+/// `man`: the man page in roff, generated from the command-line definition; with `dir`, the
+/// page of every subcommand too (the main page's SUBCOMMANDS section refers to them).
+pub fn man(dir: Option<&Path>) -> u8 {
+    let command = crate::Cli::command();
+    let written = match dir {
+        None => clap_mangen::Man::new(command).render(&mut std::io::stdout()),
+        Some(dir) => {
+            std::fs::create_dir_all(dir).and_then(|()| clap_mangen::generate_to(command, dir))
+        }
+    };
+    match written {
         Ok(()) => exit::OK,
         Err(e) => {
-            eprintln!("error: {e}");
+            match dir {
+                Some(dir) => eprintln!("error: {}: {e}", dir.display()),
+                None => eprintln!("error: {e}"),
+            }
             exit::RUN_FAILED
         }
     }

@@ -94,8 +94,12 @@ enum Command {
         /// The shell: bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff), e.g. `chatlake man > chatlake.1`.
-    Man,
+    /// Print the man page (roff), e.g. `chatlake man > chatlake.1`, or write every page.
+    Man {
+        /// Write chatlake.1 and a page per subcommand (chatlake-run.1, ...) into this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Serve the provider emulator standalone.
     Emulate {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -163,7 +167,7 @@ pub fn main() -> ExitCode {
             Command::Components { json } => commands::components(json),
             Command::Schema => commands::schema(),
             Command::Completions { shell } => commands::completions(shell),
-            Command::Man => commands::man(),
+            Command::Man { dir } => commands::man(dir.as_deref()),
             Command::Emulate { addr, emulator } => commands::emulate(addr, emulator).await,
             Command::State {
                 command: StateCommand::Show { pipeline, json },

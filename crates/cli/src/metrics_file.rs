@@ -216,7 +216,7 @@ pub fn render(report: &RunReport<'_>) -> String {
             .map(move |c| (component(pipeline, &c.name), figure(c) as f64))
             .collect::<Vec<_>>()
     };
-    let families: [(&str, &str, &str, fn(&ComponentSummary) -> u64); 16] = [
+    let families: [CounterFamily; 16] = [
         (
             "source",
             "chatlake_source_windows_committed_total",
@@ -319,6 +319,15 @@ pub fn render(report: &RunReport<'_>) -> String {
     }
     out.text
 }
+
+/// A per-component counter: the role it is written for, its name, its help and the summary
+/// figure it reports.
+type CounterFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ComponentSummary) -> u64,
+);
 
 fn component(pipeline: &str, name: &str) -> Vec<(&'static str, String)> {
     vec![
