@@ -6,16 +6,17 @@ use std::path::{Path, PathBuf};
 use chatlake_core::Secret;
 use chatlake_core::config::{ConfigErrors, PipelineFile};
 use chatlake_core::graph::{BuildOptions, Pipeline, Stage};
+use chatlake_core::metrics::RunSummary;
 use chatlake_core::runtime::Run;
 use chatlake_core::stage::EmulatorProfile;
 use chatlake_core::state::{StateStore, WindowStatus};
 use chatlake_emulator::{Emulator, EmulatorConfig, Faults};
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
-use clap::Args;
+use clap::{Args, CommandFactory};
 
 use crate::exit;
 use crate::registry::registry;
-use crate::summary;
+use crate::{metrics_file, summary};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -38,6 +39,10 @@ pub struct RunArgs {
     /// Show progress even when standard error is not a terminal (or never: --progress=false).
     #[arg(long)]
     progress: Option<bool>,
+    /// Write the run's figures to this file in the Prometheus text format (for node_exporter's
+    /// textfile collector), atomically, also when the run fails.
+    #[arg(long, value_name = "PATH")]
+    metrics_file: Option<PathBuf>,
 }
 
 /// Options of the emulator, for `emulate` and `run --emulate`.
@@ -253,6 +258,49 @@ pub fn components(json: bool) -> u8 {
     exit::OK
 }
 
+/// `schema`: the JSON Schema of pipeline files on standard output.
+pub fn schema() -> u8 {
+    match serde_json::to_string_pretty(&crate::schema::pipeline_schema(&registry())) {
+        Ok(s) => {
+            println!("{s}");
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::RUN_FAILED
+        }
+    }
+}
+
+/// `completions SHELL`: the completion script, generated from the command-line definition.
+pub fn completions(shell: clap_complete::Shell) -> u8 {
+    let mut command = crate::Cli::command();
+    clap_complete::generate(shell, &mut command, "chatlake", &mut std::io::stdout());
+    exit::OK
+}
+
+/// `man`: the man page in roff, generated from the command-line definition; with `dir`, the
+/// page of every subcommand too (the main page's SUBCOMMANDS section refers to them).
+pub fn man(dir: Option<&Path>) -> u8 {
+    let command = crate::Cli::command();
+    let written = match dir {
+        None => clap_mangen::Man::new(command).render(&mut std::io::stdout()),
+        Some(dir) => {
+            std::fs::create_dir_all(dir).and_then(|()| clap_mangen::generate_to(command, dir))
+        }
+    };
+    match written {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            match dir {
+                Some(dir) => eprintln!("error: {}: {e}", dir.display()),
+                None => eprintln!("error: {e}"),
+            }
+            exit::RUN_FAILED
+        }
+    }
+}
+
 fn profile(emulator: &Emulator) -> EmulatorProfile {
     EmulatorProfile {
         root: emulator.base_url(),
@@ -296,7 +344,68 @@ fn run_id(now: DateTime<Utc>) -> String {
     format!("{}-{:06x}", now.format("%Y%m%dT%H%M%SZ"), nanos & 0xff_ffff)
 }
 
+/// What `run` learnt on its way, however far it got: what `--metrics-file` reports.
+#[derive(Debug, Default)]
+struct RunFacts {
+    pipeline: Option<String>,
+    sources: Vec<String>,
+    store: Option<StateStore>,
+    summary: Option<RunSummary>,
+}
+
 pub async fn run(args: RunArgs) -> u8 {
+    let started_at = Utc::now();
+    if let Some(path) = &args.metrics_file
+        && let Err(e) = metrics_file::check_path(path)
+    {
+        eprintln!("error: --metrics-file {e}");
+        return exit::BAD_INPUT;
+    }
+    let mut facts = RunFacts::default();
+    let code = run_pipeline(&args, &mut facts).await;
+    let Some(path) = &args.metrics_file else {
+        return code;
+    };
+    let fallback_name = args
+        .pipeline
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ledgers = match &facts.store {
+        Some(store) => store.all().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the ledgers for --metrics-file");
+            Default::default()
+        }),
+        None => Default::default(),
+    };
+    let report = metrics_file::RunReport {
+        pipeline: facts.pipeline.as_deref().unwrap_or(&fallback_name),
+        exit_code: code,
+        started_at: facts.summary.as_ref().map_or(started_at, |s| s.started_at),
+        finished_at: facts
+            .summary
+            .as_ref()
+            .map_or_else(Utc::now, |s| s.finished_at),
+        summary: facts.summary.as_ref(),
+        sources: &facts.sources,
+        ledgers: &ledgers,
+    };
+    match metrics_file::write(path, &report) {
+        Ok(()) => code,
+        Err(e) => {
+            // A scheduler watching the file would not see this run: fail it, so it is noticed
+            // (what the run committed stays committed).
+            eprintln!("error: --metrics-file {e}");
+            if code == exit::OK {
+                exit::RUN_FAILED
+            } else {
+                code
+            }
+        }
+    }
+}
+
+async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
     // Load first: a bad file is reported before anything starts.
     let file = match PipelineFile::load(&args.pipeline) {
         Ok(f) => f,
@@ -305,8 +414,16 @@ pub async fn run(args: RunArgs) -> u8 {
             return exit::BAD_INPUT;
         }
     };
-    // Held until the run ends: planning reads the ledger, so it is taken before the build.
+    facts.pipeline = Some(file.pipeline.name.clone());
+    facts.sources = file
+        .components
+        .iter()
+        .filter(|c| c.role == chatlake_core::config::Role::Source)
+        .map(|c| c.name.clone())
+        .collect();
     let store = StateStore::new(file.state_dir().join(&file.pipeline.name));
+    facts.store = Some(store.clone());
+    // Held until the run ends: planning reads the ledger, so it is taken before the build.
     let _lock = match store.lock() {
         Ok(lock) => lock,
         Err(e) => {
@@ -374,7 +491,9 @@ pub async fn run(args: RunArgs) -> u8 {
         e.shutdown().await;
     }
     summary::print(&summary);
-    summary.status.exit_code() as u8
+    let code = summary.status.exit_code() as u8;
+    facts.summary = Some(summary);
+    code
 }
 
 /// `state show`: per source, the windows committed and failed and the latest committed end.

@@ -3,7 +3,9 @@
 //! dead-lettered records.
 
 mod commands;
+mod metrics_file;
 mod registry;
+mod schema;
 mod summary;
 
 use std::net::SocketAddr;
@@ -85,6 +87,19 @@ enum Command {
         #[command(subcommand)]
         command: StateCommand,
     },
+    /// Print the JSON Schema of pipeline files (for editors: Taplo, the YAML language server).
+    Schema,
+    /// Print a shell completion script.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `chatlake man > chatlake.1`, or write every page.
+    Man {
+        /// Write chatlake.1 and a page per subcommand (chatlake-run.1, ...) into this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Serve the provider emulator standalone.
     Emulate {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -150,6 +165,9 @@ pub fn main() -> ExitCode {
                 emulate,
             } => commands::plan(&pipeline, start, end, emulate).await,
             Command::Components { json } => commands::components(json),
+            Command::Schema => commands::schema(),
+            Command::Completions { shell } => commands::completions(shell),
+            Command::Man { dir } => commands::man(dir.as_deref()),
             Command::Emulate { addr, emulator } => commands::emulate(addr, emulator).await,
             Command::State {
                 command: StateCommand::Show { pipeline, json },

@@ -16,6 +16,7 @@ pub struct ComponentMetrics {
     bytes: AtomicU64,
     requests: AtomicU64,
     retries: AtomicU64,
+    rate_limited: AtomicU64,
     dead_letters: AtomicU64,
     windows_done: AtomicU64,
     windows_failed: AtomicU64,
@@ -44,6 +45,10 @@ impl ComponentMetrics {
     }
     pub fn add_retry(&self) {
         self.retries.fetch_add(1, Relaxed);
+    }
+    /// The provider answered `429 Too Many Requests`.
+    pub fn add_rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Relaxed);
     }
     pub fn add_dead_letter(&self) {
         self.dead_letters.fetch_add(1, Relaxed);
@@ -104,6 +109,7 @@ impl ComponentMetrics {
             bytes: self.bytes.load(Relaxed),
             requests: self.requests.load(Relaxed),
             retries: self.retries.load(Relaxed),
+            rate_limited: self.rate_limited.load(Relaxed),
             dead_letters: self.dead_letters.load(Relaxed),
             windows_done: self.windows_done.load(Relaxed),
             windows_failed: self.windows_failed.load(Relaxed),
@@ -129,6 +135,8 @@ pub struct ComponentSummary {
     pub bytes: u64,
     pub requests: u64,
     pub retries: u64,
+    /// Sources: answers `429 Too Many Requests` (each is also counted as a retry when retried).
+    pub rate_limited: u64,
     pub dead_letters: u64,
     pub windows_done: u64,
     pub windows_failed: u64,

@@ -166,6 +166,34 @@ impl Registry {
         (entry.build)(spec.options.clone(), cx)
     }
 
+    /// The JSON Schema of every registered type's options (its config struct's, without the
+    /// `type` and `inputs` keys the pipeline file adds), by role and type name, for
+    /// `chatlake schema`.
+    pub fn schemas(&self) -> Vec<ComponentSchema> {
+        let sources = self
+            .sources
+            .iter()
+            .map(|(t, e)| (Role::Source, *t, e.summary, e.schema));
+        let transforms = self
+            .transforms
+            .iter()
+            .map(|(t, e)| (Role::Transform, *t, e.summary, e.schema));
+        let sinks = self
+            .sinks
+            .iter()
+            .map(|(t, e)| (Role::Sink, *t, e.summary, e.schema));
+        sources
+            .chain(transforms)
+            .chain(sinks)
+            .map(|(role, type_name, summary, schema)| ComponentSchema {
+                role,
+                type_name,
+                summary,
+                options: schema(),
+            })
+            .collect()
+    }
+
     /// Documentation of every registered type, from its config struct's doc comments and defaults.
     pub fn docs(&self) -> Vec<ComponentDoc> {
         let mut out = Vec::new();
@@ -185,6 +213,15 @@ impl Registry {
         }
         out
     }
+}
+
+/// The options schema of one registered type.
+#[derive(Debug, Clone)]
+pub struct ComponentSchema {
+    pub role: Role,
+    pub type_name: &'static str,
+    pub summary: &'static str,
+    pub options: schemars::Schema,
 }
 
 /// What `chatlake components` prints for one type.

@@ -400,6 +400,9 @@ impl Fetcher<'_> {
                 // Wrong client id, secret, key or scope: no window can succeed.
                 return Err(WindowError::Fatal(error.into()));
             }
+            if error.status() == Some(StatusCode::TOO_MANY_REQUESTS) {
+                self.cx.metrics.add_rate_limited();
+            }
             if !error.is_retryable() || !retry.may_retry(attempts) {
                 return Err(WindowError::Failed(error.into()));
             }

@@ -393,6 +393,9 @@ impl ExportHooks for Hooks<'_> {
 
     fn retry(&mut self, error: &RequestError, delay: Duration) {
         self.metrics.add_retry();
+        if error.status() == Some(reqwest::StatusCode::TOO_MANY_REQUESTS) {
+            self.metrics.add_rate_limited();
+        }
         if error.status() == Some(reqwest::StatusCode::TOO_MANY_REQUESTS)
             && let Some(wait) = error.server_wait()
         {

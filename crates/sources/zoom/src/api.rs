@@ -282,6 +282,9 @@ impl ZoomApi {
                 }
                 _ => {}
             }
+            if error.status() == Some(StatusCode::TOO_MANY_REQUESTS) {
+                self.metrics.add_rate_limited();
+            }
             attempts += 1;
             if !error.is_retryable() || !self.retry.may_retry(attempts) {
                 return Err(ApiError::Other(error));
