@@ -61,4 +61,13 @@ impl Error {
     }
 }
 
+impl From<chatlake_core::durable::FileError> for Error {
+    fn from(e: chatlake_core::durable::FileError) -> Self {
+        Error::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
