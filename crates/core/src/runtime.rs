@@ -107,6 +107,7 @@ impl Run {
         };
 
         let topology = Topology::of(&pipeline);
+        let removal_targets = &topology.removal_targets;
 
         // One channel per consumer; producers hold a sender to each of their consumers.
         let mut receivers: HashMap<String, mpsc::Receiver<Event>> = HashMap::new();
@@ -158,14 +159,8 @@ impl Run {
                 stage => nodes.push((node.spec, Some(stage))),
             }
         }
-        if let Err(e) = apply_removals(
-            &removals,
-            &store,
-            &topology.removal_targets,
-            &mut sinks,
-            &sink_cx,
-        )
-        .await
+        if let Err(e) =
+            apply_removals(&removals, &store, removal_targets, &mut sinks, &sink_cx).await
         {
             return failed_before_start(&info, &metrics, started, &state_dir, e);
         }
@@ -282,14 +277,8 @@ impl Run {
         // After the run's last commit: rows its windows replaced leave the earlier files.
         let mut sinks =
             std::mem::take(&mut *finished_sinks.lock().expect("no task panics holding it"));
-        if let Err(e) = apply_removals(
-            &removals,
-            &store,
-            &topology.removal_targets,
-            &mut sinks,
-            &sink_cx,
-        )
-        .await
+        if let Err(e) =
+            apply_removals(&removals, &store, removal_targets, &mut sinks, &sink_cx).await
         {
             errors.push(e);
         }
