@@ -129,7 +129,7 @@ enum StateCommand {
 
 /// Entry point of the `chatlake` binary.
 pub fn main() -> ExitCode {
-    let _ = chatlake_core::allocator::tune();
+    let _ = chatlake_allocator::tune();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -265,6 +265,104 @@ impl Pipeline {
     }
 }
 
+/// Who reaches whom in a checked pipeline: what the runtime needs to count a window's markers,
+/// commit it once every sink has it, route removal logs and size a source's fetching.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Topology {
+    /// The sources whose windows reach each node (a source reaches itself): along how many
+    /// inputs a window's marker arrives.
+    reached_by: HashMap<String, HashSet<String>>,
+    /// How many sinks each source's windows reach: a window is in the ledger once that many
+    /// sinks have committed it.
+    pub sinks_per_source: HashMap<String, usize>,
+    /// The sinks downstream of each transform: where its removal logs go.
+    pub removal_targets: HashMap<String, Vec<String>>,
+    /// Every node above a transform that holds every row until its input ends (dedupe
+    /// `keep = "latest"`): nothing below such a source works while it fetches.
+    pub rows_held_below: HashSet<String>,
+}
+
+impl Topology {
+    /// The topology of `pipeline`, whose nodes come in dependency order.
+    pub fn of(pipeline: &Pipeline) -> Topology {
+        // Every stage upstream of each node.
+        let mut upstream: HashMap<String, HashSet<String>> = HashMap::new();
+        for node in &pipeline.nodes {
+            let mut set = HashSet::new();
+            for input in &node.spec.inputs {
+                set.insert(input.clone());
+                set.extend(upstream.get(input).cloned().unwrap_or_default());
+            }
+            upstream.insert(node.spec.name.clone(), set);
+        }
+        let sources: HashSet<&str> = pipeline
+            .nodes
+            .iter()
+            .filter(|n| n.spec.role == Role::Source)
+            .map(|n| n.spec.name.as_str())
+            .collect();
+        let reached_by: HashMap<String, HashSet<String>> = upstream
+            .iter()
+            .map(|(node, above)| {
+                let mut set: HashSet<String> = above
+                    .iter()
+                    .filter(|n| sources.contains(n.as_str()))
+                    .cloned()
+                    .collect();
+                if sources.contains(node.as_str()) {
+                    set.insert(node.clone());
+                }
+                (node.clone(), set)
+            })
+            .collect();
+
+        let mut sinks_per_source: HashMap<String, usize> = HashMap::new();
+        for node in pipeline.nodes.iter().filter(|n| n.spec.role == Role::Sink) {
+            for source in reached_by.get(&node.spec.name).into_iter().flatten() {
+                *sinks_per_source.entry(source.clone()).or_insert(0) += 1;
+            }
+        }
+        let sinks_below = |transform: &str| -> Vec<String> {
+            pipeline
+                .nodes
+                .iter()
+                .filter(|n| n.spec.role == Role::Sink && upstream[&n.spec.name].contains(transform))
+                .map(|n| n.spec.name.clone())
+                .collect()
+        };
+        let removal_targets: HashMap<String, Vec<String>> = pipeline
+            .nodes
+            .iter()
+            .filter(|n| n.spec.role == Role::Transform)
+            .map(|n| (n.spec.name.clone(), sinks_below(&n.spec.name)))
+            .collect();
+        let rows_held_below: HashSet<String> = pipeline
+            .nodes
+            .iter()
+            .filter(|n| matches!(&n.stage, Stage::Transform(t) if t.holds_rows_until_finish()))
+            .flat_map(|n| upstream[&n.spec.name].iter().cloned())
+            .collect();
+        Topology {
+            reached_by,
+            sinks_per_source,
+            removal_targets,
+            rows_held_below,
+        }
+    }
+
+    /// For each source, along how many of a node's `inputs` its window markers arrive.
+    pub fn expected_markers(&self, inputs: &[String]) -> HashMap<String, usize> {
+        let mut expected = HashMap::new();
+        let distinct: HashSet<&String> = inputs.iter().collect();
+        for input in distinct {
+            for source in self.reached_by.get(input).into_iter().flatten() {
+                *expected.entry(source.clone()).or_insert(0) += 1;
+            }
+        }
+        expected
+    }
+}
+
 fn check_edges(file: &PipelineFile, errors: &mut ConfigErrors) {
     let roles: HashMap<&str, Role> = file
         .components

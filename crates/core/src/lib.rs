@@ -4,17 +4,13 @@
 //! Components live in their own crates and depend only on this one; the CLI fills a [`Registry`]
 //! with them, and nothing else knows every component.
 
-pub mod allocator;
 pub mod config;
-pub mod csv_input;
 pub mod dead_letter;
+pub mod durable;
 mod error;
 pub mod event;
-pub mod files;
-pub mod fingerprint;
 pub mod graph;
 pub mod metrics;
-pub mod parsed;
 pub mod registry;
 pub mod removal;
 pub mod runtime;
@@ -23,7 +19,7 @@ mod secret;
 pub mod stage;
 pub mod state;
 
-pub use error::{Error, Result};
+pub use error::{BoxError, Error, Result};
 pub use event::{Batch, Event, Window, WindowRef};
 pub use registry::Registry;
 pub use secret::Secret;

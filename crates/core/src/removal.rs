@@ -38,6 +38,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 
+use crate::durable;
 use crate::{Error, Result};
 
 /// The column of a removal log naming the window whose rows replace the row.
@@ -276,10 +277,10 @@ impl RemovalWriter {
             .into_inner()?
             .into_inner()
             .map_err(|e| Error::io(&self.tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
-        drop(file);
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
-        crate::state::sync_dir(self.path.parent().expect("logs live in a directory"))
+        durable::commit_file(file, &self.tmp, &self.path)?;
+        Ok(durable::sync_dir(
+            self.path.parent().expect("logs live in a directory"),
+        )?)
     }
 }
 

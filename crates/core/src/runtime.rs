@@ -21,8 +21,9 @@ use tokio::sync::mpsc;
 
 use crate::config::Role;
 use crate::dead_letter::DeadLetters;
+use crate::durable::write_atomic;
 use crate::event::{Event, WindowRef};
-use crate::graph::{Pipeline, Stage};
+use crate::graph::{Pipeline, Stage, Topology};
 use crate::metrics::{ComponentMetrics, RunStatus, RunSummary};
 use crate::removal::RemovalLog;
 use crate::stage::{
@@ -105,37 +106,8 @@ impl Run {
             Err(e) => return failed_before_start(&info, &metrics, started, &state_dir, e),
         };
 
-        // Every stage upstream of each node (nodes come in dependency order).
-        let mut upstream: HashMap<String, HashSet<String>> = HashMap::new();
-        for node in &pipeline.nodes {
-            let mut set = HashSet::new();
-            for input in &node.spec.inputs {
-                set.insert(input.clone());
-                set.extend(upstream.get(input).cloned().unwrap_or_default());
-            }
-            upstream.insert(node.spec.name.clone(), set);
-        }
-        // Which sources reach each node, to know along how many inputs a window's marker comes.
-        let sources: HashSet<&str> = pipeline
-            .nodes
-            .iter()
-            .filter(|n| n.spec.role == Role::Source)
-            .map(|n| n.spec.name.as_str())
-            .collect();
-        let reached_by: HashMap<String, HashSet<String>> = upstream
-            .iter()
-            .map(|(node, above)| {
-                let mut set: HashSet<String> = above
-                    .iter()
-                    .filter(|n| sources.contains(n.as_str()))
-                    .cloned()
-                    .collect();
-                if sources.contains(node.as_str()) {
-                    set.insert(node.clone());
-                }
-                (node.clone(), set)
-            })
-            .collect();
+        let topology = Topology::of(&pipeline);
+        let removal_targets = &topology.removal_targets;
 
         // One channel per consumer; producers hold a sender to each of their consumers.
         let mut receivers: HashMap<String, mpsc::Receiver<Event>> = HashMap::new();
@@ -161,36 +133,6 @@ impl Run {
             }
         }
 
-        // How many sinks each source's windows reach: a window is in the ledger once that many
-        // sinks have committed it.
-        let mut sinks_per_source: HashMap<String, usize> = HashMap::new();
-        for node in pipeline.nodes.iter().filter(|n| n.spec.role == Role::Sink) {
-            for source in reached_by.get(&node.spec.name).into_iter().flatten() {
-                *sinks_per_source.entry(source.clone()).or_insert(0) += 1;
-            }
-        }
-        // A removal log of a transform goes to the sinks downstream of it.
-        let sinks_below = |transform: &str| -> Vec<String> {
-            pipeline
-                .nodes
-                .iter()
-                .filter(|n| n.spec.role == Role::Sink && upstream[&n.spec.name].contains(transform))
-                .map(|n| n.spec.name.clone())
-                .collect()
-        };
-        // Sources with a transform below them that holds every row until its input ends.
-        let held_below: HashSet<String> = pipeline
-            .nodes
-            .iter()
-            .filter(|n| matches!(&n.stage, Stage::Transform(t) if t.holds_rows_until_finish()))
-            .flat_map(|n| upstream[&n.spec.name].iter().cloned())
-            .collect();
-        let removal_targets: HashMap<String, Vec<String>> = pipeline
-            .nodes
-            .iter()
-            .filter(|n| n.spec.role == Role::Transform)
-            .map(|n| (n.spec.name.clone(), sinks_below(&n.spec.name)))
-            .collect();
         let sink_cx = |name: &str| SinkContext {
             name: name.to_string(),
             metrics: metrics[name].2.clone(),
@@ -218,7 +160,7 @@ impl Run {
             }
         }
         if let Err(e) =
-            apply_removals(&removals, &store, &removal_targets, &mut sinks, &sink_cx).await
+            apply_removals(&removals, &store, removal_targets, &mut sinks, &sink_cx).await
         {
             return failed_before_start(&info, &metrics, started, &state_dir, e);
         }
@@ -226,7 +168,7 @@ impl Run {
         let (ledger_tx, ledger_rx) = mpsc::unbounded_channel();
         let coordinator = tokio::spawn(coordinate_commits(
             ledger_rx,
-            sinks_per_source,
+            topology.sinks_per_source.clone(),
             store.clone(),
             info.run_id.clone(),
         ));
@@ -236,7 +178,7 @@ impl Run {
         for (spec, stage) in nodes {
             let name = spec.name.clone();
             let m = metrics[&name].2.clone();
-            let expected = expected_markers(&spec.inputs, &reached_by);
+            let expected = topology.expected_markers(&spec.inputs);
             let stage = match stage {
                 Some(stage) => stage,
                 None => Stage::Sink(sinks.remove(&name).expect("every sink was started")),
@@ -254,7 +196,9 @@ impl Run {
                         metrics: m,
                         dead_letters: dead_letters.clone(),
                         run: info.clone(),
-                        windows_at_once: fetch_windows_at_once(held_below.contains(&name)),
+                        windows_at_once: fetch_windows_at_once(
+                            topology.rows_held_below.contains(&name),
+                        ),
                     };
                     tokio::spawn(timed(source.run(cx)))
                 }
@@ -334,7 +278,7 @@ impl Run {
         let mut sinks =
             std::mem::take(&mut *finished_sinks.lock().expect("no task panics holding it"));
         if let Err(e) =
-            apply_removals(&removals, &store, &removal_targets, &mut sinks, &sink_cx).await
+            apply_removals(&removals, &store, removal_targets, &mut sinks, &sink_cx).await
         {
             errors.push(e);
         }
@@ -348,7 +292,7 @@ impl Run {
             .or(errors.first())
             .map(|e| e.to_string());
         if let Some(e) = &error {
-            tracing::error!("run failed: {e}");
+            tracing::error!(error = %e, "run failed");
         }
 
         let components: Vec<_> = metrics
@@ -380,7 +324,7 @@ impl Run {
             dead_letter_file: dead_letters.path_if_written(),
         };
         if let Err(e) = save_summary(&summary, &state_dir) {
-            tracing::warn!("could not save the run summary: {e}");
+            tracing::warn!(error = %e, "could not save the run summary");
         }
         summary
     }
@@ -394,7 +338,7 @@ fn failed_before_start(
     state_dir: &Path,
     error: Error,
 ) -> RunSummary {
-    tracing::error!("run failed: {error}");
+    tracing::error!(error = %error, "run failed");
     let summary = RunSummary {
         pipeline: info.pipeline.clone(),
         run_id: info.run_id.clone(),
@@ -470,35 +414,7 @@ pub fn save_summary(summary: &RunSummary, dir: &Path) -> Result<()> {
     let runs = dir.join("runs");
     std::fs::create_dir_all(&runs).map_err(|e| Error::io(&runs, e))?;
     write_atomic(&runs.join(format!("{}.json", summary.run_id)), &json)?;
-    write_atomic(&dir.join("last_run.json"), &json)
-}
-
-/// Writes `bytes` to a temporary file beside `path`, fsyncs it and renames it into place.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
-/// For each source, along how many of `inputs` its markers arrive.
-fn expected_markers(
-    inputs: &[String],
-    reached_by: &HashMap<String, HashSet<String>>,
-) -> HashMap<String, usize> {
-    let mut expected = HashMap::new();
-    let distinct: HashSet<&String> = inputs.iter().collect();
-    for input in distinct {
-        for source in reached_by.get(input).into_iter().flatten() {
-            *expected.entry(source.clone()).or_insert(0) += 1;
-        }
-    }
-    expected
+    Ok(write_atomic(&dir.join("last_run.json"), &json)?)
 }
 
 /// Merges the markers of one window arriving along several inputs into one outcome.

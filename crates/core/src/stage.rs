@@ -28,7 +28,7 @@ use crate::event::{Batch, Event, Window, WindowRef};
 use crate::metrics::ComponentMetrics;
 use crate::schema::CANONICAL_RECORD_TYPE;
 use crate::state::SourceState;
-use crate::{Error, Result, Secret};
+use crate::{BoxError, Error, Result, Secret};
 
 /// The record type a stage emits, so the graph can refuse wiring that cannot work (a `dedupe`
 /// fed raw LINE WORKS rows, a sink fed two different record types).
@@ -347,8 +347,9 @@ pub enum WindowError<E> {
     Stop(Error),
 }
 
-impl<E: fmt::Display> WindowError<E> {
-    /// The error a source's `run` returns when its window loop ends this way.
+impl<E: Into<BoxError>> WindowError<E> {
+    /// The error a source's `run` returns when its window loop ends this way (the source's own
+    /// error kept as the cause).
     pub fn into_run_error(self, component: &str) -> Error {
         match self {
             WindowError::Stop(e) => e,

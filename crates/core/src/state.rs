@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Duration, FixedOffset, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::durable;
 use crate::event::Window;
 use crate::{Error, Result};
 
@@ -122,6 +123,15 @@ pub fn uncovered(
     gaps
 }
 
+/// A ledger file that is not a ledger (edited by hand, or written by another version).
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct UnreadableLedger {
+    pub path: PathBuf,
+    #[source]
+    pub source: serde_json::Error,
+}
+
 /// Reads and writes the ledgers of one pipeline.
 #[derive(Debug, Clone)]
 pub struct StateStore {
@@ -207,7 +217,7 @@ impl StateStore {
         let path = self.path(source);
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| Error::component("state", format!("{}: {e}", path.display()))),
+                .map_err(|source| Error::component("state", UnreadableLedger { path, source })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SourceState {
                 source: source.to_string(),
                 ..SourceState::default()
@@ -222,8 +232,8 @@ impl StateStore {
         let dir = path.parent().expect("ledger files live in a directory");
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let json = serde_json::to_vec_pretty(state).map_err(|e| Error::component("state", e))?;
-        crate::runtime::write_atomic(&path, &json)?;
-        sync_dir(dir)
+        durable::write_atomic(&path, &json)?;
+        Ok(durable::sync_dir(dir)?)
     }
 
     /// Every ledger of the pipeline, by source name.
@@ -326,13 +336,6 @@ impl StateStore {
         state.checkpoints.insert(window.key(), value);
         self.save(&state)
     }
-}
-
-/// Makes a rename in `dir` durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
 }
 
 #[cfg(test)]

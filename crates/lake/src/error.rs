@@ -15,6 +15,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A durable write (fsync, rename) failed; says the same as [`Error::Io`].
+    #[error(transparent)]
+    Durable(#[from] chatlake_core::durable::FileError),
+
     /// The format writer failed to encode or write rows.
     #[error("writing {}: {source}", path.display())]
     Write { path: PathBuf, source: FormatError },

@@ -18,6 +18,7 @@
 
 mod error;
 mod format;
+mod layout;
 mod partition;
 mod remove;
 mod sink;
@@ -28,5 +29,6 @@ pub mod testing;
 
 pub use error::{Error, Result};
 pub use format::{FileFormat, Filtered, FormatError, FormatWriter, MissingKeyColumn};
+pub use layout::{FileKey, LakeOptions, file_name};
 pub use partition::{DEFAULT_PARTITION, escape_path_name};
-pub use sink::{FileKey, FileSink, LakeOptions, file_name};
+pub use sink::FileSink;

@@ -16,12 +16,13 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
+use chatlake_core::durable::{commit_file, sync_dir};
 use chatlake_core::removal::{Removal, encode_cell, key_cell};
 
 use crate::error::{Error, Result};
 use crate::format::{FileFormat, Filtered};
+use crate::layout::{LakeOptions, for_each_file, window_key_of};
 use crate::partition::{DEFAULT_PARTITION, escape_path_name};
-use crate::sink::{LakeOptions, for_each_file, sync_dir, window_key_of};
 
 /// What one removal did to a window's files.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -95,9 +96,7 @@ fn rewrite(
             path: path.to_path_buf(),
             source: "the format did not hand the rewritten file back".into(),
         })?;
-        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        drop(file);
-        fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        commit_file(file, &tmp, path)?;
         Ok(filtered.dropped)
     });
     if written.is_err() {

@@ -664,3 +664,52 @@ fn sources_fetch_on_every_core_while_rows_are_held_below_them() {
     );
     assert!(super::fetch_windows_at_once(false) <= super::fetch_windows_at_once(true));
 }
+
+#[test]
+fn the_topology_counts_paths_sinks_and_removal_targets() {
+    let p = build(
+        r#"
+[sources.a]
+type = "test_source"
+windows = 1
+batches = 1
+[sources.b]
+type = "test_source"
+windows = 1
+batches = 1
+[transforms.left]
+type = "pass"
+inputs = ["a"]
+[transforms.right]
+type = "pass"
+inputs = ["a", "b"]
+[sinks.x]
+type = "mem"
+id = "topology-x"
+inputs = ["left", "right"]
+[sinks.y]
+type = "mem"
+id = "topology-y"
+inputs = ["a"]
+"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let topology = crate::graph::Topology::of(&p);
+    let counts = |pairs: &[(&str, usize)]| -> HashMap<String, usize> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    };
+    // a's markers reach x along both paths, b's along one.
+    assert_eq!(
+        topology.expected_markers(&["left".into(), "right".into()]),
+        counts(&[("a", 2), ("b", 1)])
+    );
+    // An input listed twice is one path.
+    assert_eq!(
+        topology.expected_markers(&["a".into(), "a".into()]),
+        counts(&[("a", 1)])
+    );
+    assert_eq!(topology.sinks_per_source, counts(&[("a", 2), ("b", 1)]));
+    assert_eq!(topology.removal_targets["left"], vec!["x".to_string()]);
+    assert_eq!(topology.removal_targets["right"], vec!["x".to_string()]);
+    assert!(topology.rows_held_below.is_empty());
+}

@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use arrow::datatypes::SchemaRef;
 use arrow::json::LineDelimitedWriter;
@@ -332,75 +332,6 @@ async fn a_batch_with_other_columns_is_refused() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("differ from the first batch"), "{e}");
-}
-
-#[test]
-fn options_are_checked_without_io() {
-    let ok = LakeOptions {
-        path: PathBuf::from("./lake/messages"),
-        partition_by: vec!["provider".into(), "sent_date".into()],
-        max_rows_per_file: Some(1),
-    };
-    assert!(ok.validate().is_ok());
-    let check = |o: LakeOptions| o.validate().unwrap_err().key;
-    assert_eq!(
-        check(LakeOptions {
-            path: PathBuf::new(),
-            ..ok.clone()
-        }),
-        "path"
-    );
-    assert_eq!(
-        check(LakeOptions {
-            path: PathBuf::from("s3://bucket/x"),
-            ..ok.clone()
-        }),
-        "path"
-    );
-    assert_eq!(
-        check(LakeOptions {
-            partition_by: vec!["provider".into(), "provider".into()],
-            ..ok.clone()
-        }),
-        "partition_by[1]"
-    );
-    assert_eq!(
-        check(LakeOptions {
-            max_rows_per_file: Some(0),
-            ..ok.clone()
-        }),
-        "max_rows_per_file"
-    );
-}
-
-#[test]
-fn names_files_in_one_place() {
-    let w = window("zoom_dm", 12);
-    let key = FileKey {
-        pipeline: "p",
-        sink: "lake",
-        run_id: "20250601T000000Z-ab12",
-        window: &w,
-        partition: "provider=zoom",
-        part: 3,
-        extension: "parquet",
-    };
-    assert_eq!(
-        file_name(&key),
-        format!("part-p.lake.{}.0003.parquet", w.key())
-    );
-    assert_eq!(
-        window_key_of(&file_name(&key), "part-p.lake.", "parquet"),
-        Some(w.key().as_str())
-    );
-    assert_eq!(
-        window_key_of("part-p.lake.x.00a1.parquet", "part-p.lake.", "parquet"),
-        None
-    );
-    assert_eq!(
-        window_key_of("part-p.lakehouse.x.0001.parquet", "part-p.lake.", "parquet"),
-        None
-    );
 }
 
 /// A format that holds every row in memory until flushed, and tracks the total held by all of

@@ -50,7 +50,7 @@ fn batches() -> Vec<RecordBatch> {
 fn encode(c: &mut Criterion) {
     // The binary's allocator settings: without them, where a batch's fresh buffers land moves
     // these times by half (the same build measured 6.8 or 11.5 ms depending on how it was run).
-    chatlake_core::allocator::tune();
+    chatlake_allocator::tune();
     let input = batches();
     // The sink's defaults: zstd level 1, no dictionary for ids, text and times.
     let config: ParquetSinkConfig =

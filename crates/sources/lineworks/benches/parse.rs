@@ -85,7 +85,7 @@ impl RowSink for Count {
 fn csv_to_batches(c: &mut Criterion) {
     // The binary's allocator settings: without them, where a batch's fresh buffers land moves
     // these times by half (the same build measured 6.8 or 11.5 ms depending on how it was run).
-    chatlake_core::allocator::tune();
+    chatlake_allocator::tune();
     let csv = sample_csv(ROWS);
     let options = ParseOptions {
         language: Language::EnUs,

@@ -451,7 +451,7 @@ impl LineworksSourceConfig {
         let (start, end) = (range.start, range.end);
 
         let mode = if let Some(patterns) = &self.files {
-            chatlake_core::files::check_patterns(patterns)?;
+            chatlake_source_kit::files::check_patterns(patterns)?;
             Mode::Files(FilesMode {
                 patterns: patterns.clone(),
                 utc_offset,

@@ -21,9 +21,9 @@ use std::sync::{Arc, LazyLock};
 use arrow::array::{ArrayRef, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use chatlake_core::csv_input::{Bom, CsvRecord, CsvRecords, skip_bom};
-use chatlake_core::parsed::{check_record, raw_record};
 use chatlake_core::schema::RECORD_TYPE_KEY;
+use chatlake_source_kit::csv_input::{Bom, CsvRecord, CsvRecords, skip_bom};
+use chatlake_source_kit::parsed::{check_record, raw_record};
 
 use crate::config::Language;
 
@@ -80,7 +80,7 @@ pub struct ParseOptions {
 }
 
 /// Where parsed rows go (the bridge every file-reading source shares).
-pub use chatlake_core::parsed::RowSink;
+pub use chatlake_source_kit::parsed::RowSink;
 
 /// What a parse found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -344,7 +344,7 @@ impl QlaraSourceConfig {
         let (start, end) = (range.start, range.end);
 
         let mode = if let Some(patterns) = &self.files {
-            chatlake_core::files::check_patterns(patterns)?;
+            chatlake_source_kit::files::check_patterns(patterns)?;
             Mode::Files(FilesMode {
                 patterns: patterns.clone(),
                 start,

@@ -24,7 +24,7 @@ pub enum Error {
 
     /// The `files` globs gave no files to read.
     #[error(transparent)]
-    Files(#[from] chatlake_core::files::FilesError),
+    Files(#[from] chatlake_source_kit::files::FilesError),
 
     #[error(transparent)]
     Http(#[from] chatlake_http::Error),

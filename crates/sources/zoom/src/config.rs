@@ -431,7 +431,7 @@ fn common_checks(
         .check()
         .map_err(|(key, msg)| InvalidConfig::new(format!("retry.{key}"), msg))?;
     if let Some(patterns) = files {
-        chatlake_core::files::check_patterns(patterns)?;
+        chatlake_source_kit::files::check_patterns(patterns)?;
     }
     Ok((
         Budgets {

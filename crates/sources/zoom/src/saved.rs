@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io::{self, BufRead, Read, Seek, SeekFrom};
 use std::path::Path;
 
-use chatlake_core::parsed::RowSink;
+use chatlake_source_kit::parsed::RowSink;
 
 use crate::parse::RawBuilder;
 

@@ -828,7 +828,7 @@ impl ZoomSource {
     // ---- saved pages ----------------------------------------------------------------------
 
     fn file_paths(&self, files: &FilesSettings) -> chatlake_core::Result<Vec<PathBuf>> {
-        chatlake_core::files::expand(&files.patterns).map_err(|e| self.core_error(e))
+        chatlake_source_kit::files::expand(&files.patterns).map_err(|e| self.core_error(e))
     }
 
     /// Reads a file of saved pages: split at line boundaries into parts parsed concurrently on
@@ -850,7 +850,7 @@ impl ZoomSource {
         let record_type = self.record_type();
         let results = futures::future::join_all(parts.into_iter().map(|part| {
             let path = path.clone();
-            chatlake_core::parsed::parse_to_output(cx, window, move |sink| {
+            chatlake_source_kit::parsed::parse_to_output(cx, window, move |sink| {
                 saved::read_pages(&path, part, record_type, sink)
             })
         }))
@@ -869,7 +869,7 @@ impl ZoomSource {
         Ok(())
     }
 
-    fn core_error(&self, e: impl std::fmt::Display) -> chatlake_core::Error {
+    fn core_error(&self, e: impl Into<chatlake_core::BoxError>) -> chatlake_core::Error {
         chatlake_core::Error::component(&self.name, e)
     }
 }

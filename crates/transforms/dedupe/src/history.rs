@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::latest::{Context, SpillError};
+use chatlake_core::durable;
+
+use crate::error::{Context, SpillError};
 
 const MAGIC: &[u8; 8] = b"CLLATEST";
 const EXT: &str = "latest";
@@ -197,10 +199,9 @@ impl HistoryWriter {
             .into_inner()
             .map_err(|e| e.into_error())
             .writing(&self.tmp)?;
-        file.sync_all().writing(&self.tmp)?;
-        drop(file);
-        std::fs::rename(&self.tmp, &self.path).writing(&self.path)?;
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        File::open(dir).and_then(|d| d.sync_all()).writing(dir)
+        durable::commit_file(file, &self.tmp, &self.path)?;
+        Ok(durable::sync_dir(
+            self.path.parent().unwrap_or(Path::new(".")),
+        )?)
     }
 }

@@ -35,6 +35,7 @@ use arrow::ipc::writer::StreamWriter;
 use chatlake_core::removal::{RemovalLog, RemovalWriter};
 use chatlake_core::{Emitter, WindowRef};
 
+use crate::error::{Context, SpillError, spill_error};
 use crate::history::{History, HistoryWriter};
 use crate::spill_shape::SpillShape;
 
@@ -49,48 +50,6 @@ const IO_BUF: usize = 64 * 1024;
 const REDUCE_AT: usize = 1 << 20;
 /// The row field of a prior record has this bit set; the rest is its window's index.
 const PRIOR: u64 = 1 << 63;
-
-/// An I/O or Arrow error on a spill file, with the file.
-#[derive(Debug)]
-pub(crate) struct SpillError {
-    path: PathBuf,
-    reading: bool,
-    message: String,
-}
-
-impl std::fmt::Display for SpillError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let what = if self.reading {
-            "reading back"
-        } else {
-            "spilling to"
-        };
-        write!(f, "{what} {}: {}", self.path.display(), self.message)
-    }
-}
-
-fn spill_error(path: &Path, reading: bool, e: &dyn std::fmt::Display) -> SpillError {
-    SpillError {
-        path: path.to_path_buf(),
-        reading,
-        message: e.to_string(),
-    }
-}
-
-/// Names the file an error is about.
-pub(crate) trait Context<T> {
-    fn writing(self, path: &Path) -> Result<T, SpillError>;
-    fn reading(self, path: &Path) -> Result<T, SpillError>;
-}
-
-impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
-    fn writing(self, path: &Path) -> Result<T, SpillError> {
-        self.map_err(|e| spill_error(path, false, &e))
-    }
-    fn reading(self, path: &Path) -> Result<T, SpillError> {
-        self.map_err(|e| spill_error(path, true, &e))
-    }
-}
 
 /// What is kept in memory of one spilled batch.
 struct SpilledBatch {
@@ -267,7 +226,7 @@ impl LatestSpill {
             let p = (hash >> (128 - PART_BITS)) as usize;
             if let Err(e) = open.parts[p].write_all(&record) {
                 // The path only on failure: formatting it per row cost 1 % of a run.
-                return Err(spill_error(&part_path(&self.dir, p), false, &e));
+                return Err(spill_error(&part_path(&self.dir, p), false, e));
             }
         }
         self.batches.push(SpilledBatch {
@@ -409,7 +368,7 @@ impl LatestSpill {
             state
                 .removals
                 .commit()
-                .map_err(|e| spill_error(Path::new("removal log"), false, &e))?;
+                .map_err(|e| spill_error(Path::new("removal log"), false, e))?;
             if rows > 0 {
                 tracing::info!(
                     rows,
@@ -601,7 +560,7 @@ impl Open {
         match std::fs::remove_dir_all(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(spill_error(dir, false, &e)),
+            Err(e) => return Err(spill_error(dir, false, e)),
         }
         std::fs::create_dir_all(dir).writing(dir)?;
         let parts = (0..PARTS)
@@ -627,7 +586,7 @@ impl Open {
         let p = (r.hash >> (128 - PART_BITS)) as usize;
         self.parts[p]
             .write_all(&record)
-            .map_err(|e| spill_error(&part_path(dir, p), false, &e))
+            .map_err(|e| spill_error(&part_path(dir, p), false, e))
     }
 
     /// Ends the current arrival-order file, if any, and starts one of `shape`.

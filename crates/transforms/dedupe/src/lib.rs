@@ -42,6 +42,7 @@
 //! goes with its key columns into the run's removal log, which the runtime has the sinks apply
 //! once the new window is committed (see `chatlake_core::removal`).
 
+mod error;
 mod history;
 mod latest;
 mod spill_shape;
@@ -54,12 +55,13 @@ use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBat
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Date32Type, Int32Type, Int64Type, TimestampMicrosecondType};
 use chatlake_core::config::InvalidConfig;
-pub use chatlake_core::fingerprint::FingerprintSet;
 use chatlake_core::removal::RemovalLog;
 use chatlake_core::{
     Batch, BuildContext, DataKind, Emitter, Error, Result, Transform, TransformConfig,
     TransformContext, WindowRef,
 };
+pub use chatlake_fingerprint::FingerprintSet;
+pub use error::{DedupeError, SpillError};
 use history::History;
 use latest::{LatestSpill, ReplaceEarlier};
 use schemars::JsonSchema;
@@ -264,6 +266,18 @@ impl AcrossRuns {
         Ok(())
     }
 
+    /// The run's error for a failed `action` on the key files.
+    fn error(&self, cx: &TransformContext, action: &'static str, e: std::io::Error) -> Error {
+        Error::component(
+            &cx.name,
+            DedupeError::KeyFiles {
+                action,
+                dir: self.dir.clone(),
+                source: e,
+            },
+        )
+    }
+
     /// The temporary key file of `window`, created at its first batch.
     fn key_file(&mut self, window: String) -> std::io::Result<&mut BufWriter<std::fs::File>> {
         use std::collections::hash_map::Entry;
@@ -284,9 +298,13 @@ impl AcrossRuns {
             return Ok(());
         };
         let file = writer.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, self.dir.join(format!("{window}.{KEYS_EXT}")))
+        // The error names the directory already (see `AcrossRuns::error`).
+        chatlake_core::durable::commit_file(
+            file,
+            &tmp,
+            &self.dir.join(format!("{window}.{KEYS_EXT}")),
+        )
+        .map_err(|e| e.source)
     }
 
     /// Forgets the keys `window` added: removes them from `seen` and deletes its file.
@@ -300,6 +318,11 @@ impl AcrossRuns {
         })?;
         std::fs::remove_file(&tmp)
     }
+}
+
+/// The run's error for a failed spill of `keep = "latest"`.
+fn spill_failed(cx: &TransformContext, e: SpillError) -> Error {
+    Error::component(&cx.name, DedupeError::Spill(e))
 }
 
 /// Calls `f` with the fingerprint of each `width`-byte key (8, or 16 for the earlier format) in
@@ -323,7 +346,7 @@ impl DedupeTransform {
         let mut columns = Vec::with_capacity(self.config.key.len());
         for name in &self.config.key {
             let col = batch.column_by_name(name).ok_or_else(|| {
-                Error::component(&cx.name, format!("key column `{name}` is not in the input"))
+                Error::component(&cx.name, DedupeError::MissingKeyColumn(name.clone()))
             })?;
             columns.push(col.clone());
         }
@@ -341,7 +364,7 @@ impl DedupeTransform {
 }
 
 /// Appends one cell to the key bytes, length-prefixed so that ("ab","c") ≠ ("a","bc").
-fn append_key(buf: &mut Vec<u8>, col: &ArrayRef, row: usize) -> Result<(), String> {
+fn append_key(buf: &mut Vec<u8>, col: &ArrayRef, row: usize) -> Result<(), DedupeError> {
     if col.is_null(row) {
         buf.push(0);
         return Ok(());
@@ -375,7 +398,7 @@ fn append_key(buf: &mut Vec<u8>, col: &ArrayRef, row: usize) -> Result<(), Strin
             scratch = (col.as_boolean().value(row) as i64).to_le_bytes();
             bytes = &scratch;
         }
-        other => return Err(format!("cannot use a {other} column as a dedupe key")),
+        other => return Err(DedupeError::KeyType(other.clone())),
     }
     buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
     buf.extend_from_slice(bytes);
@@ -408,9 +431,9 @@ impl Transform for DedupeTransform {
                 if let Some(across) = self.across.as_mut()
                     && !across.loaded
                 {
-                    across.load(&mut self.seen).map_err(|e| {
-                        Error::component(&cx.name, format!("reading {}: {e}", across.dir.display()))
-                    })?;
+                    across
+                        .load(&mut self.seen)
+                        .map_err(|e| across.error(cx, "reading", e))?;
                 }
                 let fingerprints: Vec<u64> = hashes.iter().map(|h| fingerprint(*h)).collect();
                 let mut new = Vec::with_capacity(fingerprints.len());
@@ -428,12 +451,7 @@ impl Transform for DedupeTransform {
                         }
                         Ok(())
                     };
-                    write(across).map_err(|e| {
-                        Error::component(
-                            &cx.name,
-                            format!("writing keys to {}: {e}", across.dir.display()),
-                        )
-                    })?;
+                    write(across).map_err(|e| across.error(cx, "writing keys to", e))?;
                 }
                 if mask.true_count() == mask.len() {
                     out.push(batch);
@@ -452,16 +470,13 @@ impl Transform for DedupeTransform {
                 else {
                     return Err(Error::component(
                         &cx.name,
-                        format!(
-                            "version column `{}` is missing or not Int64",
-                            self.config.version_column
-                        ),
+                        DedupeError::VersionColumn(self.config.version_column.clone()),
                     ));
                 };
                 let spill = self.latest.as_mut().expect("built for keep = latest");
                 spill
                     .push(&batch.window, &batch.data, &hashes, versions)
-                    .map_err(|e| Error::component(&cx.name, e.to_string()))?;
+                    .map_err(|e| spill_failed(cx, e))?;
             }
         }
         Ok(())
@@ -474,12 +489,9 @@ impl Transform for DedupeTransform {
             spill.window_failed(window);
         }
         if let Some(across) = self.across.as_mut() {
-            across.forget(&window.key(), &mut self.seen).map_err(|e| {
-                Error::component(
-                    &cx.name,
-                    format!("forgetting keys in {}: {e}", across.dir.display()),
-                )
-            })?;
+            across
+                .forget(&window.key(), &mut self.seen)
+                .map_err(|e| across.error(cx, "forgetting keys in", e))?;
         }
         Ok(())
     }
@@ -493,12 +505,9 @@ impl Transform for DedupeTransform {
         // Written before the marker goes on to the sinks: the ledger, written after them, is
         // what makes this file count at the next start.
         if let Some(across) = self.across.as_mut() {
-            across.save(&window.key()).map_err(|e| {
-                Error::component(
-                    &cx.name,
-                    format!("writing keys to {}: {e}", across.dir.display()),
-                )
-            })?;
+            across
+                .save(&window.key())
+                .map_err(|e| across.error(cx, "writing keys to", e))?;
         }
         Ok(())
     }
@@ -507,7 +516,7 @@ impl Transform for DedupeTransform {
         if let Some(spill) = self.latest.as_mut() {
             spill
                 .finish(&cx.run.run_id)
-                .map_err(|e| Error::component(&cx.name, e.to_string()))?;
+                .map_err(|e| spill_failed(cx, e))?;
         }
         Ok(())
     }
@@ -515,9 +524,7 @@ impl Transform for DedupeTransform {
     /// The winners of `keep = "latest"`, one batch at a time, so they are never all in memory.
     fn finish_next(&mut self, out: &mut Emitter, cx: &TransformContext) -> Result<bool> {
         match self.latest.as_mut() {
-            Some(spill) => spill
-                .emit_next(out)
-                .map_err(|e| Error::component(&cx.name, e.to_string())),
+            Some(spill) => spill.emit_next(out).map_err(|e| spill_failed(cx, e)),
             None => Ok(false),
         }
     }

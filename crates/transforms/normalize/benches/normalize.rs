@@ -66,7 +66,7 @@ fn raw_batches() -> Vec<RecordBatch> {
 fn lineworks_mapping(c: &mut Criterion) {
     // The binary's allocator settings: without them, where a batch's fresh buffers land moves
     // these times by half (the same build measured 6.8 or 11.5 ms depending on how it was run).
-    chatlake_core::allocator::tune();
+    chatlake_allocator::tune();
     let batches = raw_batches();
     let window = Arc::new(Window {
         source: "lw".into(),

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use arrow::array::{
     Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, StringBuilder,
 };
-use chatlake_core::fingerprint::FingerprintSet;
 use chatlake_core::schema::{self};
 use chatlake_core::{Batch, Emitter, Error, Result, TransformContext, WindowRef};
+use chatlake_fingerprint::FingerprintSet;
 
 use crate::columns::{
     Kept, constant, no_attachments, no_text, no_time, utc, utc_dates, wall_clock_seconds,

@@ -1,5 +1,12 @@
 //! The allocator settings every chatlake process runs with: the binary calls [`tune`] first
 //! thing, and so do the criterion benchmarks, so that they measure what runs.
+//!
+//! Why a crate of its own, outside `chatlake-core`: the settings are the process's, not the
+//! library's (a program embedding the components keeps its own allocator), so only binaries
+//! should apply them — the CLI as a dependency, the benchmarks of normalize, dedupe, parquet and
+//! LINE WORKS as a dev-dependency. The benchmarks cannot reach the CLI crate itself (it depends on
+//! every component, including the one being measured), and this crate is the one place with
+//! `unsafe` FFI and the `libc` dependency.
 
 /// Arrow buffers of a batch are megabytes, allocated and freed by the thousand on several
 /// threads. glibc's malloc raises its mmap threshold each time such a block is freed (up to 32

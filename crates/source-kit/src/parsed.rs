@@ -5,10 +5,12 @@
 use arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc;
 
+use chatlake_core::dead_letter::DeadLetters;
+use chatlake_core::metrics::ComponentMetrics;
+use chatlake_core::stage::SourceContext;
+use chatlake_core::{Batch, Error, Result, WindowRef};
+
 use crate::csv_input::CsvRecord;
-use crate::event::{Batch, WindowRef};
-use crate::stage::SourceContext;
-use crate::{Error, Result};
 
 /// Batches a parser may run ahead of the source's output.
 const IN_FLIGHT: usize = 2;
@@ -30,8 +32,8 @@ pub trait RowSink {
 pub struct ChannelSink {
     tx: mpsc::Sender<RecordBatch>,
     cx_name: String,
-    dead_letters: crate::dead_letter::DeadLetters,
-    metrics: std::sync::Arc<crate::metrics::ComponentMetrics>,
+    dead_letters: DeadLetters,
+    metrics: std::sync::Arc<ComponentMetrics>,
     window: WindowRef,
     dead_letter_error: Option<Error>,
 }

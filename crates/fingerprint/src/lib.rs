@@ -11,6 +11,11 @@
 //! Probing is linear; the home slot of a fingerprint is `fp × capacity / 2⁶⁴` ("fastrange"), so
 //! any capacity works, not just powers of two. Removal shifts the following entries of the probe
 //! run back instead of leaving tombstones, so lookups never slow down after removals.
+//!
+//! Why a crate of its own: two transforms use the set, and neither should depend on the other
+//! (`normalize` would otherwise compile dedupe's spill and history code to count rows), nor does
+//! the set belong in `chatlake-core`, the narrow waist every component compiles against. It has no
+//! dependency at all, so the crate costs nothing to build.
 
 /// A set of non-zero-mapped 64-bit fingerprints. See the module docs.
 #[derive(Debug, Default, Clone)]

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use chatlake_core::config::InvalidConfig;
+
 /// Why the `files` globs did not give files to read.
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
@@ -22,8 +24,7 @@ pub enum FilesError {
 }
 
 /// The checks of a source's `files` option that need no disk: at least one pattern, each a glob.
-pub fn check_patterns(patterns: &[String]) -> Result<(), crate::config::InvalidConfig> {
-    use crate::config::InvalidConfig;
+pub fn check_patterns(patterns: &[String]) -> Result<(), InvalidConfig> {
     if patterns.is_empty() {
         return Err(InvalidConfig::new(
             "files",
@@ -71,7 +72,7 @@ pub fn expand(patterns: &[String]) -> Result<Vec<PathBuf>, FilesError> {
 }
 
 /// Runs `load` for every item, `at_once` at a time (parsers run on blocking threads, so files
-/// are read on several cores; see [`crate::runtime::fetch_windows_at_once`]), and stops at the
+/// are read on several cores; see [`chatlake_core::runtime::fetch_windows_at_once`]), and stops at the
 /// first error. Used by sources that read one window per file: the windows are independent.
 pub async fn load_concurrently<T, E, F, Fut>(
     items: Vec<T>,
@@ -97,7 +98,8 @@ mod tests {
 
     #[test]
     fn globs_expand_sorted_once_and_a_miss_is_an_error() {
-        let dir = crate::config::tests::tempdir();
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
         for f in ["b.csv", "a.csv", "c.txt"] {
             std::fs::write(dir.join(f), "x").unwrap();
         }
