@@ -148,7 +148,8 @@ mod tests {
         let (seen, result, _) = list(3, 3, |call, _| (call == 2).then_some(E::Down)).await;
         assert_eq!((seen, result), (vec!["p0".to_string()], Err(E::Down)));
         // An "expired" answer to the first page has no cursor to blame: it is an error.
-        let (seen, result, calls) = list(3, 3, |call, p| (call == 1).then_some(E::Expired(p))).await;
+        let (seen, result, calls) =
+            list(3, 3, |call, p| (call == 1).then_some(E::Expired(p))).await;
         assert_eq!((seen.len(), result, calls), (0, Err(E::Expired(0)), 1));
     }
 }

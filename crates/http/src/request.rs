@@ -340,13 +340,16 @@ mod tests {
             Ok(Secret::new(format!("t{}", refused + 1)))
         }
         async fn refused(&self, token: &Secret) {
-            self.refused.lock().unwrap().push(token.expose().to_string());
+            self.refused
+                .lock()
+                .unwrap()
+                .push(token.expose().to_string());
         }
     }
 
     /// Runs a scripted request: each attempt pops the next status (200 = success).
     async fn scripted(
-    lp: RequestLoop<'_>,
+        lp: RequestLoop<'_>,
         tokens: Option<&Tokens>,
         script: &[(u16, Option<&str>)],
         observer: &mut Counts,
@@ -376,9 +379,14 @@ mod tests {
         assert_eq!((seen.attempts, seen.retries), (3, 2));
 
         let mut seen = Counts::default();
-        let e = scripted(lp, None, &[(503, None), (503, None), (503, None)], &mut seen)
-            .await
-            .unwrap_err();
+        let e = scripted(
+            lp,
+            None,
+            &[(503, None), (503, None), (503, None)],
+            &mut seen,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
         assert_eq!((seen.attempts, seen.retries), (3, 2));
 
@@ -387,7 +395,11 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.status(), Some(StatusCode::NOT_FOUND));
-        assert_eq!((seen.attempts, seen.retries), (1, 0), "a 404 is not retried");
+        assert_eq!(
+            (seen.attempts, seen.retries),
+            (1, 0),
+            "a 404 is not retried"
+        );
     }
 
     #[tokio::test]
@@ -412,9 +424,14 @@ mod tests {
 
         // Without a token (an API key) a 401 is final at once.
         let mut seen = Counts::default();
-        let e = scripted(RequestLoop::new(&policy(5)), None, &[(401, None)], &mut seen)
-            .await
-            .unwrap_err();
+        let e = scripted(
+            RequestLoop::new(&policy(5)),
+            None,
+            &[(401, None)],
+            &mut seen,
+        )
+        .await
+        .unwrap_err();
         assert!(e.is_unauthorized());
         assert_eq!(seen.attempts, 1);
     }
@@ -429,7 +446,10 @@ mod tests {
         let mut seen = Counts::default();
         let out = scripted(lp, None, &[(429, Some("0.2"))], &mut seen).await;
         assert_eq!(out.unwrap(), "ok");
-        assert!(start.elapsed() >= Duration::from_millis(190), "the server's wait");
+        assert!(
+            start.elapsed() >= Duration::from_millis(190),
+            "the server's wait"
+        );
         assert_eq!(seen.retries, 1);
         // Another caller of the budget was held back too (and now runs at half rate).
         let start = std::time::Instant::now();

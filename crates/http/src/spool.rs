@@ -34,7 +34,8 @@ pub async fn spool_body(
         )
     };
     let file = tempfile::tempfile().map_err(local)?;
-    let mut out = tokio::io::BufWriter::with_capacity(SPOOL_BUFFER, tokio::fs::File::from_std(file));
+    let mut out =
+        tokio::io::BufWriter::with_capacity(SPOOL_BUFFER, tokio::fs::File::from_std(file));
     while let Some(chunk) = response
         .chunk()
         .await

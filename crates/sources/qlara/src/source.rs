@@ -111,7 +111,10 @@ fn key_budget(key: String, per_minute: std::num::NonZeroU32) -> RateLimiter {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .entry(key)
-        .or_insert_with(|| RateLimiter::per_minute(per_minute))
+        .or_insert_with(|| {
+            // Whole again at the provider's reset: a 429 pauses the budget, without a slow-down.
+            RateLimiter::per_minute(per_minute).with_slow_down(Duration::ZERO)
+        })
         .clone()
 }
 
@@ -235,6 +238,7 @@ impl QlaraSource {
                 api: root.clone(),
                 credentials: &api.credentials,
                 body: api.submit_body(&window),
+                component: &self.name,
                 window: &window.label,
                 metrics: cx.metrics.clone(),
                 budget: &budget,
@@ -249,7 +253,6 @@ impl QlaraSource {
                 window: &window,
                 metrics: &cx.metrics,
                 out: &cx.out,
-                budget: &budget,
             };
             let result = match run_export(&export, &api.export, known, &mut hooks).await {
                 Ok(file) => {
@@ -370,13 +373,12 @@ impl QlaraSource {
     }
 }
 
-/// Metrics, logs and checkpoints of one window's export.
+/// Metrics and checkpoints of one window's export.
 struct Hooks<'a> {
     source: &'a QlaraSource,
     window: &'a WindowRef,
     metrics: &'a ComponentMetrics,
     out: &'a chatlake_core::stage::Output,
-    budget: &'a RateLimiter,
 }
 
 #[async_trait]
@@ -391,21 +393,9 @@ impl ExportHooks for Hooks<'_> {
             .map_err(|e| e.to_string())
     }
 
-    fn retry(&mut self, error: &RequestError, delay: Duration) {
+    /// The request loop logs the retry and pauses the key's budget after a `429`.
+    fn retry(&mut self, _error: &RequestError, _delay: Duration) {
         self.metrics.add_retry();
-        if error.status() == Some(reqwest::StatusCode::TOO_MANY_REQUESTS)
-            && let Some(wait) = error.server_wait()
-        {
-            // The limit is per key: hold back every request of it, not only this one.
-            self.budget.pause_for(wait);
-        }
-        tracing::warn!(
-            component = %self.source.name,
-            window = %self.window.label,
-            delay_ms = delay.as_millis() as u64,
-            %error,
-            "request failed; retrying"
-        );
     }
 
     fn request(&mut self) {
