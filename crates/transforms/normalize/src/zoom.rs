@@ -238,11 +238,7 @@ mod tests {
         assert_eq!(text("provider").value(0), "zoom");
         assert_eq!(text("stream").value(0), "chat_report");
         assert_eq!(text("conversation_id").value(0), "s1");
-        assert_eq!(
-            text("sender_id").value(0),
-            "x@e",
-            "the e-mail, not the member id"
-        );
+        assert_eq!(text("sender_id").value(0), "x@e", "the e-mail, not the member id");
         assert_eq!(text("recipient").value(0), "y@e");
         assert_eq!(text("reply_to_id").value(0), "z");
         let status = text("status");
