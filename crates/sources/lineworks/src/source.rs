@@ -472,14 +472,10 @@ impl Fetcher<'_> {
         };
 
         let mut url = self.api.query.url(&self.api.endpoint, window);
-        self.cx.metrics.add_request();
         let mut response = self
-            .client
-            .get(url.clone())
-            .bearer_auth(token.expose())
-            .send()
+            .get(&url, Some(&token))
             .await
-            .map_err(|e| fail(RequestError::from_reqwest(Method::GET, &url, e), &token))?;
+            .map_err(|e| fail(e, &token))?;
         let mut redirects = 0;
         let mut file_token_refreshed = false;
         while response.status() != StatusCode::OK {
@@ -499,14 +495,10 @@ impl Fetcher<'_> {
                 self.auth.refused(&token).await;
                 token = self.fresh_token(window).await?;
                 self.cx.metrics.add_retry();
-                self.cx.metrics.add_request();
                 response = self
-                    .client
-                    .get(url.clone())
-                    .bearer_auth(token.expose())
-                    .send()
+                    .get(&url, Some(&token))
                     .await
-                    .map_err(|e| fail(RequestError::from_reqwest(Method::GET, &url, e), &token))?;
+                    .map_err(|e| fail(e, &token))?;
                 continue;
             }
             if !status.is_redirection() {
@@ -534,16 +526,12 @@ impl Fetcher<'_> {
                 .map_err(|e| protocol(format!("HTTP {status} with a bad Location ({e})")))?;
             drop(response);
             url = next;
-            let mut request = self.client.get(url.clone());
             // Credentials go only to the API's own origin, never across a redirect to another.
-            if self.scope.allows(&url) {
-                request = request.bearer_auth(token.expose());
-            }
-            self.cx.metrics.add_request();
-            response = request
-                .send()
+            let credential = self.scope.allows(&url).then_some(&token);
+            response = self
+                .get(&url, credential)
                 .await
-                .map_err(|e| fail(RequestError::from_reqwest(Method::GET, &url, e), &token))?;
+                .map_err(|e| fail(e, &token))?;
         }
         let mut bytes = 0u64;
         let file = spool_body(&url, response, |chunk| {
@@ -554,6 +542,23 @@ impl Fetcher<'_> {
         .map_err(|e| fail(e, &token))?;
         tracing::debug!(component = %self.cx.name, bytes, "download spooled");
         Ok((file, url))
+    }
+
+    /// One counted `GET`, with `token` as its bearer if given.
+    async fn get(
+        &self,
+        url: &Url,
+        token: Option<&Secret>,
+    ) -> Result<reqwest::Response, RequestError> {
+        let mut request = self.client.get(url.clone());
+        if let Some(token) = token {
+            request = request.bearer_auth(token.expose());
+        }
+        self.cx.metrics.add_request();
+        request
+            .send()
+            .await
+            .map_err(|e| RequestError::from_reqwest(Method::GET, url, e))
     }
 
     async fn fresh_token(&self, window: &Window) -> Result<Secret, Failure> {

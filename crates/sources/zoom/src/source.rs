@@ -244,7 +244,7 @@ struct ListedSession {
     peer_contact_user_id: Option<String>,
 }
 
-/// Which discovery list, under which budget, and what to call it in errors and logs.
+/// One discovery list: where it is, under which budget, and what to call it in errors and logs.
 #[derive(Clone, Copy)]
 struct Listing<'a> {
     label: Label,
@@ -252,6 +252,10 @@ struct Listing<'a> {
     what: &'static str,
     /// The pseudo-window the requests are logged under.
     window: &'a str,
+    /// The path segments under the API base.
+    path: &'a [&'a str],
+    /// The query of the first page; later pages add their `next_page_token`.
+    query: &'a [(&'a str, &'a str)],
 }
 
 /// One page of a discovery list: its items and the token of the next page.
@@ -425,21 +429,16 @@ impl ZoomSource {
     // ---- discovery ------------------------------------------------------------------------
 
     async fn list_users(&self, api: &ZoomApi) -> Result<Vec<ListedUser>, ApiError> {
-        let listing = Listing {
+        let users = Listing {
             label: Label::Medium,
             what: "the user list",
             window: "discovery of users",
+            path: &["users"],
+            query: &[("page_size", USERS_PAGE)],
         };
-        self.list_all(
-            api,
-            listing,
-            |token| {
-                let mut q = vec![("page_size", USERS_PAGE)];
-                q.extend(token.map(|t| ("next_page_token", t)));
-                api.url(&["users"], &q)
-            },
-            |page: UsersPage| (page.next_page_token, page.users),
-        )
+        self.list_all(api, users, |page: UsersPage| {
+            (page.next_page_token, page.users)
+        })
         .await
     }
 
@@ -449,40 +448,30 @@ impl ZoomSource {
         api: &ZoomApi,
         user: &str,
     ) -> Result<(Vec<ListedChannel>, Vec<ListedSession>), ApiError> {
-        let what = format!("discovery of user {user}");
-        let listing = Listing {
+        let window = format!("discovery of user {user}");
+        let channels = Listing {
             label: Label::Medium,
             what: "the channel list",
-            window: &what,
+            window: &window,
+            path: &["chat", "users", user, "channels"],
+            query: &[("page_size", LIST_PAGE)],
         };
         let channels = self
-            .list_all(
-                api,
-                listing,
-                |token| {
-                    let mut q = vec![("page_size", LIST_PAGE)];
-                    q.extend(token.map(|t| ("next_page_token", t)));
-                    api.url(&["chat", "users", user, "channels"], &q)
-                },
-                |page: ChannelsPage| (page.next_page_token, page.channels),
-            )
+            .list_all(api, channels, |page: ChannelsPage| {
+                (page.next_page_token, page.channels)
+            })
             .await?;
-        let listing = Listing {
+        let contacts = Listing {
             label: Label::Medium,
             what: "the session list",
-            window: &what,
+            window: &window,
+            path: &["chat", "users", user, "sessions"],
+            query: &[("type", "1:1"), ("page_size", LIST_PAGE)],
         };
         let contacts = self
-            .list_all(
-                api,
-                listing,
-                |token| {
-                    let mut q = vec![("type", "1:1"), ("page_size", LIST_PAGE)];
-                    q.extend(token.map(|t| ("next_page_token", t)));
-                    api.url(&["chat", "users", user, "sessions"], &q)
-                },
-                |page: SessionsPage| (page.next_page_token, page.sessions),
-            )
+            .list_all(api, contacts, |page: SessionsPage| {
+                (page.next_page_token, page.sessions)
+            })
             .await?;
         Ok((channels, contacts))
     }
@@ -493,7 +482,6 @@ impl ZoomSource {
         &self,
         api: &ZoomApi,
         listing: Listing<'_>,
-        url_of: impl Fn(Option<&str>) -> Url,
         items: impl Fn(P) -> (Option<String>, Vec<T>),
     ) -> Result<Vec<T>, ApiError>
     where
@@ -501,7 +489,9 @@ impl ZoomSource {
     {
         let items = &items;
         let fetch = |token: Option<String>| {
-            let url = url_of(token.as_deref());
+            let mut query = listing.query.to_vec();
+            query.extend(token.as_deref().map(|t| ("next_page_token", t)));
+            let url = api.url(listing.path, &query);
             async move {
                 let body = api.get(listing.label, &url, listing.window).await?;
                 let page: P =
@@ -637,27 +627,22 @@ impl ZoomSource {
         range: &(DateTime<FixedOffset>, DateTime<FixedOffset>),
     ) -> Result<Vec<Target>, ApiError> {
         let (from, to) = (zoom_day(&range.0), zoom_day(&range.1));
-        let what = format!("discovery of sessions {from}..{to}");
-        let listing = Listing {
+        let window = format!("discovery of sessions {from}..{to}");
+        let sessions = Listing {
             label: Label::Heavy,
             what: "the session report",
-            window: &what,
+            window: &window,
+            path: &["report", "chat", "sessions"],
+            query: &[
+                ("from", from.as_str()),
+                ("to", to.as_str()),
+                ("page_size", USERS_PAGE),
+            ],
         };
         let sessions = self
-            .list_all(
-                api,
-                listing,
-                |token| {
-                    let mut q = vec![
-                        ("from", from.as_str()),
-                        ("to", to.as_str()),
-                        ("page_size", USERS_PAGE),
-                    ];
-                    q.extend(token.map(|t| ("next_page_token", t)));
-                    api.url(&["report", "chat", "sessions"], &q)
-                },
-                |page: SessionsPage| (page.next_page_token, page.sessions),
-            )
+            .list_all(api, sessions, |page: SessionsPage| {
+                (page.next_page_token, page.sessions)
+            })
             .await?;
         let mut out: Vec<Target> = sessions
             .into_iter()
