@@ -237,6 +237,24 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn without_a_slow_down_a_429_only_pauses() {
+        let rl = RateLimiter::sliding_window(NonZeroU32::new(2).unwrap(), Duration::from_secs(60))
+            .with_slow_down(Duration::ZERO);
+        let start = Instant::now();
+        rl.rate_limited(Duration::from_secs(5));
+        assert!(
+            rl.slowed_until.lock().unwrap().is_none(),
+            "never at half rate"
+        );
+        // After the pause both places of the minute are there: no request spends two.
+        rl.until_ready().await;
+        rl.until_ready().await;
+        assert_eq!(start.elapsed().as_secs(), 5);
+        rl.until_ready().await;
+        assert_eq!(start.elapsed().as_secs(), 65);
+    }
+
     #[tokio::test]
     async fn clones_share_one_budget() {
         let a = RateLimiter::new(NonZeroU32::new(10).unwrap(), Duration::from_secs(1));
