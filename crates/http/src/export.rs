@@ -4,8 +4,9 @@
 //! A provider implements [`ExportApi`] (one method per request, each returning the request's
 //! [`RequestError`] on failure) and calls [`run_export`], which owns the loop:
 //!
-//! * every request is retried as the [`RetryPolicy`] allows (`429` honours the server's wait,
-//!   `5xx` and dropped connections back off);
+//! * every request goes through the shared [`RequestLoop`] and is retried as the [`RetryPolicy`]
+//!   allows (`429` honours the server's wait and pauses the provider's budget, `5xx` and dropped
+//!   connections back off);
 //! * polls are `poll_interval` apart, with ±20 % jitter so that many windows do not poll in step;
 //! * a job that reports `FAILED` is submitted again, up to `max_resubmits` times;
 //! * a download URL that has expired (`400`/`403` when fetching it or the file) is regenerated
@@ -24,7 +25,7 @@ use reqwest::StatusCode;
 use tokio::time::Instant;
 use url::Url;
 
-use crate::{RequestError, RetryPolicy};
+use crate::{Failure, RequestError, RequestLoop, RetryObserver, RetryPolicy, classify};
 
 /// What a poll says about a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +59,11 @@ pub trait ExportApi: Send + Sync {
     /// Downloads the file at `url` (streaming). Must not send credentials to a foreign host.
     /// A `400`/`403` means the link expired.
     async fn download(&self, url: &Url) -> Result<Self::Download, RequestError>;
+    /// The loop every request of the export goes through: the provider adds the budget a `429`
+    /// pauses and names the component and window for the logs.
+    fn request_loop<'a>(&'a self, retry: &'a RetryPolicy) -> RequestLoop<'a> {
+        RequestLoop::new(retry)
+    }
 }
 
 /// Callbacks of [`run_export`], for state and metrics. Every method has a no-op default.
@@ -70,6 +76,8 @@ pub trait ExportHooks: Send {
     }
     /// A request failed and is about to be tried again.
     fn retry(&mut self, _error: &RequestError, _delay: Duration) {}
+    /// The provider answered that the rate limit was exceeded (for the 429 counter).
+    fn rate_limited(&mut self, _error: &RequestError, _wait: Duration) {}
     /// A request is about to be sent (for request counters).
     fn request(&mut self) {}
 }
@@ -152,29 +160,40 @@ pub fn jittered(interval: Duration, jitter: f64) -> Duration {
     interval.mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0))
 }
 
-/// Calls `attempt` until it succeeds, fails for good, or the policy runs out of tries.
-pub async fn with_retries<T, F, Fut>(
+/// Calls `attempt` through `api`'s [`RequestLoop`] (see [`ExportApi::request_loop`]) with the
+/// shared classification: the export's requests carry no token to refresh, and no provider fact
+/// of an export flow is about a single answer (a `FAILED` job is a state, not a failed request).
+pub async fn with_retries<A, T, F, Fut>(
+    api: &A,
     retry: &RetryPolicy,
     hooks: &mut dyn ExportHooks,
     mut attempt: F,
 ) -> Result<T, RequestError>
 where
+    A: ExportApi + ?Sized,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, RequestError>>,
 {
-    let mut attempts = 0u32;
-    loop {
-        attempts += 1;
-        hooks.request();
-        match attempt().await {
-            Ok(v) => return Ok(v),
-            Err(e) if e.is_retryable() && retry.may_retry(attempts) => {
-                let delay = retry.delay(attempts, e.server_wait());
-                hooks.retry(&e, delay);
-                tokio::time::sleep(delay).await;
-            }
-            Err(e) => return Err(e),
-        }
+    api.request_loop(retry)
+        .run(&mut HooksObserver(hooks), classify, || {
+            let sent = attempt();
+            async move { sent.await.map_err(|e| Failure::request(e, None)) }
+        })
+        .await
+}
+
+/// The request counter and retry callback of [`ExportHooks`], as the loop's observer.
+struct HooksObserver<'a>(&'a mut dyn ExportHooks);
+
+impl RetryObserver for HooksObserver<'_> {
+    fn attempt(&mut self) {
+        self.0.request();
+    }
+    fn retry(&mut self, error: &RequestError, delay: Duration) {
+        self.0.retry(error, delay);
+    }
+    fn rate_limited(&mut self, error: &RequestError, wait: Duration) {
+        self.0.rate_limited(error, wait);
     }
 }
 
@@ -190,7 +209,7 @@ pub async fn run_export<A: ExportApi>(
     let (mut id, mut fresh) = match known_id {
         Some(id) => (id, false),
         None => {
-            let id = with_retries(retry, hooks, || api.submit()).await?;
+            let id = with_retries(api, retry, hooks, || api.submit()).await?;
             accepted(hooks, &id).await?;
             (id, true)
         }
@@ -209,7 +228,7 @@ pub async fn run_export<A: ExportApi>(
                         .saturating_sub(accepted_at.elapsed());
                     tokio::time::sleep(left).await;
                     // One last look before giving up.
-                    if with_retries(retry, hooks, || api.poll(&id)).await? == JobState::Ready {
+                    if with_retries(api, retry, hooks, || api.poll(&id)).await? == JobState::Ready {
                         break;
                     }
                     return Err(ExportError::Timeout {
@@ -220,7 +239,7 @@ pub async fn run_export<A: ExportApi>(
                 tokio::time::sleep(pause).await;
             }
             fresh = true;
-            match with_retries(retry, hooks, || api.poll(&id)).await? {
+            match with_retries(api, retry, hooks, || api.poll(&id)).await? {
                 JobState::Ready => break,
                 JobState::Pending => {}
                 JobState::Expired => {
@@ -242,13 +261,13 @@ pub async fn run_export<A: ExportApi>(
                     }
                     resubmits += 1;
                     tracing::warn!(export_id = %id, %reason, resubmits, "export failed; submitting it again");
-                    id = with_retries(retry, hooks, || api.submit()).await?;
+                    id = with_retries(api, retry, hooks, || api.submit()).await?;
                     accepted(hooks, &id).await?;
                     accepted_at = Instant::now();
                 }
             }
         }
-        let url = match with_retries(retry, hooks, || api.download_url(&id)).await {
+        let url = match with_retries(api, retry, hooks, || api.download_url(&id)).await {
             Ok(url) => url,
             Err(e) if is_expired_link(&e) => {
                 tracing::warn!(export_id = %id, error = %e, "download link expired; regenerating it");
@@ -258,7 +277,7 @@ pub async fn run_export<A: ExportApi>(
             }
             Err(e) => return Err(e.into()),
         };
-        match with_retries(retry, hooks, || api.download(&url)).await {
+        match with_retries(api, retry, hooks, || api.download(&url)).await {
             Ok(done) => return Ok(done),
             Err(e) if is_expired_link(&e) => {
                 tracing::warn!(export_id = %id, error = %e, "download link expired; regenerating it");
@@ -294,7 +313,7 @@ async fn regenerate<A: ExportApi>(
         });
     }
     *regenerations += 1;
-    with_retries(&settings.retry, hooks, || api.regenerate(id)).await?;
+    with_retries(api, &settings.retry, hooks, || api.regenerate(id)).await?;
     Ok(())
 }
 

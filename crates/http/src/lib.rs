@@ -2,9 +2,14 @@
 //! credentials may go, retry with backoff, keep under a rate budget, cache access tokens and say
 //! precisely which request failed.
 //!
-//! Sources own their request loop (each provider has its own idea of what a failed attempt is:
-//! LINE WORKS reports a broken download at the end of a 200 body), and use these pieces in it:
+//! Sources do not write request loops: they hand one attempt and a classifier of its result to
+//! [`RequestLoop`], and a paged endpoint's fetch to [`pages`]. The pieces:
 //!
+//! * [`RequestLoop`], [`classify`], [`Outcome`]: the one request loop (retry with backoff, wait
+//!   for a rate limit and pause the shared budget, refresh a refused token once, fail), with the
+//!   provider's facts in its classifier.
+//! * [`pages`]: the one paging loop, a stream of pages that restarts a listing whose cursor
+//!   expired.
 //! * [`HttpClient`]: reqwest with rustls, chatlake's user agent, timeouts and **no redirects**,
 //!   so a source follows a `302` itself and decides with [`CredentialScope`] whether the next host
 //!   may see its token.
@@ -18,8 +23,11 @@
 mod client;
 mod error;
 pub mod export;
+mod paging;
 mod rate;
+mod request;
 mod retry;
+mod spool;
 mod token;
 
 pub use client::{
@@ -27,8 +35,13 @@ pub use client::{
     same_origin,
 };
 pub use error::{ErrorKind, ProviderError, RequestError};
+pub use paging::{PageEvent, Paging, pages};
 pub use rate::RateLimiter;
+pub use request::{
+    Attempt, Credential, Failure, NoObserver, Outcome, RequestLoop, RetryObserver, classify,
+};
 pub use retry::{RetryPolicy, parse_retry_after, server_wait};
+pub use spool::spool_body;
 pub use token::{
     AccessToken, TokenCache, TokenResponse, deserialize_optional_seconds, deserialize_seconds,
     post_token_form,

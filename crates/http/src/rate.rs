@@ -80,7 +80,8 @@ impl RateLimiter {
         }
     }
 
-    /// Sets how long the budget runs at half rate after a `429` (default [`SLOW_DOWN_FOR`]).
+    /// Sets how long the budget runs at half rate after a `429` (default [`SLOW_DOWN_FOR`]);
+    /// zero for a provider whose budget is whole again at its reset.
     pub fn with_slow_down(mut self, slow_down_for: Duration) -> Self {
         self.slow_down_for = slow_down_for;
         self
@@ -144,9 +145,13 @@ impl RateLimiter {
 
     /// A `429` answered: hold every request back for `wait` (the provider's reset), then run at
     /// half the rate for [`SLOW_DOWN_FOR`], since our pacing and the provider's count disagree
-    /// (another app of the same account spends the budget too).
+    /// (another app of the same account spends the budget too). A budget built
+    /// `with_slow_down(Duration::ZERO)` is only paused.
     pub fn rate_limited(&self, wait: Duration) {
         self.pause_for(wait);
+        if self.slow_down_for.is_zero() {
+            return;
+        }
         if let Ok(mut slowed) = self.slowed_until.lock() {
             *slowed = Some(Instant::now() + wait + self.slow_down_for);
         }
@@ -230,6 +235,24 @@ mod tests {
             took < Duration::from_millis(450),
             "back to full rate: {took:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_slow_down_a_429_only_pauses() {
+        let rl = RateLimiter::sliding_window(NonZeroU32::new(2).unwrap(), Duration::from_secs(60))
+            .with_slow_down(Duration::ZERO);
+        let start = Instant::now();
+        rl.rate_limited(Duration::from_secs(5));
+        assert!(
+            rl.slowed_until.lock().unwrap().is_none(),
+            "never at half rate"
+        );
+        // After the pause both places of the minute are there: no request spends two.
+        rl.until_ready().await;
+        rl.until_ready().await;
+        assert_eq!(start.elapsed().as_secs(), 5);
+        rl.until_ready().await;
+        assert_eq!(start.elapsed().as_secs(), 65);
     }
 
     #[tokio::test]

@@ -69,6 +69,10 @@ pub struct ZoomFaults {
     pub new_token_invalidates_old: bool,
     /// `paid=false`: the account has no Pro plan; the report answers 400 code 200.
     pub paid: bool,
+    /// `list_page_max=N`: the discovery lists (users, channels, sessions, the report's
+    /// sessions) hold at most N items a page, whatever `page_size` asks (Zoom may answer with
+    /// fewer), so that their paging is exercised by the emulator's small account.
+    pub list_page_max: Option<NonZeroU64>,
 }
 
 impl Default for ZoomFaults {
@@ -87,13 +91,14 @@ impl Default for ZoomFaults {
             heavy_per_s: 10,
             new_token_invalidates_old: false,
             paid: true,
+            list_page_max: None,
         }
     }
 }
 
 impl ZoomFaults {
     /// Every key the spec accepts, fully qualified.
-    pub const KEYS: [&str; 13] = [
+    pub const KEYS: [&str; 14] = [
         "zoom.page_token_expiry",
         "zoom.rate_limit",
         "zoom.daily_limit",
@@ -107,6 +112,7 @@ impl ZoomFaults {
         "zoom.heavy_per_s",
         "zoom.token_mode",
         "zoom.paid",
+        "zoom.list_page_max",
     ];
 
     /// Sets one key (without its `zoom.` prefix) from its spec value.
@@ -134,6 +140,7 @@ impl ZoomFaults {
             "server_error" => self.server_error = every()?,
             "token_invalidate" => self.token_invalidate = every()?,
             "token_invalidate_once" => self.token_invalidate_once = every()?,
+            "list_page_max" => self.list_page_max = every()?,
             "slow_ms" => self.slow = Duration::from_millis(number()?),
             "token_ttl_s" => self.token_ttl = Duration::from_secs(number()?),
             "page_token_ttl_s" => self.page_token_ttl = Duration::from_secs(number()?),
@@ -738,7 +745,10 @@ impl Zoom {
         default: usize,
         max: usize,
     ) -> Result<Value, ApiError> {
-        let size = page_size(q, default, max)?;
+        let mut size = page_size(q, default, max)?;
+        if let Some(cap) = self.faults.list_page_max {
+            size = size.min(usize::try_from(cap.get()).unwrap_or(usize::MAX));
+        }
         let end = (offset + size).min(all.len());
         let next = self.next_token(path, q, end, all.len());
         let mut page = json!({
@@ -1148,6 +1158,8 @@ mod tests {
         f.set("page_token_expiry", "3").unwrap();
         f.set("token_mode", "invalidate_old").unwrap();
         f.set("paid", "false").unwrap();
+        f.set("list_page_max", "2").unwrap();
+        assert_eq!(f.list_page_max.map(NonZeroU64::get), Some(2));
         assert_eq!(f.page_token_expiry.map(NonZeroU64::get), Some(3));
         assert!(f.new_token_invalidates_old && !f.paid);
         assert!(f.set("nope", "1").unwrap_err().contains("zoom.rate_limit"));

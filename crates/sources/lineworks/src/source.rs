@@ -7,7 +7,9 @@
 //! 2. `GET /monitoring/message-contents/download` → `302` → `GET Location` (the token goes along
 //!    only if the file is on the API's own origin), streaming the body into a spool file;
 //! 3. release the slot, and look for a `downloadLogs error` trailer at the end of the spool: if
-//!    there is one the attempt failed, and the next attempt asks for a **new** download URL;
+//!    there is one the attempt failed, and the next attempt asks for a **new** download URL
+//!    (steps 1–3 are one attempt of [`chatlake_http::RequestLoop`]; [`Fetcher::classify`] holds
+//!    LINE WORKS' facts);
 //! 4. parse the spool and send its batches, then mark the window done.
 //!
 //! Spooling keeps memory flat whatever the file size, frees the provider's single download slot
@@ -15,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Seek;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -25,13 +26,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chatlake_core::{DataKind, PlannedWindow, Secret, Source, SourceContext, Window, WindowRef};
 use chatlake_http::{
-    CredentialScope, ErrorKind, HttpClient, RateLimiter, RequestError, RetryPolicy, redact_url,
-    resolve_location,
+    Attempt, Credential, CredentialScope, ErrorKind, Failure, HttpClient, Outcome, RateLimiter,
+    RequestError, RequestLoop, RetryObserver, RetryPolicy, redact_url, resolve_location,
+    spool_body,
 };
 use chrono::{DateTime, FixedOffset};
 use reqwest::header::LOCATION;
 use reqwest::{Method, StatusCode};
-use tokio::io::AsyncWriteExt;
 use url::Url;
 
 use crate::auth::{Auth, Authenticator};
@@ -101,10 +102,10 @@ fn domain_slot(base: &Url, domain: Option<i32>, per_minute: NonZeroU32) -> Arc<D
         .or_insert_with(|| {
             Arc::new(DomainSlot {
                 downloading: tokio::sync::Mutex::new(()),
-                limiter: RateLimiter::sliding_window(
-                    per_minute,
-                    std::time::Duration::from_secs(60),
-                ),
+                // A fixed count per minute, whole again at its reset: a 429 pauses the budget
+                // until then, without a slow-down.
+                limiter: RateLimiter::sliding_window(per_minute, Duration::from_secs(60))
+                    .with_slow_down(Duration::ZERO),
             })
         })
         .clone()
@@ -140,7 +141,7 @@ impl LineworksSource {
 
     /// One window per file matched by the globs, in path order.
     fn file_windows(&self, files: &FilesMode) -> Result<Vec<(Window, PathBuf)>, Error> {
-        let paths = chatlake_source_kit::files::expand(&files.patterns)?;
+        let paths = chatlake_core::files::expand(&files.patterns)?;
         Ok(paths
             .into_iter()
             .enumerate()
@@ -203,7 +204,7 @@ impl LineworksSource {
         let inputs = self
             .file_windows(files)
             .map_err(|e| WindowError::Stop(self.core_error(e)))?;
-        chatlake_source_kit::files::load_concurrently(
+        chatlake_core::files::load_concurrently(
             inputs,
             cx.windows_at_once,
             |(window, path)| async move {
@@ -262,7 +263,7 @@ impl LineworksSource {
         origin: String,
     ) -> Result<ParseOutcome, WindowError> {
         let options = self.parse_options(origin.clone());
-        let result = chatlake_source_kit::parsed::parse_to_output(cx, window, move |sink| {
+        let result = chatlake_core::parsed::parse_to_output(cx, window, move |sink| {
             parse::parse(file, &options, sink)
         })
         .await
@@ -286,7 +287,7 @@ impl LineworksSource {
         }
     }
 
-    fn core_error(&self, e: impl Into<chatlake_core::BoxError>) -> chatlake_core::Error {
+    fn core_error(&self, e: impl std::fmt::Display) -> chatlake_core::Error {
         chatlake_core::Error::component(&self.name, e)
     }
 }
@@ -334,13 +335,43 @@ impl Source for LineworksSource {
     }
 }
 
-/// One failed attempt, with what the retry loop needs to decide.
-struct AttemptError {
-    error: RequestError,
-    /// The token the attempt used, to drop it after a `401`.
-    token: Option<Secret>,
-    /// The token endpoint failed (not the API).
-    at_token_endpoint: bool,
+/// A download that reached its end.
+enum Spooled {
+    /// The spool file, where it came from, and what its tail says (a `downloadLogs error`
+    /// trailer means LINE WORKS failed to generate the file).
+    Read {
+        file: File,
+        url: Url,
+        trailer: Result<Option<String>, ParseError>,
+    },
+    /// The blocking task that reads the tail did not finish (it panicked, or the runtime is
+    /// shutting down).
+    Unread(tokio::task::JoinError),
+}
+
+/// A download that produced no file, as the request loop's error: a request that failed after
+/// its retries fails only its window.
+struct DownloadFailed(WindowError);
+
+impl From<RequestError> for DownloadFailed {
+    fn from(error: RequestError) -> Self {
+        DownloadFailed(WindowError::Failed(error.into()))
+    }
+}
+
+/// Counts every repeated download request, a replaced token's included.
+struct RetryCounter<'a>(&'a chatlake_core::metrics::ComponentMetrics);
+
+impl RetryObserver for RetryCounter<'_> {
+    fn retry(&mut self, _error: &RequestError, _delay: Duration) {
+        self.0.add_retry();
+    }
+    fn token_refreshed(&mut self, _error: &RequestError) {
+        self.0.add_retry();
+    }
+    fn rate_limited(&mut self, _error: &RequestError, _wait: Duration) {
+        self.0.add_rate_limited();
+    }
 }
 
 /// Downloads windows for one API source.
@@ -353,125 +384,101 @@ struct Fetcher<'a> {
     cx: &'a SourceContext,
 }
 
-impl Fetcher<'_> {
-    /// Downloads `window` into a spool file with no trailer, retrying as the policy allows.
-    async fn download(&self, window: &Window) -> Result<(File, Url), WindowError> {
-        let retry = &self.api.retry;
-        let mut attempts = 0u32;
-        let mut refreshed_token = false;
-        loop {
-            attempts += 1;
-            let attempt = {
-                let _downloading = self.slot.downloading.lock().await;
-                self.download_once(window).await
-            };
-            // The trailer is checked after the slot is released: the download is complete.
-            let attempt = match attempt {
-                Ok((file, url)) => self.check_trailer(window, file, url).await?,
-                Err(e) => Err(e),
-            };
-            let failed = match attempt {
-                Ok(done) => return Ok(done),
-                Err(e) => e,
-            };
-            let error = failed.error;
-            if error.is_unauthorized() {
-                if !self.auth.can_refresh() {
-                    return Err(WindowError::Fatal(error.into()));
-                }
-                if !refreshed_token && !failed.at_token_endpoint {
-                    refreshed_token = true;
-                    if let Some(token) = &failed.token {
-                        self.auth.refused(token).await;
-                    }
-                    self.cx.metrics.add_retry();
-                    tracing::warn!(
-                        component = %self.cx.name, window = %window.label, %error,
-                        "access token refused; fetching a new one"
-                    );
-                    attempts -= 1;
-                    continue;
-                }
-            }
-            if failed.at_token_endpoint
-                && !error.is_retryable()
-                && error.status().is_some_and(|s| s.is_client_error())
-            {
-                // Wrong client id, secret, key or scope: no window can succeed.
-                return Err(WindowError::Fatal(error.into()));
-            }
-            if error.status() == Some(StatusCode::TOO_MANY_REQUESTS) {
-                self.cx.metrics.add_rate_limited();
-            }
-            if !error.is_retryable() || !retry.may_retry(attempts) {
-                return Err(WindowError::Failed(error.into()));
-            }
-            let wait = error.server_wait();
-            if let Some(wait) = wait
-                && error.status() == Some(StatusCode::TOO_MANY_REQUESTS)
-            {
-                // The limit is per domain: hold every source of it back, not just this one.
-                self.slot.limiter.pause_for(wait);
-            }
-            let delay = retry.delay(attempts, wait);
-            self.cx.metrics.add_retry();
-            tracing::warn!(
-                component = %self.cx.name,
-                window = %window.label,
-                attempt = attempts,
-                max_attempts = retry.max_attempts,
-                delay_ms = delay.as_millis() as u64,
-                %error,
-                "download failed; retrying with a new download URL"
-            );
-            tokio::time::sleep(delay).await;
-        }
+#[async_trait]
+impl Credential for Fetcher<'_> {
+    async fn token(&self) -> Result<Secret, RequestError> {
+        self.auth.token(&self.client).await
     }
 
-    async fn check_trailer(
+    async fn refused(&self, token: &Secret) {
+        self.auth.refused(token).await;
+    }
+}
+
+impl Fetcher<'_> {
+    /// Downloads `window` into a spool file with no trailer, through the shared request loop:
+    /// every attempt asks for a **new** download URL.
+    async fn download(&self, window: &Window) -> Result<(File, Url), WindowError> {
+        RequestLoop::new(&self.api.retry)
+            // The limit is per domain: a 429 holds every source of it back, not just this one.
+            .budget(&self.slot.limiter)
+            .credential(self)
+            .component(&self.cx.name)
+            .window(&window.label)
+            .run(
+                &mut RetryCounter(&self.cx.metrics),
+                |result, attempt| self.classify(window, result, attempt),
+                || async {
+                    let (file, url) = {
+                        let _downloading = self.slot.downloading.lock().await;
+                        self.download_once(window).await?
+                    };
+                    // The trailer is checked after the slot is released: the download is
+                    // complete.
+                    Ok(read_tail(file, url).await)
+                },
+            )
+            .await
+            .map_err(|DownloadFailed(e)| e)
+    }
+
+    /// What LINE WORKS' answers mean, on top of the shared rules ([`chatlake_http::classify`]):
+    /// a `200` whose file ends with a `downloadLogs error` trailer is a failed attempt; a `401`
+    /// to a static token, or a token endpoint that refuses the client (wrong id, secret, key or
+    /// scope), fails every window alike.
+    fn classify(
         &self,
         window: &Window,
-        file: File,
-        url: Url,
-    ) -> Result<Result<(File, Url), AttemptError>, WindowError> {
-        let (file, found) = tokio::task::spawn_blocking(move || {
-            let mut file = file;
-            let found = parse::find_trailer(&mut file);
-            (file, found)
-        })
-        .await
-        .map_err(|e| WindowError::Stop(chatlake_core::Error::component(&self.cx.name, e)))?;
-        let kind = match found {
-            Ok(None) => return Ok(Ok((file, url))),
-            Ok(Some(message)) => trailer_error(&message),
-            Err(e) => ErrorKind::Local(format!("reading the spool file: {e}")),
+        result: Result<Spooled, Failure>,
+        attempt: Attempt,
+    ) -> Outcome<(File, Url), DownloadFailed> {
+        let fatal =
+            |error: RequestError| Outcome::Fail(DownloadFailed(WindowError::Fatal(error.into())));
+        let failure = match result {
+            Ok(Spooled::Unread(e)) => {
+                return Outcome::Fail(DownloadFailed(WindowError::Stop(
+                    chatlake_core::Error::component(&self.cx.name, e),
+                )));
+            }
+            Ok(Spooled::Read { file, url, trailer }) => {
+                let kind = match trailer {
+                    Ok(None) => return Outcome::Done((file, url)),
+                    Ok(Some(message)) => trailer_error(&message),
+                    Err(e) => ErrorKind::Local(format!("reading the spool file: {e}")),
+                };
+                Failure::request(
+                    RequestError::new(Method::GET, &url, kind).in_window(&window.label),
+                    None,
+                )
+            }
+            Err(failure) => failure,
         };
-        Ok(Err(AttemptError {
-            error: RequestError::new(Method::GET, &url, kind).in_window(&window.label),
-            token: None,
-            at_token_endpoint: false,
-        }))
+        let error = failure.error();
+        if error.is_unauthorized() && !self.auth.can_refresh() {
+            return fatal(failure.into_error());
+        }
+        if failure.at_credential()
+            && !error.is_retryable()
+            && error.status().is_some_and(|s| s.is_client_error())
+        {
+            return fatal(failure.into_error());
+        }
+        chatlake_http::classify(Err(failure), attempt)
     }
 
     /// One attempt: a token, the download request, the redirect(s), the file into a spool.
-    async fn download_once(&self, window: &Window) -> Result<(File, Url), AttemptError> {
+    async fn download_once(&self, window: &Window) -> Result<(File, Url), Failure> {
         self.slot.limiter.until_ready().await;
         let mut token = self.fresh_token(window).await?;
-        let fail = |error: RequestError, token: &Secret| AttemptError {
-            error: error.in_window(&window.label),
-            token: Some(token.clone()),
-            at_token_endpoint: false,
+        let fail = |error: RequestError, token: &Secret| {
+            Failure::request(error.in_window(&window.label), Some(token))
         };
 
         let mut url = self.api.query.url(&self.api.endpoint, window);
-        self.cx.metrics.add_request();
         let mut response = self
-            .client
-            .get(url.clone())
-            .bearer_auth(token.expose())
-            .send()
+            .get(&url, Some(&token))
             .await
-            .map_err(|e| fail(RequestError::from_reqwest(Method::GET, &url, e), &token))?;
+            .map_err(|e| fail(e, &token))?;
         let mut redirects = 0;
         let mut file_token_refreshed = false;
         while response.status() != StatusCode::OK {
@@ -491,14 +498,10 @@ impl Fetcher<'_> {
                 self.auth.refused(&token).await;
                 token = self.fresh_token(window).await?;
                 self.cx.metrics.add_retry();
-                self.cx.metrics.add_request();
                 response = self
-                    .client
-                    .get(url.clone())
-                    .bearer_auth(token.expose())
-                    .send()
+                    .get(&url, Some(&token))
                     .await
-                    .map_err(|e| fail(RequestError::from_reqwest(Method::GET, &url, e), &token))?;
+                    .map_err(|e| fail(e, &token))?;
                 continue;
             }
             if !status.is_redirection() {
@@ -526,67 +529,59 @@ impl Fetcher<'_> {
                 .map_err(|e| protocol(format!("HTTP {status} with a bad Location ({e})")))?;
             drop(response);
             url = next;
-            let mut request = self.client.get(url.clone());
             // Credentials go only to the API's own origin, never across a redirect to another.
-            if self.scope.allows(&url) {
-                request = request.bearer_auth(token.expose());
-            }
-            self.cx.metrics.add_request();
-            response = request
-                .send()
+            let credential = self.scope.allows(&url).then_some(&token);
+            response = self
+                .get(&url, credential)
                 .await
-                .map_err(|e| fail(RequestError::from_reqwest(Method::GET, &url, e), &token))?;
+                .map_err(|e| fail(e, &token))?;
         }
-        let file = self
-            .spool(&url, response)
-            .await
-            .map_err(|e| fail(e, &token))?;
+        let mut bytes = 0u64;
+        let file = spool_body(&url, response, |chunk| {
+            bytes += chunk as u64;
+            self.cx.metrics.add_bytes(chunk as u64);
+        })
+        .await
+        .map_err(|e| fail(e, &token))?;
+        tracing::debug!(component = %self.cx.name, bytes, "download spooled");
         Ok((file, url))
     }
 
-    async fn fresh_token(&self, window: &Window) -> Result<Secret, AttemptError> {
+    /// One counted `GET`, with `token` as its bearer if given.
+    async fn get(
+        &self,
+        url: &Url,
+        token: Option<&Secret>,
+    ) -> Result<reqwest::Response, RequestError> {
+        let mut request = self.client.get(url.clone());
+        if let Some(token) = token {
+            request = request.bearer_auth(token.expose());
+        }
+        self.cx.metrics.add_request();
+        request
+            .send()
+            .await
+            .map_err(|e| RequestError::from_reqwest(Method::GET, url, e))
+    }
+
+    async fn fresh_token(&self, window: &Window) -> Result<Secret, Failure> {
         self.auth
             .token(&self.client)
             .await
-            .map_err(|e| AttemptError {
-                error: e.in_window(&window.label),
-                token: None,
-                at_token_endpoint: true,
-            })
+            .map_err(|e| Failure::Credential(e.in_window(&window.label)))
     }
+}
 
-    /// Streams the body into an anonymous temporary file, chunk by chunk.
-    async fn spool(
-        &self,
-        url: &Url,
-        mut response: reqwest::Response,
-    ) -> Result<File, RequestError> {
-        let local = |e: std::io::Error| {
-            RequestError::new(
-                Method::GET,
-                url,
-                ErrorKind::Local(format!(
-                    "writing the spool file in {}: {e}",
-                    std::env::temp_dir().display()
-                )),
-            )
-        };
-        let file = tempfile::tempfile().map_err(local)?;
-        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
-        let mut bytes = 0u64;
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| RequestError::from_reqwest(Method::GET, url, e))?
-        {
-            out.write_all(&chunk).await.map_err(local)?;
-            bytes += chunk.len() as u64;
-            self.cx.metrics.add_bytes(chunk.len() as u64);
-        }
-        out.flush().await.map_err(local)?;
-        let mut file = out.into_inner().into_std().await;
-        file.rewind().map_err(local)?;
-        tracing::debug!(component = %self.cx.name, bytes, "download spooled");
-        Ok(file)
+/// Looks for a `downloadLogs error` trailer at the end of `file`, on a blocking thread.
+async fn read_tail(file: File, url: Url) -> Spooled {
+    let mut file = file;
+    match tokio::task::spawn_blocking(move || {
+        let trailer = parse::find_trailer(&mut file);
+        (file, trailer)
+    })
+    .await
+    {
+        Ok((file, trailer)) => Spooled::Read { file, url, trailer },
+        Err(e) => Spooled::Unread(e),
     }
 }

@@ -1,22 +1,25 @@
 //! The Qlara export requests of one window, as a [`chatlake_http::export::ExportApi`]:
 //! `POST /messages/history/export`, `GET /exports` (paged, until the job is found),
-//! `GET /exports/{id}`, `POST /exports/{id}`, and the download from the pre-signed URL.
+//! `GET /exports/{id}`, `POST /exports/{id}`, and the download from the pre-signed URL. Each goes
+//! through [`chatlake_http::RequestLoop`] (retries, the key's budget paused after a `429`).
 //!
 //! The API key (or Basic credentials) goes on the four API requests only. The download URL is
 //! pre-signed and usually on another host: it gets **no** credentials, whatever its origin.
 
 use std::fs::File;
-use std::io::Seek;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chatlake_core::metrics::ComponentMetrics;
 use chatlake_http::export::JobState;
-use chatlake_http::{ErrorKind, HttpClient, RequestError};
+use chatlake_http::{
+    ErrorKind, HttpClient, PageEvent, Paging, RequestError, RequestLoop, RetryPolicy, pages,
+    spool_body,
+};
+use futures::{StreamExt, TryStreamExt};
 use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
 use url::Url;
 
 use crate::source::Credentials;
@@ -36,6 +39,8 @@ pub(crate) struct WindowExport<'a> {
     pub credentials: &'a Credentials,
     /// The body of the submit request.
     pub body: Value,
+    /// The source's name, for logs.
+    pub component: &'a str,
     pub window: &'a str,
     pub metrics: Arc<ComponentMetrics>,
     /// The key's request budget (API requests only; downloads do not count).
@@ -203,24 +208,39 @@ impl chatlake_http::export::ExportApi for WindowExport<'_> {
 
     async fn poll(&self, id: &str) -> Result<JobState, RequestError> {
         let base = join(&self.api, "exports");
-        for page in 0..LIST_MAX_PAGES {
-            let mut url = base.clone();
-            url.query_pairs_mut()
-                .append_pair("page", &page.to_string())
-                .append_pair("limit", &LIST_PAGE_SIZE.to_string());
-            let answer = self.call(Method::GET, url.clone(), None).await?;
-            let Some(entries) = list_entries(&answer) else {
-                return Err(self.protocol(
-                    Method::GET,
-                    &url,
-                    "the exports list is neither an array nor {\"content\": [...]}".into(),
-                ));
-            };
-            if let Some(entry) = entries.iter().find(|e| entry_id(e) == Some(id)) {
+        // Numbered pages: a page shorter than asked for is the last.
+        let listing = pages(
+            Paging { max_restarts: 0 },
+            |page: Option<usize>| {
+                let page = page.unwrap_or(0);
+                let mut url = base.clone();
+                url.query_pairs_mut()
+                    .append_pair("page", &page.to_string())
+                    .append_pair("limit", &LIST_PAGE_SIZE.to_string());
+                async move {
+                    let answer = self.call(Method::GET, url.clone(), None).await?;
+                    match list_entries(&answer) {
+                        Some(entries) => Ok((page, entries.clone())),
+                        None => Err(self.protocol(
+                            Method::GET,
+                            &url,
+                            "the exports list is neither an array nor {\"content\": [...]}".into(),
+                        )),
+                    }
+                }
+            },
+            |(page, entries): &(usize, Vec<Value>)| {
+                (entries.len() >= LIST_PAGE_SIZE).then_some(page + 1)
+            },
+            |_: &RequestError| false,
+        )
+        .take(LIST_MAX_PAGES);
+        let mut listing = std::pin::pin!(listing);
+        while let Some(event) = listing.try_next().await? {
+            if let PageEvent::Page((_, entries)) = event
+                && let Some(entry) = entries.iter().find(|e| entry_id(e) == Some(id))
+            {
                 return Ok(entry_state(entry));
-            }
-            if entries.len() < LIST_PAGE_SIZE {
-                break;
             }
         }
         Ok(JobState::Unknown)
@@ -244,7 +264,7 @@ impl chatlake_http::export::ExportApi for WindowExport<'_> {
     async fn download(&self, url: &Url) -> Result<File, RequestError> {
         // Pre-signed: no credentials, on purpose, whatever host it is on.
         let fail = |e: RequestError| e.in_window(self.window);
-        let mut response = self
+        let response = self
             .client
             .reqwest()
             .request(Method::GET, url.clone())
@@ -255,30 +275,17 @@ impl chatlake_http::export::ExportApi for WindowExport<'_> {
         if !response.status().is_success() {
             return Err(fail(error_from(Method::GET, url, response).await));
         }
-        let local = |e: std::io::Error| {
-            fail(RequestError::new(
-                Method::GET,
-                url,
-                ErrorKind::Local(format!(
-                    "writing the spool file in {}: {e}",
-                    std::env::temp_dir().display()
-                )),
-            ))
-        };
-        let file = tempfile::tempfile().map_err(local)?;
-        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
-        while let Some(chunk) = response
-            .chunk()
+        spool_body(url, response, |bytes| self.metrics.add_bytes(bytes as u64))
             .await
-            .map_err(|e| fail(RequestError::from_reqwest(Method::GET, url, e)))?
-        {
-            out.write_all(&chunk).await.map_err(local)?;
-            self.metrics.add_bytes(chunk.len() as u64);
-        }
-        out.flush().await.map_err(local)?;
-        let mut file = out.into_inner().into_std().await;
-        file.rewind().map_err(local)?;
-        Ok(file)
+            .map_err(fail)
+    }
+
+    fn request_loop<'a>(&'a self, retry: &'a RetryPolicy) -> RequestLoop<'a> {
+        // The key's limit: one window's 429 holds back every request of the key.
+        RequestLoop::new(retry)
+            .budget(self.budget)
+            .component(self.component)
+            .window(self.window)
     }
 }
 

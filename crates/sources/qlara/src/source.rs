@@ -111,7 +111,10 @@ fn key_budget(key: String, per_minute: std::num::NonZeroU32) -> RateLimiter {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .entry(key)
-        .or_insert_with(|| RateLimiter::per_minute(per_minute))
+        .or_insert_with(|| {
+            // Whole again at the provider's reset: a 429 pauses the budget, without a slow-down.
+            RateLimiter::per_minute(per_minute).with_slow_down(Duration::ZERO)
+        })
         .clone()
 }
 
@@ -194,7 +197,7 @@ impl QlaraSource {
 
     /// One window per file matched by the globs, in path order.
     fn file_windows(&self, files: &FilesMode) -> Result<Vec<(Window, PathBuf)>, Error> {
-        let paths = chatlake_source_kit::files::expand(&files.patterns)?;
+        let paths = chatlake_core::files::expand(&files.patterns)?;
         let offset = files
             .start
             .map(|s| *s.offset())
@@ -235,6 +238,7 @@ impl QlaraSource {
                 api: root.clone(),
                 credentials: &api.credentials,
                 body: api.submit_body(&window),
+                component: &self.name,
                 window: &window.label,
                 metrics: cx.metrics.clone(),
                 budget: &budget,
@@ -249,7 +253,6 @@ impl QlaraSource {
                 window: &window,
                 metrics: &cx.metrics,
                 out: &cx.out,
-                budget: &budget,
             };
             let result = match run_export(&export, &api.export, known, &mut hooks).await {
                 Ok(file) => {
@@ -294,7 +297,7 @@ impl QlaraSource {
         let inputs = self
             .file_windows(files)
             .map_err(|e| WindowError::Stop(self.core_error(e)))?;
-        chatlake_source_kit::files::load_concurrently(
+        chatlake_core::files::load_concurrently(
             inputs,
             cx.windows_at_once,
             |(window, path)| async move {
@@ -340,7 +343,7 @@ impl QlaraSource {
             },
             Mode::Api(_) => parse::SendDateFilter::default(),
         };
-        let result = chatlake_source_kit::parsed::parse_to_output(cx, window, move |sink| {
+        let result = chatlake_core::parsed::parse_to_output(cx, window, move |sink| {
             parse::parse_filtered(file, batch_size, &filter, sink)
         })
         .await
@@ -365,18 +368,17 @@ impl QlaraSource {
         }
     }
 
-    fn core_error(&self, e: impl Into<chatlake_core::BoxError>) -> chatlake_core::Error {
+    fn core_error(&self, e: impl std::fmt::Display) -> chatlake_core::Error {
         chatlake_core::Error::component(&self.name, e)
     }
 }
 
-/// Metrics, logs and checkpoints of one window's export.
+/// Metrics and checkpoints of one window's export.
 struct Hooks<'a> {
     source: &'a QlaraSource,
     window: &'a WindowRef,
     metrics: &'a ComponentMetrics,
     out: &'a chatlake_core::stage::Output,
-    budget: &'a RateLimiter,
 }
 
 #[async_trait]
@@ -391,24 +393,13 @@ impl ExportHooks for Hooks<'_> {
             .map_err(|e| e.to_string())
     }
 
-    fn retry(&mut self, error: &RequestError, delay: Duration) {
+    /// The request loop logs the retry and pauses the key's budget after a `429`.
+    fn retry(&mut self, _error: &RequestError, _delay: Duration) {
         self.metrics.add_retry();
-        if error.status() == Some(reqwest::StatusCode::TOO_MANY_REQUESTS) {
-            self.metrics.add_rate_limited();
-        }
-        if error.status() == Some(reqwest::StatusCode::TOO_MANY_REQUESTS)
-            && let Some(wait) = error.server_wait()
-        {
-            // The limit is per key: hold back every request of it, not only this one.
-            self.budget.pause_for(wait);
-        }
-        tracing::warn!(
-            component = %self.source.name,
-            window = %self.window.label,
-            delay_ms = delay.as_millis() as u64,
-            %error,
-            "request failed; retrying"
-        );
+    }
+
+    fn rate_limited(&mut self, _error: &RequestError, _wait: Duration) {
+        self.metrics.add_rate_limited();
     }
 
     fn request(&mut self) {

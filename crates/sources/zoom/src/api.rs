@@ -1,5 +1,6 @@
 //! The Zoom API client every Zoom source uses: Server-to-Server OAuth tokens, the per-account
-//! rate budgets, and one `GET` with retries.
+//! rate budgets, and one `GET` through the shared request loop, with Zoom's facts in its
+//! classifier.
 //!
 //! * Tokens (`grant_type=account_credentials`, Basic client credentials) are cached and fetched
 //!   again ahead of expiry. A `401` code 124 mid-run means another process took a new token and
@@ -15,12 +16,13 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use chatlake_core::Secret;
 use chatlake_core::metrics::ComponentMetrics;
 use chatlake_http::{
-    AccessToken, ErrorKind, HttpClient, RateLimiter, RequestError, RetryPolicy, TokenCache,
-    TokenResponse,
+    AccessToken, Attempt, Credential, ErrorKind, Failure, HttpClient, Outcome, RateLimiter,
+    RequestError, RequestLoop, RetryObserver, RetryPolicy, TokenCache, TokenResponse,
 };
 use reqwest::{Method, StatusCode};
 use url::Url;
@@ -126,7 +128,14 @@ pub enum ApiError {
     )]
     Unauthorized(RequestError),
     #[error("{0}")]
-    Other(RequestError),
+    Other(#[from] RequestError),
+}
+
+impl ApiError {
+    /// True for an expired page token: the listing starts again from its first page.
+    pub fn is_page_token_expired(&self) -> bool {
+        matches!(self, ApiError::PageTokenExpired(_))
+    }
 }
 
 /// The client of one source.
@@ -217,99 +226,118 @@ impl ZoomApi {
             })
     }
 
-    async fn token(&self) -> Result<Secret, RequestError> {
-        self.tokens.get_or_refresh(|| self.fetch_token()).await
-    }
-
-    /// `GET url` under `label`'s budget; the body of a `200`.
+    /// `GET url` under `label`'s budget; the body of a `200`. Goes through the shared
+    /// [`RequestLoop`] with [`classify`]'s Zoom facts.
     pub async fn get(&self, label: Label, url: &Url, window: &str) -> Result<Bytes, ApiError> {
-        let limiter = match label {
+        let budget = match label {
             Label::Medium => &self.medium,
             Label::Heavy => &self.heavy,
         };
         let paged = url.query_pairs().any(|(k, _)| k == "next_page_token");
-        let mut attempts = 0u32;
-        let mut refreshed = false;
-        loop {
-            let token = self
-                .token()
-                .await
-                .map_err(|e| ApiError::Other(e.in_window(window)))?;
-            limiter.until_ready().await;
-            self.metrics.add_request();
-            let error = match self
-                .client
-                .get(url.clone())
-                .bearer_auth(token.expose())
-                .send()
-                .await
-            {
-                Ok(response) if response.status() == StatusCode::OK => {
-                    match response.bytes().await {
-                        Ok(body) => {
-                            self.metrics.add_bytes(body.len() as u64);
-                            return Ok(body);
-                        }
-                        Err(e) => RequestError::from_reqwest(Method::GET, url, e),
+        RequestLoop::new(&self.retry)
+            // A 429 is the account's: every request of the label waits.
+            .budget(&budget.per_second)
+            .credential(self)
+            .window(window)
+            .run(
+                &mut RetryCounter(&self.metrics),
+                |result, attempt| classify(result, attempt, paged),
+                || async {
+                    let token = self
+                        .token()
+                        .await
+                        .map_err(|e| Failure::Credential(e.in_window(window)))?;
+                    budget.until_ready().await;
+                    self.metrics.add_request();
+                    let fail =
+                        |e: RequestError| Failure::request(e.in_window(window), Some(&token));
+                    let response = self
+                        .client
+                        .get(url.clone())
+                        .bearer_auth(token.expose())
+                        .send()
+                        .await
+                        .map_err(|e| fail(RequestError::from_reqwest(Method::GET, url, e)))?;
+                    if response.status() != StatusCode::OK {
+                        return Err(fail(
+                            RequestError::from_response(Method::GET, url, response).await,
+                        ));
                     }
-                }
-                Ok(response) => RequestError::from_response(Method::GET, url, response).await,
-                Err(e) => RequestError::from_reqwest(Method::GET, url, e),
-            }
-            .in_window(window);
-            let code = error.code().unwrap_or_default();
-            match error.status() {
-                Some(StatusCode::UNAUTHORIZED) if !refreshed => {
-                    // Our token was revoked (code 124): a fresh one, once.
-                    tracing::warn!(
-                        window,
-                        code,
-                        "Zoom refused the access token; fetching a new one."
-                    );
-                    self.tokens.invalidate_if(&token).await;
-                    refreshed = true;
-                    continue;
-                }
-                Some(StatusCode::UNAUTHORIZED) => return Err(ApiError::Unauthorized(error)),
-                Some(StatusCode::BAD_REQUEST) if code == "300" && paged => {
-                    return Err(ApiError::PageTokenExpired(error));
-                }
-                Some(StatusCode::NOT_FOUND) if code == "3001" || code == "1001" => {
-                    return Err(ApiError::Resource(error));
-                }
-                Some(StatusCode::BAD_REQUEST) if code == "3161" || code == "1001" => {
-                    return Err(ApiError::Resource(error));
-                }
-                _ => {}
-            }
-            if error.status() == Some(StatusCode::TOO_MANY_REQUESTS) {
-                self.metrics.add_rate_limited();
-            }
-            attempts += 1;
-            if !error.is_retryable() || !self.retry.may_retry(attempts) {
-                return Err(ApiError::Other(error));
-            }
-            self.metrics.add_retry();
-            if error.status() == Some(StatusCode::TOO_MANY_REQUESTS) {
-                // The limit is the account's: every request of it waits.
-                let wait = error.server_wait().unwrap_or(Duration::from_secs(1));
-                tracing::warn!(
-                    window,
-                    wait_ms = wait.as_millis() as u64,
-                    "Zoom answered 429; pausing the account's budget."
-                );
-                limiter.per_second.rate_limited(wait);
-            } else {
-                let delay = self.retry.delay(attempts, error.server_wait());
-                tracing::warn!(
-                    window,
-                    attempt = attempts,
-                    delay_ms = delay.as_millis() as u64,
-                    "Zoom request failed ({error}); retrying."
-                );
-                tokio::time::sleep(delay).await;
+                    let body = response
+                        .bytes()
+                        .await
+                        .map_err(|e| fail(RequestError::from_reqwest(Method::GET, url, e)))?;
+                    self.metrics.add_bytes(body.len() as u64);
+                    Ok(body)
+                },
+            )
+            .await
+    }
+}
+
+#[async_trait]
+impl Credential for ZoomApi {
+    async fn token(&self) -> Result<Secret, RequestError> {
+        self.tokens.get_or_refresh(|| self.fetch_token()).await
+    }
+
+    async fn refused(&self, token: &Secret) {
+        self.tokens.invalidate_if(token).await;
+    }
+}
+
+/// Counts retries. A replaced token is not counted: Zoom revokes tokens of an account when
+/// another process takes one, which is not a failure of the request.
+struct RetryCounter<'a>(&'a ComponentMetrics);
+
+impl RetryObserver for RetryCounter<'_> {
+    fn retry(&mut self, _error: &RequestError, _delay: Duration) {
+        self.0.add_retry();
+    }
+    fn rate_limited(&mut self, _error: &RequestError, _wait: Duration) {
+        self.0.add_rate_limited();
+    }
+}
+
+/// What Zoom's answers mean, on top of the shared rules ([`chatlake_http::classify`]):
+///
+/// * the token endpoint failing is final (the credentials are wrong or Zoom is down; the
+///   request loop of the window's next request tries again);
+/// * `401` (code 124, the token was revoked) once more after a fresh token is
+///   [`ApiError::Unauthorized`];
+/// * `400` code 300 to a request with a page token: [`ApiError::PageTokenExpired`];
+/// * `404` code 3001/1001, `400` code 3161/1001: [`ApiError::Resource`], skipped by the caller;
+/// * `429`: the account's budget pauses for `Retry-After`/`X-RateLimit-Reset`, one second if
+///   Zoom gives neither.
+fn classify<T>(result: Result<T, Failure>, attempt: Attempt, paged: bool) -> Outcome<T, ApiError> {
+    let failure = match result {
+        Err(Failure::Credential(error)) => return Outcome::Fail(ApiError::Other(error)),
+        Err(failure) => failure,
+        ok => return chatlake_http::classify(ok, attempt),
+    };
+    let error = failure.error();
+    let code = error.code().unwrap_or_default();
+    match error.status() {
+        Some(StatusCode::UNAUTHORIZED) if attempt.token_refreshed => {
+            Outcome::Fail(ApiError::Unauthorized(failure.into_error()))
+        }
+        Some(StatusCode::BAD_REQUEST) if code == "300" && paged => {
+            Outcome::Fail(ApiError::PageTokenExpired(failure.into_error()))
+        }
+        Some(StatusCode::NOT_FOUND) if code == "3001" || code == "1001" => {
+            Outcome::Fail(ApiError::Resource(failure.into_error()))
+        }
+        Some(StatusCode::BAD_REQUEST) if code == "3161" || code == "1001" => {
+            Outcome::Fail(ApiError::Resource(failure.into_error()))
+        }
+        Some(StatusCode::TOO_MANY_REQUESTS) => {
+            let wait = error.server_wait().unwrap_or(Duration::from_secs(1));
+            Outcome::RateLimited {
+                error: failure.into_error(),
+                wait,
             }
         }
+        _ => chatlake_http::classify(Err(failure), attempt),
     }
 }
 

@@ -6,10 +6,11 @@
 //! 2. **Windows**: one per (user, conversation, date range) or (session, month), fetched
 //!    `concurrency` at a time under the account's shared rate budget. A window's batches go out
 //!    in order, then its `window_done`; windows of different conversations may interleave.
-//! 3. **Paging**: `next_page_token` until empty. The next page is requested while the current
+//! 3. **Paging** ([`chatlake_http::pages`]): `next_page_token` until empty. The next page is requested while the current
 //!    one is parsed and sent, so a slow sink does not leave a page token idle for long; a page
 //!    token that expired anyway (400 code 300) restarts the window from its first page, and
-//!    `dedupe` absorbs the rows sent twice.
+//!    `dedupe` absorbs the rows sent twice. Discovery lists page the same way: an expired token
+//!    lists again from the first page.
 //!
 //! A conversation, user or session that does not exist or may not be read (3001, 3161, 1001) is
 //! skipped with a warning and does not fail the run; any other error after retries fails only
@@ -17,16 +18,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chatlake_core::state::{SourceState, uncovered};
 use chatlake_core::{Batch, DataKind, PlannedWindow, Source, SourceContext, Window, WindowRef};
-use chatlake_http::{ErrorKind, HttpClient, RequestError, RetryPolicy};
+use chatlake_http::{ErrorKind, HttpClient, PageEvent, Paging, RequestError, RetryPolicy, pages};
 use chrono::{DateTime, FixedOffset};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use reqwest::Method;
 use serde::Deserialize;
 use url::Url;
@@ -243,6 +244,33 @@ struct ListedSession {
     peer_contact_user_id: Option<String>,
 }
 
+/// One discovery list: where it is, under which budget, and what to call it in errors and logs.
+#[derive(Clone, Copy)]
+struct Listing<'a> {
+    label: Label,
+    /// "the user list": for "… is not understood".
+    what: &'static str,
+    /// The pseudo-window the requests are logged under.
+    window: &'a str,
+    /// The path segments under the API base.
+    path: &'a [&'a str],
+    /// The query of the first page; later pages add their `next_page_token`.
+    query: &'a [(&'a str, &'a str)],
+}
+
+/// One page of a discovery list: its items and the token of the next page.
+struct ListPage<T> {
+    next: Option<String>,
+    items: Vec<T>,
+}
+
+/// One page of a window's messages, parsed: the token of the next page, and the batch that
+/// filled up (or the last one).
+struct MessagePage {
+    next: Option<String>,
+    ready: Option<arrow::record_batch::RecordBatch>,
+}
+
 fn more(token: &Option<String>) -> Option<String> {
     token
         .as_deref()
@@ -401,23 +429,17 @@ impl ZoomSource {
     // ---- discovery ------------------------------------------------------------------------
 
     async fn list_users(&self, api: &ZoomApi) -> Result<Vec<ListedUser>, ApiError> {
-        let mut users = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut q = vec![("page_size", USERS_PAGE)];
-            if let Some(t) = &token {
-                q.push(("next_page_token", t));
-            }
-            let url = api.url(&["users"], &q);
-            let body = api.get(Label::Medium, &url, "discovery of users").await?;
-            let page: UsersPage =
-                serde_json::from_slice(&body).map_err(|e| protocol(&url, "the user list", e))?;
-            users.extend(page.users);
-            token = more(&page.next_page_token);
-            if token.is_none() {
-                return Ok(users);
-            }
-        }
+        let users = Listing {
+            label: Label::Medium,
+            what: "the user list",
+            window: "discovery of users",
+            path: &["users"],
+            query: &[("page_size", USERS_PAGE)],
+        };
+        self.list_all(api, users, |page: UsersPage| {
+            (page.next_page_token, page.users)
+        })
+        .await
     }
 
     /// A user's channels and 1:1 contacts.
@@ -426,41 +448,81 @@ impl ZoomSource {
         api: &ZoomApi,
         user: &str,
     ) -> Result<(Vec<ListedChannel>, Vec<ListedSession>), ApiError> {
-        let what = format!("discovery of user {user}");
-        let mut channels = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut q = vec![("page_size", LIST_PAGE)];
-            if let Some(t) = &token {
-                q.push(("next_page_token", t));
-            }
-            let url = api.url(&["chat", "users", user, "channels"], &q);
-            let body = api.get(Label::Medium, &url, &what).await?;
-            let page: ChannelsPage =
-                serde_json::from_slice(&body).map_err(|e| protocol(&url, "the channel list", e))?;
-            channels.extend(page.channels);
-            token = more(&page.next_page_token);
-            if token.is_none() {
-                break;
-            }
-        }
-        let mut contacts = Vec::new();
-        loop {
-            let mut q = vec![("type", "1:1"), ("page_size", LIST_PAGE)];
-            if let Some(t) = &token {
-                q.push(("next_page_token", t));
-            }
-            let url = api.url(&["chat", "users", user, "sessions"], &q);
-            let body = api.get(Label::Medium, &url, &what).await?;
-            let page: SessionsPage =
-                serde_json::from_slice(&body).map_err(|e| protocol(&url, "the session list", e))?;
-            contacts.extend(page.sessions);
-            token = more(&page.next_page_token);
-            if token.is_none() {
-                break;
-            }
-        }
+        let window = format!("discovery of user {user}");
+        let channels = Listing {
+            label: Label::Medium,
+            what: "the channel list",
+            window: &window,
+            path: &["chat", "users", user, "channels"],
+            query: &[("page_size", LIST_PAGE)],
+        };
+        let channels = self
+            .list_all(api, channels, |page: ChannelsPage| {
+                (page.next_page_token, page.channels)
+            })
+            .await?;
+        let contacts = Listing {
+            label: Label::Medium,
+            what: "the session list",
+            window: &window,
+            path: &["chat", "users", user, "sessions"],
+            query: &[("type", "1:1"), ("page_size", LIST_PAGE)],
+        };
+        let contacts = self
+            .list_all(api, contacts, |page: SessionsPage| {
+                (page.next_page_token, page.sessions)
+            })
+            .await?;
         Ok((channels, contacts))
+    }
+
+    /// Every item of a paged discovery list. A page token that expires half-way lists again
+    /// from the first page, as a window's messages do.
+    async fn list_all<P, T>(
+        &self,
+        api: &ZoomApi,
+        listing: Listing<'_>,
+        items: impl Fn(P) -> (Option<String>, Vec<T>),
+    ) -> Result<Vec<T>, ApiError>
+    where
+        P: serde::de::DeserializeOwned,
+    {
+        let items = &items;
+        let fetch = |token: Option<String>| {
+            let mut query = listing.query.to_vec();
+            query.extend(token.as_deref().map(|t| ("next_page_token", t)));
+            let url = api.url(listing.path, &query);
+            async move {
+                let body = api.get(listing.label, &url, listing.window).await?;
+                let page: P =
+                    serde_json::from_slice(&body).map_err(|e| protocol(&url, listing.what, e))?;
+                let (next, items) = items(page);
+                Ok(ListPage {
+                    next: more(&next),
+                    items,
+                })
+            }
+        };
+        let pages = pages(
+            Paging {
+                max_restarts: MAX_RESTARTS,
+            },
+            fetch,
+            |page: &ListPage<T>| page.next.clone(),
+            ApiError::is_page_token_expired,
+        );
+        let mut pages = std::pin::pin!(pages);
+        let mut all = Vec::new();
+        while let Some(event) = pages.try_next().await? {
+            match event {
+                PageEvent::Page(page) => all.extend(page.items),
+                PageEvent::Restarted { restart, error } => {
+                    all.clear();
+                    tracing::warn!(component = %self.name, window = listing.window, restart, "A page token expired ({error}); listing {} again from its first page.", listing.what);
+                }
+            }
+        }
+        Ok(all)
     }
 
     /// Discovers the targets of user messages. A channel or 1:1 reached through several users
@@ -565,33 +627,32 @@ impl ZoomSource {
         range: &(DateTime<FixedOffset>, DateTime<FixedOffset>),
     ) -> Result<Vec<Target>, ApiError> {
         let (from, to) = (zoom_day(&range.0), zoom_day(&range.1));
-        let what = format!("discovery of sessions {from}..{to}");
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut q = vec![
+        let window = format!("discovery of sessions {from}..{to}");
+        let sessions = Listing {
+            label: Label::Heavy,
+            what: "the session report",
+            window: &window,
+            path: &["report", "chat", "sessions"],
+            query: &[
                 ("from", from.as_str()),
                 ("to", to.as_str()),
                 ("page_size", USERS_PAGE),
-            ];
-            if let Some(t) = &token {
-                q.push(("next_page_token", t));
-            }
-            let url = api.url(&["report", "chat", "sessions"], &q);
-            let body = api.get(Label::Heavy, &url, &what).await?;
-            let page: SessionsPage = serde_json::from_slice(&body)
-                .map_err(|e| protocol(&url, "the session report", e))?;
-            out.extend(page.sessions.into_iter().filter_map(|s| {
+            ],
+        };
+        let sessions = self
+            .list_all(api, sessions, |page: SessionsPage| {
+                (page.next_page_token, page.sessions)
+            })
+            .await?;
+        let mut out: Vec<Target> = sessions
+            .into_iter()
+            .filter_map(|s| {
                 Some(Target::Session {
                     id: s.id?,
                     name: s.name,
                 })
-            }));
-            token = more(&page.next_page_token);
-            if token.is_none() {
-                break;
-            }
-        }
+            })
+            .collect();
         out.sort();
         out.dedup();
         Ok(out)
@@ -705,6 +766,9 @@ impl ZoomSource {
         }
     }
 
+    /// Fetches a window's pages and sends its rows in batches. The next page is fetched (and
+    /// parsed) while the current batch goes downstream; a page token that expired restarts the
+    /// window from its first page, with the rows not yet sent dropped.
     async fn run_window(
         &self,
         api: &ZoomApi,
@@ -712,54 +776,66 @@ impl ZoomSource {
         window: &WindowRef,
         cx: &SourceContext,
     ) -> Result<(), WindowError> {
-        let mut restarts = 0;
-        'window: loop {
-            let mut builder = RawBuilder::new(self.record_type());
-            let first = self.page_url(api, target, window, None);
-            let mut fetched = api.get(Label::Medium, &first, &window.label).await;
-            loop {
-                let body = match fetched {
-                    Ok(body) => body,
-                    Err(ApiError::PageTokenExpired(e)) if restarts < MAX_RESTARTS => {
-                        restarts += 1;
-                        tracing::warn!(component = %self.name, window = %window.label, restart = restarts, "A page token expired ({e}); fetching the window again from its first page.");
-                        continue 'window;
-                    }
-                    Err(e) => return Err(e.into()),
-                };
+        // Parsed into by the page fetch, which owns it while a batch is being sent.
+        let builder = Mutex::new(RawBuilder::new(self.record_type()));
+        let fetch = |token: Option<String>| {
+            let url = self.page_url(api, target, window, token.as_deref());
+            let builder = &builder;
+            async move {
+                let body = api.get(Label::Medium, &url, &window.label).await?;
+                let mut builder = builder.lock().unwrap_or_else(PoisonError::into_inner);
+                if token.is_none() {
+                    // The first page, perhaps again after a restart: nothing before it counts.
+                    *builder = RawBuilder::new(self.record_type());
+                }
                 let next = builder
                     .append_json(&body, Some(&target.context()))
-                    .map_err(|e| {
-                        WindowError::Failed(format!(
-                            "{}: the page is not understood: {e}",
-                            window.label
-                        ))
-                    })?;
+                    .map_err(|e| protocol(&url, "the page", e))?;
                 let ready = if builder.len() >= BATCH_ROWS || next.is_none() {
-                    Some(
-                        builder
-                            .finish()
-                            .map_err(|e| WindowError::Failed(e.to_string()))?,
-                    )
+                    Some(builder.finish().map_err(|e| {
+                        ApiError::Other(RequestError::new(
+                            Method::GET,
+                            &url,
+                            ErrorKind::Local(format!("building a batch: {e}")),
+                        ))
+                    })?)
                 } else {
                     None
                 };
-                let send = async {
-                    match ready {
-                        Some(data) => cx.out.send(Batch::new(window.clone(), data)).await,
-                        None => Ok(()),
-                    }
-                };
-                let Some(token) = next else {
-                    return send.await.map_err(WindowError::Stop);
-                };
-                // The next page is on its way while this one goes downstream.
-                let url = self.page_url(api, target, window, Some(&token));
-                let (sent, next_page) =
-                    tokio::join!(send, api.get(Label::Medium, &url, &window.label));
-                sent.map_err(WindowError::Stop)?;
-                fetched = next_page;
+                Ok::<_, ApiError>(MessagePage { next, ready })
             }
+        };
+        let pages = pages(
+            Paging {
+                max_restarts: MAX_RESTARTS,
+            },
+            fetch,
+            |page: &MessagePage| page.next.clone(),
+            ApiError::is_page_token_expired,
+        );
+        let mut pages = std::pin::pin!(pages);
+        let mut event = pages.next().await;
+        loop {
+            let ready = match event {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(PageEvent::Restarted { restart, error })) => {
+                    tracing::warn!(component = %self.name, window = %window.label, restart, "A page token expired ({error}); fetching the window again from its first page.");
+                    event = pages.next().await;
+                    continue;
+                }
+                Some(Ok(PageEvent::Page(page))) => page.ready,
+            };
+            let send = async {
+                match ready {
+                    Some(data) => cx.out.send(Batch::new(window.clone(), data)).await,
+                    None => Ok(()),
+                }
+            };
+            // The next page is on its way while this one goes downstream.
+            let (sent, next) = tokio::join!(send, pages.next());
+            sent.map_err(WindowError::Stop)?;
+            event = next;
         }
     }
 

@@ -322,6 +322,123 @@ async fn chat_reports_of_this_month_carry_edits_and_deletes() {
     assert_eq!(em.stats().zoom.heavy_requests, 1, "one session list");
 }
 
+/// The report of this month, with `extra` options (discovery of every session by default).
+fn report_source(em: &Emulator, extra: Value) -> Box<dyn Source> {
+    let today = Utc::now().date_naive();
+    let mut options = json!({
+        "start": today.with_day(1).unwrap().to_string(), "end": today.to_string(),
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        options[k] = v.clone();
+    }
+    let config: ZoomChatReportConfig = serde_json::from_value(options).unwrap();
+    config.build(&build_context(em)).unwrap()
+}
+
+/// Every version of every session's messages of today, and the most one session has.
+fn expected_report_of_today() -> (BTreeSet<Row>, usize) {
+    let today = Utc::now().date_naive();
+    let from = today.and_hms_opt(0, 0, 0).unwrap();
+    let to = today.and_hms_opt(23, 59, 59).unwrap();
+    let (from, to) = (
+        from.and_utc().timestamp_millis(),
+        to.and_utc().timestamp_millis() + 999,
+    );
+    let mut want = BTreeSet::new();
+    let mut most = 0;
+    for (_, conv) in data::sessions() {
+        let messages = data::conversation_messages(42, 1.0, &conv, from, to, true);
+        most = most.max(messages.len());
+        for m in messages {
+            want.insert((m.id.clone(), m.timestamp, m.status.as_str().to_string()));
+        }
+    }
+    (want, most)
+}
+
+/// Today's report of every session, in pages of a size that gives the busiest session four
+/// pages at most (three requests with a page token).
+fn todays_report(em: &Emulator, most: usize) -> Box<dyn Source> {
+    let today = Utc::now().date_naive().to_string();
+    let page_size = most.div_ceil(4).clamp(1, 100);
+    report_source(
+        em,
+        json!({"start": today, "end": today, "page_size": page_size, "concurrency": 1}),
+    )
+}
+
+#[tokio::test]
+async fn an_expired_page_token_during_discovery_lists_again_from_the_first_page() {
+    // Two items a discovery page: the users (6), channels and 1:1 lists span pages. The first
+    // request that carries a page token (page 2 of the users) finds it expired, and so does
+    // every 15th after it, in discovery or in a window.
+    let em = emulator("zoom.page_token_expiry=15,zoom.list_page_max=2").await;
+    let r = run(user_source(&em, json!({"page_size": 10, "concurrency": 1}))).await;
+    assert!(r.result.is_ok(), "{:?}", r.result);
+    assert!(r.failed.is_empty());
+    assert_eq!(r.done.len(), 18, "every conversation discovered, once");
+    let want = expected_all("2026-01-01T00:00:00Z", "2026-01-02T23:59:59Z");
+    assert_eq!(distinct(&r.rows), want);
+    assert_eq!(r.rows.len(), want.len(), "each conversation fetched once");
+    assert!(em.stats().zoom.page_token_rejections >= 2);
+}
+
+#[tokio::test]
+async fn a_revoked_token_during_discovery_is_replaced_once() {
+    // The 1st API request is page 1 of the user list, the 4th page 1 of a user's channels.
+    for n in [1, 4] {
+        let em = emulator(&format!(
+            "zoom.token_invalidate_once={n},zoom.list_page_max=2"
+        ))
+        .await;
+        let r = run(user_source(&em, json!({"concurrency": 1}))).await;
+        assert!(r.result.is_ok(), "{n}: {:?}", r.result);
+        assert!(r.failed.is_empty());
+        assert_eq!(r.done.len(), 18);
+        let stats = em.stats().zoom;
+        assert_eq!((stats.token_requests, stats.unauthorized), (2, 1), "{n}");
+    }
+}
+
+#[tokio::test]
+async fn report_discovery_and_paging_survive_expired_page_tokens() {
+    // The session report lists 2 sessions a page (5 pages); its first paged request (page 2)
+    // finds its token expired, as does every 7th after it, in the listing or in a session's
+    // report pages (at most 3 paged requests a session, so a session is hit once at most).
+    let (want, most) = expected_report_of_today();
+    let em = emulator("zoom.page_token_expiry=7,zoom.list_page_max=2").await;
+    let r = run(todays_report(&em, most)).await;
+    assert!(r.result.is_ok(), "{:?}", r.result);
+    assert!(r.failed.is_empty(), "{:?}", r.failed);
+    assert_eq!(r.done.len(), data::sessions().len());
+    assert_eq!(distinct(&r.rows), want);
+    let stats = em.stats().zoom;
+    assert!(stats.page_token_rejections >= 2, "{stats:?}");
+    assert_eq!(
+        stats.heavy_requests, 7,
+        "the session list: 5 pages, and pages 1 and 2 again"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_token_during_report_discovery_and_paging_is_replaced_once() {
+    // The 1st API request is the session report's first page; the 8th a session's report
+    // (the list takes five).
+    let (want, most) = expected_report_of_today();
+    for n in [1, 8] {
+        let em = emulator(&format!(
+            "zoom.token_invalidate_once={n},zoom.list_page_max=2"
+        ))
+        .await;
+        let r = run(todays_report(&em, most)).await;
+        assert!(r.result.is_ok(), "{n}: {:?}", r.result);
+        assert!(r.failed.is_empty(), "{n}: {:?}", r.failed);
+        assert_eq!(distinct(&r.rows), want);
+        let stats = em.stats().zoom;
+        assert_eq!((stats.token_requests, stats.unauthorized), (2, 1), "{n}");
+    }
+}
+
 /// Requests per second against a 20/s budget with 100 ms answers: no 429 from our own pacing,
 /// and the budget filled (≥ 95 % on a quiet machine, printed with --nocapture; asserted
 /// loosely, as a test must not fail on a busy machine).
