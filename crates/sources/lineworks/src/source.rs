@@ -141,7 +141,7 @@ impl LineworksSource {
 
     /// One window per file matched by the globs, in path order.
     fn file_windows(&self, files: &FilesMode) -> Result<Vec<(Window, PathBuf)>, Error> {
-        let paths = chatlake_core::files::expand(&files.patterns)?;
+        let paths = chatlake_source_kit::files::expand(&files.patterns)?;
         Ok(paths
             .into_iter()
             .enumerate()
@@ -204,7 +204,7 @@ impl LineworksSource {
         let inputs = self
             .file_windows(files)
             .map_err(|e| WindowError::Stop(self.core_error(e)))?;
-        chatlake_core::files::load_concurrently(
+        chatlake_source_kit::files::load_concurrently(
             inputs,
             cx.windows_at_once,
             |(window, path)| async move {
@@ -263,7 +263,7 @@ impl LineworksSource {
         origin: String,
     ) -> Result<ParseOutcome, WindowError> {
         let options = self.parse_options(origin.clone());
-        let result = chatlake_core::parsed::parse_to_output(cx, window, move |sink| {
+        let result = chatlake_source_kit::parsed::parse_to_output(cx, window, move |sink| {
             parse::parse(file, &options, sink)
         })
         .await
@@ -287,7 +287,7 @@ impl LineworksSource {
         }
     }
 
-    fn core_error(&self, e: impl std::fmt::Display) -> chatlake_core::Error {
+    fn core_error(&self, e: impl Into<chatlake_core::BoxError>) -> chatlake_core::Error {
         chatlake_core::Error::component(&self.name, e)
     }
 }

@@ -197,7 +197,7 @@ impl QlaraSource {
 
     /// One window per file matched by the globs, in path order.
     fn file_windows(&self, files: &FilesMode) -> Result<Vec<(Window, PathBuf)>, Error> {
-        let paths = chatlake_core::files::expand(&files.patterns)?;
+        let paths = chatlake_source_kit::files::expand(&files.patterns)?;
         let offset = files
             .start
             .map(|s| *s.offset())
@@ -297,7 +297,7 @@ impl QlaraSource {
         let inputs = self
             .file_windows(files)
             .map_err(|e| WindowError::Stop(self.core_error(e)))?;
-        chatlake_core::files::load_concurrently(
+        chatlake_source_kit::files::load_concurrently(
             inputs,
             cx.windows_at_once,
             |(window, path)| async move {
@@ -343,7 +343,7 @@ impl QlaraSource {
             },
             Mode::Api(_) => parse::SendDateFilter::default(),
         };
-        let result = chatlake_core::parsed::parse_to_output(cx, window, move |sink| {
+        let result = chatlake_source_kit::parsed::parse_to_output(cx, window, move |sink| {
             parse::parse_filtered(file, batch_size, &filter, sink)
         })
         .await
@@ -368,7 +368,7 @@ impl QlaraSource {
         }
     }
 
-    fn core_error(&self, e: impl std::fmt::Display) -> chatlake_core::Error {
+    fn core_error(&self, e: impl Into<chatlake_core::BoxError>) -> chatlake_core::Error {
         chatlake_core::Error::component(&self.name, e)
     }
 }
