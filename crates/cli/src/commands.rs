@@ -167,7 +167,7 @@ pub async fn plan(
         }
     };
     println!("pipeline `{}` ({})", pipeline.name(), path.display());
-    println!("state: {}", pipeline.state_dir().display());
+    println!("state: {}", pipeline.pipeline_state_dir().display());
     println!();
     println!("graph:");
     for node in &pipeline.nodes {
@@ -248,6 +248,12 @@ pub fn components(json: bool) -> u8 {
                 o.name, o.kind, default, o.description
             );
         }
+        if !doc.example.is_empty() {
+            println!("  example:");
+            for line in doc.example.lines() {
+                println!("    {line}");
+            }
+        }
         println!();
     }
     exit::OK
@@ -306,7 +312,7 @@ pub async fn run(args: RunArgs) -> u8 {
         }
     };
     // Held until the run ends: planning reads the ledger, so it is taken before the build.
-    let store = StateStore::new(file.state_dir().join(&file.pipeline.name));
+    let store = StateStore::new(file.pipeline_state_dir());
     let _lock = match store.lock() {
         Ok(lock) => lock,
         Err(e) => {
@@ -386,7 +392,7 @@ pub fn state_show(path: &Path, json: bool) -> u8 {
             return exit::BAD_INPUT;
         }
     };
-    let store = StateStore::new(file.state_dir().join(&file.pipeline.name));
+    let store = StateStore::new(file.pipeline_state_dir());
     let ledgers = match store.all() {
         Ok(l) => l,
         Err(e) => {
@@ -504,7 +510,7 @@ pub fn state_reset(path: &Path, source: Option<&str>) -> u8 {
         eprintln!("error: {}: no source named `{name}`", path.display());
         return exit::BAD_INPUT;
     }
-    let store = StateStore::new(file.state_dir().join(&file.pipeline.name));
+    let store = StateStore::new(file.pipeline_state_dir());
     let _lock = match store.lock() {
         Ok(lock) => lock,
         Err(e) => {

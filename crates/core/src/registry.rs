@@ -21,6 +21,7 @@ type Builder<T> = Box<dyn Fn(Value, &BuildContext) -> Result<T, BuildError> + Se
 
 struct Entry<T> {
     summary: &'static str,
+    example: &'static str,
     schema: fn() -> schemars::Schema,
     build: Builder<T>,
 }
@@ -62,6 +63,7 @@ impl Registry {
             C::TYPE,
             Entry {
                 summary: C::SUMMARY,
+                example: C::EXAMPLE,
                 schema: || schemars::schema_for!(C),
                 build: Box::new(|options, cx| {
                     let key = format!("sources.{}", cx.name);
@@ -79,6 +81,7 @@ impl Registry {
             C::TYPE,
             Entry {
                 summary: C::SUMMARY,
+                example: C::EXAMPLE,
                 schema: || schemars::schema_for!(C),
                 build: Box::new(|options, cx| {
                     let key = format!("transforms.{}", cx.name);
@@ -96,6 +99,7 @@ impl Registry {
             C::TYPE,
             Entry {
                 summary: C::SUMMARY,
+                example: C::EXAMPLE,
                 schema: || schemars::schema_for!(C),
                 build: Box::new(|options, cx| {
                     let key = format!("sinks.{}", cx.name);
@@ -170,18 +174,31 @@ impl Registry {
     pub fn docs(&self) -> Vec<ComponentDoc> {
         let mut out = Vec::new();
         for (t, e) in &self.sources {
-            out.push(ComponentDoc::new(Role::Source, t, e.summary, (e.schema)()));
+            out.push(ComponentDoc::new(
+                Role::Source,
+                t,
+                e.summary,
+                e.example,
+                (e.schema)(),
+            ));
         }
         for (t, e) in &self.transforms {
             out.push(ComponentDoc::new(
                 Role::Transform,
                 t,
                 e.summary,
+                e.example,
                 (e.schema)(),
             ));
         }
         for (t, e) in &self.sinks {
-            out.push(ComponentDoc::new(Role::Sink, t, e.summary, (e.schema)()));
+            out.push(ComponentDoc::new(
+                Role::Sink,
+                t,
+                e.summary,
+                e.example,
+                (e.schema)(),
+            ));
         }
         out
     }
@@ -195,6 +212,8 @@ pub struct ComponentDoc {
     pub type_name: String,
     pub summary: String,
     pub options: Vec<OptionDoc>,
+    /// A table of this type as a user writes it (TOML), from the config's `EXAMPLE`.
+    pub example: String,
 }
 
 /// One option of a component type.
@@ -209,7 +228,13 @@ pub struct OptionDoc {
 }
 
 impl ComponentDoc {
-    fn new(role: Role, type_name: &str, summary: &str, schema: schemars::Schema) -> Self {
+    fn new(
+        role: Role,
+        type_name: &str,
+        summary: &str,
+        example: &str,
+        schema: schemars::Schema,
+    ) -> Self {
         let root = schema.as_value();
         let defs = root.get("$defs").cloned().unwrap_or(Value::Null);
         let required: Vec<&str> = root
@@ -234,6 +259,7 @@ impl ComponentDoc {
             type_name: type_name.into(),
             summary: summary.into(),
             options,
+            example: example.into(),
         }
     }
 }
