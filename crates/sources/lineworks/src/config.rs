@@ -16,7 +16,8 @@ use chatlake_source_kit::options::{
     at_least_one, auth_required, check_retry, emulator_url, longer_than_zero, non_empty,
     non_empty_secret, parse_http_url,
 };
-use chrono::{DateTime, FixedOffset};
+use chatlake_source_kit::time::OffsetTime;
+use chrono::FixedOffset;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -60,20 +61,10 @@ pub struct LineworksSourceConfig {
     /// Start of the range, inclusive, RFC 3339 with an offset (`2025-01-01T00:00:00+09:00`).
     /// Its offset is the one the provider writes local times in. Required unless `files` is set
     /// (then an optional filter). `--start` overrides it.
-    #[serde(
-        default,
-        deserialize_with = "chatlake_source_kit::time::deserialize_time"
-    )]
-    #[schemars(with = "Option<String>")]
-    pub start: Option<DateTime<FixedOffset>>,
+    pub start: Option<OffsetTime>,
 
     /// End of the range, inclusive; default now (in start's offset). `--end` overrides it.
-    #[serde(
-        default,
-        deserialize_with = "chatlake_source_kit::time::deserialize_time"
-    )]
-    #[schemars(with = "Option<String>")]
-    pub end: Option<DateTime<FixedOffset>>,
+    pub end: Option<OffsetTime>,
 
     /// Days per request window, 1 to 31 (the API's limit). Each window is one download and
     /// one commit.
@@ -393,7 +384,7 @@ impl LineworksSourceConfig {
         let mut base_url = parse_http_url("base_url", &self.base_url)?;
 
         // The command line wins over the file.
-        let range = cx.range(self.start, self.end)?;
+        let range = cx.range(self.start.map(Into::into), self.end.map(Into::into))?;
         let (start, end) = (range.start, range.end);
 
         let mode = if let Some(patterns) = &self.files {
@@ -459,6 +450,7 @@ impl SourceConfig for LineworksSourceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::DateTime;
     use chrono::{TimeZone, Utc};
     use serde_json::json;
 

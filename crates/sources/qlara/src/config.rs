@@ -15,6 +15,7 @@ use chatlake_source_kit::options::{
     at_least_one, auth_required, check_retry, emulator_url, longer_than_zero, non_empty,
     non_empty_secret, parse_http_url,
 };
+use chatlake_source_kit::time::OffsetTime;
 use chatlake_source_kit::{FilesMode, windows};
 use chrono::{DateTime, FixedOffset};
 use schemars::JsonSchema;
@@ -45,20 +46,10 @@ pub struct QlaraSourceConfig {
 
     /// Start of the range, inclusive, RFC 3339 with an offset (`2025-01-01T00:00:00+01:00`).
     /// Required unless `files` is set. `--start` overrides it.
-    #[serde(
-        default,
-        deserialize_with = "chatlake_source_kit::time::deserialize_time"
-    )]
-    #[schemars(with = "Option<String>")]
-    pub start: Option<DateTime<FixedOffset>>,
+    pub start: Option<OffsetTime>,
 
     /// End of the range, inclusive; default now (in start's offset). `--end` overrides it.
-    #[serde(
-        default,
-        deserialize_with = "chatlake_source_kit::time::deserialize_time"
-    )]
-    #[schemars(with = "Option<String>")]
-    pub end: Option<DateTime<FixedOffset>>,
+    pub end: Option<OffsetTime>,
 
     /// Days per export window (1 to 366). Each window is one export job and one commit.
     #[serde(default = "default_window_days")]
@@ -247,7 +238,7 @@ impl QlaraSourceConfig {
         }
         let mut base_url = parse_http_url("base_url", &self.base_url)?;
 
-        let range = cx.range(self.start, self.end)?;
+        let range = cx.range(self.start.map(Into::into), self.end.map(Into::into))?;
         let (start, end) = (range.start, range.end);
 
         let mode = if let Some(patterns) = &self.files {

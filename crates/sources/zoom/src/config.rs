@@ -15,6 +15,7 @@ use chatlake_source_kit::options::{
     at_least_one, auth_required, check_retry, emulator_url, longer_than_zero, non_empty,
     non_empty_secret, parse_http_url,
 };
+use chatlake_source_kit::time::OffsetTime;
 use chrono::{DateTime, Datelike, FixedOffset, Months, NaiveDate, SubsecRound, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
@@ -127,19 +128,9 @@ pub struct ZoomUserMessagesConfig {
     #[serde(default)]
     pub conversations: AllOr<ConversationList>,
     /// Start of the range, RFC 3339 (`2025-05-01T00:00:00Z`). Required unless `files` is set.
-    #[serde(
-        default,
-        deserialize_with = "chatlake_source_kit::time::deserialize_time"
-    )]
-    #[schemars(with = "Option<String>")]
-    pub start: Option<DateTime<FixedOffset>>,
+    pub start: Option<OffsetTime>,
     /// End of the range, inclusive; default now.
-    #[serde(
-        default,
-        deserialize_with = "chatlake_source_kit::time::deserialize_time"
-    )]
-    #[schemars(with = "Option<String>")]
-    pub end: Option<DateTime<FixedOffset>>,
+    pub end: Option<OffsetTime>,
     /// Days per window (one window per user, conversation and stretch of days).
     #[serde(default = "default_window_days")]
     pub window_days: u32,
@@ -534,7 +525,7 @@ impl ZoomUserMessagesConfig {
         }
         // `--start`/`--end` win over the file; `end` defaults to now.
         let (start, end) = cx
-            .range(self.start, self.end)?
+            .range(self.start.map(Into::into), self.end.map(Into::into))?
             .for_api(cx.now, "2025-05-01T00:00:00Z")?;
         let users = match self.users {
             AllOr::All => None,
