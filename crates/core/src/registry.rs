@@ -26,6 +26,12 @@ struct Entry<T> {
     build: Builder<T>,
 }
 
+impl<T> Entry<T> {
+    fn doc(&self, role: Role, type_name: &str) -> ComponentDoc {
+        ComponentDoc::new(role, type_name, self.summary, self.example, (self.schema)())
+    }
+}
+
 /// Every registered source, transform and sink type.
 #[derive(Default)]
 pub struct Registry {
@@ -172,35 +178,13 @@ impl Registry {
 
     /// Documentation of every registered type, from its config struct's doc comments and defaults.
     pub fn docs(&self) -> Vec<ComponentDoc> {
-        let mut out = Vec::new();
-        for (t, e) in &self.sources {
-            out.push(ComponentDoc::new(
-                Role::Source,
-                t,
-                e.summary,
-                e.example,
-                (e.schema)(),
-            ));
-        }
-        for (t, e) in &self.transforms {
-            out.push(ComponentDoc::new(
-                Role::Transform,
-                t,
-                e.summary,
-                e.example,
-                (e.schema)(),
-            ));
-        }
-        for (t, e) in &self.sinks {
-            out.push(ComponentDoc::new(
-                Role::Sink,
-                t,
-                e.summary,
-                e.example,
-                (e.schema)(),
-            ));
-        }
-        out
+        let sources = self.sources.iter().map(|(t, e)| e.doc(Role::Source, t));
+        let transforms = self
+            .transforms
+            .iter()
+            .map(|(t, e)| e.doc(Role::Transform, t));
+        let sinks = self.sinks.iter().map(|(t, e)| e.doc(Role::Sink, t));
+        sources.chain(transforms).chain(sinks).collect()
     }
 }
 
