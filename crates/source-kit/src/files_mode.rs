@@ -114,3 +114,86 @@ impl FilesMode {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatlake_core::state::{WindowRecord, WindowStatus};
+
+    fn files_mode(dir: &std::path::Path, ledger: SourceState) -> FilesMode {
+        let start = DateTime::parse_from_rfc3339("2025-01-01T00:00:00+09:00").ok();
+        FilesMode::new(
+            &[format!("{}/*.csv", dir.display())],
+            "message_contents",
+            FixedOffset::east_opt(9 * 3600).expect("+09:00 is an offset"),
+            (start, None),
+            Arc::new(ledger),
+        )
+        .expect("a valid glob")
+    }
+
+    #[test]
+    fn one_window_per_file_in_path_order_without_committed_ones() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        for name in ["b.csv", "a.csv", "c.csv", "notes.txt"] {
+            std::fs::write(dir.path().join(name), "x").expect("written");
+        }
+        let all = files_mode(dir.path(), SourceState::default())
+            .windows("lw")
+            .expect("files match");
+        let labels: Vec<String> = all.iter().map(|(w, _)| w.label.clone()).collect();
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        assert_eq!(labels, [path("a.csv"), path("b.csv"), path("c.csv")]);
+        for (i, (window, file)) in all.iter().enumerate() {
+            assert_eq!(window.index, i as u32);
+            assert_eq!(window.source, "lw");
+            assert_eq!(window.stream, "message_contents");
+            assert_eq!(window.utc_offset.local_minus_utc(), 9 * 3600);
+            assert!(window.start.is_some() && window.end.is_none());
+            assert_eq!(window.label, file.display().to_string());
+        }
+
+        // A later run leaves out the file an earlier one committed, and keeps the others' keys.
+        let mut ledger = SourceState::default();
+        let (b, _) = &all[1];
+        ledger.windows.insert(
+            b.key(),
+            WindowRecord {
+                stream: b.stream.clone(),
+                label: b.label.clone(),
+                start: b.start,
+                end: b.end,
+                status: WindowStatus::Committed,
+                run_id: "r1".into(),
+                at: chrono::Utc::now(),
+            },
+        );
+        let mode = files_mode(dir.path(), ledger);
+        let rest: Vec<String> = mode
+            .windows("lw")
+            .expect("files match")
+            .iter()
+            .map(|(w, _)| w.key())
+            .collect();
+        assert_eq!(rest, [all[0].0.key(), all[2].0.key()]);
+        let plan = mode.plan("lw").expect("files match");
+        assert_eq!(plan[1].request, format!("read {}", path("c.csv")));
+    }
+
+    #[test]
+    fn globs_are_checked_when_built_and_a_miss_when_planned() {
+        let none = FilesMode::new(
+            &[],
+            "s",
+            FixedOffset::east_opt(0).expect("UTC"),
+            (None, None),
+            Arc::default(),
+        );
+        assert_eq!(none.expect_err("no pattern").key, "files");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let err = files_mode(dir.path(), SourceState::default())
+            .plan("lw")
+            .expect_err("nothing matches");
+        assert!(err.to_string().contains("no file matches"), "{err}");
+    }
+}
