@@ -172,7 +172,7 @@ pub async fn plan(
         }
     };
     println!("pipeline `{}` ({})", pipeline.name(), path.display());
-    println!("state: {}", pipeline.state_dir().display());
+    println!("state: {}", pipeline.pipeline_state_dir().display());
     println!();
     println!("graph:");
     for node in &pipeline.nodes {
@@ -252,6 +252,12 @@ pub fn components(json: bool) -> u8 {
                 "    {:<22} {:<28} {:<18} {}",
                 o.name, o.kind, default, o.description
             );
+        }
+        if !doc.example.is_empty() {
+            println!("  example:");
+            for line in doc.example.lines() {
+                println!("    {line}");
+            }
         }
         println!();
     }
@@ -421,7 +427,7 @@ async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
         .filter(|c| c.role == chatlake_core::config::Role::Source)
         .map(|c| c.name.clone())
         .collect();
-    let store = StateStore::new(file.state_dir().join(&file.pipeline.name));
+    let store = StateStore::new(file.pipeline_state_dir());
     facts.store = Some(store.clone());
     // Held until the run ends: planning reads the ledger, so it is taken before the build.
     let _lock = match store.lock() {
@@ -505,7 +511,7 @@ pub fn state_show(path: &Path, json: bool) -> u8 {
             return exit::BAD_INPUT;
         }
     };
-    let store = StateStore::new(file.state_dir().join(&file.pipeline.name));
+    let store = StateStore::new(file.pipeline_state_dir());
     let ledgers = match store.all() {
         Ok(l) => l,
         Err(e) => {
@@ -623,7 +629,7 @@ pub fn state_reset(path: &Path, source: Option<&str>) -> u8 {
         eprintln!("error: {}: no source named `{name}`", path.display());
         return exit::BAD_INPUT;
     }
-    let store = StateStore::new(file.state_dir().join(&file.pipeline.name));
+    let store = StateStore::new(file.pipeline_state_dir());
     let _lock = match store.lock() {
         Ok(lock) => lock,
         Err(e) => {

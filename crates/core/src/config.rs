@@ -306,12 +306,20 @@ impl PipelineFile {
         }
     }
 
-    /// The state directory: `pipeline.state_dir`, default `./lake/_state`.
-    pub fn state_dir(&self) -> PathBuf {
+    /// The directory every pipeline's state lives under: `pipeline.state_dir`, default
+    /// `./lake/_state`.
+    pub fn state_root(&self) -> PathBuf {
         self.pipeline
             .state_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("./lake/_state"))
+    }
+
+    /// This pipeline's own state directory, `<state_root>/<pipeline name>`: its window ledgers
+    /// and lock, run summaries, dead letters, removal logs and transforms' state. The one place
+    /// that rule is written.
+    pub fn pipeline_state_dir(&self) -> PathBuf {
+        self.state_root().join(&self.pipeline.name)
     }
 
     /// Where a key's value came from, when an environment variable set it.

@@ -51,13 +51,14 @@ impl Pipeline {
         &self.file.pipeline.name
     }
 
-    pub fn state_dir(&self) -> PathBuf {
-        self.file.state_dir().join(self.name())
+    /// See [`PipelineFile::pipeline_state_dir`].
+    pub fn pipeline_state_dir(&self) -> PathBuf {
+        self.file.pipeline_state_dir()
     }
 
     /// The window ledgers of this pipeline.
     pub fn state(&self) -> StateStore {
-        StateStore::new(self.state_dir())
+        StateStore::new(self.pipeline_state_dir())
     }
 
     /// Builds and checks `file`.
@@ -83,7 +84,7 @@ impl Pipeline {
             }
         }
 
-        let store = StateStore::new(file.state_dir().join(&file.pipeline.name));
+        let store = StateStore::new(file.pipeline_state_dir());
         let committed_by = if opts.use_state {
             match store.committed_runs() {
                 Ok(keys) => Arc::new(keys),

@@ -21,8 +21,15 @@ type Builder<T> = Box<dyn Fn(Value, &BuildContext) -> Result<T, BuildError> + Se
 
 struct Entry<T> {
     summary: &'static str,
+    example: &'static str,
     schema: fn() -> schemars::Schema,
     build: Builder<T>,
+}
+
+impl<T> Entry<T> {
+    fn doc(&self, role: Role, type_name: &str) -> ComponentDoc {
+        ComponentDoc::new(role, type_name, self.summary, self.example, (self.schema)())
+    }
 }
 
 /// Every registered source, transform and sink type.
@@ -62,6 +69,7 @@ impl Registry {
             C::TYPE,
             Entry {
                 summary: C::SUMMARY,
+                example: C::EXAMPLE,
                 schema: || schemars::schema_for!(C),
                 build: Box::new(|options, cx| {
                     let key = format!("sources.{}", cx.name);
@@ -79,6 +87,7 @@ impl Registry {
             C::TYPE,
             Entry {
                 summary: C::SUMMARY,
+                example: C::EXAMPLE,
                 schema: || schemars::schema_for!(C),
                 build: Box::new(|options, cx| {
                     let key = format!("transforms.{}", cx.name);
@@ -96,6 +105,7 @@ impl Registry {
             C::TYPE,
             Entry {
                 summary: C::SUMMARY,
+                example: C::EXAMPLE,
                 schema: || schemars::schema_for!(C),
                 build: Box::new(|options, cx| {
                     let key = format!("sinks.{}", cx.name);
@@ -196,22 +206,13 @@ impl Registry {
 
     /// Documentation of every registered type, from its config struct's doc comments and defaults.
     pub fn docs(&self) -> Vec<ComponentDoc> {
-        let mut out = Vec::new();
-        for (t, e) in &self.sources {
-            out.push(ComponentDoc::new(Role::Source, t, e.summary, (e.schema)()));
-        }
-        for (t, e) in &self.transforms {
-            out.push(ComponentDoc::new(
-                Role::Transform,
-                t,
-                e.summary,
-                (e.schema)(),
-            ));
-        }
-        for (t, e) in &self.sinks {
-            out.push(ComponentDoc::new(Role::Sink, t, e.summary, (e.schema)()));
-        }
-        out
+        let sources = self.sources.iter().map(|(t, e)| e.doc(Role::Source, t));
+        let transforms = self
+            .transforms
+            .iter()
+            .map(|(t, e)| e.doc(Role::Transform, t));
+        let sinks = self.sinks.iter().map(|(t, e)| e.doc(Role::Sink, t));
+        sources.chain(transforms).chain(sinks).collect()
     }
 }
 
@@ -232,6 +233,8 @@ pub struct ComponentDoc {
     pub type_name: String,
     pub summary: String,
     pub options: Vec<OptionDoc>,
+    /// A table of this type as a user writes it (TOML), from the config's `EXAMPLE`.
+    pub example: String,
 }
 
 /// One option of a component type.
@@ -246,7 +249,13 @@ pub struct OptionDoc {
 }
 
 impl ComponentDoc {
-    fn new(role: Role, type_name: &str, summary: &str, schema: schemars::Schema) -> Self {
+    fn new(
+        role: Role,
+        type_name: &str,
+        summary: &str,
+        example: &str,
+        schema: schemars::Schema,
+    ) -> Self {
         let root = schema.as_value();
         let defs = root.get("$defs").cloned().unwrap_or(Value::Null);
         let required: Vec<&str> = root
@@ -271,6 +280,7 @@ impl ComponentDoc {
             type_name: type_name.into(),
             summary: summary.into(),
             options,
+            example: example.into(),
         }
     }
 }

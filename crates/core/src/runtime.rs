@@ -64,7 +64,7 @@ impl Run {
             .collect();
         let dead_letters = DeadLetters::new(
             pipeline
-                .state_dir()
+                .pipeline_state_dir()
                 .join("dead_letters")
                 .join(format!("{run_id}.jsonl")),
         );
@@ -96,7 +96,7 @@ impl Run {
             metrics,
             dead_letters,
         } = self;
-        let state_dir = pipeline.state_dir();
+        let state_dir = pipeline.pipeline_state_dir();
         let started = Instant::now();
         let store = pipeline.state();
         // What the lake may hold: sinks delete files of any other window when they start. A

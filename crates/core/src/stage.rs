@@ -575,6 +575,11 @@ pub trait SourceConfig: DeserializeOwned + schemars::JsonSchema + 'static {
     const TYPE: &'static str;
     /// One line for `chatlake components`.
     const SUMMARY: &'static str;
+    /// A table of this type as a user writes it (TOML, the body of `[sources.<name>]`), shown by
+    /// `chatlake components`. Inputs named `canonical` carry canonical messages, any other
+    /// input raw records of a source. The CLI's tests parse it from TOML and from YAML and build
+    /// it as `validate` does, so it cannot drift; the empty default fails them.
+    const EXAMPLE: &'static str = "";
     fn build(self, cx: &BuildContext) -> Result<Box<dyn Source>, InvalidConfig>;
 }
 
@@ -582,6 +587,11 @@ pub trait SourceConfig: DeserializeOwned + schemars::JsonSchema + 'static {
 pub trait TransformConfig: DeserializeOwned + schemars::JsonSchema + 'static {
     const TYPE: &'static str;
     const SUMMARY: &'static str;
+    /// A table of this type as a user writes it (TOML, the body of `[transforms.<name>]`), shown by
+    /// `chatlake components`. Inputs named `canonical` carry canonical messages, any other
+    /// input raw records of a source. The CLI's tests parse it from TOML and from YAML and build
+    /// it as `validate` does, so it cannot drift; the empty default fails them.
+    const EXAMPLE: &'static str = "";
     fn build(self, cx: &BuildContext) -> Result<Box<dyn Transform>, InvalidConfig>;
 }
 
@@ -589,5 +599,10 @@ pub trait TransformConfig: DeserializeOwned + schemars::JsonSchema + 'static {
 pub trait SinkConfig: DeserializeOwned + schemars::JsonSchema + 'static {
     const TYPE: &'static str;
     const SUMMARY: &'static str;
+    /// A table of this type as a user writes it (TOML, the body of `[sinks.<name>]`), shown by
+    /// `chatlake components`. Inputs named `canonical` carry canonical messages, any other
+    /// input raw records of a source. The CLI's tests parse it from TOML and from YAML and build
+    /// it as `validate` does, so it cannot drift; the empty default fails them.
+    const EXAMPLE: &'static str = "";
     fn build(self, cx: &BuildContext) -> Result<Box<dyn Sink>, InvalidConfig>;
 }

@@ -4,4 +4,10 @@
 
 pub mod csv_input;
 pub mod files;
+pub mod files_mode;
+pub mod options;
 pub mod parsed;
+pub mod time;
+pub mod windows;
+
+pub use files_mode::FilesMode;

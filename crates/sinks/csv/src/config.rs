@@ -74,6 +74,7 @@ impl SinkConfig for CsvSinkConfig {
     const TYPE: &'static str = "csv";
     const SUMMARY: &'static str =
         "CSV files with a header, nested columns as JSON, optionally gzipped, in Hive partitions";
+    const EXAMPLE: &'static str = include_str!("example.toml");
 
     fn build(self, _cx: &BuildContext) -> Result<Box<dyn Sink>, InvalidConfig> {
         let delimiter = self.delimiter_byte()?;

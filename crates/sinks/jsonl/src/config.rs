@@ -37,6 +37,7 @@ impl SinkConfig for JsonlSinkConfig {
     const TYPE: &'static str = "jsonl";
     const SUMMARY: &'static str =
         "JSON Lines files, one object per row, optionally gzipped, in Hive partitions";
+    const EXAMPLE: &'static str = include_str!("example.toml");
 
     fn build(self, _cx: &BuildContext) -> Result<Box<dyn Sink>, InvalidConfig> {
         let options = LakeOptions {

@@ -183,6 +183,7 @@ impl SinkConfig for ParquetSinkConfig {
     const TYPE: &'static str = "parquet";
     const SUMMARY: &'static str =
         "Parquet files with nested types kept, zstd-compressed by default, in Hive partitions";
+    const EXAMPLE: &'static str = include_str!("example.toml");
 
     fn build(self, _cx: &BuildContext) -> Result<Box<dyn Sink>, InvalidConfig> {
         let properties = self.properties()?;

@@ -4,7 +4,6 @@
 //! cuts the windows, but reads no file and opens no connection, so `chatlake validate` and
 //! `chatlake plan` run offline.
 
-use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,14 +11,20 @@ use chatlake_core::config::InvalidConfig;
 use chatlake_core::stage::EmulatorProfile;
 use chatlake_core::{BuildContext, Secret, Source, SourceConfig};
 use chatlake_http::RetryPolicy;
-use chrono::{DateTime, FixedOffset};
+use chatlake_source_kit::FilesMode;
+use chatlake_source_kit::options::{
+    at_least_one, auth_required, check_retry, emulator_url, longer_than_zero, non_empty,
+    non_empty_secret, parse_http_url,
+};
+use chatlake_source_kit::time::OffsetTime;
+use chrono::FixedOffset;
 use schemars::JsonSchema;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::auth::{Auth, ServiceAccount, SigningKey};
-use crate::source::{ApiMode, FilesMode, LineworksSource, Mode};
-use crate::window::{self, DownloadQuery};
+use crate::source::{ApiMode, LineworksSource, Mode};
+use crate::window::{self, DownloadQuery, STREAM};
 
 pub const DEFAULT_BASE_URL: &str = "https://www.worksapis.com/v1.0";
 pub const DEFAULT_TOKEN_URL: &str = "https://auth.worksmobile.com/oauth2/v2.0/token";
@@ -56,14 +61,10 @@ pub struct LineworksSourceConfig {
     /// Start of the range, inclusive, RFC 3339 with an offset (`2025-01-01T00:00:00+09:00`).
     /// Its offset is the one the provider writes local times in. Required unless `files` is set
     /// (then an optional filter). `--start` overrides it.
-    #[serde(default, deserialize_with = "deserialize_time")]
-    #[schemars(with = "Option<String>")]
-    pub start: Option<DateTime<FixedOffset>>,
+    pub start: Option<OffsetTime>,
 
     /// End of the range, inclusive; default now (in start's offset). `--end` overrides it.
-    #[serde(default, deserialize_with = "deserialize_time")]
-    #[schemars(with = "Option<String>")]
-    pub end: Option<DateTime<FixedOffset>>,
+    pub end: Option<OffsetTime>,
 
     /// Days per request window, 1 to 31 (the API's limit). Each window is one download and
     /// one commit.
@@ -225,33 +226,6 @@ fn default_request_timeout() -> Duration {
     Duration::from_secs(600)
 }
 
-/// An RFC 3339 time with an offset. Also takes TOML's unquoted datetimes, which reach us as
-/// toml's private one-key table.
-fn deserialize_time<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<DateTime<FixedOffset>>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Text(String),
-        Toml {
-            #[serde(rename = "$__toml_private_datetime")]
-            value: String,
-        },
-    }
-    let Some(raw) = Option::<Raw>::deserialize(d)? else {
-        return Ok(None);
-    };
-    let (Raw::Text(s) | Raw::Toml { value: s }) = raw;
-    DateTime::parse_from_rfc3339(s.trim())
-        .map(Some)
-        .map_err(|_| {
-            serde::de::Error::custom(format!(
-                "expected an RFC 3339 time with an offset, like 2025-01-01T00:00:00+09:00, got {s:?}"
-            ))
-        })
-}
-
 /// `+09:00`, `-05:30`, `+0900`, `Z` or `UTC`.
 pub fn parse_utc_offset(s: &str) -> Option<FixedOffset> {
     let s = s.trim();
@@ -279,18 +253,6 @@ pub fn parse_utc_offset(s: &str) -> Option<FixedOffset> {
     FixedOffset::east_opt(sign * (h * 3600 + m * 60))
 }
 
-fn parse_http_url(key: &str, s: &str) -> Result<Url, InvalidConfig> {
-    let url = Url::parse(s.trim())
-        .map_err(|e| InvalidConfig::new(key, format!("not a URL ({e}): {s:?}")))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(InvalidConfig::new(
-            key,
-            format!("expected an http:// or https:// URL, got {s:?}"),
-        ));
-    }
-    Ok(url)
-}
-
 /// `{base}/monitoring/message-contents/download`, whether or not `base` ends in `/`.
 fn download_endpoint(base: &Url) -> Url {
     let mut url = base.clone();
@@ -303,20 +265,11 @@ fn download_endpoint(base: &Url) -> Url {
     url
 }
 
-fn non_empty(key: &str, value: &str) -> Result<(), InvalidConfig> {
-    if value.trim().is_empty() {
-        Err(InvalidConfig::new(key, "must not be empty"))
-    } else {
-        Ok(())
-    }
-}
-
 impl LineworksSourceConfig {
     /// The service account the emulator accepts, with its URLs.
     fn emulator_auth(profile: &EmulatorProfile) -> Result<(Url, Auth), InvalidConfig> {
-        let root = profile.root.trim_end_matches('/');
-        let base = parse_http_url("base_url", &format!("{root}/v1.0"))?;
-        let token_url = parse_http_url("auth.token_url", &format!("{root}/oauth2/v2.0/token"))?;
+        let base = emulator_url(profile, "base_url", "/v1.0")?;
+        let token_url = emulator_url(profile, "auth.token_url", "/oauth2/v2.0/token")?;
         let pem = profile.credential("lineworks.private_key")?;
         let key = SigningKey::from_pem(pem.expose().as_bytes())
             .map_err(|e| InvalidConfig::new("auth", format!("the emulator's private key: {e}")))?;
@@ -339,16 +292,13 @@ impl LineworksSourceConfig {
 
     fn configured_auth(&self) -> Result<Auth, InvalidConfig> {
         let Some(auth) = &self.auth else {
-            return Err(InvalidConfig::new(
-                "auth",
-                "required unless `files` is set: a `lineworks_service_account` or `bearer` table",
+            return Err(auth_required(
+                "a `lineworks_service_account` or `bearer` table",
             ));
         };
         match auth {
             LineworksAuth::Bearer { token } => {
-                if token.is_empty() {
-                    return Err(InvalidConfig::new("auth.token", "must not be empty"));
-                }
+                non_empty_secret("auth.token", token)?;
                 Ok(Auth::Bearer(token.clone()))
             }
             LineworksAuth::ServiceAccount {
@@ -361,12 +311,7 @@ impl LineworksSourceConfig {
                 scope,
             } => {
                 non_empty("auth.client_id", client_id)?;
-                if client_secret.is_empty() {
-                    return Err(InvalidConfig::new(
-                        "auth.client_secret",
-                        "must not be empty",
-                    ));
-                }
+                non_empty_secret("auth.client_secret", client_secret)?;
                 non_empty("auth.service_account", service_account)?;
                 non_empty("auth.scope", scope)?;
                 let token_url = parse_http_url("auth.token_url", token_url)?;
@@ -421,20 +366,12 @@ impl LineworksSourceConfig {
                 ),
             ));
         }
-        let requests_per_minute = NonZeroU32::new(self.requests_per_minute)
-            .ok_or_else(|| InvalidConfig::new("requests_per_minute", "must be at least 1"))?;
+        let requests_per_minute = at_least_one("requests_per_minute", self.requests_per_minute)?;
         if self.batch_size == 0 {
             return Err(InvalidConfig::new("batch_size", "must be at least 1"));
         }
-        if self.request_timeout.is_zero() {
-            return Err(InvalidConfig::new(
-                "request_timeout",
-                "must be longer than 0s",
-            ));
-        }
-        self.retry
-            .check()
-            .map_err(|(key, msg)| InvalidConfig::new(format!("retry.{key}"), msg))?;
+        longer_than_zero("request_timeout", self.request_timeout)?;
+        check_retry(&self.retry)?;
         let utc_offset = parse_utc_offset(&self.utc_offset).ok_or_else(|| {
             InvalidConfig::new(
                 "utc_offset",
@@ -447,18 +384,17 @@ impl LineworksSourceConfig {
         let mut base_url = parse_http_url("base_url", &self.base_url)?;
 
         // The command line wins over the file.
-        let range = cx.range(self.start, self.end)?;
+        let range = cx.range(self.start.map(Into::into), self.end.map(Into::into))?;
         let (start, end) = (range.start, range.end);
 
         let mode = if let Some(patterns) = &self.files {
-            chatlake_source_kit::files::check_patterns(patterns)?;
-            Mode::Files(FilesMode {
-                patterns: patterns.clone(),
+            Mode::Files(FilesMode::new(
+                patterns,
+                STREAM,
                 utc_offset,
-                start,
-                end,
-                ledger: cx.state.clone(),
-            })
+                (start, end),
+                cx.state.clone(),
+            )?)
         } else {
             let (start, end) = range.for_api(cx.now, "2025-01-01T00:00:00+09:00")?;
             let auth = match &cx.emulator {
@@ -504,6 +440,7 @@ impl SourceConfig for LineworksSourceConfig {
     const TYPE: &'static str = "lineworks_message_contents";
     const SUMMARY: &'static str =
         "LINE WORKS message contents (monitoring CSV download), or CSV files downloaded by hand";
+    const EXAMPLE: &'static str = include_str!("example.toml");
 
     fn build(self, cx: &BuildContext) -> Result<Box<dyn Source>, InvalidConfig> {
         Ok(Box::new(self.check(cx)?))
@@ -513,6 +450,7 @@ impl SourceConfig for LineworksSourceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::DateTime;
     use chrono::{TimeZone, Utc};
     use serde_json::json;
 

@@ -30,7 +30,7 @@ use chatlake_http::{
     RequestError, RequestLoop, RetryObserver, RetryPolicy, redact_url, resolve_location,
     spool_body,
 };
-use chrono::{DateTime, FixedOffset};
+use chatlake_source_kit::FilesMode;
 use reqwest::header::LOCATION;
 use reqwest::{Method, StatusCode};
 use url::Url;
@@ -39,7 +39,7 @@ use crate::auth::{Auth, Authenticator};
 use crate::config::Language;
 use crate::error::Error;
 use crate::parse::{self, ParseError, ParseOptions, ParseOutcome, RECORD_TYPE};
-use crate::window::{DownloadQuery, STREAM};
+use crate::window::DownloadQuery;
 
 /// Redirects followed from the download request to the file, at most.
 const MAX_REDIRECTS: u32 = 5;
@@ -67,15 +67,6 @@ pub(crate) struct ApiMode {
     pub requests_per_minute: NonZeroU32,
     pub retry: RetryPolicy,
     pub request_timeout: Duration,
-}
-
-pub(crate) struct FilesMode {
-    pub patterns: Vec<String>,
-    pub utc_offset: FixedOffset,
-    pub start: Option<DateTime<FixedOffset>>,
-    pub end: Option<DateTime<FixedOffset>>,
-    /// Files an earlier run committed (by path) are not loaded again.
-    pub ledger: std::sync::Arc<chatlake_core::state::SourceState>,
 }
 
 /// How one window went wrong (see [`chatlake_core::stage::WindowError`]).
@@ -139,28 +130,6 @@ impl LineworksSource {
         }
     }
 
-    /// One window per file matched by the globs, in path order.
-    fn file_windows(&self, files: &FilesMode) -> Result<Vec<(Window, PathBuf)>, Error> {
-        let paths = chatlake_source_kit::files::expand(&files.patterns)?;
-        Ok(paths
-            .into_iter()
-            .enumerate()
-            .map(|(i, path)| {
-                let window = Window {
-                    source: self.name.clone(),
-                    stream: STREAM.to_string(),
-                    index: i as u32,
-                    start: files.start,
-                    end: files.end,
-                    utc_offset: files.utc_offset,
-                    label: path.display().to_string(),
-                };
-                (window, path)
-            })
-            .filter(|(window, _)| !files.ledger.is_committed(&window.key()))
-            .collect())
-    }
-
     async fn run_api(&self, api: &ApiMode, cx: &SourceContext) -> Result<(), WindowError> {
         let client = HttpClient::builder()
             .request_timeout(api.request_timeout)
@@ -201,19 +170,11 @@ impl LineworksSource {
     }
 
     async fn run_files(&self, files: &FilesMode, cx: &SourceContext) -> Result<(), WindowError> {
-        let inputs = self
-            .file_windows(files)
-            .map_err(|e| WindowError::Stop(self.core_error(e)))?;
-        chatlake_source_kit::files::load_concurrently(
-            inputs,
-            cx.windows_at_once,
-            |(window, path)| async move {
-                let window = Arc::new(window);
-                let result = self.load_file(cx, &window, path).await;
-                cx.out.finish_window(window, result).await
-            },
-        )
-        .await
+        files
+            .run(&self.name, cx, |window, path| async move {
+                self.load_file(cx, &window, path).await
+            })
+            .await
     }
 
     async fn load_file(
@@ -314,15 +275,7 @@ impl Source for LineworksSource {
                     request: format!("GET {}", api.query.url(&api.endpoint, w)),
                 })
                 .collect()),
-            Mode::Files(files) => Ok(self
-                .file_windows(files)
-                .map_err(|e| self.core_error(e))?
-                .into_iter()
-                .map(|(window, path)| PlannedWindow {
-                    window,
-                    request: format!("read {}", path.display()),
-                })
-                .collect()),
+            Mode::Files(files) => files.plan(&self.name),
         }
     }
 

@@ -4,7 +4,8 @@
 //! is cut into consecutive windows where each starts one second after the previous one ends.
 
 use chatlake_core::Window;
-use chrono::{DateTime, Duration, FixedOffset, SubsecRound};
+use chatlake_source_kit::windows;
+use chrono::{DateTime, FixedOffset};
 use url::Url;
 
 use crate::config::{BotMessages, Language};
@@ -12,46 +13,21 @@ use crate::config::{BotMessages, Language};
 /// The provider stream every window of this source belongs to.
 pub const STREAM: &str = "message_contents";
 
-/// `YYYY-MM-DDThh:mm:ss+09:00`: the form `startTime`/`endTime` take, and window labels use.
-/// Always a numeric offset (`+00:00`, never `Z`), as the API documents.
-pub fn format_time(t: &DateTime<FixedOffset>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%:z").to_string()
-}
+pub use chatlake_source_kit::time::format_time;
 
-/// Cuts `[start, end]` (inclusive, whole seconds) into windows of at most `days` days. Each
-/// window keeps `start`'s offset, which is also the offset the provider writes its local times
-/// in.
+/// Cuts `[start, end]` (inclusive, whole seconds) into windows of at most `days` days (see
+/// [`chatlake_source_kit::windows::split`]).
 pub fn split(
     source: &str,
     start: DateTime<FixedOffset>,
     end: DateTime<FixedOffset>,
     days: u32,
 ) -> Vec<Window> {
-    let offset = *start.offset();
-    let start = start.trunc_subsecs(0);
-    let end = end.with_timezone(&offset).trunc_subsecs(0);
-    let span = Duration::days(i64::from(days.max(1))) - Duration::seconds(1);
-    let mut windows = Vec::new();
-    let mut from = start;
-    while from <= end {
-        let to = (from + span).min(end);
-        windows.push(Window {
-            source: source.to_string(),
-            stream: STREAM.to_string(),
-            index: windows.len() as u32,
-            start: Some(from),
-            end: Some(to),
-            utc_offset: offset,
-            label: format!("{}..{}", format_time(&from), format_time(&to)),
-        });
-        from = to + Duration::seconds(1);
-    }
-    windows
+    windows::split(source, STREAM, start, end, days)
 }
 
-/// The windows of `[start, end]` that earlier runs did not commit (the source's ledger): each
-/// uncovered stretch split as [`split`] does, numbered in order. A run killed part-way, or a
-/// window that failed, is fetched again; what is committed is not fetched twice.
+/// The windows of `[start, end]` that earlier runs did not commit, `lookback` before the cursor
+/// fetched again (see [`chatlake_source_kit::windows::split_uncovered`]).
 pub fn split_uncovered(
     source: &str,
     start: DateTime<FixedOffset>,
@@ -60,32 +36,7 @@ pub fn split_uncovered(
     ledger: &chatlake_core::state::SourceState,
     lookback: std::time::Duration,
 ) -> Vec<Window> {
-    let offset = *start.offset();
-    let mut covered = ledger.committed_ranges(STREAM);
-    // Fetch the last `lookback` before the cursor again.
-    if let Some(last) = covered.last_mut() {
-        last.1 -= Duration::from_std(lookback).unwrap_or(Duration::MAX);
-        if last.1 < last.0 {
-            covered.pop();
-        }
-    }
-    let mut windows = Vec::new();
-    for (from, to) in chatlake_core::state::uncovered(
-        start.trunc_subsecs(0).with_timezone(&chrono::Utc),
-        end.trunc_subsecs(0).with_timezone(&chrono::Utc),
-        &covered,
-    ) {
-        for mut w in split(
-            source,
-            from.with_timezone(&offset),
-            to.with_timezone(&offset),
-            days,
-        ) {
-            w.index = windows.len() as u32;
-            windows.push(w);
-        }
-    }
-    windows
+    windows::split_uncovered(source, STREAM, start, end, days, ledger, lookback)
 }
 
 /// The query parameters of one download request, in the order the API documents them.
@@ -205,6 +156,7 @@ mod ledger_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Duration;
 
     fn t(s: &str) -> DateTime<FixedOffset> {
         DateTime::parse_from_rfc3339(s).unwrap()

@@ -11,12 +11,17 @@ use chatlake_core::config::InvalidConfig;
 use chatlake_core::state::SourceState;
 use chatlake_core::{BuildContext, Secret, Source, SourceConfig, Window};
 use chatlake_http::RetryPolicy;
-use chrono::{DateTime, FixedOffset, SubsecRound};
+use chatlake_source_kit::options::{
+    at_least_one, auth_required, check_retry, emulator_url, longer_than_zero, non_empty,
+    non_empty_secret, parse_http_url,
+};
+use chatlake_source_kit::time::OffsetTime;
+use chatlake_source_kit::{FilesMode, windows};
+use chrono::{DateTime, FixedOffset};
 use schemars::JsonSchema;
-use serde::{Deserialize, Deserializer};
-use url::Url;
+use serde::Deserialize;
 
-use crate::source::{ApiMode, Credentials, FilesMode, Mode, QlaraSource, STREAM};
+use crate::source::{ApiMode, Credentials, Mode, QlaraSource, STREAM};
 
 pub const DEFAULT_BASE_URL: &str = "https://lora-api.agiletelecom.com/api";
 /// The poll interval under `--emulate`, at most: the emulator's jobs finish at once, and a demo
@@ -41,14 +46,10 @@ pub struct QlaraSourceConfig {
 
     /// Start of the range, inclusive, RFC 3339 with an offset (`2025-01-01T00:00:00+01:00`).
     /// Required unless `files` is set. `--start` overrides it.
-    #[serde(default, deserialize_with = "deserialize_time")]
-    #[schemars(with = "Option<String>")]
-    pub start: Option<DateTime<FixedOffset>>,
+    pub start: Option<OffsetTime>,
 
     /// End of the range, inclusive; default now (in start's offset). `--end` overrides it.
-    #[serde(default, deserialize_with = "deserialize_time")]
-    #[schemars(with = "Option<String>")]
-    pub end: Option<DateTime<FixedOffset>>,
+    pub end: Option<OffsetTime>,
 
     /// Days per export window (1 to 366). Each window is one export job and one commit.
     #[serde(default = "default_window_days")]
@@ -156,49 +157,7 @@ fn default_request_timeout() -> Duration {
     Duration::from_secs(600)
 }
 
-/// An RFC 3339 time with an offset. Also takes TOML's unquoted datetimes, which reach us as
-/// toml's private one-key table.
-fn deserialize_time<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<DateTime<FixedOffset>>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Text(String),
-        Toml {
-            #[serde(rename = "$__toml_private_datetime")]
-            value: String,
-        },
-    }
-    let Some(raw) = Option::<Raw>::deserialize(d)? else {
-        return Ok(None);
-    };
-    let (Raw::Text(s) | Raw::Toml { value: s }) = raw;
-    DateTime::parse_from_rfc3339(s.trim())
-        .map(Some)
-        .map_err(|_| {
-            serde::de::Error::custom(format!(
-                "expected an RFC 3339 time with an offset, like 2025-01-01T00:00:00+01:00, got {s:?}"
-            ))
-        })
-}
-
-fn parse_http_url(key: &str, s: &str) -> Result<Url, InvalidConfig> {
-    let url = Url::parse(s.trim())
-        .map_err(|e| InvalidConfig::new(key, format!("not a URL ({e}): {s:?}")))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(InvalidConfig::new(
-            key,
-            format!("expected an http:// or https:// URL, got {s:?}"),
-        ));
-    }
-    Ok(url)
-}
-
-/// `YYYY-MM-DDThh:mm:ss+01:00`: how times go to the API and into window labels.
-pub fn format_time(t: &DateTime<FixedOffset>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%:z").to_string()
-}
+pub use chatlake_source_kit::time::format_time;
 
 /// Cuts `[start, end]` (inclusive, whole seconds) into windows of at most `days` days, each
 /// starting one second after the previous one ends.
@@ -208,56 +167,7 @@ pub fn split(
     end: DateTime<FixedOffset>,
     days: u32,
 ) -> Vec<Window> {
-    let offset = *start.offset();
-    let start = start.trunc_subsecs(0);
-    let end = end.with_timezone(&offset).trunc_subsecs(0);
-    let span = chrono::Duration::days(i64::from(days.max(1))) - chrono::Duration::seconds(1);
-    let mut windows = Vec::new();
-    let mut from = start;
-    while from <= end {
-        let to = (from + span).min(end);
-        windows.push(Window {
-            source: source.to_string(),
-            stream: STREAM.to_string(),
-            index: windows.len() as u32,
-            start: Some(from),
-            end: Some(to),
-            utc_offset: offset,
-            label: format!("{}..{}", format_time(&from), format_time(&to)),
-        });
-        from = to + chrono::Duration::seconds(1);
-    }
-    windows
-}
-
-/// The windows of `[start, end]` that earlier runs did not commit (the source's ledger), each
-/// uncovered stretch split as [`split`] does, numbered in order.
-pub fn split_uncovered(
-    source: &str,
-    start: DateTime<FixedOffset>,
-    end: DateTime<FixedOffset>,
-    days: u32,
-    ledger: &SourceState,
-) -> Vec<Window> {
-    let offset = *start.offset();
-    let covered = ledger.committed_ranges(STREAM);
-    let mut windows = Vec::new();
-    for (from, to) in chatlake_core::state::uncovered(
-        start.trunc_subsecs(0).with_timezone(&chrono::Utc),
-        end.trunc_subsecs(0).with_timezone(&chrono::Utc),
-        &covered,
-    ) {
-        for mut w in split(
-            source,
-            from.with_timezone(&offset),
-            to.with_timezone(&offset),
-            days,
-        ) {
-            w.index = windows.len() as u32;
-            windows.push(w);
-        }
-    }
-    windows
+    windows::split(source, STREAM, start, end, days)
 }
 
 /// Export ids an earlier run recorded for windows it did not finish, by window key. A checkpoint
@@ -279,24 +189,17 @@ pub fn known_exports(ledger: &SourceState) -> HashMap<String, String> {
 impl QlaraSourceConfig {
     fn configured_auth(&self) -> Result<Credentials, InvalidConfig> {
         match &self.auth {
-            None => Err(InvalidConfig::new(
-                "auth",
-                "required unless `files` is set: `{type = \"api_key\", key = \"...\"}` or \
+            None => Err(auth_required(
+                "`{type = \"api_key\", key = \"...\"}` or \
                  `{type = \"basic\", username = \"...\", password = \"...\"}`",
             )),
             Some(QlaraAuth::ApiKey { key }) => {
-                if key.expose().trim().is_empty() {
-                    return Err(InvalidConfig::new("auth.key", "must not be empty"));
-                }
+                non_empty("auth.key", key.expose())?;
                 Ok(Credentials::ApiKey(key.clone()))
             }
             Some(QlaraAuth::Basic { username, password }) => {
-                if username.trim().is_empty() {
-                    return Err(InvalidConfig::new("auth.username", "must not be empty"));
-                }
-                if password.is_empty() {
-                    return Err(InvalidConfig::new("auth.password", "must not be empty"));
-                }
+                non_empty("auth.username", username)?;
+                non_empty_secret("auth.password", password)?;
                 Ok(Credentials::Basic {
                     username: username.clone(),
                     password: password.clone(),
@@ -316,20 +219,15 @@ impl QlaraSourceConfig {
         if self.batch_size == 0 {
             return Err(InvalidConfig::new("batch_size", "must be at least 1"));
         }
-        let requests_per_minute = std::num::NonZeroU32::new(self.requests_per_minute)
-            .ok_or_else(|| InvalidConfig::new("requests_per_minute", "must be at least 1"))?;
+        let requests_per_minute = at_least_one("requests_per_minute", self.requests_per_minute)?;
         for (key, d) in [
             ("poll_interval", self.poll_interval),
             ("export_timeout", self.export_timeout),
             ("request_timeout", self.request_timeout),
         ] {
-            if d.is_zero() {
-                return Err(InvalidConfig::new(key, "must be longer than 0s"));
-            }
+            longer_than_zero(key, d)?;
         }
-        self.retry
-            .check()
-            .map_err(|(key, msg)| InvalidConfig::new(format!("retry.{key}"), msg))?;
+        check_retry(&self.retry)?;
         for (key, v) in [("sender", &self.sender), ("recipient", &self.recipient)] {
             if v.as_deref().is_some_and(|v| v.trim().is_empty()) {
                 return Err(InvalidConfig::new(
@@ -340,24 +238,27 @@ impl QlaraSourceConfig {
         }
         let mut base_url = parse_http_url("base_url", &self.base_url)?;
 
-        let range = cx.range(self.start, self.end)?;
+        let range = cx.range(self.start.map(Into::into), self.end.map(Into::into))?;
         let (start, end) = (range.start, range.end);
 
         let mode = if let Some(patterns) = &self.files {
-            chatlake_source_kit::files::check_patterns(patterns)?;
-            Mode::Files(FilesMode {
-                patterns: patterns.clone(),
-                start,
-                end,
-                ledger: cx.state.clone(),
-            })
+            // Export CSVs write their own offsets; a window's offset is only start's, if set.
+            let utc_offset = start
+                .map(|s| *s.offset())
+                .unwrap_or_else(|| FixedOffset::east_opt(0).expect("UTC is an offset"));
+            Mode::Files(FilesMode::new(
+                patterns,
+                STREAM,
+                utc_offset,
+                (start, end),
+                cx.state.clone(),
+            )?)
         } else {
             let (start, end) = range.for_api(cx.now, "2025-01-01T00:00:00+01:00")?;
             let mut poll_interval = self.poll_interval;
             let credentials = match &cx.emulator {
                 Some(profile) => {
-                    let root = profile.root.trim_end_matches('/');
-                    base_url = parse_http_url("base_url", &format!("{root}/api"))?;
+                    base_url = emulator_url(profile, "base_url", "/api")?;
                     poll_interval = poll_interval.min(EMULATOR_POLL_INTERVAL);
                     Credentials::ApiKey(profile.credential("qlara.api_key")?)
                 }
@@ -366,7 +267,15 @@ impl QlaraSourceConfig {
             Mode::Api(Box::new(ApiMode {
                 base_url,
                 credentials,
-                windows: split_uncovered(&cx.name, start, end, self.window_days, &cx.state),
+                windows: windows::split_uncovered(
+                    &cx.name,
+                    STREAM,
+                    start,
+                    end,
+                    self.window_days,
+                    &cx.state,
+                    Duration::ZERO,
+                ),
                 sender: self.sender.clone(),
                 recipient: self.recipient.clone(),
                 export: chatlake_http::export::ExportSettings {
@@ -388,6 +297,7 @@ impl QlaraSourceConfig {
 impl SourceConfig for QlaraSourceConfig {
     const TYPE: &'static str = "qlara_message_history";
     const SUMMARY: &'static str = "Qlara (Agile Telecom) SMS/RCS/WhatsApp history via the async CSV export, or export CSVs downloaded by hand";
+    const EXAMPLE: &'static str = include_str!("example.toml");
 
     fn build(self, cx: &BuildContext) -> Result<Box<dyn Source>, InvalidConfig> {
         Ok(Box::new(self.check(cx)?))

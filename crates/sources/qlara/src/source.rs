@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use chatlake_core::metrics::ComponentMetrics;
 use chatlake_core::{DataKind, PlannedWindow, Secret, Source, SourceContext, Window, WindowRef};
 use chatlake_http::export::{ExportError, ExportHooks, ExportSettings, run_export};
 use chatlake_http::{HttpClient, RateLimiter, RequestError};
-use chrono::{DateTime, FixedOffset};
+use chatlake_source_kit::FilesMode;
 use serde_json::json;
 use url::Url;
 
@@ -118,14 +117,6 @@ fn key_budget(key: String, per_minute: std::num::NonZeroU32) -> RateLimiter {
         .clone()
 }
 
-pub(crate) struct FilesMode {
-    pub patterns: Vec<String>,
-    pub start: Option<DateTime<FixedOffset>>,
-    pub end: Option<DateTime<FixedOffset>>,
-    /// Files an earlier run committed (by window key) are not loaded again.
-    pub ledger: Arc<chatlake_core::state::SourceState>,
-}
-
 /// How one window went wrong (see [`chatlake_core::stage::WindowError`]).
 type WindowError = chatlake_core::stage::WindowError<Error>;
 
@@ -193,32 +184,6 @@ impl QlaraSource {
             Mode::Api(api) => Some(api.export.poll_interval),
             Mode::Files(_) => None,
         }
-    }
-
-    /// One window per file matched by the globs, in path order.
-    fn file_windows(&self, files: &FilesMode) -> Result<Vec<(Window, PathBuf)>, Error> {
-        let paths = chatlake_source_kit::files::expand(&files.patterns)?;
-        let offset = files
-            .start
-            .map(|s| *s.offset())
-            .unwrap_or_else(|| FixedOffset::east_opt(0).expect("UTC is an offset"));
-        Ok(paths
-            .into_iter()
-            .enumerate()
-            .map(|(i, path)| {
-                let window = Window {
-                    source: self.name.clone(),
-                    stream: STREAM.to_string(),
-                    index: i as u32,
-                    start: files.start,
-                    end: files.end,
-                    utc_offset: offset,
-                    label: path.display().to_string(),
-                };
-                (window, path)
-            })
-            .filter(|(window, _)| !files.ledger.is_committed(&window.key()))
-            .collect())
     }
 
     async fn run_api(&self, api: &ApiMode, cx: &SourceContext) -> Result<(), WindowError> {
@@ -294,14 +259,8 @@ impl QlaraSource {
     }
 
     async fn run_files(&self, files: &FilesMode, cx: &SourceContext) -> Result<(), WindowError> {
-        let inputs = self
-            .file_windows(files)
-            .map_err(|e| WindowError::Stop(self.core_error(e)))?;
-        chatlake_source_kit::files::load_concurrently(
-            inputs,
-            cx.windows_at_once,
-            |(window, path)| async move {
-                let window = Arc::new(window);
+        files
+            .run(&self.name, cx, |window, path| async move {
                 let origin = path.display().to_string();
                 let opened = tokio::task::spawn_blocking(move || {
                     let file = File::open(&path)?;
@@ -310,7 +269,7 @@ impl QlaraSource {
                 })
                 .await
                 .map_err(|e| WindowError::Stop(self.core_error(e)))?;
-                let result = match opened {
+                match opened {
                     Ok((file, len)) => {
                         cx.metrics.add_file(len);
                         self.send_file(cx, &window, file, origin).await
@@ -319,11 +278,9 @@ impl QlaraSource {
                         origin,
                         message: e.to_string(),
                     })),
-                };
-                cx.out.finish_window(window, result).await
-            },
-        )
-        .await
+                }
+            })
+            .await
     }
 
     /// Parses `file` on a blocking thread and sends its batches as they come.
@@ -442,15 +399,7 @@ impl Source for QlaraSource {
                     })
                     .collect())
             }
-            Mode::Files(files) => Ok(self
-                .file_windows(files)
-                .map_err(|e| self.core_error(e))?
-                .into_iter()
-                .map(|(window, path)| PlannedWindow {
-                    window,
-                    request: format!("read {}", path.display()),
-                })
-                .collect()),
+            Mode::Files(files) => files.plan(&self.name),
         }
     }
 

@@ -11,6 +11,11 @@ use std::time::Duration;
 use chatlake_core::config::InvalidConfig;
 use chatlake_core::{BuildContext, Secret, Source, SourceConfig};
 use chatlake_http::RetryPolicy;
+use chatlake_source_kit::options::{
+    at_least_one, auth_required, check_retry, emulator_url, longer_than_zero, non_empty,
+    non_empty_secret, parse_http_url,
+};
+use chatlake_source_kit::time::OffsetTime;
 use chrono::{DateTime, Datelike, FixedOffset, Months, NaiveDate, SubsecRound, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
@@ -123,13 +128,9 @@ pub struct ZoomUserMessagesConfig {
     #[serde(default)]
     pub conversations: AllOr<ConversationList>,
     /// Start of the range, RFC 3339 (`2025-05-01T00:00:00Z`). Required unless `files` is set.
-    #[serde(default, deserialize_with = "deserialize_time")]
-    #[schemars(with = "Option<String>")]
-    pub start: Option<DateTime<FixedOffset>>,
+    pub start: Option<OffsetTime>,
     /// End of the range, inclusive; default now.
-    #[serde(default, deserialize_with = "deserialize_time")]
-    #[schemars(with = "Option<String>")]
-    pub end: Option<DateTime<FixedOffset>>,
+    pub end: Option<OffsetTime>,
     /// Days per window (one window per user, conversation and stretch of days).
     #[serde(default = "default_window_days")]
     pub window_days: u32,
@@ -280,37 +281,11 @@ fn default_request_timeout() -> Duration {
     Duration::from_secs(60)
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawTime {
-    Text(String),
-    Toml {
-        #[serde(rename = "$__toml_private_datetime")]
-        value: String,
-    },
-}
-
-fn deserialize_time<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<DateTime<FixedOffset>>, D::Error> {
-    let Some(raw) = Option::<RawTime>::deserialize(d)? else {
-        return Ok(None);
-    };
-    let (RawTime::Text(s) | RawTime::Toml { value: s }) = raw;
-    DateTime::parse_from_rfc3339(s.trim())
-        .map(Some)
-        .map_err(|_| {
-            serde::de::Error::custom(format!(
-                "expected an RFC 3339 time like 2025-05-01T00:00:00Z, got {s:?}"
-            ))
-        })
-}
-
+/// A day, `2025-06-01`, or the UTC date of an RFC 3339 time.
 fn deserialize_day<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NaiveDate>, D::Error> {
-    let Some(raw) = Option::<RawTime>::deserialize(d)? else {
+    let Some(s) = chatlake_source_kit::time::deserialize_time_text(d)? else {
         return Ok(None);
     };
-    let (RawTime::Text(s) | RawTime::Toml { value: s }) = raw;
     let s = s.trim();
     NaiveDate::parse_from_str(s, "%Y-%m-%d")
         .ok()
@@ -325,18 +300,6 @@ fn deserialize_day<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NaiveDate>,
         })
 }
 
-fn parse_http_url(key: &str, s: &str) -> Result<Url, InvalidConfig> {
-    let url = Url::parse(s.trim())
-        .map_err(|e| InvalidConfig::new(key, format!("not a URL ({e}): {s:?}")))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(InvalidConfig::new(
-            key,
-            format!("expected an http:// or https:// URL, got {s:?}"),
-        ));
-    }
-    Ok(url)
-}
-
 fn utc() -> FixedOffset {
     FixedOffset::east_opt(0).expect("zero is a valid offset")
 }
@@ -348,14 +311,13 @@ fn api_settings(
     cx: &BuildContext,
 ) -> Result<(Url, Credentials), InvalidConfig> {
     if let Some(profile) = &cx.emulator {
-        let root = profile.root.trim_end_matches('/');
         return Ok((
-            parse_http_url("base_url", &format!("{root}/v2"))?,
+            emulator_url(profile, "base_url", "/v2")?,
             Credentials {
                 account_id: profile.credential("zoom.account_id")?.expose().to_owned(),
                 client_id: profile.credential("zoom.client_id")?.expose().to_owned(),
                 client_secret: profile.credential("zoom.client_secret")?,
-                token_url: parse_http_url("auth.token_url", &format!("{root}/oauth/token"))?,
+                token_url: emulator_url(profile, "auth.token_url", "/oauth/token")?,
             },
         ));
     }
@@ -367,25 +329,13 @@ fn api_settings(
         token_url,
     }) = auth
     else {
-        return Err(InvalidConfig::new(
-            "auth",
-            "required unless `files` is set: { type = \"zoom_server_to_server\", account_id, client_id, client_secret }",
+        return Err(auth_required(
+            "{ type = \"zoom_server_to_server\", account_id, client_id, client_secret }",
         ));
     };
-    for (key, value) in [
-        ("auth.account_id", account_id),
-        ("auth.client_id", client_id),
-    ] {
-        if value.trim().is_empty() {
-            return Err(InvalidConfig::new(key, "must not be empty"));
-        }
-    }
-    if client_secret.is_empty() {
-        return Err(InvalidConfig::new(
-            "auth.client_secret",
-            "must not be empty",
-        ));
-    }
+    non_empty("auth.account_id", account_id)?;
+    non_empty("auth.client_id", client_id)?;
+    non_empty_secret("auth.client_secret", client_secret)?;
     Ok((
         base,
         Credentials {
@@ -414,22 +364,13 @@ fn common_checks(
             format!("must be 1 to {max_page} (the API's limit), got {page_size}"),
         ));
     }
-    let medium_per_second = NonZeroU32::new(requests_per_second)
-        .ok_or_else(|| InvalidConfig::new("requests_per_second", "must be at least 1"))?;
-    let heavy_per_second = NonZeroU32::new(heavy)
-        .ok_or_else(|| InvalidConfig::new("heavy_requests_per_second", "must be at least 1"))?;
+    let medium_per_second = at_least_one("requests_per_second", requests_per_second)?;
+    let heavy_per_second = at_least_one("heavy_requests_per_second", heavy)?;
     if concurrency == 0 {
         return Err(InvalidConfig::new("concurrency", "must be at least 1"));
     }
-    if timeout.is_zero() {
-        return Err(InvalidConfig::new(
-            "request_timeout",
-            "must be longer than 0s",
-        ));
-    }
-    retry
-        .check()
-        .map_err(|(key, msg)| InvalidConfig::new(format!("retry.{key}"), msg))?;
+    longer_than_zero("request_timeout", timeout)?;
+    check_retry(retry)?;
     if let Some(patterns) = files {
         chatlake_source_kit::files::check_patterns(patterns)?;
     }
@@ -445,8 +386,7 @@ fn common_checks(
 }
 
 fn daily_cap(key: &str, cap: Option<u32>) -> Result<Option<NonZeroU32>, InvalidConfig> {
-    cap.map(|n| NonZeroU32::new(n).ok_or_else(|| InvalidConfig::new(key, "must be at least 1")))
-        .transpose()
+    cap.map(|n| at_least_one(key, n)).transpose()
 }
 
 /// Cuts `[start, end]` into stretches of at most `days` days, inclusive to the second.
@@ -568,8 +508,6 @@ impl ZoomUserMessagesConfig {
                 }
             }
         }
-        let start = cx.start.or(self.start);
-        let end = cx.end.or(self.end);
         let options = UserOptions {
             page_size: self.page_size,
             // Search cannot return edited or deleted versions (seed 001).
@@ -585,23 +523,10 @@ impl ZoomUserMessagesConfig {
                 Mode::Files(FilesSettings { patterns }),
             ));
         }
-        let Some(start) = start else {
-            return Err(InvalidConfig::new(
-                "start",
-                "required unless `files` is set: an RFC 3339 time like 2025-05-01T00:00:00Z",
-            ));
-        };
-        let end = end.unwrap_or_else(|| cx.now.with_timezone(&utc()).trunc_subsecs(0));
-        if end <= start {
-            return Err(InvalidConfig::new(
-                "end",
-                format!(
-                    "{} must be after start {}",
-                    end.to_rfc3339(),
-                    start.to_rfc3339()
-                ),
-            ));
-        }
+        // `--start`/`--end` win over the file; `end` defaults to now.
+        let (start, end) = cx
+            .range(self.start.map(Into::into), self.end.map(Into::into))?
+            .for_api(cx.now, "2025-05-01T00:00:00Z")?;
         let users = match self.users {
             AllOr::All => None,
             AllOr::List(l) if l.is_empty() => {
@@ -762,6 +687,7 @@ impl SourceConfig for ZoomUserMessagesConfig {
     const TYPE: &'static str = "zoom_user_messages";
     const SUMMARY: &'static str =
         "Zoom Team Chat messages per user and conversation, or saved response pages";
+    const EXAMPLE: &'static str = include_str!("example_user_messages.toml");
 
     fn build(self, cx: &BuildContext) -> Result<Box<dyn Source>, InvalidConfig> {
         Ok(Box::new(self.check(cx)?.with_ledger(cx.state.clone())))
@@ -772,6 +698,7 @@ impl SourceConfig for ZoomChatReportConfig {
     const TYPE: &'static str = "zoom_chat_report";
     const SUMMARY: &'static str =
         "Zoom chat message reports per session and calendar month (edited and deleted included)";
+    const EXAMPLE: &'static str = include_str!("example_chat_report.toml");
 
     fn build(self, cx: &BuildContext) -> Result<Box<dyn Source>, InvalidConfig> {
         Ok(Box::new(self.check(cx)?.with_ledger(cx.state.clone())))

@@ -36,6 +36,7 @@ pub struct BotFilterConfig {
 impl TransformConfig for BotFilterConfig {
     const TYPE: &'static str = "bot_filter";
     const SUMMARY: &'static str = "Keeps, drops or keeps only bot messages.";
+    const EXAMPLE: &'static str = include_str!("example.toml");
 
     fn build(self, _cx: &BuildContext) -> Result<Box<dyn Transform>, InvalidConfig> {
         Ok(Box::new(BotFilterTransform { mode: self.mode }))

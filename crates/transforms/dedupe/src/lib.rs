@@ -122,6 +122,7 @@ impl TransformConfig for DedupeConfig {
     const TYPE: &'static str = "dedupe";
     const SUMMARY: &'static str =
         "Keeps one row per key: the first seen, or the latest by `version`.";
+    const EXAMPLE: &'static str = include_str!("example.toml");
 
     fn build(self, cx: &BuildContext) -> Result<Box<dyn Transform>, InvalidConfig> {
         if self.key.is_empty() {

@@ -1,15 +1,72 @@
 //! Column builders every provider mapping needs: the rows kept after dead-lettering, constant
-//! and empty columns, UTC timestamps and their dates.
+//! and empty columns, UTC timestamps and their dates, and [`CanonicalColumns`], which assembles
+//! a canonical batch from what a provider has.
 
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Date32Array, ListArray, StringArray, TimestampMicrosecondArray,
+    Array, ArrayRef, BooleanArray, Date32Array, Int64Array, ListArray, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::compute::filter;
 use chatlake_core::Result;
-use chatlake_core::schema::attachment_item_field;
+use chatlake_core::schema::{self, attachment_item_field};
+
+/// The columns of one canonical batch (spec section 3) that come from the provider's rows, in
+/// schema order. `None` is a column the provider does not have: [`CanonicalColumns::into_batch`]
+/// fills it with its canonical default (null, `false`, `normal`, `chat`, no attachments).
+pub(crate) struct CanonicalColumns<'a> {
+    pub provider: &'a str,
+    pub stream: &'a str,
+    pub message_id: ArrayRef,
+    pub conversation_id: Option<ArrayRef>,
+    pub conversation_name: Option<ArrayRef>,
+    pub sender_id: ArrayRef,
+    pub sender_name: Option<ArrayRef>,
+    pub recipient: Option<ArrayRef>,
+    /// Microseconds since the epoch; also gives `sent_date`. Its length is the batch's rows.
+    pub sent_at: Vec<i64>,
+    pub text: ArrayRef,
+    pub is_bot: Option<ArrayRef>,
+    pub status: Option<ArrayRef>,
+    pub channel: Option<ArrayRef>,
+    pub reply_to_id: Option<ArrayRef>,
+    pub attachments: Option<ArrayRef>,
+    pub delivered_at: Option<ArrayRef>,
+    pub version: Vec<i64>,
+}
+
+impl CanonicalColumns<'_> {
+    /// The canonical batch, every row stamped with `run_id`.
+    pub(crate) fn into_batch(self, run_id: &str) -> Result<RecordBatch> {
+        let rows = self.sent_at.len();
+        let dates = utc_dates(&self.sent_at);
+        let columns: Vec<ArrayRef> = vec![
+            constant(self.provider, rows),
+            constant(self.stream, rows),
+            self.message_id,
+            self.conversation_id.unwrap_or_else(|| no_text(rows)),
+            self.conversation_name.unwrap_or_else(|| no_text(rows)),
+            self.sender_id,
+            self.sender_name.unwrap_or_else(|| no_text(rows)),
+            self.recipient.unwrap_or_else(|| no_text(rows)),
+            utc(self.sent_at),
+            dates,
+            self.text,
+            self.is_bot
+                .unwrap_or_else(|| Arc::new(BooleanArray::from(vec![false; rows]))),
+            self.status.unwrap_or_else(|| constant("normal", rows)),
+            self.channel.unwrap_or_else(|| constant("chat", rows)),
+            self.reply_to_id.unwrap_or_else(|| no_text(rows)),
+            self.attachments.unwrap_or_else(|| no_attachments(rows)),
+            self.delivered_at.unwrap_or_else(|| no_time(rows)),
+            Arc::new(Int64Array::from(self.version)),
+            constant(run_id, rows),
+        ];
+        Ok(RecordBatch::try_new(schema::canonical(), columns)?)
+    }
+}
 
 /// Which input rows became output rows (the others were dead-lettered).
 pub(crate) struct Kept {

@@ -28,6 +28,7 @@ impl TransformConfig for NormalizeConfig {
     const TYPE: &'static str = "normalize";
     const SUMMARY: &'static str =
         "Maps provider records to the canonical message schema (UTC times, ids, bots).";
+    const EXAMPLE: &'static str = include_str!("example.toml");
 
     fn build(self, _cx: &BuildContext) -> Result<Box<dyn Transform>, InvalidConfig> {
         Ok(Box::new(NormalizeTransform::default()))

@@ -7,16 +7,11 @@
 
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, StringBuilder,
-};
-use chatlake_core::schema::{self};
+use arrow::array::{Array, BooleanArray, StringArray, StringBuilder};
 use chatlake_core::{Batch, Emitter, Error, Result, TransformContext, WindowRef};
 use chatlake_fingerprint::FingerprintSet;
 
-use crate::columns::{
-    Kept, constant, no_attachments, no_text, no_time, utc, utc_dates, wall_clock_seconds,
-};
+use crate::columns::{CanonicalColumns, Kept, wall_clock_seconds};
 use arrow::buffer::{Buffer, OffsetBuffer};
 use chrono::FixedOffset;
 use hashbrown::HashMap;
@@ -181,36 +176,29 @@ impl LineworksMapper {
         }
         let ids = message_ids(&identities, &identity_ends);
 
-        let rows = sent_at.len();
         // Text columns pass through without a copy unless rows were dead-lettered.
         let kept = Kept::new(keep);
-        let versions: Vec<i64> = sent_at.iter().map(|us| us / 1000).collect();
-        let dates = utc_dates(&sent_at);
-        let columns: Vec<ArrayRef> = vec![
-            constant("lineworks", rows),
-            constant("message_contents", rows),
-            Arc::new(ids),
-            kept.pass(room)?,
-            no_text(rows),
-            Arc::new(sender_id.finish()),
-            Arc::new(sender_name.finish()),
-            kept.pass(recipient)?,
-            utc(sent_at),
-            dates,
-            kept.pass(message)?,
-            Arc::new(BooleanArray::from(is_bot)),
-            constant("normal", rows),
-            constant("chat", rows),
-            no_text(rows),
-            no_attachments(rows),
-            no_time(rows),
-            Arc::new(Int64Array::from(versions)),
-            constant(&cx.run.run_id, rows),
-        ];
-        out.emit(
-            batch.window.clone(),
-            RecordBatch::try_new(schema::canonical(), columns)?,
-        );
+        let version = sent_at.iter().map(|us| us / 1000).collect();
+        let canonical = CanonicalColumns {
+            provider: "lineworks",
+            stream: "message_contents",
+            message_id: Arc::new(ids),
+            conversation_id: Some(kept.pass(room)?),
+            conversation_name: None,
+            sender_id: Arc::new(sender_id.finish()),
+            sender_name: Some(Arc::new(sender_name.finish())),
+            recipient: Some(kept.pass(recipient)?),
+            sent_at,
+            text: kept.pass(message)?,
+            is_bot: Some(Arc::new(BooleanArray::from(is_bot))),
+            status: None,
+            channel: None,
+            reply_to_id: None,
+            attachments: None,
+            delivered_at: None,
+            version,
+        };
+        out.emit(batch.window.clone(), canonical.into_batch(&cx.run.run_id)?);
         Ok(())
     }
 }
@@ -312,8 +300,10 @@ pub fn parse_local_time(s: &str, offset: FixedOffset) -> Option<i64> {
 mod tests {
     use super::*;
     use crate::testing::context;
+    use arrow::array::RecordBatch;
     use arrow::array::TimestampMicrosecondArray;
     use chatlake_core::metrics::ComponentMetrics;
+    use chatlake_core::schema;
     use chatlake_core::{Transform, Window};
     use chrono::TimeZone;
 

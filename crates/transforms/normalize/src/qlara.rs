@@ -9,15 +9,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, StringBuilder,
-};
-use chatlake_core::schema::{self};
+use arrow::array::{Array, StringArray, StringBuilder};
 use chatlake_core::{Batch, Emitter, Error, Result, TransformContext};
 
-use crate::columns::{
-    Kept, constant, no_attachments, no_text, utc, utc_dates, utc_opt, wall_clock_seconds,
-};
+use crate::columns::{CanonicalColumns, Kept, utc_opt, wall_clock_seconds};
 
 /// The record type the Qlara source emits (see `chatlake-source-qlara`).
 pub const RECORD_TYPE: &str = "qlara.message_history";
@@ -160,39 +155,32 @@ pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()>
         statuses.append_value(status(text(status_col, i).unwrap_or("")));
     }
 
-    let rows = sent_at.len();
     let kept = Kept::new(keep);
-    let versions: Vec<i64> = sent_at
+    let version = sent_at
         .iter()
         .zip(&delivered_at)
         .map(|(s, d)| d.unwrap_or(*s) / 1000)
         .collect();
-    let dates = utc_dates(&sent_at);
-    let columns: Vec<ArrayRef> = vec![
-        constant("qlara", rows),
-        constant("message_history", rows),
-        kept.pass(id)?,
-        no_text(rows),
-        no_text(rows),
-        kept.pass(sender)?,
-        no_text(rows),
-        kept.pass(destination)?,
-        utc(sent_at),
-        dates,
-        kept.pass(body)?,
-        Arc::new(BooleanArray::from(vec![false; rows])),
-        Arc::new(statuses.finish()),
-        Arc::new(channels.finish()),
-        no_text(rows),
-        no_attachments(rows),
-        utc_opt(delivered_at),
-        Arc::new(Int64Array::from(versions)),
-        constant(&cx.run.run_id, rows),
-    ];
-    out.emit(
-        batch.window.clone(),
-        RecordBatch::try_new(schema::canonical(), columns)?,
-    );
+    let canonical = CanonicalColumns {
+        provider: "qlara",
+        stream: "message_history",
+        message_id: kept.pass(id)?,
+        conversation_id: None,
+        conversation_name: None,
+        sender_id: kept.pass(sender)?,
+        sender_name: None,
+        recipient: Some(kept.pass(destination)?),
+        sent_at,
+        text: kept.pass(body)?,
+        is_bot: None,
+        status: Some(Arc::new(statuses.finish())),
+        channel: Some(Arc::new(channels.finish())),
+        reply_to_id: None,
+        attachments: None,
+        delivered_at: Some(utc_opt(delivered_at)),
+        version,
+    };
+    out.emit(batch.window.clone(), canonical.into_batch(&cx.run.run_id)?);
     Ok(())
 }
 
@@ -201,6 +189,8 @@ mod tests {
     use super::*;
     use crate::testing::context;
     use arrow::array::{Date32Array, TimestampMicrosecondArray};
+    use arrow::array::{Int64Array, RecordBatch};
+    use chatlake_core::schema;
     use chatlake_core::{Transform, Window, WindowRef};
     use chrono::{FixedOffset, TimeZone, Utc};
 

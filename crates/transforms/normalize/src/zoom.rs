@@ -9,14 +9,12 @@
 
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, StringBuilder,
-};
+use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, StringArray, StringBuilder};
 use chatlake_core::schema;
 use chatlake_core::{Batch, Emitter, Error, Result, TransformContext};
 use chrono::DateTime;
 
-use crate::columns::{Kept, constant, no_time, utc, utc_dates};
+use crate::columns::{CanonicalColumns, Kept};
 
 /// The record type of `zoom_user_messages` (see `chatlake-source-zoom`).
 pub const USER_MESSAGES: &str = "zoom.user_messages";
@@ -142,7 +140,6 @@ pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()>
         }
     }
 
-    let rows = sent_at.len();
     let kept = Kept::new(keep);
     let col = |name: &str| -> Result<ArrayRef> {
         kept.pass(
@@ -151,35 +148,29 @@ pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()>
                 .as_ref(),
         )
     };
-    let dates = utc_dates(&sent_at);
-    let columns: Vec<ArrayRef> = vec![
-        constant("zoom", rows),
-        constant(stream, rows),
-        col("id")?,
-        col("conversation_id")?,
-        col("conversation_name")?,
-        match &mut sender {
+    let canonical = CanonicalColumns {
+        provider: "zoom",
+        stream,
+        message_id: col("id")?,
+        conversation_id: Some(col("conversation_id")?),
+        conversation_name: Some(col("conversation_name")?),
+        sender_id: match &mut sender {
             Some(sender) => Arc::new(sender.finish()),
             None => kept.pass(sender_email)?,
         },
-        col("sender_display_name")?,
-        col("recipient")?,
-        utc(sent_at),
-        dates,
-        col("message")?,
-        kept.pass(is_bot)?,
-        Arc::new(status.finish()),
-        constant("chat", rows),
-        col("reply_main_message_id")?,
-        kept.pass(files.as_ref())?,
-        no_time(rows),
-        Arc::new(Int64Array::from(version)),
-        constant(&cx.run.run_id, rows),
-    ];
-    out.emit(
-        batch.window.clone(),
-        RecordBatch::try_new(schema::canonical(), columns)?,
-    );
+        sender_name: Some(col("sender_display_name")?),
+        recipient: Some(col("recipient")?),
+        sent_at,
+        text: col("message")?,
+        is_bot: Some(kept.pass(is_bot)?),
+        status: Some(Arc::new(status.finish())),
+        channel: None,
+        reply_to_id: Some(col("reply_main_message_id")?),
+        attachments: Some(kept.pass(files.as_ref())?),
+        delivered_at: None,
+        version,
+    };
+    out.emit(batch.window.clone(), canonical.into_batch(&cx.run.run_id)?);
     Ok(())
 }
 

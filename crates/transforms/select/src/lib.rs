@@ -105,6 +105,7 @@ impl TransformConfig for SelectConfig {
     const TYPE: &'static str = "select";
     const SUMMARY: &'static str =
         "Keeps the listed columns (in that order) or drops the listed ones, without copying data.";
+    const EXAMPLE: &'static str = include_str!("example.toml");
 
     fn build(self, _cx: &BuildContext) -> Result<Box<dyn Transform>, InvalidConfig> {
         Ok(Box::new(SelectTransform::new(self.selection()?)))
