@@ -27,6 +27,28 @@ struct Entry<T> {
 }
 
 impl<T> Entry<T> {
+    /// The entry of config type `C` of a component of `role`: its options are deserialized at
+    /// the component's key (`sources.<name>`, …) and built by `build`.
+    fn of<C>(
+        role: Role,
+        summary: &'static str,
+        example: &'static str,
+        build: fn(C, &BuildContext) -> Result<T, InvalidConfig>,
+    ) -> Self
+    where
+        C: serde::de::DeserializeOwned + schemars::JsonSchema + 'static,
+    {
+        Entry {
+            summary,
+            example,
+            schema: || schemars::schema_for!(C),
+            build: Box::new(move |options, cx| {
+                let key = format!("{}.{}", role.table(), cx.name);
+                build(deserialize::<C>(options, &key)?, cx).map_err(|e| invalid(&key, e))
+            }),
+        }
+    }
+
     fn doc(&self, role: Role, type_name: &str) -> ComponentDoc {
         ComponentDoc::new(role, type_name, self.summary, self.example, (self.schema)())
     }
@@ -65,56 +87,20 @@ impl Registry {
     }
 
     pub fn register_source<C: SourceConfig>(&mut self) -> &mut Self {
-        self.sources.insert(
-            C::TYPE,
-            Entry {
-                summary: C::SUMMARY,
-                example: C::EXAMPLE,
-                schema: || schemars::schema_for!(C),
-                build: Box::new(|options, cx| {
-                    let key = format!("sources.{}", cx.name);
-                    deserialize::<C>(options, &key)?
-                        .build(cx)
-                        .map_err(|e| invalid(&key, e))
-                }),
-            },
-        );
+        let entry = Entry::of::<C>(Role::Source, C::SUMMARY, C::EXAMPLE, C::build);
+        self.sources.insert(C::TYPE, entry);
         self
     }
 
     pub fn register_transform<C: TransformConfig>(&mut self) -> &mut Self {
-        self.transforms.insert(
-            C::TYPE,
-            Entry {
-                summary: C::SUMMARY,
-                example: C::EXAMPLE,
-                schema: || schemars::schema_for!(C),
-                build: Box::new(|options, cx| {
-                    let key = format!("transforms.{}", cx.name);
-                    deserialize::<C>(options, &key)?
-                        .build(cx)
-                        .map_err(|e| invalid(&key, e))
-                }),
-            },
-        );
+        let entry = Entry::of::<C>(Role::Transform, C::SUMMARY, C::EXAMPLE, C::build);
+        self.transforms.insert(C::TYPE, entry);
         self
     }
 
     pub fn register_sink<C: SinkConfig>(&mut self) -> &mut Self {
-        self.sinks.insert(
-            C::TYPE,
-            Entry {
-                summary: C::SUMMARY,
-                example: C::EXAMPLE,
-                schema: || schemars::schema_for!(C),
-                build: Box::new(|options, cx| {
-                    let key = format!("sinks.{}", cx.name);
-                    deserialize::<C>(options, &key)?
-                        .build(cx)
-                        .map_err(|e| invalid(&key, e))
-                }),
-            },
-        );
+        let entry = Entry::of::<C>(Role::Sink, C::SUMMARY, C::EXAMPLE, C::build);
+        self.sinks.insert(C::TYPE, entry);
         self
     }
 
