@@ -287,7 +287,8 @@ fn check_edges(file: &PipelineFile, errors: &mut ConfigErrors) {
                     errors.0.push(file.error(
                         key,
                         format!(
-                            "unknown component `{input}`; sources and transforms are: {}",
+                            "unknown component `{input}`{}; sources and transforms are: {}",
+                            crate::config::did_you_mean_note(input, known.iter().copied()),
                             known.join(", ")
                         ),
                     ));
