@@ -339,7 +339,7 @@ pub async fn emulate(addr: SocketAddr, args: EmulatorArgs) -> u8 {
     exit::OK
 }
 
-fn run_id(now: DateTime<Utc>) -> String {
+pub(crate) fn run_id(now: DateTime<Utc>) -> String {
     let nanos = now.timestamp_subsec_nanos() ^ std::process::id().rotate_left(16);
     format!("{}-{:06x}", now.format("%Y%m%dT%H%M%SZ"), nanos & 0xff_ffff)
 }
