@@ -27,6 +27,7 @@ const DEAD_LETTERS_SHOWN: usize = 5;
 /// pass, 1 when one fails, 2 when a test file (or its pipeline file) is bad; then nothing runs.
 pub async fn test(args: &[PathBuf], keep: bool) -> u8 {
     let mut files = Vec::new();
+    let mut seen = Vec::new();
     let mut bad = false;
     for arg in args {
         let loaded = spec::locate(arg).map_err(|message| {
@@ -36,6 +37,11 @@ pub async fn test(args: &[PathBuf], keep: bool) -> u8 {
             bad = true;
             continue;
         };
+        // `pipelines/*.toml` names both `x.toml` and `x.tests.toml`: run their tests once.
+        if seen.contains(&tests) {
+            continue;
+        }
+        seen.push(tests.clone());
         match TestFile::load(&tests, &pipeline) {
             Ok(file) => files.push(file),
             Err(errors) => {
