@@ -46,23 +46,27 @@ fn a_misspelt_key_or_value_gets_the_closest_name() {
     let s = Scratch::new();
     let err = validate_err(&s, "p.toml", &GOOD.replace("language =", "langauge ="));
     assert!(
-        err.contains("p.toml: sources.lw.langauge: unknown field `langauge` (did you mean `language`?), expected one of"),
+        err.contains("p.toml: sources.lw.langauge: unknown field `langauge`, expected one of `base_url`, `auth`, `language`,")
+            && err.contains("`lookback`; did you mean `language`?"),
         "{err}"
     );
     let err = validate_err(&s, "p.toml", &GOOD.replace("\"zstd\"", "\"zstdd\""));
     assert!(
-        err.contains("p.toml: sinks.lake.compression: unknown variant `zstdd` (did you mean `zstd`?)"),
+        err.contains(
+            "p.toml: sinks.lake.compression: unknown variant `zstdd`, expected one of `zstd`, `snappy`, `gzip`, `none`; did you mean `zstd`?"
+        ),
         "{err}"
     );
     let err = validate_err(&s, "p.toml", &GOOD.replace("[pipeline]", "[pipelin]"));
     assert!(
-        err.contains("p.toml: pipelin: unknown key `pipelin` (did you mean `pipeline`?)"),
+        err.contains("p.toml: pipelin: unknown key `pipelin`, expected one of pipeline, sources, transforms, sinks; did you mean `pipeline`?"),
         "{err}"
     );
     // Nothing close: no guess, the list stays.
     let err = validate_err(&s, "p.toml", &GOOD.replace("language =", "zzz ="));
     assert!(
-        err.contains("sources.lw.zzz: unknown field `zzz`, expected one of") && !err.contains("did you mean"),
+        err.contains("sources.lw.zzz: unknown field `zzz`, expected one of")
+            && !err.contains("did you mean"),
         "{err}"
     );
 }
@@ -70,14 +74,19 @@ fn a_misspelt_key_or_value_gets_the_closest_name() {
 #[test]
 fn an_unknown_component_type_gets_the_closest_registered_one() {
     let s = Scratch::new();
-    let err = validate_err(&s, "p.yaml", "pipeline:\n  name: t\nsources:\n  lw:\n    type: lineworks_message_content\n    files: [\"in/*.csv\"]\nsinks:\n  out:\n    type: jsonl\n    inputs: [lw]\n    path: ./out\n");
+    let err = validate_err(
+        &s,
+        "p.yaml",
+        "pipeline:\n  name: t\nsources:\n  lw:\n    type: lineworks_message_content\n    files: [\"in/*.csv\"]\nsinks:\n  out:\n    type: jsonl\n    inputs: [lw]\n    path: ./out\n",
+    );
     assert!(
-        err.contains("p.yaml: sources.lw.type: unknown source type `lineworks_message_content` (did you mean `lineworks_message_contents`?), expected one of"),
+        err.contains("p.yaml: sources.lw.type: unknown source type `lineworks_message_content`, expected one of lineworks_message_contents,")
+            && err.contains("; did you mean `lineworks_message_contents`?"),
         "{err}"
     );
     let err = validate_err(&s, "p.toml", &GOOD.replace("\"parquet\"", "\"Parquett\""));
     assert!(
-        err.contains("p.toml: sinks.lake.type: unknown sink type `Parquett` (did you mean `parquet`?), expected one of csv, jsonl, parquet"),
+        err.contains("p.toml: sinks.lake.type: unknown sink type `Parquett`, expected one of csv, jsonl, parquet; did you mean `parquet`?"),
         "{err}"
     );
 }
@@ -91,7 +100,7 @@ fn an_unknown_input_gets_the_closest_name_and_the_list() {
         &GOOD.replace("inputs = [\"canonical\"]", "inputs = [\"canonicl\"]"),
     );
     assert!(
-        err.contains("p.toml: sinks.lake.inputs[0]: unknown component `canonicl` (did you mean `canonical`?); sources and transforms are: canonical, lw"),
+        err.contains("p.toml: sinks.lake.inputs[0]: unknown component `canonicl`; sources and transforms are: canonical, lw; did you mean `canonical`?"),
         "{err}"
     );
 }
@@ -107,7 +116,9 @@ fn file_references_read_the_file_and_name_key_and_path_when_they_cannot() {
     std::fs::write(s.path("compression"), "snapy\n").unwrap();
     let err = validate_err(&s, "p.toml", &body);
     assert!(
-        err.contains("p.toml: sinks.lake.compression: unknown variant `snapy` (did you mean `snappy`?)"),
+        err.contains(
+            "p.toml: sinks.lake.compression: unknown variant `snapy`, expected one of `zstd`, `snappy`, `gzip`, `none`; did you mean `snappy`?"
+        ),
         "{err}"
     );
 

@@ -26,14 +26,52 @@ fn the_shipped_pipelines_tests_pass_in_a_scratch_directory() {
     args.extend(pipelines.iter().map(String::as_str));
     let out = s.run(&args).expect_code(0).stdout();
     for p in &pipelines {
-        assert!(out.contains(&format!("ok   {p}: ")), "no test of {p} in\n{out}");
+        assert!(
+            out.contains(&format!("ok   {p}: ")),
+            "no test of {p} in\n{out}"
+        );
     }
     assert!(!out.contains("FAIL"), "{out}");
     let summary = out.lines().last().unwrap();
     assert!(summary.ends_with("passed, 0 failed"), "{out}");
     // The pipelines write to ./lake and keep their state in ./lake/_state: a test never does.
-    assert!(!s.path("lake").exists(), "a test wrote into the working directory");
+    assert!(
+        !s.path("lake").exists(),
+        "a test wrote into the working directory"
+    );
     assert_eq!(std::fs::read_dir(s.dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn validate_checks_the_test_files_among_the_pipelines() {
+    let s = Scratch::new();
+    let mut files: Vec<String> = std::fs::read_dir(repo("pipelines"))
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .filter(|p| p.ends_with(".toml"))
+        .collect();
+    files.sort();
+    let mut args = vec!["validate", "--emulate"];
+    args.extend(files.iter().map(String::as_str));
+    let out = s.run(&args).expect_code(0).stdout();
+    let qlara_tests = repo("pipelines/qlara.tests.toml");
+    assert!(
+        out.contains(&format!(
+            "{}: ok (3 test(s) of {})",
+            qlara_tests.display(),
+            repo("pipelines/qlara.toml").display()
+        )),
+        "{out}"
+    );
+
+    let p = s.pipeline("p.toml", PIPELINE);
+    let t = s.pipeline("p.tests.toml", "[[tests]]\nname = \"x\"\n");
+    let out = s.run(&["validate", p.to_str().unwrap(), t.to_str().unwrap()]);
+    let err = out.expect_code(2).stderr();
+    assert!(
+        err.contains("p.tests.toml: tests[0]: missing field `inputs`"),
+        "{err}"
+    );
 }
 
 const PIPELINE: &str = r#"
@@ -100,7 +138,10 @@ fn a_passing_test_prints_one_line_and_exits_0() {
     let s = Scratch::new();
     let p = setup(&s, &tests_file("want.jsonl", "count = 6"));
     let out = s.run(&["test", &p]).expect_code(0).stdout();
-    assert!(out.contains(&format!("ok   {p}: sample (1 output(s), 6 row(s))")), "{out}");
+    assert!(
+        out.contains(&format!("ok   {p}: sample (1 output(s), 6 row(s))")),
+        "{out}"
+    );
     assert!(out.contains("1 test(s): 1 passed, 0 failed"), "{out}");
     // The pipeline's ./lake and ./state are not where the test ran.
     assert!(!s.path("lake").exists() && !s.path("state").exists());
@@ -177,7 +218,7 @@ count = 1
     let out = s.run(&["test", &p]).expect_code(2);
     let err = out.stderr();
     assert!(
-        err.contains("p.tests.toml: tests[0].inputs.lww: unknown source `lww` (did you mean `lw`?); the pipeline's sources are: lw"),
+        err.contains("p.tests.toml: tests[0].inputs.lww: unknown source `lww`; the pipeline's sources are: lw; did you mean `lw`?"),
         "{err}"
     );
     assert!(out.stdout().is_empty(), "nothing ran: {}", out.stdout());
@@ -197,7 +238,7 @@ extract_form = "lake"
     );
     let err = s.run(&["test", &p]).expect_code(2).stderr();
     assert!(
-        err.contains("p.tests.toml: tests[0].outputs[0].extract_form: unknown field `extract_form` (did you mean `extract_from`?)"),
+        err.contains("p.tests.toml: tests[0].outputs[0].extract_form: unknown field `extract_form`, expected one of `extract_from`, `rows`, `columns`, `count`, `every_row`, `no_row`; did you mean `extract_from`?"),
         "{err}"
     );
 
@@ -218,7 +259,7 @@ columns = ["text"]
     let err = s.run(&["test", &p]).expect_code(2).stderr();
     for want in [
         "p.tests.toml: tests[0].inputs.lw.files[0]: no file matches \"nothing/*.csv\"",
-        "p.tests.toml: tests[0].outputs[0].extract_from: unknown component `humnas` (did you mean `humans`?)",
+        "p.tests.toml: tests[0].outputs[0].extract_from: unknown component `humnas`; the pipeline's components are: lw, canonical, humans, lake; did you mean `humans`?",
         "p.tests.toml: tests[0].outputs[0]: say what to check",
         "p.tests.toml: tests[0].outputs[0].columns: `columns` says what `rows` compares",
     ] {

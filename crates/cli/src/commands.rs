@@ -130,6 +130,11 @@ pub async fn validate(paths: &[PathBuf], emulate: bool) -> u8 {
     };
     let mut failed = false;
     for path in paths {
+        // `validate pipelines/*.toml` also names the pipelines' test files: check them as such.
+        if crate::pipeline_test::is_test_file(path) {
+            failed |= !crate::pipeline_test::validate_test_file(path);
+            continue;
+        }
         match load(path, &opts) {
             Ok(p) => println!(
                 "{}: ok (pipeline `{}`, {} components)",

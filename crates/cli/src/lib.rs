@@ -57,7 +57,8 @@ pub enum LogFormat {
 enum Command {
     /// Run a pipeline.
     Run(commands::RunArgs),
-    /// Load and check pipeline files without touching the network.
+    /// Load and check pipeline files without touching the network (test files, `x.tests.toml`,
+    /// are checked as `test` checks them).
     Validate {
         #[arg(required = true)]
         pipelines: Vec<PathBuf>,

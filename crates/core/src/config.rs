@@ -216,7 +216,7 @@ impl PipelineFile {
                     path,
                     key.clone(),
                     format!(
-                        "unknown key `{key}`{}, expected one of pipeline, sources, transforms, sinks",
+                        "unknown key `{key}`, expected one of pipeline, sources, transforms, sinks{}",
                         did_you_mean_note(key, ["pipeline", "sources", "transforms", "sinks"])
                     ),
                 );
@@ -472,15 +472,16 @@ pub fn did_you_mean<'a>(
         .map(|(_, c)| c)
 }
 
-/// ` (did you mean `x`?)` when a candidate is close to `word`, else nothing.
+/// `; did you mean `x`?` when a candidate is close to `word`, else nothing: a suffix, so a
+/// message keeps its first words (what was wrong) and its list of what exists.
 pub fn did_you_mean_note<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
     did_you_mean(word, candidates)
-        .map(|best| format!(" (did you mean `{best}`?)"))
+        .map(|best| format!("; did you mean `{best}`?"))
         .unwrap_or_default()
 }
 
 /// serde words an unknown key or value as ``unknown field `x`, expected one of `a`, `b` `` (or
-/// ``unknown variant ...``): adds the closest of the expected names after the unknown one.
+/// ``unknown variant ...``): adds the closest of the expected names at the end.
 fn with_suggestion(message: &str) -> String {
     for what in ["unknown field `", "unknown variant `"] {
         let Some(rest) = message.strip_prefix(what) else {
@@ -491,10 +492,7 @@ fn with_suggestion(message: &str) -> String {
         };
         // The expected names are the back-quoted words of the rest.
         let candidates = expected.split('`').skip(1).step_by(2);
-        let note = did_you_mean_note(word, candidates);
-        if !note.is_empty() {
-            return format!("{what}{word}`{note}{expected}");
-        }
+        return format!("{message}{}", did_you_mean_note(word, candidates));
     }
     message.to_string()
 }
@@ -677,11 +675,11 @@ pub(crate) mod tests {
     fn unknown_names_get_the_closest_known_one() {
         assert_eq!(
             with_suggestion("unknown field `langauge`, expected one of `base_url`, `language`"),
-            "unknown field `langauge` (did you mean `language`?), expected one of `base_url`, `language`"
+            "unknown field `langauge`, expected one of `base_url`, `language`; did you mean `language`?"
         );
         assert_eq!(
             with_suggestion("unknown variant `zstdd`, expected `zstd` or `snappy`"),
-            "unknown variant `zstdd` (did you mean `zstd`?), expected `zstd` or `snappy`"
+            "unknown variant `zstdd`, expected `zstd` or `snappy`; did you mean `zstd`?"
         );
         // Nothing close, nothing offered; other messages pass through.
         let far = "unknown field `xyz`, expected one of `base_url`, `language`";

@@ -113,11 +113,11 @@ impl Registry {
         BuildError {
             key: format!("{}.type", spec.key()),
             message: format!(
-                "unknown {} type `{}`{}, expected one of {}",
+                "unknown {} type `{}`, expected one of {}{}",
                 spec.role,
                 spec.type_name,
-                crate::config::did_you_mean_note(&spec.type_name, known.iter().copied()),
-                known.join(", ")
+                known.join(", "),
+                crate::config::did_you_mean_note(&spec.type_name, known.iter().copied())
             ),
         }
     }

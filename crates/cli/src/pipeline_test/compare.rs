@@ -98,9 +98,9 @@ fn unknown_columns(output: &Output, rows: &[Row]) -> Option<String> {
     let column = missing.next()?;
     let known: Vec<&str> = first.keys().map(String::as_str).collect();
     Some(format!(
-        "no column `{column}` in its rows{}; its columns are: {}",
-        did_you_mean_note(column, known.iter().copied()),
-        known.join(", ")
+        "no column `{column}` in its rows; its columns are: {}{}",
+        known.join(", "),
+        did_you_mean_note(column, known.iter().copied())
     ))
 }
 
@@ -442,7 +442,7 @@ mod tests {
         assert_eq!(
             failures,
             vec![
-                "`out`: no column `is_bott` in its rows (did you mean `is_bot`?); its columns are: message_id, is_bot"
+                "`out`: no column `is_bott` in its rows; its columns are: message_id, is_bot; did you mean `is_bot`?"
             ]
         );
     }

@@ -96,6 +96,40 @@ pub async fn test(args: &[PathBuf], keep: bool) -> u8 {
     }
 }
 
+/// Whether `path` names a test file (`x.tests.toml`, `.tests.yaml`, `.tests.yml`) rather than a
+/// pipeline file, for `validate pipelines/*.toml`.
+pub fn is_test_file(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+        [".tests.toml", ".tests.yaml", ".tests.yml"]
+            .iter()
+            .any(|e| n.ends_with(e))
+    })
+}
+
+/// `validate` of a test file: checks it as `test` would before running anything, prints `ok`
+/// or every error; false when it is bad.
+pub fn validate_test_file(path: &Path) -> bool {
+    let loaded = spec::locate(path).map_err(|message| eprintln!("error: {message}"));
+    let Ok((tests, pipeline)) = loaded else {
+        return false;
+    };
+    match TestFile::load(&tests, &pipeline) {
+        Ok(file) => {
+            println!(
+                "{}: ok ({} test(s) of {})",
+                path.display(),
+                file.tests.len(),
+                pipeline.display()
+            );
+            true
+        }
+        Err(errors) => {
+            print_errors(&errors);
+            false
+        }
+    }
+}
+
 fn print_errors(errors: &ConfigErrors) {
     for e in &errors.0 {
         eprintln!("error: {e}");

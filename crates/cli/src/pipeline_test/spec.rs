@@ -220,12 +220,12 @@ fn names(pipeline: &PipelineFile, roles: &[Role]) -> Vec<String> {
         .collect()
 }
 
-/// `unknown source `x` (did you mean `y`?); the pipeline's sources are: a, b`.
+/// `unknown source `x`; the pipeline's sources are: a, b; did you mean `a`?`.
 fn unknown(what: &str, name: &str, known: &[String]) -> String {
     format!(
-        "unknown {what} `{name}`{}; the pipeline's {what}s are: {}",
-        did_you_mean_note(name, known.iter().map(String::as_str)),
-        known.join(", ")
+        "unknown {what} `{name}`; the pipeline's {what}s are: {}{}",
+        known.join(", "),
+        did_you_mean_note(name, known.iter().map(String::as_str))
     )
 }
 
@@ -340,13 +340,8 @@ fn check_test(
         }
         let expected = match &out.rows {
             None => None,
-            Some(rows) => match read_expected(&base.join(rows), out.columns) {
-                Ok((columns, rows_read, lines)) => Some(ExpectedRows {
-                    name: rows.display().to_string(),
-                    columns,
-                    rows: rows_read,
-                    lines,
-                }),
+            Some(rows) => match read_expected(&base.join(rows), rows, out.columns) {
+                Ok(expected) => Some(expected),
                 Err(message) => {
                     fail(at("rows"), message);
                     None
@@ -401,8 +396,9 @@ fn resolve_glob(base: &Path, pattern: &str) -> String {
 /// every key of the rows in the order first seen.
 fn read_expected(
     path: &Path,
+    name: &Path,
     columns: Option<Vec<String>>,
-) -> Result<(Vec<String>, Vec<Map<String, Value>>, Vec<usize>), String> {
+) -> Result<ExpectedRows, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut rows = Vec::new();
@@ -449,7 +445,12 @@ fn read_expected(
             seen
         }
     };
-    Ok((columns, rows, lines))
+    Ok(ExpectedRows {
+        name: name.display().to_string(),
+        columns,
+        rows,
+        lines,
+    })
 }
 
 /// The components a test leaves out of its run: the sources it gives no inputs (they would call
