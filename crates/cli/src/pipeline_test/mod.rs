@@ -140,7 +140,7 @@ fn print_errors(errors: &ConfigErrors) {
 struct Report {
     /// Every mismatch, each a readable paragraph; empty when the test passes.
     failures: Vec<String>,
-    /// What was checked, for the summary line: `2 outputs, 13 rows`.
+    /// What was checked, for the summary line: `2 output(s), 13 row(s)`.
     checked: String,
 }
 
