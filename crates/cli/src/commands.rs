@@ -130,6 +130,11 @@ pub async fn validate(paths: &[PathBuf], emulate: bool) -> u8 {
     };
     let mut failed = false;
     for path in paths {
+        // `validate pipelines/*.toml` also names the pipelines' test files: check them as such.
+        if crate::pipeline_test::is_test_file(path) {
+            failed |= !crate::pipeline_test::validate_test_file(path);
+            continue;
+        }
         match load(path, &opts) {
             Ok(p) => println!(
                 "{}: ok (pipeline `{}`, {} components)",
@@ -345,7 +350,7 @@ pub async fn emulate(addr: SocketAddr, args: EmulatorArgs) -> u8 {
     exit::OK
 }
 
-fn run_id(now: DateTime<Utc>) -> String {
+pub(crate) fn run_id(now: DateTime<Utc>) -> String {
     let nanos = now.timestamp_subsec_nanos() ^ std::process::id().rotate_left(16);
     format!("{}-{:06x}", now.format("%Y%m%dT%H%M%SZ"), nanos & 0xff_ffff)
 }

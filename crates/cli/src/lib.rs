@@ -4,6 +4,7 @@
 
 mod commands;
 mod metrics_file;
+mod pipeline_test;
 mod registry;
 mod schema;
 mod summary;
@@ -40,9 +41,10 @@ pub struct Cli {
     /// Log format on standard error.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Log filter (tracing env-filter syntax); RUST_LOG works too.
-    #[arg(long, global = true, default_value = "info")]
-    log_level: String,
+    /// Log filter (tracing env-filter syntax; default `info`, `warn` for `test`); RUST_LOG
+    /// works too.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -55,7 +57,8 @@ pub enum LogFormat {
 enum Command {
     /// Run a pipeline.
     Run(commands::RunArgs),
-    /// Load and check pipeline files without touching the network.
+    /// Load and check pipeline files without touching the network (test files, `x.tests.toml`,
+    /// are checked as `test` checks them).
     Validate {
         #[arg(required = true)]
         pipelines: Vec<PathBuf>,
@@ -81,6 +84,20 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Run the tests of pipeline files: fixture inputs in, expected rows and assertions out.
+    ///
+    /// The tests of `p.toml` are in `p.tests.toml` (or `.tests.yaml`) next to it. Each runs the
+    /// pipeline in a scratch directory (its own state directory and sink paths), with the named
+    /// sources reading fixture files instead of their API. Exit 0 when every test passes, 1 when
+    /// one fails (with a diff), 2 for a bad test or pipeline file.
+    Test {
+        /// Pipeline files (or their `.tests.toml` files).
+        #[arg(required = true)]
+        pipelines: Vec<PathBuf>,
+        /// Keep each test's scratch directory (state, sink files, captured rows) and print it.
+        #[arg(long)]
+        keep: bool,
     },
     /// Show or clear the incremental state (window ledger) of a pipeline.
     State {
@@ -141,7 +158,15 @@ pub fn main() -> ExitCode {
             });
         }
     };
-    init_logging(cli.log_format, &cli.log_level);
+    // A test run's info lines would bury the results; its warnings still show.
+    let default_level = match cli.command {
+        Command::Test { .. } => "warn",
+        _ => "info",
+    };
+    init_logging(
+        cli.log_format,
+        cli.log_level.as_deref().unwrap_or(default_level),
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -165,6 +190,7 @@ pub fn main() -> ExitCode {
                 emulate,
             } => commands::plan(&pipeline, start, end, emulate).await,
             Command::Components { json } => commands::components(json),
+            Command::Test { pipelines, keep } => pipeline_test::test(&pipelines, keep).await,
             Command::Schema => commands::schema(),
             Command::Completions { shell } => commands::completions(shell),
             Command::Man { dir } => commands::man(dir.as_deref()),

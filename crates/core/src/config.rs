@@ -216,7 +216,8 @@ impl PipelineFile {
                     path,
                     key.clone(),
                     format!(
-                        "unknown key `{key}`, expected one of pipeline, sources, transforms, sinks"
+                        "unknown key `{key}`, expected one of pipeline, sources, transforms, sinks{}",
+                        did_you_mean_note(key, ["pipeline", "sources", "transforms", "sinks"])
                     ),
                 );
             }
@@ -458,12 +459,55 @@ pub fn error_key<E: fmt::Display>(
         }
         key.push_str(&path);
     }
-    let message = e.inner().to_string();
+    let message = with_suggestion(&e.inner().to_string());
     (key, message)
 }
 
-/// Expands `${VAR}` and `${VAR:-default}` in every string of `value`; `$${` stands for a
-/// literal `${`. Reports an unset variable without a default, and an unclosed `${`, at its key.
+/// The candidate closest to `word` if it is close enough to be what was meant (a typo, a
+/// transposition, another case), for "did you mean" in error messages.
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    // Jaro-Winkler rewards a shared prefix and forgives transpositions (`langauge`); 0.8 keeps
+    // unrelated short names from being offered.
+    let word = word.to_lowercase();
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(&word, &c.to_lowercase()), c))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+/// `; did you mean `x`?` when a candidate is close to `word`, else nothing: a suffix, so a
+/// message keeps its first words (what was wrong) and its list of what exists.
+pub fn did_you_mean_note<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    did_you_mean(word, candidates)
+        .map(|best| format!("; did you mean `{best}`?"))
+        .unwrap_or_default()
+}
+
+/// serde words an unknown key or value as ``unknown field `x`, expected one of `a`, `b` `` (or
+/// ``unknown variant ...``): adds the closest of the expected names at the end.
+fn with_suggestion(message: &str) -> String {
+    for what in ["unknown field `", "unknown variant `"] {
+        let Some(rest) = message.strip_prefix(what) else {
+            continue;
+        };
+        let Some((word, expected)) = rest.split_once('`') else {
+            break;
+        };
+        // The expected names are the back-quoted words of the rest.
+        let candidates = expected.split('`').skip(1).step_by(2);
+        return format!("{message}{}", did_you_mean_note(word, candidates));
+    }
+    message.to_string()
+}
+
+/// Expands `${VAR}`, `${VAR:-default}` and `${file:PATH}` in every string of `value`; `$${`
+/// stands for a literal `${`. Reports an unset variable without a default, an unreadable file,
+/// and an unclosed `${`, at its key.
 fn interpolate(
     value: &mut Value,
     key: &mut String,
@@ -505,6 +549,30 @@ fn interpolate_map(
     }
 }
 
+/// `${file:PATH}` stands for the content of the file at PATH (Docker and Kubernetes secrets).
+const FILE_PREFIX: &str = "file:";
+
+/// The content of a file named by `${file:PATH}`, without its trailing line break (`echo` and
+/// most editors end a secret file with one). The message names the path, never the content: the
+/// value may be a secret.
+fn read_secret_file(path: &str) -> Result<String, String> {
+    let expr = format!("${{{FILE_PREFIX}{path}}}");
+    if path.is_empty() {
+        return Err(format!(
+            "`{expr}` names no file: write ${{file:/run/secrets/name}}"
+        ));
+    }
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read the file of `{expr}`: {e}"))?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| format!("the file of `{expr}` is not UTF-8 text"))?;
+    let text = text.trim_end_matches(['\n', '\r']);
+    if text.is_empty() {
+        return Err(format!("the file of `{expr}` is empty"));
+    }
+    Ok(text.to_string())
+}
+
 fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
@@ -519,6 +587,11 @@ fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, St
                 .find('}')
                 .ok_or_else(|| format!("unclosed `${{` in {s:?}"))?;
             let expr = &body[..end];
+            if let Some(file) = expr.strip_prefix(FILE_PREFIX) {
+                out.push_str(&read_secret_file(file)?);
+                rest = &body[end + 1..];
+                continue;
+            }
             let (name, default) = match expr.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
                 None => (expr, None),
@@ -574,6 +647,64 @@ pub(crate) mod tests {
                 .contains("MISSING is not set")
         );
         assert!(expand("${TOKEN", &env).unwrap_err().contains("unclosed"));
+    }
+
+    #[test]
+    fn file_references_read_the_file_without_its_line_break() {
+        let dir = tempdir();
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "s3cr3t\r\n").unwrap();
+        let reference = format!("${{file:{}}}", secret.display());
+        assert_eq!(
+            expand(&format!("Bearer {reference}"), &env).unwrap(),
+            "Bearer s3cr3t"
+        );
+        // Not expanded again: a file may hold `${`.
+        std::fs::write(&secret, "a${TOKEN}\n").unwrap();
+        assert_eq!(expand(&reference, &env).unwrap(), "a${TOKEN}");
+
+        let missing = dir.join("missing");
+        let err = expand(&format!("${{file:{}}}", missing.display()), &env).unwrap_err();
+        assert!(err.starts_with("cannot read the file of `${file:"), "{err}");
+        assert!(err.contains(&missing.display().to_string()), "{err}");
+        std::fs::write(&secret, "\n").unwrap();
+        assert!(expand(&reference, &env).unwrap_err().ends_with("is empty"));
+        std::fs::write(&secret, [0xff, 0xfe]).unwrap();
+        let err = expand(&reference, &env).unwrap_err();
+        assert!(err.ends_with("is not UTF-8 text"), "{err}");
+        assert!(
+            expand("${file:}", &env)
+                .unwrap_err()
+                .contains("names no file")
+        );
+    }
+
+    #[test]
+    fn unknown_names_get_the_closest_known_one() {
+        assert_eq!(
+            with_suggestion("unknown field `langauge`, expected one of `base_url`, `language`"),
+            "unknown field `langauge`, expected one of `base_url`, `language`; did you mean `language`?"
+        );
+        assert_eq!(
+            with_suggestion("unknown variant `zstdd`, expected `zstd` or `snappy`"),
+            "unknown variant `zstdd`, expected `zstd` or `snappy`; did you mean `zstd`?"
+        );
+        // Nothing close, nothing offered; other messages pass through.
+        let far = "unknown field `xyz`, expected one of `base_url`, `language`";
+        assert_eq!(with_suggestion(far), far);
+        assert_eq!(
+            with_suggestion("invalid type: integer"),
+            "invalid type: integer"
+        );
+        assert_eq!(
+            did_you_mean("Parquet", ["csv", "parquet", "jsonl"]),
+            Some("parquet")
+        );
+        assert_eq!(
+            did_you_mean("canonicl", ["canonical", "lw"]),
+            Some("canonical")
+        );
+        assert_eq!(did_you_mean("s3", ["csv", "parquet", "jsonl"]), None);
     }
 
     #[test]

@@ -386,8 +386,9 @@ fn check_edges(file: &PipelineFile, errors: &mut ConfigErrors) {
                     errors.0.push(file.error(
                         key,
                         format!(
-                            "unknown component `{input}`; sources and transforms are: {}",
-                            known.join(", ")
+                            "unknown component `{input}`; sources and transforms are: {}{}",
+                            known.join(", "),
+                            crate::config::did_you_mean_note(input, known.iter().copied())
                         ),
                     ));
                 }

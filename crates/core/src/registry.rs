@@ -110,10 +110,11 @@ impl Registry {
         BuildError {
             key: format!("{}.type", spec.key()),
             message: format!(
-                "unknown {} type `{}`, expected one of {}",
+                "unknown {} type `{}`, expected one of {}{}",
                 spec.role,
                 spec.type_name,
-                known.join(", ")
+                known.join(", "),
+                crate::config::did_you_mean_note(&spec.type_name, known.iter().copied())
             ),
         }
     }
