@@ -37,6 +37,7 @@ impl<T> Entry<T> {
     ) -> Self
     where
         C: serde::de::DeserializeOwned + schemars::JsonSchema + 'static,
+        T: 'static,
     {
         Entry {
             summary,
