@@ -141,6 +141,9 @@ impl Run {
             committed: committed.clone(),
         };
 
+        // Transforms learn, before any input, which committed windows are loaded again (not
+        // the sinks: those windows' files stay until the new load replaces them).
+        let loaded_again = Arc::new(windows_loaded_again(&pipeline, &committed));
         // Sinks start before anything runs: each clears what an interrupted run left, then the
         // removal logs earlier runs committed but did not finish applying are applied.
         let removals = RemovalLog::new(store.dir());
@@ -148,6 +151,10 @@ impl Run {
         let mut nodes = Vec::new();
         for node in pipeline.nodes {
             match node.stage {
+                Stage::Transform(mut t) => {
+                    t.windows_loaded_again(&loaded_again);
+                    nodes.push((node.spec, Some(Stage::Transform(t))));
+                }
                 Stage::Sink(mut sink) => {
                     let cx = sink_cx(&node.spec.name);
                     if let Err(e) = sink.start(&cx).await {
@@ -328,6 +335,29 @@ impl Run {
         }
         summary
     }
+}
+
+/// The committed windows the sources load again in this run (see
+/// [`crate::stage::Source::windows_loaded_again`]); a key the ledger does not list as committed
+/// is an ordinary load. Sources find them before anything runs (a few file-system lookups).
+fn windows_loaded_again(pipeline: &Pipeline, committed: &HashSet<String>) -> HashSet<String> {
+    let keys: HashSet<String> = pipeline
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.stage {
+            Stage::Source(s) => Some(s.windows_loaded_again()),
+            _ => None,
+        })
+        .flatten()
+        .filter(|k| committed.contains(k))
+        .collect();
+    if !keys.is_empty() {
+        tracing::info!(
+            windows = keys.len(),
+            "committed windows are loaded again (their input changed); their earlier rows do not count as loaded before"
+        );
+    }
+    keys
 }
 
 /// The summary of a run that could not start.

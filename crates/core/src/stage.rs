@@ -408,6 +408,15 @@ pub trait Source: Send {
     /// `window_failed` if it still fails after retries (the run goes on with the next window).
     /// Return an error only for a failure that makes every further window pointless.
     async fn run(self: Box<Self>, cx: SourceContext) -> Result<()>;
+
+    /// Keys of windows earlier runs committed that this run will load again, whole (a file of
+    /// `files = [...]` that changed since it was loaded), known before the run starts. The
+    /// runtime passes them to every transform ([`Transform::windows_loaded_again`]) so that what
+    /// earlier runs remembered of those windows does not drop their own rows; the sinks replace
+    /// the windows' files when they commit again. Default: none.
+    fn windows_loaded_again(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Collects what a transform emits for one input event.
@@ -499,6 +508,13 @@ pub trait Transform: Send {
     fn replicate(&self) -> Option<Box<dyn Transform>> {
         None
     }
+
+    /// Called once before any input with the committed windows that sources load again in this
+    /// run ([`Source::windows_loaded_again`]). What the transform keeps of them from earlier runs
+    /// (dedupe `across_runs`) stands for rows this run replaces: it must not count it against
+    /// their new load, but keep it, since it counts again if the new load does not commit.
+    /// Default: it keeps nothing of earlier runs.
+    fn windows_loaded_again(&mut self, _keys: &Arc<HashSet<String>>) {}
 }
 
 /// What a running sink gets.

@@ -38,6 +38,10 @@ pub struct WindowRecord {
     pub status: WindowStatus,
     pub run_id: String,
     pub at: DateTime<Utc>,
+    /// The window's last checkpoint when it committed (a loaded file's identity, see
+    /// `chatlake_source_kit::files_mode`); ledgers written before it was kept have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<serde_json::Value>,
 }
 
 /// The ledger of one source.
@@ -292,11 +296,21 @@ impl StateStore {
         Ok(reset)
     }
 
-    /// Records how `window` ended and saves the ledger.
+    /// Records how `window` ended and saves the ledger. A committed window keeps its last
+    /// checkpoint. A window that an earlier run committed and this run loaded again (a changed
+    /// file) stays committed as it was if the new load fails: its earlier files are still in the
+    /// lake (a sink drops only the new load's temporary files), and the source loads it again
+    /// next time.
     pub fn record(&self, window: &Window, status: WindowStatus, run_id: &str) -> Result<()> {
         let mut state = self.load(&window.source)?;
+        let key = window.key();
+        let checkpoint = state.checkpoints.remove(&key);
+        state.last_run = Some(run_id.to_string());
+        if status == WindowStatus::Failed && state.is_committed(&key) {
+            return self.save(&state);
+        }
         state.windows.insert(
-            window.key(),
+            key,
             WindowRecord {
                 stream: window.stream.clone(),
                 label: window.label.clone(),
@@ -305,10 +319,9 @@ impl StateStore {
                 status,
                 run_id: run_id.to_string(),
                 at: Utc::now(),
+                checkpoint: checkpoint.filter(|_| status == WindowStatus::Committed),
             },
         );
-        state.checkpoints.remove(&window.key());
-        state.last_run = Some(run_id.to_string());
         self.save(&state)
     }
 }
@@ -422,6 +435,20 @@ mod tests {
             Some(t("2025-02-10T14:59:59Z"))
         );
         assert_eq!(store.committed_keys().unwrap().len(), 2);
+        // A committed window keeps its last checkpoint; loaded again and failed, it stays as
+        // it was committed.
+        store.checkpoint(&a, serde_json::json!({"len": 1})).unwrap();
+        store.record(&a, WindowStatus::Committed, "r2").unwrap();
+        store.checkpoint(&a, serde_json::json!({"len": 2})).unwrap();
+        store.record(&a, WindowStatus::Failed, "r3").unwrap();
+        let s = store.load("lw").unwrap();
+        let record = &s.windows[&a.key()];
+        assert_eq!(record.status, WindowStatus::Committed);
+        assert_eq!(
+            (record.run_id.as_str(), &record.checkpoint),
+            ("r2", &Some(serde_json::json!({"len": 1})))
+        );
+        assert!(s.checkpoints.is_empty());
         assert_eq!(store.reset(Some("lw")).unwrap(), vec!["lw".to_string()]);
         assert!(store.load("lw").unwrap().windows.is_empty());
     }

@@ -1,12 +1,21 @@
 //! `files = [globs]`: a source that loads files downloaded by hand instead of calling its API.
 //! The globs are checked when the source is built; the files are found when it plans or runs,
-//! one window per file in path order, and a file an earlier run committed is not loaded again.
-//! The source supplies only how to read one file.
+//! one window per file in path order. The source supplies only how to read one file.
+//!
+//! **A committed file is skipped unless it changed; a changed file is loaded again whole.** A
+//! file's identity is its length and modification time in nanoseconds (the "quick check" rsync
+//! uses to decide a file needs no transfer), saved as the window's checkpoint before its rows go
+//! out and kept in the ledger when the window commits. A committed file whose identity differs
+//! is loaded again under the same window key, so the sinks replace that window's files, and the
+//! source names it before the run starts ([`FilesMode::windows_loaded_again`]) so that
+//! across-runs dedupe does not count the window's own earlier rows as loaded (rows other windows
+//! loaded still count). A file committed before identities were kept counts as unchanged.
 
 use std::fmt;
 use std::future::Future;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::UNIX_EPOCH;
 
 use crate::files::FilesError;
 use chatlake_core::config::InvalidConfig;
@@ -14,6 +23,59 @@ use chatlake_core::stage::WindowError;
 use chatlake_core::state::SourceState;
 use chatlake_core::{PlannedWindow, SourceContext, Window, WindowRef};
 use chrono::{DateTime, FixedOffset};
+
+/// What tells a file from its earlier self: length and modification time (nanoseconds since
+/// the Unix epoch, negative before it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    pub len: u64,
+    pub modified_ns: i128,
+}
+
+impl FileIdentity {
+    /// The identity of the file at `path` now.
+    pub fn of(path: &Path) -> Result<FileIdentity, FilesError> {
+        let unreadable = |e: std::io::Error| FilesError::Unreadable {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let meta = std::fs::metadata(path).map_err(unreadable)?;
+        let modified = meta.modified().map_err(unreadable)?;
+        let modified_ns = match modified.duration_since(UNIX_EPOCH) {
+            Ok(after) => after.as_nanos() as i128,
+            Err(before) => -(before.duration().as_nanos() as i128),
+        };
+        Ok(FileIdentity {
+            len: meta.len(),
+            modified_ns,
+        })
+    }
+
+    /// As a window checkpoint (a JSON object; the nanoseconds as a string, since JSON numbers
+    /// do not hold every `i128`).
+    fn to_checkpoint(self) -> serde_json::Value {
+        serde_json::json!({ "file": { "len": self.len, "modified_ns": self.modified_ns.to_string() } })
+    }
+
+    /// The identity a checkpoint holds, if it holds one.
+    fn from_checkpoint(value: &serde_json::Value) -> Option<FileIdentity> {
+        let file = value.get("file")?;
+        Some(FileIdentity {
+            len: file.get("len")?.as_u64()?,
+            modified_ns: file.get("modified_ns")?.as_str()?.parse().ok()?,
+        })
+    }
+}
+
+/// One file to load.
+#[derive(Debug, Clone)]
+pub struct FileWindow {
+    pub window: Window,
+    pub path: PathBuf,
+    pub identity: FileIdentity,
+    /// An earlier run committed this window, and the file changed since.
+    pub loaded_again: bool,
+}
 
 /// A source's files mode: the globs and what each file's window carries.
 #[derive(Debug, Clone)]
@@ -26,8 +88,13 @@ pub struct FilesMode {
     /// The range the windows carry (`start`/`end` of the table, if set).
     pub start: Option<DateTime<FixedOffset>>,
     pub end: Option<DateTime<FixedOffset>>,
-    /// Files an earlier run committed (by window key) are not loaded again.
+    /// Files an earlier run committed (by window key) are not loaded again unless they changed.
     pub ledger: Arc<SourceState>,
+    /// Files loaded side by side; `None`: as the runtime says ([`SourceContext::windows_at_once`]).
+    pub windows_at_once: Option<usize>,
+    /// The files found the first time they were looked for: what `windows_loaded_again` names
+    /// before the run is what the run loads, even if a file changes in between.
+    found: OnceLock<Vec<FileWindow>>,
 }
 
 impl FilesMode {
@@ -47,29 +114,83 @@ impl FilesMode {
             start: range.0,
             end: range.1,
             ledger,
+            windows_at_once: None,
+            found: OnceLock::new(),
         })
     }
 
-    /// One window per file the globs match, in path order, without those already committed.
-    pub fn windows(&self, source: &str) -> Result<Vec<(Window, PathBuf)>, FilesError> {
+    /// Loads `n` files at a time whatever the runtime suggests (a source that spreads one file
+    /// over every core loads one at a time).
+    pub fn with_windows_at_once(mut self, n: usize) -> Self {
+        self.windows_at_once = Some(n.max(1));
+        self
+    }
+
+    /// One window per file the globs match, in path order, without the committed ones that did
+    /// not change.
+    pub fn windows(&self, source: &str) -> Result<Vec<FileWindow>, FilesError> {
+        if let Some(found) = self.found.get() {
+            return Ok(found.clone());
+        }
         let paths = crate::files::expand(&self.patterns)?;
-        Ok(paths
-            .into_iter()
-            .enumerate()
-            .map(|(i, path)| {
-                let window = Window {
-                    source: source.to_string(),
-                    stream: self.stream.to_string(),
-                    index: i as u32,
-                    start: self.start,
-                    end: self.end,
-                    utc_offset: self.utc_offset,
-                    label: path.display().to_string(),
-                };
-                (window, path)
+        let mut found = Vec::with_capacity(paths.len());
+        for (i, path) in paths.into_iter().enumerate() {
+            let window = Window {
+                source: source.to_string(),
+                stream: self.stream.to_string(),
+                index: i as u32,
+                start: self.start,
+                end: self.end,
+                utc_offset: self.utc_offset,
+                label: path.display().to_string(),
+            };
+            let identity = FileIdentity::of(&path)?;
+            let key = window.key();
+            let loaded_again = match self.ledger.windows.get(&key) {
+                Some(record) if self.ledger.is_committed(&key) => {
+                    // No identity recorded (a ledger of an earlier version): unchanged.
+                    let Some(before) = record
+                        .checkpoint
+                        .as_ref()
+                        .and_then(FileIdentity::from_checkpoint)
+                    else {
+                        continue;
+                    };
+                    if before == identity {
+                        continue;
+                    }
+                    tracing::info!(
+                        source,
+                        file = %path.display(),
+                        "the file changed since it was loaded; loading it again whole"
+                    );
+                    true
+                }
+                _ => false,
+            };
+            found.push(FileWindow {
+                window,
+                path,
+                identity,
+                loaded_again,
+            });
+        }
+        Ok(self.found.get_or_init(|| found).clone())
+    }
+
+    /// The committed windows this run loads again: files that changed since they were loaded
+    /// (see [`chatlake_core::Source::windows_loaded_again`]). A glob that fails here fails the
+    /// run later, with its error.
+    pub fn windows_loaded_again(&self, source: &str) -> Vec<String> {
+        self.windows(source)
+            .map(|found| {
+                found
+                    .into_iter()
+                    .filter(|f| f.loaded_again)
+                    .map(|f| f.window.key())
+                    .collect()
             })
-            .filter(|(window, _)| !self.ledger.is_committed(&window.key()))
-            .collect())
+            .unwrap_or_default()
     }
 
     /// What `chatlake plan` shows: `read <path>` per window.
@@ -78,15 +199,23 @@ impl FilesMode {
             .windows(source)
             .map_err(|e| chatlake_core::Error::component(source, e))?
             .into_iter()
-            .map(|(window, path)| PlannedWindow {
-                window,
-                request: format!("read {}", path.display()),
+            .map(|f| PlannedWindow {
+                request: if f.loaded_again {
+                    format!(
+                        "read {} again (changed since it was loaded)",
+                        f.path.display()
+                    )
+                } else {
+                    format!("read {}", f.path.display())
+                },
+                window: f.window,
             })
             .collect())
     }
 
     /// Loads every window with `load` (several files at once, see
-    /// [`SourceContext::windows_at_once`]) and ends each the way its load went.
+    /// [`SourceContext::windows_at_once`]) and ends each the way its load went. Each file's
+    /// identity is saved as its window's checkpoint before its rows go out.
     pub async fn run<E, F, Fut>(
         &self,
         source: &str,
@@ -102,9 +231,14 @@ impl FilesMode {
             .windows(source)
             .map_err(|e| WindowError::Stop(chatlake_core::Error::component(source, e)))?;
         let load = &load;
-        crate::files::load_concurrently(inputs, cx.windows_at_once, |(window, path)| async move {
-            let window = Arc::new(window);
-            let result = load(window.clone(), path).await;
+        let at_once = self.windows_at_once.unwrap_or(cx.windows_at_once);
+        crate::files::load_concurrently(inputs, at_once, |file| async move {
+            let window = Arc::new(file.window);
+            cx.out
+                .save_checkpoint(&window, file.identity.to_checkpoint())
+                .await
+                .map_err(WindowError::Stop)?;
+            let result = load(window.clone(), file.path).await;
             cx.out.finish_window(window, result).await
         })
         .await
@@ -129,7 +263,7 @@ mod tests {
     }
 
     #[test]
-    fn one_window_per_file_in_path_order_without_committed_ones() {
+    fn one_window_per_file_in_path_order_without_committed_unchanged_ones() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         for name in ["b.csv", "a.csv", "c.csv", "notes.txt"] {
             std::fs::write(dir.path().join(name), "x").expect("written");
@@ -137,43 +271,75 @@ mod tests {
         let all = files_mode(dir.path(), SourceState::default())
             .windows("lw")
             .expect("files match");
-        let labels: Vec<String> = all.iter().map(|(w, _)| w.label.clone()).collect();
+        let labels: Vec<String> = all.iter().map(|f| f.window.label.clone()).collect();
         let path = |name: &str| dir.path().join(name).display().to_string();
         assert_eq!(labels, [path("a.csv"), path("b.csv"), path("c.csv")]);
-        for (i, (window, file)) in all.iter().enumerate() {
+        for (i, f) in all.iter().enumerate() {
+            let window = &f.window;
             assert_eq!(window.index, i as u32);
             assert_eq!(window.source, "lw");
             assert_eq!(window.stream, "message_contents");
             assert_eq!(window.utc_offset.local_minus_utc(), 9 * 3600);
             assert!(window.start.is_some() && window.end.is_none());
-            assert_eq!(window.label, file.display().to_string());
+            assert_eq!(window.label, f.path.display().to_string());
+            assert_eq!(f.identity.len, 1);
+            assert!(!f.loaded_again);
         }
 
-        // A later run leaves out the file an earlier one committed, and keeps the others' keys.
+        // A later run leaves out what an earlier one committed: b with its identity, c without
+        // one (a ledger written before identities were kept).
+        let committed = |f: &FileWindow, checkpoint: Option<serde_json::Value>| WindowRecord {
+            stream: f.window.stream.clone(),
+            label: f.window.label.clone(),
+            start: f.window.start,
+            end: f.window.end,
+            status: WindowStatus::Committed,
+            run_id: "r1".into(),
+            at: chrono::Utc::now(),
+            checkpoint,
+        };
         let mut ledger = SourceState::default();
-        let (b, _) = &all[1];
-        ledger.windows.insert(
-            b.key(),
-            WindowRecord {
-                stream: b.stream.clone(),
-                label: b.label.clone(),
-                start: b.start,
-                end: b.end,
-                status: WindowStatus::Committed,
-                run_id: "r1".into(),
-                at: chrono::Utc::now(),
-            },
-        );
-        let mode = files_mode(dir.path(), ledger);
+        for (f, checkpoint) in [
+            (&all[1], Some(all[1].identity.to_checkpoint())),
+            (&all[2], None),
+        ] {
+            ledger
+                .windows
+                .insert(f.window.key(), committed(f, checkpoint));
+        }
+        let ledger = Arc::new(ledger);
+        let mode = files_mode(dir.path(), (*ledger).clone());
         let rest: Vec<String> = mode
             .windows("lw")
             .expect("files match")
             .iter()
-            .map(|(w, _)| w.key())
+            .map(|f| f.window.key())
             .collect();
-        assert_eq!(rest, [all[0].0.key(), all[2].0.key()]);
+        assert_eq!(rest, [all[0].window.key()]);
+        assert!(mode.windows_loaded_again("lw").is_empty());
+
+        // b grows: it is loaded again whole, under the same key, and named before the run.
+        std::fs::write(dir.path().join("b.csv"), "xy").expect("written");
+        let mode = files_mode(dir.path(), (*ledger).clone());
+        let again = mode.windows("lw").expect("files match");
+        assert_eq!(again.len(), 2);
+        assert!(again[1].loaded_again && again[1].identity.len == 2);
+        assert_eq!(again[1].window.key(), all[1].window.key());
+        assert_eq!(mode.windows_loaded_again("lw"), [all[1].window.key()]);
         let plan = mode.plan("lw").expect("files match");
-        assert_eq!(plan[1].request, format!("read {}", path("c.csv")));
+        assert_eq!(plan[0].request, format!("read {}", path("a.csv")));
+        assert_eq!(
+            plan[1].request,
+            format!("read {} again (changed since it was loaded)", path("b.csv"))
+        );
+        // What was found is what the run loads, even if a file changes meanwhile.
+        std::fs::write(dir.path().join("b.csv"), "x").expect("written");
+        assert_eq!(mode.windows_loaded_again("lw"), [all[1].window.key()]);
+        let checkpoint = again[1].identity.to_checkpoint();
+        assert_eq!(
+            FileIdentity::from_checkpoint(&checkpoint),
+            Some(again[1].identity)
+        );
     }
 
     #[test]

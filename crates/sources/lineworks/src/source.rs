@@ -286,6 +286,13 @@ impl Source for LineworksSource {
         };
         result.map_err(|e| e.into_run_error(&self.name))
     }
+
+    fn windows_loaded_again(&self) -> Vec<String> {
+        match &self.mode {
+            Mode::Api(_) => Vec::new(),
+            Mode::Files(files) => files.windows_loaded_again(&self.name),
+        }
+    }
 }
 
 /// A download that reached its end.

@@ -122,6 +122,7 @@ mod ledger_tests {
                     status,
                     run_id: "r1".into(),
                     at: chrono::Utc::now(),
+                    checkpoint: None,
                 },
             );
         }

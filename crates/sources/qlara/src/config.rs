@@ -508,6 +508,7 @@ mod tests {
                 status: WindowStatus::Committed,
                 run_id: "r1".into(),
                 at: Utc::now(),
+                checkpoint: None,
             },
         );
         ledger

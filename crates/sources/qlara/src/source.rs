@@ -410,4 +410,11 @@ impl Source for QlaraSource {
         };
         result.map_err(|e| e.into_run_error(&self.name))
     }
+
+    fn windows_loaded_again(&self) -> Vec<String> {
+        match &self.mode {
+            Mode::Api(_) => Vec::new(),
+            Mode::Files(files) => files.windows_loaded_again(&self.name),
+        }
+    }
 }

@@ -23,7 +23,7 @@ use url::Url;
 
 use crate::api::{Budgets, Credentials};
 use crate::source::{
-    ApiSettings, Conversations, FilesSettings, Mode, ReportOptions, Stream, UserOptions, ZoomSource,
+    ApiSettings, Conversations, Mode, ReportOptions, Stream, UserOptions, ZoomSource, saved_pages,
 };
 
 pub const DEFAULT_BASE_URL: &str = "https://api.zoom.us/v2";
@@ -517,11 +517,9 @@ impl ZoomUserMessagesConfig {
             search: self.search_type.clone().zip(self.search_key.clone()),
         };
         if let Some(patterns) = files {
-            return Ok(ZoomSource::new(
-                cx.name.clone(),
-                Stream::UserMessages(options),
-                Mode::Files(FilesSettings { patterns }),
-            ));
+            let stream = Stream::UserMessages(options);
+            let files = saved_pages(&patterns, &stream, cx.state.clone())?;
+            return Ok(ZoomSource::new(cx.name.clone(), stream, Mode::Files(files)));
         }
         // `--start`/`--end` win over the file; `end` defaults to now.
         let (start, end) = cx
@@ -602,11 +600,9 @@ impl ZoomChatReportConfig {
             query_all_modifications: self.query_all_modifications,
         };
         if let Some(patterns) = files {
-            return Ok(ZoomSource::new(
-                cx.name.clone(),
-                Stream::ChatReport(options),
-                Mode::Files(FilesSettings { patterns }),
-            ));
+            let stream = Stream::ChatReport(options);
+            let files = saved_pages(&patterns, &stream, cx.state.clone())?;
+            return Ok(ZoomSource::new(cx.name.clone(), stream, Mode::Files(files)));
         }
         let today = cx.now.date_naive();
         let start = cx

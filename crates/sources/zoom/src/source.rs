@@ -23,9 +23,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chatlake_core::config::InvalidConfig;
 use chatlake_core::state::{SourceState, uncovered};
 use chatlake_core::{Batch, DataKind, PlannedWindow, Source, SourceContext, Window, WindowRef};
 use chatlake_http::{ErrorKind, HttpClient, PageEvent, Paging, RequestError, RetryPolicy, pages};
+use chatlake_source_kit::FilesMode;
 use chrono::{DateTime, FixedOffset};
 use futures::{StreamExt, TryStreamExt};
 use reqwest::Method;
@@ -87,13 +89,37 @@ pub(crate) struct ApiSettings {
     pub sessions: Option<Option<Vec<String>>>,
 }
 
-pub(crate) struct FilesSettings {
-    pub patterns: Vec<String>,
-}
-
 pub(crate) enum Mode {
     Api(Box<ApiSettings>),
-    Files(FilesSettings),
+    Files(FilesMode),
+}
+
+impl Stream {
+    /// The provider stream its windows carry.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Stream::UserMessages(_) => "user_messages",
+            Stream::ChatReport(_) => "chat_report",
+        }
+    }
+}
+
+/// Files mode of saved pages: one window per file with no range (the pages' times are UTC), a
+/// committed file skipped unless it changed (see [`FilesMode`]). One file at a time: a file is
+/// already parsed on every core (see [`saved`]).
+pub(crate) fn saved_pages(
+    patterns: &[String],
+    stream: &Stream,
+    ledger: Arc<SourceState>,
+) -> Result<FilesMode, InvalidConfig> {
+    Ok(FilesMode::new(
+        patterns,
+        stream.name(),
+        FixedOffset::east_opt(0).expect("zero is a valid offset"),
+        (None, None),
+        ledger,
+    )?
+    .with_windows_at_once(1))
 }
 
 /// A `zoom_user_messages` or `zoom_chat_report` source.
@@ -311,10 +337,7 @@ impl ZoomSource {
     }
 
     fn stream_name(&self) -> &'static str {
-        match self.stream {
-            Stream::UserMessages(_) => "user_messages",
-            Stream::ChatReport(_) => "chat_report",
-        }
+        self.stream.name()
     }
 
     /// Date ranges (API mode), for tests of the build.
@@ -903,10 +926,6 @@ impl ZoomSource {
 
     // ---- saved pages ----------------------------------------------------------------------
 
-    fn file_paths(&self, files: &FilesSettings) -> chatlake_core::Result<Vec<PathBuf>> {
-        chatlake_source_kit::files::expand(&files.patterns).map_err(|e| self.core_error(e))
-    }
-
     /// Reads a file of saved pages: split at line boundaries into parts parsed concurrently on
     /// blocking threads, all sending into `window`.
     async fn load_file(
@@ -979,15 +998,7 @@ impl Source for ZoomSource {
 
     fn plan(&self) -> chatlake_core::Result<Vec<PlannedWindow>> {
         match &self.mode {
-            Mode::Files(files) => Ok(self
-                .file_paths(files)?
-                .into_iter()
-                .enumerate()
-                .map(|(i, path)| PlannedWindow {
-                    window: self.window(i, path.display().to_string(), None),
-                    request: format!("read {}", path.display()),
-                })
-                .collect()),
+            Mode::Files(files) => files.plan(&self.name),
             Mode::Api(settings) => match self.listed_targets(settings) {
                 Some(targets) => {
                     let targets = BTreeMap::from([(usize::MAX, targets)]);
@@ -1031,15 +1042,29 @@ impl Source for ZoomSource {
         match &self.mode {
             Mode::Api(settings) => self.run_api(settings, &cx).await,
             Mode::Files(files) => {
-                let paths = self.file_paths(files)?;
-                let skipped = AtomicU64::new(0);
-                for (i, path) in paths.into_iter().enumerate() {
-                    let window = Arc::new(self.window(i, path.display().to_string(), None));
-                    let result = self.load_file(path, &window, &cx).await;
-                    self.finish_window(&cx, window, result, &skipped).await?;
-                }
-                Ok(())
+                let (source, cx) = (&*self, &cx);
+                files
+                    .run(&self.name, cx, |window, path| async move {
+                        use chatlake_core::stage::WindowError as Ended;
+                        source
+                            .load_file(path, &window, cx)
+                            .await
+                            .map_err(|e| match e {
+                                WindowError::Failed(e) => Ended::Failed(e),
+                                WindowError::Skipped(e) => Ended::Failed(e.to_string()),
+                                WindowError::Stop(e) => Ended::Stop(e),
+                            })
+                    })
+                    .await
+                    .map_err(|e| e.into_run_error(&self.name))
             }
+        }
+    }
+
+    fn windows_loaded_again(&self) -> Vec<String> {
+        match &self.mode {
+            Mode::Api(_) => Vec::new(),
+            Mode::Files(files) => files.windows_loaded_again(&self.name),
         }
     }
 }

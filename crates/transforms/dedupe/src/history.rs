@@ -12,7 +12,7 @@
 //! then 28-byte records: hash (u128 LE), version (i64 LE), window index (u32 LE). Written to a
 //! temporary name, fsynced and renamed before any of the run's windows can commit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -34,6 +34,8 @@ pub(crate) struct History {
     pub(crate) committed_by: Arc<HashMap<String, String>>,
     /// `remember`: files last written before this are left unread.
     pub(crate) since: Option<SystemTime>,
+    /// Committed windows this run loads again (see `Transform::windows_loaded_again`).
+    pub(crate) loaded_again: Arc<HashSet<String>>,
 }
 
 impl History {
@@ -79,14 +81,17 @@ impl History {
             let windows = read_header(&mut reader).reading(&path)?;
             // This file's window index → the table's, for windows that count.
             let mut map: Vec<Option<u32>> = Vec::with_capacity(windows.len());
+            let mut keep = false;
             for w in windows {
-                let counts = self.committed_by.get(&w).map(String::as_str) == Some(run_id);
+                let committed = self.committed_by.get(&w).map(String::as_str) == Some(run_id);
+                keep |= committed;
+                let counts = committed && !self.loaded_again.contains(&w);
                 map.push(counts.then(|| {
                     table.push(w);
                     (table.len() - 1) as u32
                 }));
             }
-            if map.iter().all(Option::is_none) {
+            if !keep {
                 drop(reader);
                 std::fs::remove_file(&path).writing(&path)?;
                 continue;

@@ -170,6 +170,11 @@ impl LatestSpill {
         self
     }
 
+    /// The history of earlier runs, with `across_runs`.
+    pub(crate) fn history(&mut self) -> Option<&mut History> {
+        self.replace.as_mut().map(|r| &mut r.history)
+    }
+
     #[cfg(test)]
     pub(crate) fn dir(&self) -> &Path {
         &self.dir

@@ -29,8 +29,11 @@
 //! key>.keys64` (8 bytes per key) when the window ends, before its marker goes on to the sinks;
 //! at the next start only the files of windows the ledger lists as committed are read, and the
 //! others (a run stopped before its commit point) are deleted. So the remembered keys are
-//! exactly those of the rows in the lake. Files of the earlier format (`.keys`, 16 bytes per
-//! key) of committed windows are still read: the low 8 bytes of each are its fingerprint.
+//! exactly those of the rows in the lake. The files of a committed window that a source loads
+//! again in this run (a changed input file) are not read, so the window's own earlier rows do not
+//! drop their new load, and not deleted either: if the new load fails, they still count. Files
+//! of the earlier format (`.keys`, 16 bytes per key) of committed windows are still read: the
+//! low 8 bytes of each are its fingerprint.
 //!
 //! `across_runs = true` with `keep = "latest"` compares the input with the rows earlier runs
 //! loaded as well: a row fetched again with the same or an older version is not loaded again,
@@ -151,6 +154,7 @@ impl TransformConfig for DedupeConfig {
         let across = (self.across_runs && self.keep == Keep::First).then(|| AcrossRuns {
             dir: cx.state_dir.join("dedupe").join(&cx.name),
             committed: cx.committed.clone(),
+            loaded_again: Default::default(),
             since,
             loaded: false,
             added: HashMap::new(),
@@ -165,6 +169,7 @@ impl TransformConfig for DedupeConfig {
                     dir: cx.state_dir.join("dedupe").join(&cx.name),
                     committed_by: cx.committed_by.clone(),
                     since,
+                    loaded_again: Default::default(),
                 },
                 RemovalLog::new(&cx.state_dir),
                 &cx.name,
@@ -201,6 +206,9 @@ fn fingerprint(hash: u128) -> u64 {
 struct AcrossRuns {
     dir: PathBuf,
     committed: std::sync::Arc<std::collections::HashSet<String>>,
+    /// Committed windows this run loads again: their keys do not count, but their files stay
+    /// (they count again if the new load does not commit).
+    loaded_again: std::sync::Arc<std::collections::HashSet<String>>,
     /// `remember`: key files last written before this are left unread.
     since: Option<std::time::SystemTime>,
     loaded: bool,
@@ -241,6 +249,9 @@ impl AcrossRuns {
                 Some((w, LEGACY_KEYS_EXT)) => (w, 16),
                 _ => ("", 0),
             };
+            if width > 0 && self.loaded_again.contains(window) {
+                continue;
+            }
             if width > 0 && self.committed.contains(window) {
                 // The file's modification time is when its window was loaded (written, then
                 // renamed into place at the window's end).
@@ -423,6 +434,15 @@ impl Transform for DedupeTransform {
 
     fn replaces_rows_of_earlier_runs(&self) -> bool {
         self.config.keep == Keep::Latest && self.config.across_runs
+    }
+
+    fn windows_loaded_again(&mut self, keys: &std::sync::Arc<std::collections::HashSet<String>>) {
+        if let Some(across) = self.across.as_mut() {
+            across.loaded_again = keys.clone();
+        }
+        if let Some(history) = self.latest.as_mut().and_then(LatestSpill::history) {
+            history.loaded_again = keys.clone();
+        }
     }
 
     fn transform(&mut self, batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()> {
