@@ -163,11 +163,12 @@ async fn user_messages_discover_everything_and_load_every_version_once() {
     );
     assert_eq!(distinct(&r.rows), want);
     assert_eq!(r.record_types, BTreeSet::from([USER_MESSAGES.to_string()]));
-    // 3 channels + 6 1:1s, two days each; indexes are 0..n.
-    assert_eq!(r.done.len(), 18);
+    // 3 channels + 6 1:1s of active users + the 1:1 of two who left, two days each; indexes
+    // are 0..n.
+    assert_eq!(r.done.len(), 20);
     let mut idx: Vec<u32> = r.done.iter().map(|w| w.index).collect();
     idx.sort();
-    assert_eq!(idx, (0..18).collect::<Vec<_>>());
+    assert_eq!(idx, (0..20).collect::<Vec<_>>());
     let stats = em.stats().zoom;
     assert_eq!(stats.rate_limited, 0, "our pacing never trips the limit");
     assert_eq!(stats.token_requests, 1);
@@ -180,6 +181,47 @@ async fn user_messages_discover_everything_and_load_every_version_once() {
         v
     };
     assert_eq!(labels(&r), labels(&again));
+}
+
+#[tokio::test]
+async fn people_who_left_are_discovered_unless_user_status_narrows_it() {
+    let em = emulator("").await;
+    let left = data::conversations()
+        .into_iter()
+        .find(|c| c.key() == "im-zu06-zu07")
+        .unwrap();
+    let theirs: BTreeSet<Row> = data::conversation_messages(
+        42,
+        1.0,
+        &left,
+        ms("2026-01-01T00:00:00Z"),
+        ms("2026-01-02T23:59:59Z") + 999,
+        true,
+    )
+    .into_iter()
+    .map(|m| (m.id.clone(), m.timestamp, m.status.as_str().to_string()))
+    .collect();
+    assert!(!theirs.is_empty());
+
+    // The default lists active and inactive users: the deactivated users' 1:1 is loaded.
+    let all = run(user_source(&em, json!({}))).await;
+    assert!(all.result.is_ok(), "{:?}", all.result);
+    assert!(distinct(&all.rows).is_superset(&theirs));
+    assert!(
+        all.done
+            .iter()
+            .any(|w| w.label.starts_with("user zu06 contact"))
+    );
+
+    // Only active users: the same run without that conversation.
+    let active = run(user_source(&em, json!({"user_status": ["active"]}))).await;
+    assert!(active.result.is_ok(), "{:?}", active.result);
+    assert!(distinct(&active.rows).is_disjoint(&theirs));
+    assert_eq!(
+        distinct(&active.rows),
+        &distinct(&all.rows) - &theirs,
+        "nothing else changes"
+    );
 }
 
 #[tokio::test]
