@@ -411,14 +411,16 @@ fn todays_report(em: &Emulator, most: usize) -> Box<dyn Source> {
 
 #[tokio::test]
 async fn an_expired_page_token_during_discovery_lists_again_from_the_first_page() {
-    // Two items a discovery page: the users (6), channels and 1:1 lists span pages. The first
+    // Two items a discovery page: the users (6 active, 2 inactive), channels and 1:1 lists span
+    // pages. The first
     // request that carries a page token (page 2 of the users) finds it expired, and so does
     // every 15th after it, in discovery or in a window.
     let em = emulator("zoom.page_token_expiry=15,zoom.list_page_max=2").await;
     let r = run(user_source(&em, json!({"page_size": 10, "concurrency": 1}))).await;
     assert!(r.result.is_ok(), "{:?}", r.result);
     assert!(r.failed.is_empty());
-    assert_eq!(r.done.len(), 18, "every conversation discovered, once");
+    // 3 channels, 6 1:1s of active users and the 1:1 of two who left, two days each.
+    assert_eq!(r.done.len(), 20, "every conversation discovered, once");
     let want = expected_all("2026-01-01T00:00:00Z", "2026-01-02T23:59:59Z");
     assert_eq!(distinct(&r.rows), want);
     assert_eq!(r.rows.len(), want.len(), "each conversation fetched once");
@@ -427,8 +429,9 @@ async fn an_expired_page_token_during_discovery_lists_again_from_the_first_page(
 
 #[tokio::test]
 async fn a_revoked_token_during_discovery_is_replaced_once() {
-    // The 1st API request is page 1 of the user list, the 4th page 1 of a user's channels.
-    for n in [1, 4] {
+    // The 1st API request is page 1 of the active users (three pages), the 4th the inactive
+    // users' list, the 5th page 1 of a user's channels.
+    for n in [1, 4, 5] {
         let em = emulator(&format!(
             "zoom.token_invalidate_once={n},zoom.list_page_max=2"
         ))
@@ -436,7 +439,7 @@ async fn a_revoked_token_during_discovery_is_replaced_once() {
         let r = run(user_source(&em, json!({"concurrency": 1}))).await;
         assert!(r.result.is_ok(), "{n}: {:?}", r.result);
         assert!(r.failed.is_empty());
-        assert_eq!(r.done.len(), 18);
+        assert_eq!(r.done.len(), 20);
         let stats = em.stats().zoom;
         assert_eq!((stats.token_requests, stats.unauthorized), (2, 1), "{n}");
     }
