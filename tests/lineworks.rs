@@ -348,6 +348,8 @@ async fn live(faults: &str) -> Live {
             creds["lineworks.service_account"].clone(),
         ),
         ("LW_PRIVATE_KEY_FILE".into(), key.to_str().unwrap().into()),
+        // The emulator's file host, another origin than its API: the token may go there.
+        ("LW_FILE_HOST".into(), emulator.lineworks_download_host()),
     ];
     Live {
         scratch,
@@ -360,6 +362,7 @@ const LIVE_SOURCE: &str = r#"
 [sources.NAME]
 type = "lineworks_message_contents"
 base_url = "${LW_BASE}"
+download_hosts = ["${LW_FILE_HOST}"]
 auth = { type = "lineworks_service_account", client_id = "${LW_CLIENT_ID}", client_secret = "${LW_CLIENT_SECRET}", service_account = "${LW_SERVICE_ACCOUNT}", private_key_file = "${LW_PRIVATE_KEY_FILE}", token_url = "${LW_TOKEN_URL}" }
 start = "START"
 end = "END"
@@ -448,6 +451,12 @@ async fn faults_are_retried_and_lose_nothing_and_downloads_never_overlap() {
     );
     assert_eq!(stats.concurrent_rejections, 0, "{stats:?}");
     assert_eq!(stats.max_concurrent_downloads, 1, "{stats:?}");
+    // Every file came from the other origin, with the token.
+    assert!(stats.files_served > 0, "{stats:?}");
+    assert_eq!(
+        stats.file_requests_with_authorization, stats.file_requests,
+        "{stats:?}"
+    );
 
     let want = expected(
         42,
@@ -493,6 +502,46 @@ async fn a_window_that_keeps_failing_fails_the_run_and_commits_nothing_of_it() {
         text.contains("2025-01-01T00:00:00+09:00"),
         "the window is named: {text}"
     );
+    assert!(common::files(&live.scratch.path("lake/messages"), ".parquet").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_host_not_listed_never_gets_the_token_and_fails_the_run_clearly() {
+    let live = live("lineworks.rate_limit_per_min=0").await;
+    // The default `download_hosts` lists only LINE WORKS' real file host, not the emulator's.
+    let body = live_pipeline(&[live_source(
+        "lw",
+        "2025-01-01T00:00:00+09:00",
+        "2025-01-03T23:59:59+09:00",
+        1,
+        3,
+    )
+    .replace("download_hosts = [\"${LW_FILE_HOST}\"]\n", "")]);
+    let out = live.run(&body).await.expect_code(1);
+    let text = out.stdout() + &out.stderr();
+    let host = live.emulator.lineworks_download_host();
+    assert!(
+        text.contains(&format!("`{host}`")),
+        "the host is named: {text}"
+    );
+    assert!(
+        text.contains("`download_hosts`"),
+        "the key is named: {text}"
+    );
+    assert!(
+        text.contains("2025-01-01T00:00:00+09:00"),
+        "the window is named: {text}"
+    );
+    let stats = live.emulator.stats().lineworks;
+    assert_eq!(
+        stats.download_requests, 1,
+        "the first window stops the source"
+    );
+    assert_eq!(
+        stats.file_requests, 0,
+        "nothing is sent to the unlisted host"
+    );
+    assert_eq!(stats.file_requests_with_authorization, 0);
     assert!(common::files(&live.scratch.path("lake/messages"), ".parquet").is_empty());
 }
 

@@ -10,7 +10,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use chatlake_emulator::zoom::data;
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
 use common::{Scratch, read_jsonl, repo, temp_files};
 
 const START: &str = "2026-01-01T00:00:00Z";
@@ -163,35 +163,231 @@ fn server_errors_and_slow_answers_lose_nothing() {
     assert_exact(&s);
 }
 
-#[test]
-fn a_report_start_older_than_six_months_is_refused_by_validate() {
-    let s = Scratch::new();
-    let p = s.pipeline(
-        "report.toml",
+/// A report pipeline of one 1:1 session into JSON Lines; `start` is a line of TOML or empty.
+fn report_pipeline(start: &str) -> String {
+    format!(
         r#"
 [pipeline]
 name = "r"
 
 [sources.rep]
 type = "zoom_chat_report"
-auth = { type = "zoom_server_to_server", account_id = "a", client_id = "c", client_secret = "s" }
-start = "2020-01-01"
-end = "2020-01-31"
+auth = {{ type = "zoom_server_to_server", account_id = "a", client_id = "c", client_secret = "s" }}
+sessions = ["sess-im-zu00-zu01"]
+{start}
 
 [transforms.canonical]
 type = "normalize"
 inputs = ["rep"]
 
+[transforms.latest]
+type = "dedupe"
+inputs = ["canonical"]
+keep = "latest"
+
 [sinks.out]
 type = "jsonl"
-inputs = ["canonical"]
-path = "./lake"
-"#,
+inputs = ["latest"]
+path = "./lake/out"
+compression = "none"
+"#
+    )
+}
+
+/// Writes the ledger of source `rep` of pipeline `r` as earlier runs would have left it: the
+/// session's report committed over each `[from, to]` (whole UTC days).
+fn write_report_ledger(s: &Scratch, loaded: &[(NaiveDate, NaiveDate)]) {
+    let mut windows = serde_json::Map::new();
+    for (i, (from, to)) in loaded.iter().enumerate() {
+        windows.insert(
+            format!("rep-{i:016x}"),
+            serde_json::json!({
+                "stream": "chat_report",
+                "label": format!("session sess-im-zu00-zu01 {from}..{to}"),
+                "start": format!("{from}T00:00:00+00:00"),
+                "end": format!("{to}T23:59:59+00:00"),
+                "status": "committed",
+                "run_id": "an-earlier-run",
+                "at": "2026-01-01T00:00:00Z",
+            }),
+        );
+    }
+    let ledger = serde_json::json!({
+        "source": "rep", "windows": windows, "checkpoints": {}, "last_run": "an-earlier-run",
+    });
+    let dir = s.path("lake/_state/r/sources");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("rep.json"), serde_json::to_vec(&ledger).unwrap()).unwrap();
+}
+
+/// message_id → version of the newest version of every message of the 1:1 in `[from, to]`.
+fn report_rows_between(from: NaiveDate, to: NaiveDate) -> BTreeMap<String, i64> {
+    let (_, conv) = data::sessions()
+        .into_iter()
+        .find(|(id, _)| id == "sess-im-zu00-zu01")
+        .unwrap();
+    let from = from
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_millis();
+    let to = to
+        .and_hms_opt(23, 59, 59)
+        .unwrap()
+        .and_utc()
+        .timestamp_millis()
+        + 999;
+    let mut want = BTreeMap::new();
+    for m in data::conversation_messages(42, 1.0, &conv, from, to, true) {
+        let v = want.entry(m.id.clone()).or_insert(0);
+        *v = m.timestamp.max(*v);
+    }
+    want
+}
+
+fn lake_versions(s: &Scratch) -> BTreeMap<String, i64> {
+    read_jsonl(&s.path("lake/out"))
+        .iter()
+        .map(|r| {
+            (
+                r["message_id"].as_str().unwrap().to_string(),
+                r["version"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_scheduled_report_keeps_running_after_six_months_and_reports_what_is_gone() {
+    // A cron job set up eight months ago with a fixed start: earlier runs loaded its first
+    // month, then nothing until today (an outage).
+    let today = Utc::now().date_naive();
+    let first = today.with_day(1).unwrap();
+    let start = first.checked_sub_months(Months::new(8)).unwrap();
+    let start_end = start
+        .checked_add_months(Months::new(1))
+        .unwrap()
+        .pred_opt()
+        .unwrap();
+    let oldest = today.checked_sub_months(Months::new(6)).unwrap();
+    let s = Scratch::new();
+    let p = s.pipeline(
+        "report.toml",
+        &report_pipeline(&format!("start = \"{start}\"")),
     );
-    let out = s.run(&["validate", p.to_str().unwrap()]).expect_code(2);
-    let err = out.stderr();
-    assert!(err.contains("sources.rep.start"), "{err}");
-    assert!(err.contains("six months"), "{err}");
+    write_report_ledger(&s, &[(start, start_end)]);
+
+    // `validate` (which reads no ledger) no longer refuses the old start.
+    s.run(&["validate", p.to_str().unwrap()]).expect_code(0);
+    // `plan` names what can no longer be fetched, and plans from the oldest day Zoom serves.
+    let gone = format!(
+        "{}..{}",
+        start_end.succ_opt().unwrap(),
+        oldest.pred_opt().unwrap()
+    );
+    let out = s
+        .run(&["plan", "--emulate", p.to_str().unwrap()])
+        .expect_code(0);
+    let plan = out.stdout();
+    assert!(
+        plan.contains(&format!("warning: not fetched: {gone} was never loaded")),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(&format!("sess-im-zu00-zu01 {oldest}..")),
+        "{plan}"
+    );
+    assert!(
+        !plan.contains(&format!("sess-im-zu00-zu01 {start}..")),
+        "{plan}"
+    );
+
+    // The run loads everything Zoom still serves, warns, and succeeds.
+    let out = s
+        .run(&["run", "--emulate", p.to_str().unwrap()])
+        .expect_code(0);
+    let stdout = out.stdout();
+    assert!(
+        stdout.contains(&format!("skipped by rep: {gone} was never loaded")),
+        "{stdout}"
+    );
+    assert!(out.stderr().contains("six months"), "{}", out.stderr());
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.path("lake/_state/r/last_run.json")).unwrap())
+            .unwrap();
+    let rep = summary["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "rep")
+        .unwrap();
+    assert_eq!(rep["skipped"].as_array().unwrap().len(), 1, "{rep}");
+    assert_eq!(rep["windows_failed"], 0);
+    assert_eq!(lake_versions(&s), report_rows_between(oldest, today));
+
+    // Run again: the months just loaded are in the ledger too; nothing fails, nothing doubles.
+    s.run(&["run", "--emulate", p.to_str().unwrap()])
+        .expect_code(0);
+    assert_eq!(lake_versions(&s), report_rows_between(oldest, today));
+}
+
+#[test]
+fn a_report_with_every_old_month_loaded_warns_about_nothing() {
+    let today = Utc::now().date_naive();
+    let first = today.with_day(1).unwrap();
+    let start = first.checked_sub_months(Months::new(8)).unwrap();
+    let oldest = today.checked_sub_months(Months::new(6)).unwrap();
+    let s = Scratch::new();
+    let p = s.pipeline(
+        "report.toml",
+        &report_pipeline(&format!("start = \"{start}\"")),
+    );
+    write_report_ledger(&s, &[(start, oldest.pred_opt().unwrap())]);
+    let out = s
+        .run(&["plan", "--emulate", p.to_str().unwrap()])
+        .expect_code(0);
+    assert!(!out.stdout().contains("warning"), "{}", out.stdout());
+    let out = s
+        .run(&["run", "--emulate", p.to_str().unwrap()])
+        .expect_code(0);
+    assert!(!out.stdout().contains("skipped by rep"), "{}", out.stdout());
+}
+
+#[test]
+fn the_default_report_start_fills_an_outage_from_the_ledger() {
+    // Loaded through the month four months ago; then the job did not run for months.
+    let today = Utc::now().date_naive();
+    let first = today.with_day(1).unwrap();
+    let loaded = first.checked_sub_months(Months::new(4)).unwrap();
+    let loaded_end = loaded
+        .checked_add_months(Months::new(1))
+        .unwrap()
+        .pred_opt()
+        .unwrap();
+    let resume = loaded_end.succ_opt().unwrap();
+    let s = Scratch::new();
+    let p = s.pipeline("report.toml", &report_pipeline(""));
+    write_report_ledger(&s, &[(loaded, loaded_end)]);
+    let out = s
+        .run(&["plan", "--emulate", p.to_str().unwrap()])
+        .expect_code(0);
+    let plan = out.stdout();
+    // Not "last month": the first month the ledger lacks, and every one after it.
+    assert!(
+        plan.contains("source `rep`: 4 window(s) to fetch"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(&format!("sess-im-zu00-zu01 {resume}..")),
+        "{plan}"
+    );
+    assert!(
+        !plan.contains(&format!("sess-im-zu00-zu01 {loaded}..")),
+        "{plan}"
+    );
+    s.run(&["run", "--emulate", p.to_str().unwrap()])
+        .expect_code(0);
+    assert_eq!(lake_versions(&s), report_rows_between(resume, today));
 }
 
 #[test]
@@ -386,4 +582,34 @@ conversations = { to_channel = ["ch-general", "ch-ghost"] }"#,
         !read_jsonl(&s.path("lake/zoom")).is_empty(),
         "ch-general still loads"
     );
+}
+
+#[test]
+fn people_who_left_are_archived_unless_user_status_leaves_them_out() {
+    let left = data::conversations()
+        .into_iter()
+        .find(|c| c.key() == "im-zu06-zu07")
+        .unwrap();
+    let theirs: BTreeSet<String> =
+        data::conversation_messages(42, 1.0, &left, ms(START), ms(END) + 999, true)
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+    assert!(!theirs.is_empty());
+    let ids = |s: &Scratch| -> BTreeSet<String> {
+        read_jsonl(&s.path("lake/zoom"))
+            .iter()
+            .map(|r| r["message_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    // By default discovery lists inactive users too: their 1:1 is in the lake.
+    let (s, out) = run_faults("", "");
+    out.expect_code(0);
+    assert!(ids(&s).is_superset(&theirs));
+
+    // `user_status = ["active"]` leaves deactivated users out, as Zoom's default listing does.
+    let (s, out) = run_faults("", r#"user_status = ["active"]"#);
+    out.expect_code(0);
+    assert!(ids(&s).is_disjoint(&theirs));
 }

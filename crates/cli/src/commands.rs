@@ -219,6 +219,9 @@ pub async fn plan(
                 if let Some(start) = &plan_start {
                     println!("  --start {start} wins over the file's start");
                 }
+                for note in source.plan_notes() {
+                    println!("  warning: not fetched: {note}");
+                }
                 for w in windows {
                     println!("  [{:>3}] {}", w.window.index, w.window.label);
                     println!("        {}", w.request);

@@ -404,6 +404,13 @@ pub trait Source: Send {
     /// The windows it would fetch, without touching the network.
     fn plan(&self) -> Result<Vec<PlannedWindow>>;
 
+    /// What the plan leaves out that a person should know about, one warning each (a Zoom report
+    /// month too old to fetch that was never loaded). `chatlake plan` prints them; a source that
+    /// has any reports them in its run too (`ComponentMetrics::add_skipped`). None by default.
+    fn plan_notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Fetches every window. For each one: send its batches, then `window_done` — or
     /// `window_failed` if it still fails after retries (the run goes on with the next window).
     /// Return an error only for a failure that makes every further window pointless.

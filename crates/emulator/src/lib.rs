@@ -1,7 +1,8 @@
 //! Local emulator of the provider APIs chatlake pulls from, for tests, demos and benchmarks.
 //!
 //! One axum server on loopback serves every provider: their URL paths do not clash, so a single
-//! base URL works for all of them. Today it emulates LINE WORKS (contract E1 of
+//! base URL works for all of them. LINE WORKS' files come from a second listener, another origin
+//! (as `apis-storage.worksmobile.com` is for the real API), so every download crosses hosts. Today it emulates LINE WORKS (contract E1 of
 //! `shared/providers.md`, see [`lineworks`]); Zoom and Qlara join as sibling modules.
 //!
 //! Everything the emulator serves is deterministic: the data comes from `(seed, scale)` and the
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use lineworks::{LineworksFaults, LineworksStats};
@@ -118,10 +119,12 @@ pub struct Stats {
 pub struct Emulator {
     local_addr: SocketAddr,
     base_url: String,
+    /// The origin of LINE WORKS' file host (`http://127.0.0.1:PORT`): another port than the API.
+    lineworks_files_url: String,
     lineworks: Arc<lineworks::Lineworks>,
     qlara: Arc<qlara::Qlara>,
     zoom: Arc<zoom::Zoom>,
-    stop: oneshot::Sender<()>,
+    stop: watch::Sender<()>,
     server: JoinHandle<io::Result<()>>,
 }
 
@@ -137,25 +140,39 @@ impl Emulator {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let base_url = base_url(local_addr);
-        let lineworks = Arc::new(lineworks::Lineworks::new(&config, base_url.clone())?);
+        // LINE WORKS' file host: same address, a port of its own, so a download's `302` always
+        // leads to another origin, as it does on the real API.
+        let files_listener = tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0)).await?;
+        let lineworks_files_url = crate::base_url(files_listener.local_addr()?);
+        let lineworks = Arc::new(lineworks::Lineworks::new(
+            &config,
+            lineworks_files_url.clone(),
+        )?);
+        let files_router = lineworks::file_router(lineworks.clone());
         let zoom = Arc::new(zoom::Zoom::new(&config, base_url.clone()));
         let router = axum::Router::new().merge(lineworks::router(lineworks.clone()));
         let qlara = Arc::new(qlara::Qlara::new(&config, base_url.clone()));
         let router = router.merge(qlara::router(qlara.clone()));
         let router = router.merge(zoom::router(zoom.clone()));
-        let (stop, stopped) = oneshot::channel::<()>();
+        let (stop, stopped) = watch::channel(());
+        let stopped_too = stopped.clone();
+        // Either an explicit shutdown or the `Emulator` being dropped (the sender goes away).
+        let until_stopped = |mut stopped: watch::Receiver<()>| async move {
+            let _ = stopped.changed().await;
+        };
         let server = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    // Either an explicit shutdown or the `Emulator` being dropped.
-                    let _ = stopped.await;
-                })
-                .await
+            let (api, files) = tokio::join!(
+                axum::serve(listener, router).with_graceful_shutdown(until_stopped(stopped)),
+                axum::serve(files_listener, files_router)
+                    .with_graceful_shutdown(until_stopped(stopped_too)),
+            );
+            api.and(files)
         });
-        tracing::info!(%base_url, seed = config.seed, scale = config.scale, "Emulator started.");
+        tracing::info!(%base_url, %lineworks_files_url, seed = config.seed, scale = config.scale, "Emulator started.");
         Ok(Emulator {
             local_addr,
             base_url,
+            lineworks_files_url,
             lineworks,
             qlara,
             zoom,
@@ -169,6 +186,19 @@ impl Emulator {
         self.base_url.clone()
     }
 
+    /// The origin LINE WORKS files are served from, `http://127.0.0.1:PORT` (another port than
+    /// [`Emulator::base_url`]).
+    pub fn lineworks_files_url(&self) -> String {
+        self.lineworks_files_url.clone()
+    }
+
+    /// The `host:port` of LINE WORKS' file host, as the source's `download_hosts` lists it.
+    pub fn lineworks_download_host(&self) -> String {
+        self.lineworks_files_url
+            .trim_start_matches("http://")
+            .to_owned()
+    }
+
     /// The socket address the server is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -178,9 +208,15 @@ impl Emulator {
     /// `lineworks.client_secret`, `lineworks.service_account`, `lineworks.private_key` (PKCS#8
     /// PEM) and `lineworks.token` (a static bearer token that never expires); `zoom.account_id`,
     /// `zoom.client_id` and `zoom.client_secret` (Server-to-Server OAuth); `qlara.api_key`
-    /// (`X-Api-Key`), `qlara.username` and `qlara.password` (Basic).
+    /// (`X-Api-Key`), `qlara.username` and `qlara.password` (Basic). With them, not a secret,
+    /// `lineworks.download_host`: the `host:port` the LINE WORKS files come from, which a source
+    /// must list in `download_hosts` to send its token there (`--emulate` does it).
     pub fn credentials(&self) -> Vec<(String, String)> {
         let mut all = lineworks::credentials();
+        all.push((
+            "lineworks.download_host".to_owned(),
+            self.lineworks_download_host(),
+        ));
         all.extend(zoom::credentials());
         all.extend(qlara::credentials());
         all

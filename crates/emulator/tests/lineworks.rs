@@ -360,7 +360,9 @@ async fn file_per_language() {
             None => base.clone(),
         };
         let location = h.location(&token, &query).await;
-        assert!(location.starts_with(&format!("{}/files/", h.emulator.base_url())));
+        // The file host is another origin than the API.
+        assert!(location.starts_with(&format!("{}/files/", h.emulator.lineworks_files_url())));
+        assert_ne!(h.emulator.lineworks_files_url(), h.emulator.base_url());
         let response = h.get_file(Some(&token), &location).await;
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(
@@ -476,6 +478,13 @@ async fn file_urls_are_one_time_and_need_a_bearer() {
     let token = h.static_token();
     let query = window("2025-05-01T00:00:00Z", "2025-05-01T03:00:00Z");
     let location = h.location(&token, &query).await;
+    // Only the file host serves files: the same path on the API's origin does not exist.
+    let on_api = location.replace(&h.emulator.lineworks_files_url(), &h.emulator.base_url());
+    assert_ne!(on_api, location);
+    assert_eq!(
+        h.get_file(Some(&token), &on_api).await.status(),
+        StatusCode::NOT_FOUND
+    );
     let unauthenticated = h.get_file(None, &location).await;
     assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
     let first = h.get_file(Some(&token), &location).await;
@@ -489,10 +498,17 @@ async fn file_urls_are_one_time_and_need_a_bearer() {
     let unknown = h
         .get_file(
             Some(&token),
-            &format!("{}/files/nope", h.emulator.base_url()),
+            &format!("{}/files/nope", h.emulator.lineworks_files_url()),
         )
         .await;
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+
+    let stats = h.emulator.stats().lineworks;
+    assert_eq!(
+        stats.file_requests, 4,
+        "the file host counts what reaches it"
+    );
+    assert_eq!(stats.file_requests_with_authorization, 3);
 
     let open = start("lineworks.file_auth=open").await;
     let location = open.location(&open.static_token(), &query).await;

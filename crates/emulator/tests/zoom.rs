@@ -223,3 +223,83 @@ async fn a_revoked_token_answers_401_code_124() {
     let fresh = access_token(&em).await;
     assert_eq!(get(&em, &fresh, "/users").await.0, 200);
 }
+
+#[tokio::test]
+async fn users_are_listed_one_status_at_a_time_and_people_who_left_keep_their_chats() {
+    let em = start("").await;
+    let t = access_token(&em).await;
+    let ids = |body: &Value| -> Vec<String> {
+        body["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Zoom's default is the active users only.
+    let (s, _, active) = get(&em, &t, "/users?page_size=300").await;
+    assert_eq!(s, 200);
+    assert_eq!(ids(&active).len(), data::USER_COUNT);
+    assert!(
+        active["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| u["status"] == "active")
+    );
+    let (_, _, same) = get(&em, &t, "/users?status=active&page_size=300").await;
+    assert_eq!(ids(&same), ids(&active));
+    let (s, _, inactive) = get(&em, &t, "/users?status=inactive").await;
+    assert_eq!(s, 200);
+    assert_eq!(ids(&inactive), ["zu06", "zu07"]);
+    assert!(
+        inactive["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| u["status"] == "inactive")
+    );
+    let (_, _, pending) = get(&em, &t, "/users?status=pending").await;
+    assert_eq!(ids(&pending), ["zu08"]);
+    let (s, _, b) = get(&em, &t, "/users?status=gone").await;
+    assert_eq!((s, b["code"].as_i64()), (400, Some(300)));
+
+    // A deactivated user's 1:1, which no active user's listing shows, has messages.
+    let (s, _, sessions) = get(&em, &t, "/chat/users/zu06/sessions?type=1:1").await;
+    assert_eq!(s, 200);
+    let peers: Vec<&str> = sessions["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["peer_contact_user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(peers, ["zu07"]);
+    for active_user in ["zu00", "zu05"] {
+        let (_, _, b) = get(
+            &em,
+            &t,
+            &format!("/chat/users/{active_user}/sessions?type=1:1"),
+        )
+        .await;
+        assert!(
+            b["sessions"].as_array().unwrap().iter().all(|x| x["peer_contact_user_id"] != "zu06"
+                && x["peer_contact_user_id"] != "zu07"),
+            "{b}"
+        );
+    }
+    let (s, _, page) = get(
+        &em,
+        &t,
+        "/chat/users/zu06/messages?to_contact=user07@example.com&from=2026-01-01T00:00:00Z&to=2026-01-02T23:59:59Z&page_size=50",
+    )
+    .await;
+    assert_eq!(s, 200, "{page}");
+    let messages = page["messages"].as_array().unwrap();
+    assert!(!messages.is_empty());
+    assert!(
+        messages
+            .iter()
+            .all(|m| m["sender"] == "user06@example.com" || m["sender"] == "user07@example.com"),
+        "{page}"
+    );
+}

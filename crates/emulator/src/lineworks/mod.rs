@@ -2,8 +2,9 @@
 //! `shared/providers.md`): the JWT-bearer token endpoint, the download request that answers a
 //! 302 to a one-time file URL, and the streamed CSV file behind that URL.
 //!
-//! Routes: `POST /oauth2/v2.0/token`, `GET /v1.0/monitoring/message-contents/download`,
-//! `GET /files/{id}`. All state (tokens, issued URLs, the rate window, fault counters, stats)
+//! Routes: `POST /oauth2/v2.0/token`, `GET /v1.0/monitoring/message-contents/download` on the
+//! API origin, and `GET /files/{id}` on the file host, a second origin ([`file_router`]), as
+//! the real `302` leads from `www.worksapis.com` to `apis-storage.worksmobile.com`. All state (tokens, issued URLs, the rate window, fault counters, stats)
 //! sits behind one mutex that is never held across an `.await`.
 
 mod csv;
@@ -185,6 +186,11 @@ pub struct LineworksStats {
     pub bad_requests: u64,
     /// 401 and 403 answers (download and file endpoints).
     pub unauthorized: u64,
+    /// Requests that reached the file host, answered or not.
+    pub file_requests: u64,
+    /// Of those, the ones that carried an `Authorization` header (a token sent to the file
+    /// host; a client that does not list the host must send none).
+    pub file_requests_with_authorization: u64,
 }
 
 /// The credentials the emulator accepts; see [`crate::Emulator::credentials`].
@@ -201,11 +207,18 @@ pub(crate) fn credentials() -> Vec<(String, String)> {
     .collect()
 }
 
-/// The LINE WORKS routes, bound to their state.
+/// The LINE WORKS API routes, bound to their state.
 pub(crate) fn router(lineworks: Arc<Lineworks>) -> Router {
     Router::new()
         .route("/oauth2/v2.0/token", post(token))
         .route("/v1.0/monitoring/message-contents/download", get(download))
+        .with_state(lineworks)
+}
+
+/// The file host's routes: served on an origin of their own, so that following the `302` always
+/// crosses to another host.
+pub(crate) fn file_router(lineworks: Arc<Lineworks>) -> Router {
+    Router::new()
         .route("/files/{id}", get(file))
         .with_state(lineworks)
 }
@@ -215,7 +228,8 @@ pub(crate) struct Lineworks {
     seed: u64,
     scale: f64,
     faults: LineworksFaults,
-    base_url: String,
+    /// The file host's origin, where `Location` points.
+    files_url: String,
     public_key: DecodingKey,
     state: Mutex<Inner>,
 }
@@ -303,14 +317,14 @@ impl Quota {
 }
 
 impl Lineworks {
-    pub(crate) fn new(config: &EmulatorConfig, base_url: String) -> std::io::Result<Lineworks> {
+    pub(crate) fn new(config: &EmulatorConfig, files_url: String) -> std::io::Result<Lineworks> {
         let public_key = DecodingKey::from_rsa_pem(PUBLIC_KEY_PEM.as_bytes())
             .map_err(|err| std::io::Error::other(format!("bad test public key: {err}")))?;
         Ok(Lineworks {
             seed: config.seed,
             scale: config.scale,
             faults: config.faults.lineworks.clone(),
-            base_url,
+            files_url,
             public_key,
             state: Mutex::new(Inner::default()),
         })
@@ -510,7 +524,7 @@ impl Lineworks {
             },
         );
         inner.outstanding = Some(id.clone());
-        let location = format!("{}/files/{id}", self.base_url);
+        let location = format!("{}/files/{id}", self.files_url);
         tracing::debug!(%location, "LINE WORKS download URL issued.");
         // No rate-limit headers: the provider sends none on its 302 download answers.
         Ok((StatusCode::FOUND, [(LOCATION, location)]).into_response())
@@ -527,6 +541,10 @@ impl Lineworks {
         let now = clock::now();
         let mut inner = self.lock();
         let inner = &mut *inner;
+        inner.stats.file_requests += 1;
+        if headers.contains_key(AUTHORIZATION) {
+            inner.stats.file_requests_with_authorization += 1;
+        }
         if !self.faults.file_auth_open {
             authorize(inner, headers, now)?;
         }

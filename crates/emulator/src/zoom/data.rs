@@ -17,22 +17,57 @@ pub struct User {
     pub email: String,
     pub member_id: String,
     pub display_name: String,
+    pub status: UserStatus,
 }
 
-/// Users in the account (sorted by id).
-pub const USER_COUNT: usize = 6;
+/// A user's `status` in `GET /users`, which lists one status at a time (`active` by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserStatus {
+    Active,
+    /// Deactivated: someone who left. Their chats stay readable, and an archive must keep them.
+    Inactive,
+    /// Invited, not yet joined: no chats.
+    Pending,
+}
 
-/// Every user of the account.
+impl UserStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserStatus::Active => "active",
+            UserStatus::Inactive => "inactive",
+            UserStatus::Pending => "pending",
+        }
+    }
+}
+
+/// Active users (`zu00`..`zu05`); they come first, so their indexes are `0..USER_COUNT`.
+pub const USER_COUNT: usize = 6;
+/// Deactivated users after them (`zu06`, `zu07`): they share a 1:1 that no active user sees.
+pub const INACTIVE_USER_COUNT: usize = 2;
+/// Pending users after those (`zu08`).
+pub const PENDING_USER_COUNT: usize = 1;
+
+/// Every user of the account, whatever their status (sorted by id).
 pub fn users() -> Vec<User> {
-    (0..USER_COUNT).map(user).collect()
+    (0..USER_COUNT + INACTIVE_USER_COUNT + PENDING_USER_COUNT)
+        .map(user)
+        .collect()
 }
 
 fn user(i: usize) -> User {
+    let status = if i < USER_COUNT {
+        UserStatus::Active
+    } else if i < USER_COUNT + INACTIVE_USER_COUNT {
+        UserStatus::Inactive
+    } else {
+        UserStatus::Pending
+    };
     User {
         id: format!("zu{i:02}"),
         email: format!("user{i:02}@example.com"),
         member_id: format!("mem{i:02}"),
         display_name: format!("User {i:02}"),
+        status,
     }
 }
 
@@ -94,7 +129,8 @@ impl Conversation {
     }
 }
 
-/// Every conversation of the account: three channels and a ring of 1:1s.
+/// Every conversation of the account: three channels and a ring of 1:1s among the active
+/// users, and a 1:1 between the two deactivated users, which only their own listings reach.
 pub fn conversations() -> Vec<Conversation> {
     let mut all = vec![
         Conversation::Channel {
@@ -120,6 +156,10 @@ pub fn conversations() -> Vec<Conversation> {
             b: a.max(b),
         });
     }
+    all.push(Conversation::OneToOne {
+        a: USER_COUNT,
+        b: USER_COUNT + 1,
+    });
     all
 }
 
@@ -370,9 +410,25 @@ mod tests {
 
     #[test]
     fn account_layout() {
-        assert_eq!(users().len(), USER_COUNT);
+        assert_eq!(
+            users().len(),
+            USER_COUNT + INACTIVE_USER_COUNT + PENDING_USER_COUNT
+        );
+        let active = users()
+            .iter()
+            .filter(|u| u.status == UserStatus::Active)
+            .count();
+        assert_eq!(active, USER_COUNT);
         assert_eq!(find_user("user01@example.com").unwrap().id, "zu01");
+        assert_eq!(find_user("zu06").unwrap().status, UserStatus::Inactive);
+        assert_eq!(find_user("zu08").unwrap().status, UserStatus::Pending);
         assert_eq!(conversations_of(0).len(), 2 + 2);
-        assert_eq!(sessions().len(), 3 + USER_COUNT);
+        // Three channels, the ring of active 1:1s, and the deactivated users' 1:1.
+        assert_eq!(sessions().len(), 3 + USER_COUNT + 1);
+        // Only the deactivated users reach their 1:1.
+        let left = conversations_of(USER_COUNT);
+        assert_eq!(left.len(), 1);
+        assert!(left[0].members().iter().all(|&m| m >= USER_COUNT));
+        assert!(conversations_of(USER_COUNT + 2).is_empty(), "pending: none");
     }
 }

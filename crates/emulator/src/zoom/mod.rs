@@ -1010,9 +1010,21 @@ async fn users(
     let q = parse_query(raw);
     let path = "/v2/users";
     zoom.serve(Label::Medium, &headers, path, &q, |offset| {
+        // One status per listing, `active` unless asked (Zoom's `status` parameter).
+        let status = match param(&q, "status").unwrap_or("active") {
+            "active" => data::UserStatus::Active,
+            "inactive" => data::UserStatus::Inactive,
+            "pending" => data::UserStatus::Pending,
+            other => {
+                return Err(ApiError::bad(format!(
+                    "Invalid field: status `{other}`; expected active, inactive or pending."
+                )));
+            }
+        };
         let all: Vec<Value> = data::users()
             .iter()
-            .map(|u| json!({"id": u.id, "email": u.email, "display_name": u.display_name, "status": "active", "type": 2}))
+            .filter(|u| u.status == status)
+            .map(|u| json!({"id": u.id, "email": u.email, "display_name": u.display_name, "status": u.status.as_str(), "type": 2}))
             .collect();
         zoom.list_page(path, &q, offset, all, "users", 30, 300)
     })

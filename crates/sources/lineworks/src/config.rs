@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::auth::{Auth, ServiceAccount, SigningKey};
+use crate::download_hosts::{DEFAULT_DOWNLOAD_HOST, DownloadHosts};
 use crate::source::{ApiMode, LineworksSource, Mode};
 use crate::window::{self, DownloadQuery, STREAM};
 
@@ -107,6 +108,14 @@ pub struct LineworksSourceConfig {
     #[serde(default, with = "humantime_serde")]
     #[schemars(with = "String")]
     pub lookback: Duration,
+
+    /// Hosts besides the API's own that may receive the access token when the download's `302`
+    /// leads to them: LINE WORKS serves the file from its file host, which wants the same
+    /// Bearer token. `host` (the scheme's default port) or `host:port`; the token goes only
+    /// over https (http only to loopback). A redirect to any other host fails the window, and
+    /// that host gets nothing. `--emulate` adds the emulator's file host.
+    #[serde(default = "default_download_hosts")]
+    pub download_hosts: Vec<String>,
 }
 
 /// Credentials for the monitoring API (scope `monitoring.read`).
@@ -224,6 +233,9 @@ fn default_batch_size() -> usize {
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(600)
+}
+fn default_download_hosts() -> Vec<String> {
+    vec![DEFAULT_DOWNLOAD_HOST.to_owned()]
 }
 
 /// `+09:00`, `-05:30`, `+0900`, `Z` or `UTC`.
@@ -397,17 +409,23 @@ impl LineworksSourceConfig {
             )?)
         } else {
             let (start, end) = range.for_api(cx.now, "2025-01-01T00:00:00+09:00")?;
-            let auth = match &cx.emulator {
+            let (auth, download_host) = match &cx.emulator {
                 Some(profile) => {
                     let (base, auth) = Self::emulator_auth(profile)?;
                     base_url = base;
-                    auth
+                    let host = profile.credential("lineworks.download_host")?;
+                    (auth, Some(host))
                 }
-                None => self.configured_auth()?,
+                None => (self.configured_auth()?, None),
             };
+            let mut download_hosts = DownloadHosts::new(&base_url, &self.download_hosts)?;
+            if let Some(host) = download_host {
+                download_hosts = download_hosts.also(host.expose())?;
+            }
             Mode::Api(Box::new(ApiMode {
                 endpoint: download_endpoint(&base_url),
                 base_url,
+                download_hosts,
                 auth,
                 query: DownloadQuery {
                     language: self.language,
@@ -502,6 +520,7 @@ mod tests {
         assert_eq!(c.batch_size, 8192);
         assert_eq!(c.request_timeout, Duration::from_secs(600));
         assert_eq!(c.retry, RetryPolicy::default());
+        assert_eq!(c.download_hosts, ["apis-storage.worksmobile.com"]);
     }
 
     #[test]
@@ -711,6 +730,7 @@ mod tests {
                 ("lineworks.client_secret", "cs"),
                 ("lineworks.service_account", "sa"),
                 ("lineworks.private_key", crate::auth::tests::TEST_KEY),
+                ("lineworks.download_host", "127.0.0.1:4001"),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_string(), Secret::new(v)))

@@ -11,6 +11,14 @@ pub enum Error {
     #[error(transparent)]
     Request(#[from] RequestError),
 
+    /// The download's `302` led to a host the token may not go to; nothing was sent there.
+    #[error("{window}: {refused}")]
+    DownloadHost {
+        window: String,
+        #[source]
+        refused: crate::DownloadHostRefused,
+    },
+
     /// The service account's private key file could not be used.
     #[error("auth.private_key_file {}: {message}", .path.display())]
     Key { path: PathBuf, message: String },

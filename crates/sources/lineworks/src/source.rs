@@ -5,7 +5,9 @@
 //! 1. wait for the domain's download slot (one download at a time per domain, across every
 //!    LINE WORKS source of the process) and the request budget;
 //! 2. `GET /monitoring/message-contents/download` → `302` → `GET Location` (the token goes along
-//!    only if the file is on the API's own origin), streaming the body into a spool file;
+//!    to the API's own origin and to the hosts of `download_hosts`, LINE WORKS' file host by
+//!    default; a redirect anywhere else fails before anything is sent there), streaming the body
+//!    into a spool file;
 //! 3. release the slot, and look for a `downloadLogs error` trailer at the end of the spool: if
 //!    there is one the attempt failed, and the next attempt asks for a **new** download URL
 //!    (steps 1–3 are one attempt of [`chatlake_http::RequestLoop`]; [`Fetcher::classify`] holds
@@ -26,9 +28,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chatlake_core::{DataKind, PlannedWindow, Secret, Source, SourceContext, Window, WindowRef};
 use chatlake_http::{
-    Attempt, Credential, CredentialScope, ErrorKind, Failure, HttpClient, Outcome, RateLimiter,
-    RequestError, RequestLoop, RetryObserver, RetryPolicy, redact_url, resolve_location,
-    spool_body,
+    Attempt, Credential, ErrorKind, Failure, HttpClient, Outcome, RateLimiter, RequestError,
+    RequestLoop, RetryObserver, RetryPolicy, redact_url, resolve_location, spool_body,
 };
 use chatlake_source_kit::FilesMode;
 use reqwest::header::LOCATION;
@@ -37,6 +38,7 @@ use url::Url;
 
 use crate::auth::{Auth, Authenticator};
 use crate::config::Language;
+use crate::download_hosts::{DownloadHostRefused, DownloadHosts};
 use crate::error::Error;
 use crate::parse::{self, ParseError, ParseOptions, ParseOutcome, RECORD_TYPE};
 use crate::window::DownloadQuery;
@@ -61,6 +63,8 @@ pub(crate) enum Mode {
 pub(crate) struct ApiMode {
     pub base_url: Url,
     pub endpoint: Url,
+    /// Where the token may follow the download's redirect.
+    pub download_hosts: DownloadHosts,
     pub auth: Auth,
     pub query: DownloadQuery,
     pub windows: Vec<Window>,
@@ -143,7 +147,6 @@ impl LineworksSource {
             client,
             auth,
             slot: domain_slot(&api.base_url, api.query.domain_id, api.requests_per_minute),
-            scope: CredentialScope::new(&api.base_url),
             cx,
         };
         for window in &api.windows {
@@ -307,6 +310,23 @@ enum Spooled {
     /// The blocking task that reads the tail did not finish (it panicked, or the runtime is
     /// shutting down).
     Unread(tokio::task::JoinError),
+    /// The redirect led to a host the token may not go to: nothing was requested from it, and
+    /// every window would end the same way.
+    Refused(DownloadHostRefused),
+}
+
+/// How one download attempt ended without a file.
+enum AttemptError {
+    /// A request failed: the request loop's rules decide what next.
+    Failure(Failure),
+    /// The redirect led to a host the token may not go to.
+    Refused(DownloadHostRefused),
+}
+
+impl From<Failure> for AttemptError {
+    fn from(failure: Failure) -> Self {
+        AttemptError::Failure(failure)
+    }
 }
 
 /// A download that produced no file, as the request loop's error: a request that failed after
@@ -340,7 +360,6 @@ struct Fetcher<'a> {
     client: HttpClient,
     auth: Authenticator,
     slot: Arc<DomainSlot>,
-    scope: CredentialScope,
     cx: &'a SourceContext,
 }
 
@@ -369,13 +388,17 @@ impl Fetcher<'_> {
                 &mut RetryCounter(&self.cx.metrics),
                 |result, attempt| self.classify(window, result, attempt),
                 || async {
-                    let (file, url) = {
+                    let downloaded = {
                         let _downloading = self.slot.downloading.lock().await;
-                        self.download_once(window).await?
+                        self.download_once(window).await
                     };
-                    // The trailer is checked after the slot is released: the download is
-                    // complete.
-                    Ok(read_tail(file, url).await)
+                    match downloaded {
+                        // The trailer is checked after the slot is released: the download is
+                        // complete.
+                        Ok((file, url)) => Ok(read_tail(file, url).await),
+                        Err(AttemptError::Failure(failure)) => Err(failure),
+                        Err(AttemptError::Refused(refused)) => Ok(Spooled::Refused(refused)),
+                    }
                 },
             )
             .await
@@ -399,6 +422,12 @@ impl Fetcher<'_> {
                 return Outcome::Fail(DownloadFailed(WindowError::Stop(
                     chatlake_core::Error::component(&self.cx.name, e),
                 )));
+            }
+            Ok(Spooled::Refused(refused)) => {
+                return Outcome::Fail(DownloadFailed(WindowError::Fatal(Error::DownloadHost {
+                    window: window.label.clone(),
+                    refused,
+                })));
             }
             Ok(Spooled::Read { file, url, trailer }) => {
                 let kind = match trailer {
@@ -427,11 +456,14 @@ impl Fetcher<'_> {
     }
 
     /// One attempt: a token, the download request, the redirect(s), the file into a spool.
-    async fn download_once(&self, window: &Window) -> Result<(File, Url), Failure> {
+    async fn download_once(&self, window: &Window) -> Result<(File, Url), AttemptError> {
         self.slot.limiter.until_ready().await;
         let mut token = self.fresh_token(window).await?;
         let fail = |error: RequestError, token: &Secret| {
-            Failure::request(error.in_window(&window.label), Some(token))
+            AttemptError::Failure(Failure::request(
+                error.in_window(&window.label),
+                Some(token),
+            ))
         };
 
         let mut url = self.api.query.url(&self.api.endpoint, window);
@@ -446,7 +478,7 @@ impl Fetcher<'_> {
             let on_file_url = redirects > 0;
             if on_file_url
                 && status == StatusCode::UNAUTHORIZED
-                && self.scope.allows(&url)
+                && self.api.download_hosts.token_may_go_to(&url).is_ok()
                 && self.auth.can_refresh()
                 && !file_token_refreshed
             {
@@ -489,10 +521,13 @@ impl Fetcher<'_> {
                 .map_err(|e| protocol(format!("HTTP {status} with a bad Location ({e})")))?;
             drop(response);
             url = next;
-            // Credentials go only to the API's own origin, never across a redirect to another.
-            let credential = self.scope.allows(&url).then_some(&token);
+            // The token goes only to the API's origin and the listed file hosts; any other host
+            // is not even asked.
+            if let Err(refused) = self.api.download_hosts.token_may_go_to(&url) {
+                return Err(AttemptError::Refused(refused));
+            }
             response = self
-                .get(&url, credential)
+                .get(&url, Some(&token))
                 .await
                 .map_err(|e| fail(e, &token))?;
         }

@@ -388,6 +388,7 @@ async fn a_bearer_token_and_a_negative_offset() {
     let options = json!({
         "base_url": format!("{}/v1.0", em.base_url()),
         "auth": {"type": "bearer", "token": token},
+        "download_hosts": [em.lineworks_download_host()],
         "start": start, "end": end, "bot_messages": "only", "domain_id": 10000001,
         "requests_per_minute": 6000, "retry": fast_retry(),
     });
@@ -444,5 +445,48 @@ async fn a_wrong_client_secret_stops_the_source_without_leaking_it() {
     assert!(!error.contains("wrong-secret-value"), "{error}");
     assert_eq!(run.failed.len(), 1);
     assert_eq!(em.stats().lineworks.download_requests, 0);
+    em.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_file_host_gets_the_token_only_when_listed() {
+    let em = emulator("lineworks.rate_limit_per_min=0").await;
+    // Under `--emulate` the file host (another port) is listed for the source: every download
+    // crosses to it with the token.
+    let cx = build_context("lw", Some(profile(&em)));
+    let run_ok = run(build(three_days(json!({})), &cx), "lw").await;
+    run_ok.result.unwrap();
+    let stats = em.stats().lineworks;
+    assert_ne!(em.lineworks_files_url(), em.base_url());
+    assert_eq!(stats.files_served, 3);
+    assert_eq!(stats.file_requests, 3);
+    assert_eq!(stats.file_requests_with_authorization, 3);
+
+    // Configured by hand without the file host (the default lists only LINE WORKS' real one):
+    // the redirect is refused before anything goes there, and the source stops.
+    let em = emulator("lineworks.rate_limit_per_min=0").await;
+    let token = em
+        .credentials()
+        .into_iter()
+        .find(|(k, _)| k == "lineworks.token")
+        .unwrap()
+        .1;
+    let options = three_days(json!({
+        "base_url": format!("{}/v1.0", em.base_url()),
+        "auth": {"type": "bearer", "token": token},
+    }));
+    let refused = run(build(options, &build_context("lw", None)), "lw").await;
+    let error = refused.result.unwrap_err().to_string();
+    let host = em.lineworks_download_host();
+    assert!(error.contains(&format!("`{host}`")), "{error}");
+    assert!(error.contains("`download_hosts`"), "{error}");
+    assert!(error.contains("remaining windows are not tried"), "{error}");
+    assert!(!error.contains(&token), "{error}");
+    assert_eq!(refused.failed.len(), 1);
+    assert!(refused.rows.is_empty());
+    let stats = em.stats().lineworks;
+    assert_eq!(stats.download_requests, 1);
+    assert_eq!(stats.file_requests, 0, "the unlisted host is not asked");
+    assert_eq!(stats.file_requests_with_authorization, 0);
     em.shutdown().await;
 }

@@ -18,7 +18,7 @@ use chatlake_source_kit::options::{
 use chatlake_source_kit::time::OffsetTime;
 use chrono::{DateTime, Datelike, FixedOffset, Months, NaiveDate, SubsecRound, Utc};
 use schemars::JsonSchema;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use url::Url;
 
 use crate::api::{Budgets, Credentials};
@@ -32,6 +32,8 @@ pub const DEFAULT_TOKEN_URL: &str = "https://zoom.us/oauth/token";
 pub const MAX_USER_PAGE_SIZE: u32 = 50;
 /// The largest `page_size` of the report (assumed, providers.md §3).
 pub const MAX_REPORT_PAGE_SIZE: u32 = 100;
+/// The ledger's stream name of the chat report's windows.
+const REPORT_STREAM: &str = "chat_report";
 
 /// Server-to-Server OAuth credentials of a Zoom app (`account_credentials` grant).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -97,6 +99,27 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for AllOr<T> {
     }
 }
 
+/// A user status of `GET /users`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum UserStatus {
+    Active,
+    Inactive,
+    Pending,
+}
+
+impl UserStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserStatus::Active => "active",
+            UserStatus::Inactive => "inactive",
+            UserStatus::Pending => "pending",
+        }
+    }
+}
+
 /// Explicit conversations of each listed user.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -123,6 +146,12 @@ pub struct ZoomUserMessagesConfig {
     /// `"all"` (discovered with `GET /users`) or a list of user ids or emails.
     #[serde(default)]
     pub users: AllOr<Vec<String>>,
+    /// With `users = "all"`: the statuses to discover, one `GET /users?status=...` listing
+    /// each. Zoom lists only active users unless asked; `inactive` users (deactivated: people
+    /// who left) keep their chats, which an archive must keep too. `pending` users (invited,
+    /// not joined) have none.
+    #[serde(default = "default_user_status")]
+    pub user_status: Vec<UserStatus>,
     /// `"all"` (each user's channels and 1:1 contacts, from `/chat/users/{id}/channels` and
     /// `/chat/users/{id}/sessions`) or `{ to_channel = [...], to_contact = [...] }`.
     #[serde(default)]
@@ -196,8 +225,11 @@ pub struct ZoomChatReportConfig {
     /// `"all"` (from `GET /report/chat/sessions`, per month) or a list of session ids.
     #[serde(default)]
     pub sessions: AllOr<Vec<String>>,
-    /// First day, `2025-06-01` (UTC; an RFC 3339 time counts from its UTC date). At most six
-    /// months back. Default: the first day of last month.
+    /// First day, `2025-06-01` (UTC; an RFC 3339 time counts from its UTC date). The report
+    /// serves the last six months: older months the ledger holds are not fetched again, older
+    /// months never loaded are reported as a warning (and in the run summary), not an error.
+    /// Default: the first month the ledger does not hold (from the month it starts in), or the
+    /// first day of last month when nothing is loaded yet.
     #[serde(default, deserialize_with = "deserialize_day")]
     #[schemars(with = "Option<String>")]
     pub start: Option<NaiveDate>,
@@ -258,6 +290,9 @@ fn default_token_url() -> String {
 }
 fn default_true() -> bool {
     true
+}
+fn default_user_status() -> Vec<UserStatus> {
+    vec![UserStatus::Active, UserStatus::Inactive]
 }
 fn default_window_days() -> u32 {
     30
@@ -525,6 +560,15 @@ impl ZoomUserMessagesConfig {
         let (start, end) = cx
             .range(self.start.map(Into::into), self.end.map(Into::into))?
             .for_api(cx.now, "2025-05-01T00:00:00Z")?;
+        if self.user_status.is_empty() {
+            return Err(InvalidConfig::new(
+                "user_status",
+                "list at least one of active, inactive, pending",
+            ));
+        }
+        let mut user_statuses = self.user_status.clone();
+        user_statuses.sort();
+        user_statuses.dedup();
         let users = match self.users {
             AllOr::All => None,
             AllOr::List(l) if l.is_empty() => {
@@ -568,6 +612,7 @@ impl ZoomUserMessagesConfig {
                 concurrency: self.concurrency,
                 ranges: split_days(start, end, self.window_days),
                 users,
+                user_statuses,
                 conversations,
                 sessions: None,
             })),
@@ -608,29 +653,22 @@ impl ZoomChatReportConfig {
         let start = cx
             .start
             .map(|t| t.with_timezone(&Utc).date_naive())
-            .or(self.start)
-            .unwrap_or_else(|| {
-                today
-                    .with_day(1)
-                    .and_then(|d| d.checked_sub_months(Months::new(1)))
-                    .unwrap_or(today)
-            });
+            .or(self.start);
         let end = cx
             .end
             .map(|t| t.with_timezone(&Utc).date_naive())
             .or(self.end)
             .unwrap_or(today);
-        if end < start {
-            return Err(InvalidConfig::new(
-                "end",
-                format!("{end} is before start {start}"),
-            ));
-        }
-        let months = split_months(start, end);
-        for (from, to) in &months {
-            check_report_range(*from, *to, today)
-                .map_err(|(key, message)| InvalidConfig::new(key, message))?;
-        }
+        // Planned from the ledger: months it holds are not asked for (nor refused when they
+        // have grown older than six months), the default start is the first month it lacks.
+        let plan = crate::report_plan::plan_months(
+            start,
+            end,
+            today,
+            &cx.state.committed_ranges(REPORT_STREAM),
+        )?;
+        let notes = plan.notes();
+        let months = plan.months;
         let sessions = match self.sessions {
             AllOr::All => None,
             AllOr::List(l) if l.is_empty() => {
@@ -672,10 +710,12 @@ impl ZoomChatReportConfig {
                     .map(|(f, t)| (day(f, false), day(t, true).min(now)))
                     .collect(),
                 users: None,
+                user_statuses: Vec::new(),
                 conversations: Conversations::All,
                 sessions: Some(sessions),
             })),
-        ))
+        )
+        .with_notes(notes))
     }
 }
 
@@ -754,15 +794,21 @@ mod tests {
     }
 
     #[test]
-    fn a_report_start_older_than_six_months_is_refused_at_build() {
+    fn a_report_start_older_than_six_months_is_a_warning_not_an_error() {
+        // Nothing loaded (as `validate` sees it): the months the report no longer serves are
+        // noted, the rest is planned.
         let c: ZoomChatReportConfig =
             serde_json::from_value(json!({"auth": auth(), "start": "2026-01-01"})).unwrap();
-        let err = c.check(&cx()).err().unwrap();
-        assert_eq!(err.key, "start");
-        assert!(err.message.contains("six months"), "{err}");
+        let s = c.check(&cx()).unwrap();
+        assert_eq!(s.planned_ranges(), 7, "2026-05-21 through this month");
+        let notes = chatlake_core::Source::plan_notes(&s);
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].starts_with("2026-01-01..2026-05-20"), "{notes:?}");
+        assert!(notes[0].contains("six months"), "{notes:?}");
         let c: ZoomChatReportConfig = serde_json::from_value(json!({"auth": auth()})).unwrap();
         let s = c.check(&cx()).unwrap();
         assert_eq!(s.planned_ranges(), 2, "last month and this month");
+        assert!(chatlake_core::Source::plan_notes(&s).is_empty());
     }
 
     #[test]
@@ -783,6 +829,22 @@ mod tests {
             "page_size"
         );
         assert!(with("users", json!("some")).is_err());
+        assert!(with("user_status", json!(["retired"])).is_err());
+        assert_eq!(
+            with("user_status", json!([]))
+                .unwrap()
+                .check(&cx())
+                .err()
+                .unwrap()
+                .key,
+            "user_status"
+        );
+        let defaults: ZoomUserMessagesConfig = serde_json::from_value(base.clone()).unwrap();
+        assert_eq!(
+            defaults.user_status,
+            [UserStatus::Active, UserStatus::Inactive],
+            "people who left are archived by default"
+        );
         assert!(with("nope", json!(1)).is_err(), "unknown keys are refused");
         let s = with("users", json!(["b", "a", "a"]))
             .unwrap()

@@ -10,14 +10,16 @@
 //!
 //! Layout: [`config`] (the tables, their checks, `build`), `api` (tokens, the shared rate
 //! budgets, one `GET` with retries), [`parse`] (pages → Arrow), `saved` (files of saved pages, parsed on parallel blocking
-//! threads), `source` (discovery, windows, paging).
+//! threads), `report_plan` (the report's months, planned from the ledger), `source` (discovery,
+//! windows, paging).
 
 mod api;
 pub mod config;
 pub mod parse;
+mod report_plan;
 mod saved;
 mod source;
 
-pub use config::{ZoomAuth, ZoomChatReportConfig, ZoomUserMessagesConfig};
+pub use config::{UserStatus, ZoomAuth, ZoomChatReportConfig, ZoomUserMessagesConfig};
 pub use parse::{CHAT_REPORT, USER_MESSAGES, raw_schema};
 pub use source::ZoomSource;

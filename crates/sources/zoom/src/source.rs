@@ -1,6 +1,7 @@
 //! The running Zoom sources: discovery, windows, and the paged fetch of each window.
 //!
-//! 1. **Discovery** (only for `"all"`): users (`GET /users`), then each user's channels and 1:1
+//! 1. **Discovery** (only for `"all"`): users (`GET /users`, once per status of `user_status`:
+//!    active and inactive by default), then each user's channels and 1:1
 //!    contacts, or the report's sessions per month. A channel or 1:1 seen through several users
 //!    is fetched once. Ids are sorted, so the same config gives the same windows and indexes.
 //! 2. **Windows**: one per (user, conversation, date range) or (session, month), fetched
@@ -35,7 +36,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::api::{ApiError, Budgets, Credentials, Label, ZoomApi};
-use crate::config::ConversationList;
+use crate::config::{ConversationList, UserStatus};
 use crate::parse::{CHAT_REPORT, Context, RawBuilder, USER_MESSAGES};
 use crate::saved;
 
@@ -84,6 +85,8 @@ pub(crate) struct ApiSettings {
     pub ranges: Vec<(DateTime<FixedOffset>, DateTime<FixedOffset>)>,
     /// User messages: the users, or `None` to discover them.
     pub users: Option<Vec<String>>,
+    /// The statuses discovery lists users of (`GET /users?status=...`, one listing each).
+    pub user_statuses: Vec<UserStatus>,
     pub conversations: Conversations,
     /// Report: `Some(None)` to discover sessions, `Some(Some(ids))` for a list.
     pub sessions: Option<Option<Vec<String>>>,
@@ -129,6 +132,9 @@ pub struct ZoomSource {
     mode: Mode,
     /// Windows earlier runs committed (the source's ledger): not fetched again.
     ledger: Arc<SourceState>,
+    /// What the plan leaves out and why (report months too old to fetch that were never
+    /// loaded): shown by `plan`, logged and put in the run summary by `run`.
+    notes: Vec<String>,
 }
 
 /// What one window fetches.
@@ -319,7 +325,14 @@ impl ZoomSource {
             stream,
             mode,
             ledger: Arc::default(),
+            notes: Vec::new(),
         }
+    }
+
+    /// Warnings about what the plan leaves out; see [`Source::plan_notes`].
+    pub(crate) fn with_notes(mut self, notes: Vec<String>) -> Self {
+        self.notes = notes;
+        self
     }
 
     /// What the ledger lists as committed, per user/conversation or session, is not planned
@@ -451,18 +464,32 @@ impl ZoomSource {
 
     // ---- discovery ------------------------------------------------------------------------
 
-    async fn list_users(&self, api: &ZoomApi) -> Result<Vec<ListedUser>, ApiError> {
-        let users = Listing {
-            label: Label::Medium,
-            what: "the user list",
-            window: "discovery of users",
-            path: &["users"],
-            query: &[("page_size", USERS_PAGE)],
-        };
-        self.list_all(api, users, |page: UsersPage| {
-            (page.next_page_token, page.users)
-        })
-        .await
+    /// The users of every status asked for: Zoom lists one status at a time, and only active
+    /// users unless asked, while people who left (`inactive`) keep chats an archive needs.
+    async fn list_users(
+        &self,
+        api: &ZoomApi,
+        statuses: &[UserStatus],
+    ) -> Result<Vec<ListedUser>, ApiError> {
+        let mut all = Vec::new();
+        for status in statuses {
+            let window = format!("discovery of {} users", status.as_str());
+            let users = Listing {
+                label: Label::Medium,
+                what: "the user list",
+                window: &window,
+                path: &["users"],
+                query: &[("status", status.as_str()), ("page_size", USERS_PAGE)],
+            };
+            let listed = self
+                .list_all(api, users, |page: UsersPage| {
+                    (page.next_page_token, page.users)
+                })
+                .await?;
+            tracing::info!(component = %self.name, status = status.as_str(), users = listed.len(), "Zoom users listed.");
+            all.extend(listed);
+        }
+        Ok(all)
     }
 
     /// A user's channels and 1:1 contacts.
@@ -560,7 +587,7 @@ impl ZoomSource {
         let (users, ids_by_email): (Vec<String>, HashMap<String, String>) = match &settings.users {
             Some(list) => (list.clone(), HashMap::new()),
             None => {
-                let listed = self.list_users(api).await?;
+                let listed = self.list_users(api, &settings.user_statuses).await?;
                 let map = listed
                     .iter()
                     .filter_map(|u| {
@@ -900,6 +927,11 @@ impl ZoomSource {
             cx.metrics.clone(),
         );
         let skipped = AtomicU64::new(0);
+        for note in &self.notes {
+            // Not a failure: those days are gone from the provider. The summary says so.
+            tracing::warn!(component = %self.name, "Not fetched: {note}");
+            cx.metrics.add_skipped(note.clone());
+        }
         let windows = self
             .discover(&api, settings, &skipped, &cx.metrics)
             .await
@@ -981,6 +1013,7 @@ impl ApiSettings {
             concurrency: settings.concurrency,
             ranges: Vec::new(),
             users: Some(users),
+            user_statuses: settings.user_statuses.clone(),
             conversations: match &settings.conversations {
                 Conversations::All => Conversations::All,
                 Conversations::List(l) => Conversations::List(l.clone()),
@@ -994,6 +1027,10 @@ impl ApiSettings {
 impl Source for ZoomSource {
     fn output_kind(&self) -> DataKind {
         DataKind::raw(self.record_type())
+    }
+
+    fn plan_notes(&self) -> Vec<String> {
+        self.notes.clone()
     }
 
     fn plan(&self) -> chatlake_core::Result<Vec<PlannedWindow>> {

@@ -163,11 +163,12 @@ async fn user_messages_discover_everything_and_load_every_version_once() {
     );
     assert_eq!(distinct(&r.rows), want);
     assert_eq!(r.record_types, BTreeSet::from([USER_MESSAGES.to_string()]));
-    // 3 channels + 6 1:1s, two days each; indexes are 0..n.
-    assert_eq!(r.done.len(), 18);
+    // 3 channels + 6 1:1s of active users + the 1:1 of two who left, two days each; indexes
+    // are 0..n.
+    assert_eq!(r.done.len(), 20);
     let mut idx: Vec<u32> = r.done.iter().map(|w| w.index).collect();
     idx.sort();
-    assert_eq!(idx, (0..18).collect::<Vec<_>>());
+    assert_eq!(idx, (0..20).collect::<Vec<_>>());
     let stats = em.stats().zoom;
     assert_eq!(stats.rate_limited, 0, "our pacing never trips the limit");
     assert_eq!(stats.token_requests, 1);
@@ -180,6 +181,47 @@ async fn user_messages_discover_everything_and_load_every_version_once() {
         v
     };
     assert_eq!(labels(&r), labels(&again));
+}
+
+#[tokio::test]
+async fn people_who_left_are_discovered_unless_user_status_narrows_it() {
+    let em = emulator("").await;
+    let left = data::conversations()
+        .into_iter()
+        .find(|c| c.key() == "im-zu06-zu07")
+        .unwrap();
+    let theirs: BTreeSet<Row> = data::conversation_messages(
+        42,
+        1.0,
+        &left,
+        ms("2026-01-01T00:00:00Z"),
+        ms("2026-01-02T23:59:59Z") + 999,
+        true,
+    )
+    .into_iter()
+    .map(|m| (m.id.clone(), m.timestamp, m.status.as_str().to_string()))
+    .collect();
+    assert!(!theirs.is_empty());
+
+    // The default lists active and inactive users: the deactivated users' 1:1 is loaded.
+    let all = run(user_source(&em, json!({}))).await;
+    assert!(all.result.is_ok(), "{:?}", all.result);
+    assert!(distinct(&all.rows).is_superset(&theirs));
+    assert!(
+        all.done
+            .iter()
+            .any(|w| w.label.starts_with("user zu06 contact"))
+    );
+
+    // Only active users: the same run without that conversation.
+    let active = run(user_source(&em, json!({"user_status": ["active"]}))).await;
+    assert!(active.result.is_ok(), "{:?}", active.result);
+    assert!(distinct(&active.rows).is_disjoint(&theirs));
+    assert_eq!(
+        distinct(&active.rows),
+        &distinct(&all.rows) - &theirs,
+        "nothing else changes"
+    );
 }
 
 #[tokio::test]
@@ -369,14 +411,16 @@ fn todays_report(em: &Emulator, most: usize) -> Box<dyn Source> {
 
 #[tokio::test]
 async fn an_expired_page_token_during_discovery_lists_again_from_the_first_page() {
-    // Two items a discovery page: the users (6), channels and 1:1 lists span pages. The first
+    // Two items a discovery page: the users (6 active, 2 inactive), channels and 1:1 lists span
+    // pages. The first
     // request that carries a page token (page 2 of the users) finds it expired, and so does
     // every 15th after it, in discovery or in a window.
     let em = emulator("zoom.page_token_expiry=15,zoom.list_page_max=2").await;
     let r = run(user_source(&em, json!({"page_size": 10, "concurrency": 1}))).await;
     assert!(r.result.is_ok(), "{:?}", r.result);
     assert!(r.failed.is_empty());
-    assert_eq!(r.done.len(), 18, "every conversation discovered, once");
+    // 3 channels, 6 1:1s of active users and the 1:1 of two who left, two days each.
+    assert_eq!(r.done.len(), 20, "every conversation discovered, once");
     let want = expected_all("2026-01-01T00:00:00Z", "2026-01-02T23:59:59Z");
     assert_eq!(distinct(&r.rows), want);
     assert_eq!(r.rows.len(), want.len(), "each conversation fetched once");
@@ -385,8 +429,9 @@ async fn an_expired_page_token_during_discovery_lists_again_from_the_first_page(
 
 #[tokio::test]
 async fn a_revoked_token_during_discovery_is_replaced_once() {
-    // The 1st API request is page 1 of the user list, the 4th page 1 of a user's channels.
-    for n in [1, 4] {
+    // The 1st API request is page 1 of the active users (three pages), the 4th the inactive
+    // users' list, the 5th page 1 of a user's channels.
+    for n in [1, 4, 5] {
         let em = emulator(&format!(
             "zoom.token_invalidate_once={n},zoom.list_page_max=2"
         ))
@@ -394,7 +439,7 @@ async fn a_revoked_token_during_discovery_is_replaced_once() {
         let r = run(user_source(&em, json!({"concurrency": 1}))).await;
         assert!(r.result.is_ok(), "{n}: {:?}", r.result);
         assert!(r.failed.is_empty());
-        assert_eq!(r.done.len(), 18);
+        assert_eq!(r.done.len(), 20);
         let stats = em.stats().zoom;
         assert_eq!((stats.token_requests, stats.unauthorized), (2, 1), "{n}");
     }
