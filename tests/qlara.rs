@@ -570,10 +570,7 @@ async fn late_delivery_reports_replace_the_loaded_row_through_the_default_lookba
             .replace(&format!("end = \"{END}\""), &format!("end = \"{end}\""))
             // One export per run: each shows its messages as they stand at its end.
             .replace("window_days = 2", "window_days = 7")
-            .replace(
-                "keep = \"latest\"",
-                "keep = \"latest\"\nacross_runs = true",
-            )
+            .replace("keep = \"latest\"", "keep = \"latest\"\nacross_runs = true")
     };
 
     let (out, _) = live.run(&body(FIRST_END)).await;
@@ -586,7 +583,13 @@ async fn late_delivery_reports_replace_the_loaded_row_through_the_default_lookba
     let plan = live
         .scratch
         .run_env(
-            &["plan", live.scratch.pipeline("q.toml", &body(SECOND_END)).to_str().unwrap()],
+            &[
+                "plan",
+                live.scratch
+                    .pipeline("q.toml", &body(SECOND_END))
+                    .to_str()
+                    .unwrap(),
+            ],
             &[
                 ("Q_BASE", &format!("{}/api", live.emulator.base_url())),
                 ("Q_KEY", "unused-by-plan"),
@@ -601,8 +604,13 @@ async fn late_delivery_reports_replace_the_loaded_row_through_the_default_lookba
 
     let (out, _) = live.run(&body(SECOND_END)).await;
     out.expect_code(0);
-    let expected =
-        export_rows_selecting(42, SCALE, utc(START), utc(SECOND_END), Selection::SentInRange);
+    let expected = export_rows_selecting(
+        42,
+        SCALE,
+        utc(START),
+        utc(SECOND_END),
+        Selection::SentInRange,
+    );
     let rows = live.rows();
     assert_eq!(rows.len(), expected.len(), "{}", out.stdout());
     assert!(
@@ -610,7 +618,11 @@ async fn late_delivery_reports_replace_the_loaded_row_through_the_default_lookba
         "two scheduled runs load what one export over the whole range holds"
     );
     let lake = read_parquet(&live.scratch.path("lake"));
-    assert_eq!(lake.len(), expected.len(), "the Parquet sink replaced rows too");
+    assert_eq!(
+        lake.len(),
+        expected.len(),
+        "the Parquet sink replaced rows too"
+    );
 
     // The changes this test is about happened: rows loaded in flight, final now.
     let now: HashMap<&str, &serde_json::Value> = rows

@@ -411,8 +411,8 @@ fn an_edit_after_its_window_was_loaded_replaces_the_row_through_the_default_look
         })
         .unwrap();
     let original_ms = edited.timestamp - 60_000;
-    let first_end = DateTime::from_timestamp_millis(original_ms.div_euclid(1000) * 1000 + 30_000)
-        .unwrap();
+    let first_end =
+        DateTime::from_timestamp_millis(original_ms.div_euclid(1000) * 1000 + 30_000).unwrap();
     let first_end = first_end.format("%Y-%m-%dT%H:%M:%SZ").to_string();
     let user = data::users()[conv.members()[0]].id.clone();
     let body = pipeline(&format!(
@@ -432,16 +432,27 @@ fn an_edit_after_its_window_was_loaded_replaces_the_row_through_the_default_look
             .collect::<Vec<_>>()
     };
 
-    s.run(&["run", "--emulate", "--faults", FAULTS, "--end", &first_end, p])
-        .expect_code(0);
-    assert_eq!(row_of(&s), ["normal"], "the first run saw the message before its edit");
+    s.run(&[
+        "run",
+        "--emulate",
+        "--faults",
+        FAULTS,
+        "--end",
+        &first_end,
+        p,
+    ])
+    .expect_code(0);
+    assert_eq!(
+        row_of(&s),
+        ["normal"],
+        "the first run saw the message before its edit"
+    );
 
     let plan = s
         .run(&["plan", "--emulate", "--end", END, p])
         .expect_code(0)
         .stdout();
-    let reopened = DateTime::parse_from_rfc3339(&first_end).unwrap()
-        - chrono::Duration::days(1)
+    let reopened = DateTime::parse_from_rfc3339(&first_end).unwrap() - chrono::Duration::days(1)
         + chrono::Duration::seconds(1);
     let reopened = reopened.format("%Y-%m-%dT%H:%M:%SZ").to_string();
     assert!(
@@ -452,7 +463,12 @@ fn an_edit_after_its_window_was_loaded_replaces_the_row_through_the_default_look
     let out = s
         .run(&["run", "--emulate", "--faults", FAULTS, "--end", END, p])
         .expect_code(0);
-    assert_eq!(row_of(&s), ["edited"], "one row, the edit: {}", out.stdout());
+    assert_eq!(
+        row_of(&s),
+        ["edited"],
+        "one row, the edit: {}",
+        out.stdout()
+    );
 
     // The whole lake is what one request over the range returns as of its end.
     let mut want: BTreeMap<String, (i64, String, String)> = BTreeMap::new();
@@ -465,7 +481,11 @@ fn an_edit_after_its_window_was_loaded_replaces_the_row_through_the_default_look
         true,
         data::VersionsBy::OriginalTime,
     ) {
-        let row = (m.timestamp, m.status.as_str().to_lowercase(), m.text.clone());
+        let row = (
+            m.timestamp,
+            m.status.as_str().to_lowercase(),
+            m.text.clone(),
+        );
         if want.get(&m.id).is_none_or(|have| have.0 < row.0) {
             want.insert(m.id.clone(), row);
         }

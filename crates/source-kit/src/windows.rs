@@ -45,7 +45,10 @@ pub fn split(
 /// `SourceState::committed_ranges` gives them), so that much before the cursor counts as not
 /// loaded and is fetched again: what a provider changed there since (an edit, a delivery
 /// report) arrives in this run. A stretch shorter than the lookback is dropped whole.
-pub fn reopen_tail(covered: &mut Vec<(DateTime<Utc>, DateTime<Utc>)>, lookback: std::time::Duration) {
+pub fn reopen_tail(
+    covered: &mut Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    lookback: std::time::Duration,
+) {
     if let Some(last) = covered.last_mut() {
         last.1 -= Duration::from_std(lookback).unwrap_or(Duration::MAX);
         if last.1 < last.0 {

@@ -345,8 +345,7 @@ impl ExportRows {
         for m in &self.buf {
             let sent_in = (start..=end).contains(&m.at);
             let by_send = self.selection == Selection::SentInRange;
-            let reported_in =
-                !by_send && m.delivered.is_some_and(|d| (start..=end).contains(&d));
+            let reported_in = !by_send && m.delivered.is_some_and(|d| (start..=end).contains(&d));
             if !(sent_in || (reported_in && m.at <= end)) {
                 continue;
             }

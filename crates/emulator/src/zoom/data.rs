@@ -318,7 +318,15 @@ pub fn conversation_messages(
     to_ms: i64,
     versions: bool,
 ) -> Vec<Message> {
-    conversation_messages_by(seed, scale, conv, from_ms, to_ms, versions, VersionsBy::OwnTime)
+    conversation_messages_by(
+        seed,
+        scale,
+        conv,
+        from_ms,
+        to_ms,
+        versions,
+        VersionsBy::OwnTime,
+    )
 }
 
 /// [`conversation_messages`], with later versions placed by `by`.

@@ -837,23 +837,22 @@ impl Zoom {
         let to_ms = day_ms(to) + 86_400_000 - 1;
         // `query_all_modifications` filters by the version's own time, which is also the
         // timestamp of every version here, so both filters select the same versions.
-        let all: Vec<Message> =
-            data::conversation_messages_by(
-                self.seed,
-                self.scale,
-                &conv,
-                from_ms,
-                to_ms,
-                true,
-                self.faults.edits_by,
-            )
-                .into_iter()
-                .filter(|m| match m.status {
-                    Status::Normal => true,
-                    Status::Edited => edited,
-                    Status::Deleted => deleted,
-                })
-                .collect();
+        let all: Vec<Message> = data::conversation_messages_by(
+            self.seed,
+            self.scale,
+            &conv,
+            from_ms,
+            to_ms,
+            true,
+            self.faults.edits_by,
+        )
+        .into_iter()
+        .filter(|m| match m.status {
+            Status::Normal => true,
+            Status::Edited => edited,
+            Status::Deleted => deleted,
+        })
+        .collect();
         let end = (offset + size).min(all.len());
         let mut page = json!({
             "from": from.to_string(),

@@ -24,9 +24,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chatlake_core::state::{SourceState, uncovered};
-use chatlake_source_kit::windows::reopen_tail;
 use chatlake_core::{Batch, DataKind, PlannedWindow, Source, SourceContext, Window, WindowRef};
 use chatlake_http::{ErrorKind, HttpClient, PageEvent, Paging, RequestError, RetryPolicy, pages};
+use chatlake_source_kit::windows::reopen_tail;
 use chrono::{DateTime, FixedOffset};
 use futures::{StreamExt, TryStreamExt};
 use reqwest::Method;

@@ -439,8 +439,18 @@ mod tests {
     fn a_status_reported_without_a_date_outranks_the_in_flight_row() {
         let row = |status, delivery| {
             [
-                "m1", "c1", "SMS", "OUTBOUND", "ACME", "+39", "x", status,
-                "2025-01-01T10:00:00Z", delivery, "0.04", "1",
+                "m1",
+                "c1",
+                "SMS",
+                "OUTBOUND",
+                "ACME",
+                "+39",
+                "x",
+                status,
+                "2025-01-01T10:00:00Z",
+                delivery,
+                "0.04",
+                "1",
             ]
         };
         let sent = us(2025, 1, 1, 10, 0, 0) / 1000;
