@@ -603,7 +603,7 @@ async fn late_delivery_reports_replace_the_loaded_row_through_the_default_lookba
     );
 
     let (out, _) = live.run(&body(SECOND_END)).await;
-    out.expect_code(0);
+    let out = out.expect_code(0);
     let expected = export_rows_selecting(
         42,
         SCALE,
