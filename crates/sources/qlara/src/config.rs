@@ -535,8 +535,9 @@ mod tests {
             ..cx()
         };
         let s = build_with(
+            // Without a lookback, which would reopen the committed window.
             json!({"auth": key(), "start": "2025-01-01T00:00:00Z", "end": "2025-01-03T23:59:59Z",
-                   "window_days": 1}),
+                   "window_days": 1, "lookback": "0s"}),
             &c,
         )
         .unwrap();
