@@ -15,7 +15,10 @@ fn every_corpus_input_passes_its_target() {
             .map(|e| e.unwrap().path())
             .collect();
         inputs.sort();
-        assert!(inputs.len() >= 3, "{target}: a corpus of a few inputs at least");
+        assert!(
+            inputs.len() >= 3,
+            "{target}: a corpus of a few inputs at least"
+        );
         for input in inputs {
             let data = std::fs::read(&input).unwrap();
             let outcome = std::panic::catch_unwind(|| run(&data));

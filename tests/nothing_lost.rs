@@ -311,7 +311,10 @@ path = "./out"
         everything.contains("INVALID_REQUEST") && everything.contains("refused: GET"),
         "the provider's words are still there: {everything}"
     );
-    assert!(!everything.contains(token), "the token leaked: {everything}");
+    assert!(
+        !everything.contains(token),
+        "the token leaked: {everything}"
+    );
     assert!(everything.contains("Bearer ***"), "{everything}");
 }
 

@@ -144,7 +144,11 @@ mod tests {
         assert_eq!(mode(&state), 0o700);
         let other = root.join("other");
         std::fs::create_dir_all(&other).unwrap();
-        assert_eq!(mode(&lake), mode(&other), "the state_dir's parent keeps the umask");
+        assert_eq!(
+            mode(&lake),
+            mode(&other),
+            "the state_dir's parent keeps the umask"
+        );
         let ledger = state.join("ledger.json");
         write_atomic(&ledger, b"{}").unwrap();
         assert_eq!(mode(&ledger), 0o600);

@@ -127,7 +127,11 @@ pub fn redact(text: &str) -> Cow<'_, str> {
 /// Whether `b` can be part of a credential value: anything but what ends a value in a query,
 /// a header, JSON or prose.
 fn in_value(b: u8) -> bool {
-    !(b.is_ascii_whitespace() || matches!(b, b'&' | b'"' | b'\'' | b',' | b';' | b'<' | b'>' | b'}' | b')'))
+    !(b.is_ascii_whitespace()
+        || matches!(
+            b,
+            b'&' | b'"' | b'\'' | b',' | b';' | b'<' | b'>' | b'}' | b')'
+        ))
 }
 
 fn is_word(b: u8) -> bool {
@@ -172,10 +176,9 @@ fn redact_shapes(text: &str) -> Option<String> {
                 v += 1;
             }
             // `Authorization: Bearer x`: the scheme stays, the credential goes (below).
-            if CREDENTIAL_SCHEMES
-                .iter()
-                .any(|s| lower[v..].starts_with(s.as_bytes()) && lower.get(v + s.len()) == Some(&b' '))
-            {
+            if CREDENTIAL_SCHEMES.iter().any(|s| {
+                lower[v..].starts_with(s.as_bytes()) && lower.get(v + s.len()) == Some(&b' ')
+            }) {
                 continue;
             }
             let (start, stop) = value_from(v);
@@ -271,7 +274,10 @@ mod tests {
             assert!(!out.contains(leaked), "{leaked} in {out}");
         }
         assert!(out.contains("Bearer ***"), "{out}");
-        assert!(out.contains("X-Amz-Date=20250101"), "other fields stay: {out}");
+        assert!(
+            out.contains("X-Amz-Date=20250101"),
+            "other fields stay: {out}"
+        );
         assert!(out.contains(r#""error":"denied""#), "{out}");
         // Prose and text without credentials pass unchanged (and uncopied).
         for text in [
@@ -281,7 +287,10 @@ mod tests {
         ] {
             assert!(matches!(redact(text), Cow::Borrowed(_)), "{text}");
         }
-        assert_eq!(redact("Authorization: Basic dXNlcjpwYXNzd29yZA=="), "Authorization: Basic ***");
+        assert_eq!(
+            redact("Authorization: Basic dXNlcjpwYXNzd29yZA=="),
+            "Authorization: Basic ***"
+        );
         assert_eq!(redact("token=abc&x=1"), "token=***&x=1");
     }
 }

@@ -570,7 +570,10 @@ mod tests {
         let parts = p.split(&batch).unwrap();
         assert_eq!(parts.len(), 2);
         let (dir, rows) = &parts[0];
-        assert!(dir.starts_with("p=vvv") && dir.contains('~') && dir.len() <= 255, "{dir}");
+        assert!(
+            dir.starts_with("p=vvv") && dir.contains('~') && dir.len() <= 255,
+            "{dir}"
+        );
         assert_eq!(column_x(rows), ["a", "c"]);
         let full = rows.column_by_name("p__full").unwrap().as_string::<i32>();
         assert_eq!(

@@ -164,9 +164,7 @@ pub fn swallowed_rows(
         let first_end = memchr::memchr(b'\n', field)?;
         let rows = field[first_end + 1..]
             .split(|b| *b == b'\n')
-            .filter(|line| {
-                row_start(line) && memchr::memchr_iter(b',', line).count() >= width - 1
-            })
+            .filter(|line| row_start(line) && memchr::memchr_iter(b',', line).count() >= width - 1)
             .count();
         (rows > 0).then_some((i, rows))
     })
@@ -273,7 +271,10 @@ mod tests {
         // Never closed: everything after it is in the one record.
         let got = checked_records(b"2025,a,b,r,\"open\n2025,a,b,r,x\n2025,a,b,r,y\n2025,a,b,r,z\n");
         assert_eq!(got.len(), 1);
-        assert!(got[0].as_ref().unwrap_err().contains("over 3 following"), "{got:?}");
+        assert!(
+            got[0].as_ref().unwrap_err().contains("over 3 following"),
+            "{got:?}"
+        );
     }
 
     #[test]

@@ -309,7 +309,10 @@ async fn rows_of_a_directory_shortened_from_a_long_value_are_removed_by_that_val
         .find(|f| f.contains('~'))
         .expect("a shortened directory");
     let line = std::fs::read_to_string(root.join(shortened)).unwrap();
-    assert!(line.contains(&format!("\"conversation_id__full\":\"{long}\"")), "{line}");
+    assert!(
+        line.contains(&format!("\"conversation_id__full\":\"{long}\"")),
+        "{line}"
+    );
     let w = window("lw", 0);
     let keys = removal(
         &w,
@@ -318,7 +321,10 @@ async fn rows_of_a_directory_shortened_from_a_long_value_are_removed_by_that_val
                 "conversation_id",
                 Arc::new(StringArray::from(vec![long.as_str()])) as ArrayRef,
             ),
-            ("message_id", Arc::new(StringArray::from(vec!["a"])) as ArrayRef),
+            (
+                "message_id",
+                Arc::new(StringArray::from(vec!["a"])) as ArrayRef,
+            ),
         ],
     );
     assert_eq!(sink.remove_rows(&keys, &cx).await.unwrap(), 1);

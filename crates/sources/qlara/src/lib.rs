@@ -29,7 +29,12 @@ use chatlake_core::DataKind;
 #[doc(hidden)]
 pub fn export_list_states(body: &[u8]) -> Option<Vec<chatlake_http::export::JobState>> {
     let body: serde_json::Value = serde_json::from_slice(body).ok()?;
-    Some(api::list_entries(&body)?.iter().map(api::entry_state).collect())
+    Some(
+        api::list_entries(&body)?
+            .iter()
+            .map(api::entry_state)
+            .collect(),
+    )
 }
 
 /// The wait a 429 body asks for (`retryAfter`, seconds), as the source reads it. For the fuzz
