@@ -325,3 +325,239 @@ compression = "none"
         "a.csv loaded again, b.csv not"
     );
 }
+
+// ---- items 6, 7, 10, 11 -------------------------------------------------------------------
+
+/// A LINE WORKS files-mode pipeline writing the raw rows to JSON Lines, partitioned by
+/// `partition_by` (a TOML array's contents).
+fn lineworks_files_pipeline(s: &Scratch, partition_by: &str) -> std::path::PathBuf {
+    s.pipeline(
+        "lw.toml",
+        &format!(
+            r#"
+[pipeline]
+name = "lw"
+state_dir = "./state"
+
+[sources.lw]
+type = "lineworks_message_contents"
+files = ["in/*.csv"]
+
+[sinks.out]
+type = "jsonl"
+inputs = ["lw"]
+path = "./out"
+compression = "none"
+partition_by = [{partition_by}]
+"#
+        ),
+    )
+}
+
+/// Item 6: an opening quote never closed used to swallow every following row into one message
+/// field, exit 0; now the record is a dead letter naming the line, and the rows it holds are in
+/// it, not gone.
+#[test]
+fn an_unbalanced_quote_in_a_csv_is_a_dead_letter_with_its_line() {
+    let s = Scratch::new();
+    std::fs::create_dir_all(s.path("in")).unwrap();
+    let csv = "Date,Sender,Recipient,Message room ID,Message\n\
+               2025-05-01 09:00:00,a@x,b@x,r1,first\n\
+               2025-05-01 09:01:00,a@x,b@x,r1,\"a multi-line message\nwith, commas, inside, it\"\n\
+               2025-05-01 09:02:00,a@x,b@x,r1,\"broken quote\n\
+               2025-05-01 09:03:00,a@x,b@x,r1,swallowed one\n\
+               2025-05-01 09:04:00,a@x,b@x,r1,swallowed two\n";
+    std::fs::write(s.path("in/export.csv"), csv).unwrap();
+    let p = lineworks_files_pipeline(&s, "");
+    s.run(&["run", p.to_str().unwrap()]).expect_code(3);
+    let rows = read_jsonl(&s.path("out"));
+    let messages: Vec<&str> = rows
+        .iter()
+        .map(|r| r["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        messages,
+        ["first", "a multi-line message\nwith, commas, inside, it"],
+        "{rows:?}"
+    );
+    let dead = common::files(&s.path("state/lw/dead_letters"), ".jsonl");
+    assert_eq!(dead.len(), 1, "one dead-letter file");
+    let text = std::fs::read_to_string(&dead[0]).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains("unbalanced quote on line 5") && text.contains("2 following"),
+        "{text}"
+    );
+    assert!(
+        text.contains("swallowed one") && text.contains("swallowed two"),
+        "the swallowed rows are kept in the dead letter: {text}"
+    );
+}
+
+/// Item 7: a partition value longer than a directory name may be used to fail the window with
+/// ENAMETOOLONG on every run; now its directory holds a prefix and a hash, the rows hold the
+/// whole value as `<column>__full`, and the window commits.
+#[test]
+fn a_partition_value_too_long_for_a_directory_name_commits() {
+    let s = Scratch::new();
+    std::fs::create_dir_all(s.path("in")).unwrap();
+    let long_room = "r".repeat(400);
+    let csv = format!(
+        "Date,Sender,Recipient,Message room ID,Message\n\
+         2025-05-01 09:00:00,a@x,b@x,{long_room},long\n\
+         2025-05-01 09:01:00,a@x,b@x,short,short\n"
+    );
+    std::fs::write(s.path("in/export.csv"), csv).unwrap();
+    let p = lineworks_files_pipeline(&s, r#""room_id""#);
+    s.run(&["run", p.to_str().unwrap()]).expect_code(0);
+    let mut rows = read_jsonl(&s.path("out"));
+    rows.sort_by_key(|r| r["message"].as_str().unwrap().to_string());
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["message"], "long");
+    assert_eq!(rows[0]["room_id__full"], long_room.as_str());
+    let dir = rows[0]["room_id"].as_str().unwrap();
+    assert!(
+        dir.len() < 255 && dir.starts_with("rrrr") && dir.contains('~'),
+        "{dir}"
+    );
+    assert_eq!(rows[1]["room_id"], "short");
+    assert!(rows[1].get("room_id__full").is_none(), "{:?}", rows[1]);
+    // Run again: nothing to do, nothing failed.
+    s.run(&["run", p.to_str().unwrap()]).expect_code(0);
+}
+
+/// A server on loopback that refuses every request with a 400 whose body echoes the request's
+/// line and headers back, as some proxies and providers do; its base URL.
+fn echoing_server() -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = Vec::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                request.push(line.trim_end().to_string());
+            }
+            let token = request
+                .iter()
+                .find(|l| l.to_ascii_lowercase().starts_with("authorization: bearer "))
+                .map(|l| l["authorization: bearer ".len()..].to_string())
+                .unwrap_or_default();
+            let body = serde_json::json!({
+                "code": "INVALID_REQUEST",
+                "description": format!("refused: {}", request.join(" | ")),
+                "echo": { "access_token": token },
+            })
+            .to_string();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    format!("http://{addr}/v1.0")
+}
+
+/// Item 10: an error body that echoes the request used to copy the bearer token into stderr
+/// and the run summary; now every secret and credential-shaped value is `***` there.
+#[test]
+fn a_token_echoed_in_an_error_body_is_redacted_everywhere() {
+    let s = Scratch::new();
+    let token = "lw-echoed-bearer-token-4242";
+    let p = s.pipeline(
+        "echo.toml",
+        &format!(
+            r#"
+[pipeline]
+name = "echo"
+state_dir = "./state"
+
+[sources.lw]
+type = "lineworks_message_contents"
+base_url = "{}"
+auth = {{ type = "bearer", token = "${{LW_ECHO_TOKEN}}" }}
+start = "2025-01-01T00:00:00+09:00"
+end = "2025-01-01T23:59:59+09:00"
+retry = {{ max_attempts = 1, initial_backoff = "20ms", max_backoff = "20ms" }}
+
+[sinks.out]
+type = "jsonl"
+inputs = ["lw"]
+path = "./out"
+"#,
+            echoing_server()
+        ),
+    );
+    let out = s.run_env(&["run", p.to_str().unwrap()], &[("LW_ECHO_TOKEN", token)]);
+    assert_eq!(out.code(), 1, "{}\n{}", out.stdout(), out.stderr());
+    let mut everything = out.stdout() + &out.stderr();
+    for f in common::files(&s.path("state"), "") {
+        everything.push_str(&String::from_utf8_lossy(&std::fs::read(f).unwrap()));
+    }
+    assert!(
+        everything.contains("INVALID_REQUEST") && everything.contains("refused: GET"),
+        "the provider's words are still there: {everything}"
+    );
+    assert!(
+        !everything.contains(token),
+        "the token leaked: {everything}"
+    );
+    assert!(everything.contains("Bearer ***"), "{everything}");
+}
+
+/// Item 11: state, run summaries and dead letters used to be created with the umask (readable by
+/// every user); now the state_dir and everything below it are 0700/0600, and the sink's files
+/// keep the umask.
+#[cfg(unix)]
+#[test]
+fn state_and_dead_letters_are_private_and_the_lake_is_not() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let s = Scratch::new();
+    std::fs::create_dir_all(s.path("in")).unwrap();
+    std::fs::write(
+        s.path("in/export.csv"),
+        "Date,Sender,Recipient,Message room ID,Message\n\
+         2025-05-01 09:00:00,a@x,b@x,r1,kept\n\
+         2025-05-01 09:01:00,a@x,b@x,r1\n",
+    )
+    .unwrap();
+    let p = lineworks_files_pipeline(&s, "");
+    s.run(&["run", p.to_str().unwrap()]).expect_code(3);
+    let state = s.path("state");
+    assert_eq!(mode(&state), 0o700);
+    let mut dirs = 0;
+    let mut files = 0;
+    let mut stack = vec![state];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                assert_eq!(mode(&path), 0o700, "{}", path.display());
+                dirs += 1;
+                stack.push(path);
+            } else {
+                assert_eq!(mode(&path), 0o600, "{}", path.display());
+                files += 1;
+            }
+        }
+    }
+    assert!(dirs >= 3 && files >= 4, "{dirs} directories, {files} files");
+    assert_eq!(
+        common::files(&s.path("state/lw/dead_letters"), ".jsonl").len(),
+        1
+    );
+    // The lake is for readers: its files keep the umask (which grants the owner read and write
+    // and never the 0600 of state unless the umask says so).
+    let lake = common::files(&s.path("out"), ".jsonl");
+    let reference = s.path("reference");
+    std::fs::write(&reference, "x").unwrap();
+    assert_eq!(mode(&lake[0]), mode(&reference));
+}

@@ -1,7 +1,7 @@
 //! The dead-letter file: records that cannot be represented faithfully, one JSON line each with
 //! the component, the window, the reason and the raw record. The run goes on without them.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -68,9 +68,9 @@ impl DeadLetters {
         let path = inner.path.clone();
         if inner.file.is_none() {
             if let Some(dir) = path.parent() {
-                fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                crate::durable::create_private_dir_all(dir).map_err(|e| Error::io(dir, e))?;
             }
-            let file = File::options()
+            let file = crate::durable::private_file_options()
                 .create(true)
                 .append(true)
                 .open(&path)

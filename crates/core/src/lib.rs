@@ -15,7 +15,7 @@ pub mod registry;
 pub mod removal;
 pub mod runtime;
 pub mod schema;
-mod secret;
+pub mod secret;
 pub mod stage;
 pub mod state;
 

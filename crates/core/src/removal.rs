@@ -241,8 +241,9 @@ impl RemovalWriter {
         let batch = RecordBatch::try_new(schema.clone(), columns)?;
         if self.writer.is_none() {
             let dir = self.path.parent().expect("logs live in a directory");
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-            let file = File::create(&self.tmp).map_err(|e| Error::io(&self.tmp, e))?;
+            durable::create_private_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            let file =
+                durable::create_private_file(&self.tmp).map_err(|e| Error::io(&self.tmp, e))?;
             let writer = StreamWriter::try_new(BufWriter::new(file), &schema)?;
             self.writer = Some((writer, schema.clone()));
         }

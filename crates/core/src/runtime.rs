@@ -442,7 +442,9 @@ async fn timed(f: impl Future<Output = Result<()>>) -> (f64, Result<()>) {
 pub fn save_summary(summary: &RunSummary, dir: &Path) -> Result<()> {
     let json = serde_json::to_vec_pretty(summary).map_err(|e| Error::component("runtime", e))?;
     let runs = dir.join("runs");
-    std::fs::create_dir_all(&runs).map_err(|e| Error::io(&runs, e))?;
+    for dir in [dir, runs.as_path()] {
+        crate::durable::create_private_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
     write_atomic(&runs.join(format!("{}.json", summary.run_id)), &json)?;
     Ok(write_atomic(&dir.join("last_run.json"), &json)?)
 }

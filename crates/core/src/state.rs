@@ -184,8 +184,12 @@ impl StateStore {
         use std::io::{Read, Seek, Write};
         let path = self.dir.join("run.lock");
         let io = |e: std::io::Error| LockError::Io(Error::io(&path, e));
-        std::fs::create_dir_all(&self.dir).map_err(io)?;
-        let mut file = std::fs::OpenOptions::new()
+        // The state_dir and the pipeline's directory are private (see `durable`).
+        if let Some(state_dir) = self.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            durable::create_private_dir_all(state_dir).map_err(io)?;
+        }
+        durable::create_private_dir_all(&self.dir).map_err(io)?;
+        let mut file = durable::private_file_options()
             .read(true)
             .write(true)
             .create(true)
@@ -234,7 +238,7 @@ impl StateStore {
     pub fn save(&self, state: &SourceState) -> Result<()> {
         let path = self.path(&state.source);
         let dir = path.parent().expect("ledger files live in a directory");
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        durable::create_private_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let json = serde_json::to_vec_pretty(state).map_err(|e| Error::component("state", e))?;
         durable::write_atomic(&path, &json)?;
         Ok(durable::sync_dir(dir)?)

@@ -2,11 +2,17 @@
 //! `GET https://www.worksapis.com/v1.0/monitoring/message-contents/download (window
 //! 2025-01-01T00:00:00+09:00..2025-01-31T23:59:59+09:00): HTTP 400 INVALID_PARAMETER: ...`.
 //!
-//! Never carries a credential: the URL is redacted (no user info, no query) and request
-//! headers and bodies are not kept.
+//! Never carries a credential: the URL is redacted (no user info, no query), request headers
+//! and bodies are not kept, and whatever is copied from a response (an error body, which a
+//! provider or a proxy may fill with the request it refused: the `Authorization` header, the
+//! signed URL) goes through [`chatlake_core::secret::redact`]: every secret of the process and
+//! everything shaped like a credential becomes `***`.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
+
+use chatlake_core::secret::redact;
 
 use chrono::{DateTime, Utc};
 use reqwest::{Method, StatusCode};
@@ -134,13 +140,42 @@ impl fmt::Display for ProviderError {
     }
 }
 
+impl ErrorKind {
+    /// This error with every credential taken out of the text it carries.
+    fn redacted(self) -> Self {
+        let clean = |text: String| match redact(&text) {
+            Cow::Borrowed(_) => text,
+            Cow::Owned(clean) => clean,
+        };
+        match self {
+            ErrorKind::Status {
+                status,
+                provider,
+                wait,
+            } => ErrorKind::Status {
+                status,
+                provider: ProviderError {
+                    code: provider.code.map(clean),
+                    description: provider.description.map(clean),
+                },
+                wait,
+            },
+            ErrorKind::Transport(text) => ErrorKind::Transport(clean(text)),
+            ErrorKind::Provider(text) => ErrorKind::Provider(clean(text)),
+            ErrorKind::Protocol(text) => ErrorKind::Protocol(clean(text)),
+            ErrorKind::Local(text) => ErrorKind::Local(clean(text)),
+        }
+    }
+}
+
 impl RequestError {
+    /// An error of `method url`; the text `kind` carries is redacted (see the module docs).
     pub fn new(method: Method, url: &Url, kind: ErrorKind) -> Self {
         RequestError(Box::new(Inner {
             method,
             url: redact_url(url),
             window: None,
-            kind,
+            kind: kind.redacted(),
         }))
     }
 

@@ -249,7 +249,9 @@ pub async fn run_export<A: ExportApi>(
                 }
                 state @ (JobState::Failed(_) | JobState::Unknown) => {
                     let reason = match state {
-                        JobState::Failed(r) => r,
+                        // The provider's words, copied out of a response: redacted like an
+                        // error body (see `error`).
+                        JobState::Failed(r) => chatlake_core::secret::redact(&r).into_owned(),
                         _ => "unknown to the provider".to_string(),
                     };
                     if resubmits >= settings.max_resubmits {

@@ -4,6 +4,13 @@
 //! `column=value` per partition column, in `partition_by` order, with characters that are unsafe
 //! in a path percent-encoded and null (or empty) values written as
 //! [`DEFAULT_PARTITION`].
+//!
+//! A file system refuses a path segment over 255 bytes (`ENAMETOOLONG`), which would fail the
+//! window on every run. A value whose segment would be longer is written as a prefix of its
+//! escaped text, `~` and 16 hex digits of a hash of the whole value ([`segment_value`]); the
+//! rows of such a directory carry the whole value in a column of their own,
+//! `<column>__full` ([`FULL_VALUE_SUFFIX`]), so a reader can take it back
+//! (`coalesce(<column>__full, <column>)`, with DuckDB's `union_by_name`).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -22,6 +29,47 @@ use crate::error::{Error, Result};
 
 /// The directory name Hive, Spark, PyArrow and DuckDB use for a null partition value.
 pub const DEFAULT_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
+
+/// What a partition column's name gets for the column that holds its whole value in files
+/// whose directory holds only a prefix and a hash of it.
+pub const FULL_VALUE_SUFFIX: &str = "__full";
+
+/// The longest directory segment (`name=value`) written: most file systems take 255 bytes.
+const MAX_SEGMENT_BYTES: usize = 255;
+/// `~` and 16 hex digits.
+const HASH_SUFFIX_BYTES: usize = 17;
+
+/// The directory value for partition `value` (not null, not empty) of the column whose escaped
+/// name is `escaped_name`: the escaped value, or, when `name=value` would be longer than a file
+/// system takes, the longest prefix of it that fits (cut between escapes and characters), `~`
+/// and the FNV-1a hash of the whole value in hex. `long` says which.
+pub(crate) fn segment_value(escaped_name: &str, value: &str) -> (String, bool) {
+    let escaped = escape_path_name(value);
+    if escaped_name.len() + 1 + escaped.len() <= MAX_SEGMENT_BYTES {
+        return (escaped, false);
+    }
+    let room = MAX_SEGMENT_BYTES.saturating_sub(escaped_name.len() + 1 + HASH_SUFFIX_BYTES);
+    let mut cut = 0;
+    let mut chars = escaped.char_indices();
+    while let Some((at, c)) = chars.next() {
+        // An escape is three characters: keep them together.
+        let end = if c == '%' { at + 3 } else { at + c.len_utf8() };
+        if end > room {
+            break;
+        }
+        cut = end;
+        if c == '%' {
+            chars.next();
+            chars.next();
+        }
+    }
+    // FNV-1a: stable across Rust versions and machines, unlike the standard library's hasher,
+    // so every run names the same directory.
+    let hash = value.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (format!("{}~{hash:016x}", &escaped[..cut]), true)
+}
 
 /// Escapes a column name or value for one path segment as Hive's `FileUtils.escapePathName` and
 /// Spark do: control characters and `"#%'*/:=?\{[]^` (plus `<>|`, which Windows refuses) become
@@ -248,11 +296,14 @@ impl Partitioner {
 
         if groups.len() == 1 {
             let (first, _) = groups[0];
-            return Ok(vec![(self.directory(&keys, first), data)]);
+            let (dir, long) = self.directory(&keys, first);
+            return Ok(vec![(dir, self.with_full_values(batch, data, &long)?)]);
         }
         groups
             .into_iter()
             .map(|(first, indices)| {
+                let (dir, long) = self.directory(&keys, first);
+                let data = self.with_full_values(batch, data.clone(), &long)?;
                 // A group in one run (a batch that crosses a day boundary) is a slice of the
                 // batch, not a copy: copying was 2 % of the Qlara job.
                 let run = indices.len();
@@ -264,15 +315,48 @@ impl Partitioner {
                 } else {
                     take_record_batch(&data, &UInt32Array::from(indices))?
                 };
-                Ok((self.directory(&keys, first), part))
+                Ok((dir, part))
             })
             .collect()
     }
 
-    /// `a=x/b=y` for the partition values of `row`.
-    fn directory(&self, keys: &[ArrayRef], row: usize) -> String {
+    /// `data` (the rows of `batch` without partition columns) with, for each partition column
+    /// in `long` (positions in `partition_by`), its whole value as `<column>__full`: the
+    /// directory holds only a prefix and a hash of it (see the module docs).
+    fn with_full_values(
+        &self,
+        batch: &RecordBatch,
+        data: RecordBatch,
+        long: &[usize],
+    ) -> Result<RecordBatch> {
+        if long.is_empty() {
+            return Ok(data);
+        }
+        let mut fields: Vec<_> = data.schema().fields().iter().cloned().collect();
+        let mut columns = data.columns().to_vec();
+        for &i in long {
+            let column = self.partition_columns[i];
+            let field = self.schema.field(column);
+            fields.push(Arc::new(arrow::datatypes::Field::new(
+                format!("{}{FULL_VALUE_SUFFIX}", field.name()),
+                field.data_type().clone(),
+                true,
+            )));
+            columns.push(batch.column(column).clone());
+        }
+        let schema = Arc::new(arrow::datatypes::Schema::new_with_metadata(
+            fields,
+            data.schema().metadata().clone(),
+        ));
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+
+    /// `a=x/b=y` for the partition values of `row`, and which partition columns (positions in
+    /// `partition_by`) hold a value too long for a directory name, written shortened.
+    fn directory(&self, keys: &[ArrayRef], row: usize) -> (String, Vec<usize>) {
+        let mut long = Vec::new();
         let mut dir = String::new();
-        for (name, column) in self.names.iter().zip(keys) {
+        for (i, (name, column)) in self.names.iter().zip(keys).enumerate() {
             if !dir.is_empty() {
                 dir.push('/');
             }
@@ -281,11 +365,17 @@ impl Partitioner {
             match value_text(column.as_ref(), row) {
                 // Hive and Spark write empty strings as the default partition too: a directory
                 // named `col=` reads back as null or fails, depending on the reader.
-                Some(v) if !v.is_empty() => dir.push_str(&escape_path_name(&v)),
+                Some(v) if !v.is_empty() => {
+                    let (value, shortened) = segment_value(name, &v);
+                    dir.push_str(&value);
+                    if shortened {
+                        long.push(i);
+                    }
+                }
                 _ => dir.push_str(DEFAULT_PARTITION),
             }
         }
-        dir
+        (dir, long)
     }
 }
 
@@ -434,6 +524,69 @@ mod tests {
         assert_eq!(column_x(&parts[0].1), ["r0", "r1", "r2", "r3"]);
         assert_eq!(parts[1].0, "b=false");
         assert_eq!(parts[0].1.num_columns(), 4);
+    }
+
+    #[test]
+    fn a_value_too_long_for_a_directory_name_is_shortened_with_a_hash() {
+        let (short, long) = segment_value("room", "abc");
+        assert_eq!((short.as_str(), long), ("abc", false));
+        let value = "é/".repeat(200);
+        let (segment, long) = segment_value("room", &value);
+        assert!(long);
+        assert!("room=".len() + segment.len() <= 255, "{}", segment.len());
+        let (prefix, hash) = segment.rsplit_once('~').unwrap();
+        assert_eq!(hash.len(), 16);
+        // Cut between escapes and characters: a prefix of the whole escaped value.
+        assert!(escape_path_name(&value).starts_with(prefix), "{prefix}");
+        assert!(prefix.ends_with("%2F") || prefix.ends_with('é'), "{prefix}");
+        // Stable, and distinct for values that share the prefix.
+        assert_eq!(segment_value("room", &value).0, segment);
+        let other = format!("{value}x");
+        assert_ne!(segment_value("room", &other).0, segment);
+        assert!(!segment_value("room", &"x".repeat(250)).1);
+        assert!(segment_value("room", &"x".repeat(251)).1);
+    }
+
+    #[test]
+    fn rows_of_a_shortened_directory_keep_the_whole_value() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("p", DataType::Utf8, true),
+            Field::new("x", DataType::Utf8, false),
+        ]));
+        let long = "v".repeat(300);
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec![
+                    Some(long.as_str()),
+                    Some("short"),
+                    Some(long.as_str()),
+                ])),
+                Arc::new(StringArray::from(vec!["a", "b", "c"])),
+            ],
+        )
+        .unwrap();
+        let p = Partitioner::new(schema, &["p".to_string()]).unwrap();
+        let parts = p.split(&batch).unwrap();
+        assert_eq!(parts.len(), 2);
+        let (dir, rows) = &parts[0];
+        assert!(
+            dir.starts_with("p=vvv") && dir.contains('~') && dir.len() <= 255,
+            "{dir}"
+        );
+        assert_eq!(column_x(rows), ["a", "c"]);
+        let full = rows.column_by_name("p__full").unwrap().as_string::<i32>();
+        assert_eq!(
+            full.iter().flatten().collect::<Vec<_>>(),
+            [long.as_str(), long.as_str()]
+        );
+        let (dir, rows) = &parts[1];
+        assert_eq!(dir, "p=short");
+        assert_eq!(rows.num_columns(), 1);
+        // One group only: the same columns.
+        let one = batch.slice(0, 1);
+        let parts = p.split(&one).unwrap();
+        assert_eq!(parts[0].1.num_columns(), 2);
     }
 
     #[test]

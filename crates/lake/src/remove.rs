@@ -22,7 +22,7 @@ use chatlake_core::removal::{Removal, encode_cell, key_cell};
 use crate::error::{Error, Result};
 use crate::format::{FileFormat, Filtered};
 use crate::layout::{LakeOptions, for_each_file, window_key_of};
-use crate::partition::{DEFAULT_PARTITION, escape_path_name};
+use crate::partition::{DEFAULT_PARTITION, escape_path_name, segment_value};
 
 /// What one removal did to a window's files.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -150,11 +150,12 @@ fn directory_segments(root: &Path, path: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The directory segment value the sink writes for a partition value, as
-/// [`crate::partition`] does: escaped, null and empty text as [`DEFAULT_PARTITION`].
-fn directory_value(cell: Option<&str>) -> String {
+/// The directory segment value the sink writes for a partition value of the column whose
+/// escaped name is `escaped_name`, as [`crate::partition`] does: escaped (a value too long for
+/// a directory name shortened with a hash), null and empty text as [`DEFAULT_PARTITION`].
+fn directory_value(escaped_name: &str, cell: Option<&str>) -> String {
     match cell {
-        Some(v) if !v.is_empty() => escape_path_name(v),
+        Some(v) if !v.is_empty() => segment_value(escaped_name, v).0,
         _ => DEFAULT_PARTITION.to_string(),
     }
 }
@@ -197,8 +198,7 @@ impl Keys {
             let values = cells
                 .iter()
                 .zip(&partition_names)
-                .filter(|(_, p)| p.is_some())
-                .map(|(cell, _)| directory_value(cell.as_deref()))
+                .filter_map(|(cell, p)| Some(directory_value(p.as_deref()?, cell.as_deref())))
                 .collect();
             by_directory.entry(values).or_default().push(i);
         }
@@ -245,7 +245,10 @@ impl Keys {
             (0..self.rows.len())
                 .filter(|&i| {
                     in_directory.iter().enumerate().all(|(j, value)| {
-                        value.is_none_or(|v| directory_value(self.rows[i][j].as_deref()) == v)
+                        value.is_none_or(|v| {
+                            let name = self.partition_names[j].as_deref().unwrap_or_default();
+                            directory_value(name, self.rows[i][j].as_deref()) == v
+                        })
                     })
                 })
                 .collect()

@@ -337,6 +337,13 @@ impl<F: FileFormat> State<F> {
                     partitions: BTreeMap::new(),
                 });
             let part = files.partitions.entry(dir.clone()).or_default();
+            // A directory shortened from a long partition value has a column more: the
+            // whole value (see `partition`).
+            let schema = if rows.num_columns() == schema.fields().len() {
+                schema.clone()
+            } else {
+                rows.schema()
+            };
             part.append(
                 rows,
                 &dir,

@@ -19,9 +19,11 @@ use std::rc::Rc;
 /// Reads CSV records (no header handling, any number of fields per record) from a seekable
 /// input; see the module docs.
 pub struct CsvRecords<R: Read + Seek> {
-    input: Shared<R>,
-    /// Where the CSV starts in `input` (past a BOM).
-    base: u64,
+    /// The input, and where the CSV starts in it (past a BOM).
+    origin: Origin<R>,
+    /// Where the `csv` crate took over, in bytes from the CSV's start: its positions count
+    /// from there.
+    exact_from: u64,
     fast: Option<simd_csv::ZeroCopyReader<Shared<R>>>,
     exact: Option<csv::Reader<Shared<R>>>,
     /// The fields of the record handed out, in its bytes.
@@ -35,6 +37,14 @@ pub struct CsvRecords<R: Read + Seek> {
 pub struct CsvRecord<'a> {
     bytes: &'a [u8],
     bounds: &'a [Range<usize>],
+    /// Where the record starts, in bytes from the start of the CSV (past a BOM).
+    offset: u64,
+    /// Whether a field may hold a line end: only a quoted one can, so a record the fast reader
+    /// found without a quote cannot, and one that was copied may.
+    quoted: bool,
+    /// The input, to turn `offset` into a line number when one is asked for (rarely: for a
+    /// dead letter).
+    lines: &'a dyn LineOf,
 }
 
 impl<'a> CsvRecord<'a> {
@@ -68,6 +78,57 @@ impl<'a> CsvRecord<'a> {
     pub fn as_slice(&self) -> &'a [u8] {
         self.bytes
     }
+
+    /// Where the record starts, in bytes from the start of the CSV (past a BOM).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Whether some field may hold a line end (false only when none can).
+    pub fn may_span_lines(&self) -> bool {
+        self.quoted
+    }
+
+    /// The line (from 1, past a BOM) the record starts on. Reads the input up to the record
+    /// again to count its line ends, so it is for the rare record that is reported.
+    pub fn line(&self) -> io::Result<u64> {
+        self.lines.line_of(self.offset)
+    }
+}
+
+/// Turns a byte offset of the CSV into the line it lies on.
+trait LineOf {
+    fn line_of(&self, offset: u64) -> io::Result<u64>;
+}
+
+/// The input and where the CSV starts in it: what [`CsvRecord::line`] reads.
+struct Origin<R> {
+    input: Shared<R>,
+    base: u64,
+}
+
+impl<R: Read + Seek> LineOf for Origin<R> {
+    fn line_of(&self, offset: u64) -> io::Result<u64> {
+        let mut input = self.input.0.borrow_mut();
+        // A reader's buffer runs ahead of the record it handed out: put the input back where
+        // the reader left it.
+        let resume = input.stream_position()?;
+        input.seek(SeekFrom::Start(self.base))?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut left = offset;
+        let mut line_ends = 0u64;
+        while left > 0 {
+            let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+            let got = input.read(&mut buf[..want])?;
+            if got == 0 {
+                break;
+            }
+            line_ends += memchr::memchr_iter(b'\n', &buf[..got]).count() as u64;
+            left -= got as u64;
+        }
+        input.seek(SeekFrom::Start(resume))?;
+        Ok(line_ends + 1)
+    }
 }
 
 impl<R: Read + Seek> CsvRecords<R> {
@@ -80,8 +141,8 @@ impl<R: Read + Seek> CsvRecords<R> {
             .flexible(true)
             .from_reader(input.clone());
         Ok(CsvRecords {
-            input,
-            base,
+            origin: Origin { input, base },
+            exact_from: 0,
             fast: Some(fast),
             exact: None,
             bounds: Vec::new(),
@@ -105,7 +166,7 @@ impl<R: Read + Seek> CsvRecords<R> {
                     Err(e) => return Err(csv::Error::from(io::Error::other(e)).into()),
                 };
                 let record = match common_dialect(found.as_slice()) {
-                    Some(Quotes::NoneDoubled) => {
+                    Some(Quotes::NoneDoubled { quoted }) => {
                         let raw = found.as_slice();
                         let base = raw.as_ptr() as usize;
                         self.bounds.clear();
@@ -116,6 +177,9 @@ impl<R: Read + Seek> CsvRecords<R> {
                         CsvRecord {
                             bytes: raw,
                             bounds: &self.bounds,
+                            offset: start,
+                            quoted,
+                            lines: &self.origin,
                         }
                     }
                     Some(Quotes::Doubled) => {
@@ -123,20 +187,22 @@ impl<R: Read + Seek> CsvRecords<R> {
                         for field in found.unescaped_iter() {
                             self.copied.push_field(&field);
                         }
-                        copied_record(&self.copied, &mut self.bounds)
+                        copied_record(&self.copied, &mut self.bounds, start, &self.origin)
                     }
                     None => {
                         self.fast = None;
-                        self.input
+                        self.origin
+                            .input
                             .0
                             .borrow_mut()
-                            .seek(SeekFrom::Start(self.base + start))
+                            .seek(SeekFrom::Start(self.origin.base + start))
                             .map_err(csv::Error::from)?;
+                        self.exact_from = start;
                         self.exact = Some(
                             csv::ReaderBuilder::new()
                                 .has_headers(false)
                                 .flexible(true)
-                                .from_reader(self.input.clone()),
+                                .from_reader(self.origin.input.clone()),
                         );
                         continue;
                     }
@@ -149,10 +215,12 @@ impl<R: Read + Seek> CsvRecords<R> {
             let Some(exact) = self.exact.as_mut() else {
                 return Ok(());
             };
+            let start = self.exact_from + exact.position().byte();
             if !exact.read_byte_record(&mut self.copied)? {
                 return Ok(());
             }
-            if each(copied_record(&self.copied, &mut self.bounds))?.is_break() {
+            let record = copied_record(&self.copied, &mut self.bounds, start, &self.origin);
+            if each(record)?.is_break() {
                 return Ok(());
             }
         }
@@ -228,24 +296,30 @@ impl<R: Read> Read for Shared<R> {
     }
 }
 
-/// The record `copied` holds, its bounds in `bounds`.
+/// The record `copied` holds (it started at `offset`), its bounds in `bounds`.
 fn copied_record<'a>(
     copied: &'a csv::ByteRecord,
     bounds: &'a mut Vec<Range<usize>>,
+    offset: u64,
+    lines: &'a dyn LineOf,
 ) -> CsvRecord<'a> {
     bounds.clear();
     bounds.extend((0..copied.len()).filter_map(|i| copied.range(i)));
     CsvRecord {
         bytes: copied.as_slice(),
         bounds,
+        offset,
+        quoted: true,
+        lines,
     }
 }
 
 /// How a record within the common dialect quotes.
 #[derive(Debug, PartialEq, Eq)]
 enum Quotes {
-    /// No doubled quote: every field lies in the record's bytes as it is.
-    NoneDoubled,
+    /// No doubled quote: every field lies in the record's bytes as it is; `quoted` whether any
+    /// field is quoted (and so may hold a line end).
+    NoneDoubled { quoted: bool },
     /// A quoted field holds a doubled quote, to be unescaped.
     Doubled,
 }
@@ -257,7 +331,7 @@ enum Quotes {
 fn common_dialect(raw: &[u8]) -> Option<Quotes> {
     let mut quoted = false;
     let mut after_pair = None;
-    let mut quotes = Quotes::NoneDoubled;
+    let mut quotes = Quotes::NoneDoubled { quoted: false };
     for at in memchr::memchr2_iter(b'"', b'\r', raw) {
         if raw[at] == b'\r' {
             if !quoted {
@@ -275,6 +349,9 @@ fn common_dialect(raw: &[u8]) -> Option<Quotes> {
                 return None;
             }
             quoted = true;
+            if quotes == (Quotes::NoneDoubled { quoted: false }) {
+                quotes = Quotes::NoneDoubled { quoted: true };
+            }
         } else if raw.get(at + 1) == Some(&b'"') {
             after_pair = Some(at + 1);
             quotes = Quotes::Doubled;
@@ -433,6 +510,41 @@ mod tests {
             let fell_back = reads_as_the_csv_crate_reads(&text);
             assert!(!fell_back, "{:?}", String::from_utf8_lossy(&text));
         }
+    }
+
+    #[test]
+    fn records_know_their_offset_and_line_on_either_reader() {
+        // A quoted line end on line 2, a doubled quote on line 4, a fallback at line 5.
+        let text = b"a,b\n\"c\nd\",e\nf,g\n\"h\"\"\",i\nbad\"x,1\nafter,2\n";
+        let mut input = Cursor::new(text.to_vec());
+        skip_bom(&mut input).unwrap();
+        let mut reader = CsvRecords::new(input).unwrap();
+        let mut seen = Vec::new();
+        reader
+            .for_each_record(|record| {
+                seen.push((
+                    String::from_utf8_lossy(record.get(0).unwrap()).into_owned(),
+                    record.offset(),
+                    record.line().unwrap(),
+                    record.may_span_lines(),
+                ));
+                Ok::<_, csv::Error>(ControlFlow::Continue(()))
+            })
+            .unwrap();
+        assert!(reader.fell_back());
+        let want = [
+            ("a", 0, 1, false),
+            ("c\nd", 4, 2, true),
+            ("f", 12, 4, false),
+            ("h\"", 16, 5, true),
+            ("bad\"x", 24, 6, true),
+            ("after", 32, 7, true),
+        ];
+        let want: Vec<_> = want
+            .iter()
+            .map(|(f, o, l, q)| (f.to_string(), *o, *l, *q))
+            .collect();
+        assert_eq!(seen, want);
     }
 
     #[test]

@@ -119,17 +119,60 @@ pub fn raw_record(record: CsvRecord<'_>, number: u64) -> serde_json::Value {
     })
 }
 
-/// `record` as text if it has `width` fields, each valid UTF-8; else why not (fields named by
-/// `name_of`, from their position), for the dead-letter file.
+/// `record` as text if it has `width` fields, each valid UTF-8, none of them swallowing rows
+/// after an unbalanced quote (see [`swallowed_rows`]; `row_start` as there); else why not
+/// (fields named by `name_of`, from their position), for the dead-letter file.
 pub fn check_record<'r>(
     record: CsvRecord<'r>,
     width: usize,
     name_of: &dyn Fn(usize) -> &'static str,
+    row_start: &dyn Fn(&[u8]) -> bool,
 ) -> std::result::Result<Utf8Fields<'r>, String> {
     if record.len() != width {
         return Err(format!("expected {width} fields, found {}", record.len()));
     }
+    if let Some((field, rows)) = swallowed_rows(record, width, row_start) {
+        let line = record
+            .line()
+            .map_or_else(|e| format!("? ({e})"), |line| line.to_string());
+        return Err(format!(
+            "an unbalanced quote on line {line}: field `{}` runs on over {rows} following \
+             line(s) shaped like rows, which are kept in this record; fix the quote and load \
+             the file again",
+            name_of(field)
+        ));
+    }
     utf8_fields(record).map_err(|i| format!("field `{}` is not valid UTF-8", name_of(i)))
+}
+
+/// Whether a field of `record` swallowed the rows after it: an opening quote never closed
+/// (or closed by a quote of a later row) makes the `csv` readers take every following line into
+/// the field, so a file reads as one long row and the rows after it vanish. A quoted message
+/// may hold line ends, and commas; a line inside a field holding a row's worth of separators
+/// (`width - 1`) and starting as a row starts (`row_start`, e.g. with a date) is taken for a
+/// row. `Some((field, lines))`: the first such field and how many of its lines look like rows.
+/// Only records with a quoted field are looked at, and only their fields with a line end.
+pub fn swallowed_rows(
+    record: CsvRecord<'_>,
+    width: usize,
+    row_start: &dyn Fn(&[u8]) -> bool,
+) -> Option<(usize, usize)> {
+    if !record.may_span_lines() || width < 2 {
+        return None;
+    }
+    record.iter().enumerate().find_map(|(i, field)| {
+        let first_end = memchr::memchr(b'\n', field)?;
+        let rows = field[first_end + 1..]
+            .split(|b| *b == b'\n')
+            .filter(|line| row_start(line) && memchr::memchr_iter(b',', line).count() >= width - 1)
+            .count();
+        (rows > 0).then_some((i, rows))
+    })
+}
+
+/// Any line: for providers whose rows do not start in a recognisable way.
+pub fn any_line(_: &[u8]) -> bool {
+    true
 }
 
 /// The fields of `record` as text, checked in one pass over the bytes they lie in instead of
@@ -187,6 +230,51 @@ mod tests {
             })
             .unwrap();
         result.unwrap()
+    }
+
+    /// What `check_record` says of every record of `csv` (5 fields, rows start with `2`).
+    fn checked_records(csv: &[u8]) -> Vec<std::result::Result<String, String>> {
+        let mut reader = crate::csv_input::CsvRecords::new(std::io::Cursor::new(csv)).unwrap();
+        let mut out = Vec::new();
+        let name_of = |_: usize| "field";
+        let row_start = |line: &[u8]| line.first() == Some(&b'2');
+        reader
+            .for_each_record(|record| {
+                out.push(
+                    check_record(record, 5, &name_of, &row_start)
+                        .map(|f| f.get(4).unwrap().to_string()),
+                );
+                Ok::<_, csv::Error>(std::ops::ControlFlow::Continue(()))
+            })
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_quote_that_swallows_the_rows_after_it_is_refused_with_its_line() {
+        let csv = b"2025,a,b,r,one\n\
+                    2025,a,b,r,\"two\nlines, with, some, commas, here\"\n\
+                    2025,a,b,r,\"open\n\
+                    2025,a,b,r,three\n\
+                    2025,a,b,r,\"four\"\n\
+                    2025,a,b,r,five\n";
+        let got = checked_records(csv);
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert_eq!(got[0], Ok("one".into()));
+        assert_eq!(got[1], Ok("two\nlines, with, some, commas, here".into()));
+        let reason = got[2].as_ref().unwrap_err();
+        assert!(
+            reason.starts_with("an unbalanced quote on line 4: field `field` runs on over 2 "),
+            "{reason}"
+        );
+        assert_eq!(got[3], Ok("five".into()));
+        // Never closed: everything after it is in the one record.
+        let got = checked_records(b"2025,a,b,r,\"open\n2025,a,b,r,x\n2025,a,b,r,y\n2025,a,b,r,z\n");
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].as_ref().unwrap_err().contains("over 3 following"),
+            "{got:?}"
+        );
     }
 
     #[test]

@@ -289,6 +289,49 @@ async fn null_and_empty_partition_values_are_matched_with_the_default_partition(
 }
 
 #[tokio::test]
+async fn rows_of_a_directory_shortened_from_a_long_value_are_removed_by_that_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lake");
+    let cx = sink_context("lake", dir.path());
+    let mut sink = build(Lines::default())(&root, &["conversation_id"]);
+    let long = "c".repeat(400);
+    let mut rows: Vec<Value> = ["a", "b", "c"]
+        .iter()
+        .map(|id| message("zoom", id, "2025-05-01T00:00:00Z"))
+        .collect();
+    rows[0]["conversation_id"] = json!(long);
+    rows[1]["conversation_id"] = json!(long);
+    write(sink.as_mut(), 0, &rows, &cx).await;
+    let files = files_under(&root);
+    assert_eq!(files.len(), 2, "{files:?}");
+    let shortened = files
+        .iter()
+        .find(|f| f.contains('~'))
+        .expect("a shortened directory");
+    let line = std::fs::read_to_string(root.join(shortened)).unwrap();
+    assert!(
+        line.contains(&format!("\"conversation_id__full\":\"{long}\"")),
+        "{line}"
+    );
+    let w = window("lw", 0);
+    let keys = removal(
+        &w,
+        vec![
+            (
+                "conversation_id",
+                Arc::new(StringArray::from(vec![long.as_str()])) as ArrayRef,
+            ),
+            (
+                "message_id",
+                Arc::new(StringArray::from(vec!["a"])) as ArrayRef,
+            ),
+        ],
+    );
+    assert_eq!(sink.remove_rows(&keys, &cx).await.unwrap(), 1);
+    assert_eq!(read_ids(&root.join(shortened)), ["b"]);
+}
+
+#[tokio::test]
 async fn a_partition_column_missing_from_the_directories_is_compared_inside_the_files() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("lake");

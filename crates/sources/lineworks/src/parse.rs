@@ -295,7 +295,7 @@ pub fn parse<R: Read + Seek>(
         if number == 1 && matches!(classify_first(record, options), FirstRecord::Header) {
             return Ok(ControlFlow::Continue(()));
         }
-        let text = match check_record(record, COLUMNS.len(), &|i| COLUMNS[i]) {
+        let text = match check_record(record, COLUMNS.len(), &|i| COLUMNS[i], &looks_like_date) {
             Ok(text) => text,
             Err(reason) => {
                 outcome.dead_letters += 1;

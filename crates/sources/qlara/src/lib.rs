@@ -23,6 +23,27 @@ pub use source::{ExportCheckpoint, QlaraSource};
 
 use chatlake_core::DataKind;
 
+/// What each job of an exports-list answer (`GET …/exports`) says about its state, as the
+/// source reads it (`None`: no list in it). For the fuzz targets and their corpus replay
+/// (`fuzz/`), which drive the parsers without the network.
+#[doc(hidden)]
+pub fn export_list_states(body: &[u8]) -> Option<Vec<chatlake_http::export::JobState>> {
+    let body: serde_json::Value = serde_json::from_slice(body).ok()?;
+    Some(
+        api::list_entries(&body)?
+            .iter()
+            .map(api::entry_state)
+            .collect(),
+    )
+}
+
+/// The wait a 429 body asks for (`retryAfter`, seconds), as the source reads it. For the fuzz
+/// targets, as [`export_list_states`].
+#[doc(hidden)]
+pub fn retry_after_seconds(body: &[u8]) -> Option<f64> {
+    api::retry_after_from_body(body)
+}
+
 /// The record type of this source's batches, as a [`DataKind`].
 pub fn output_kind() -> DataKind {
     DataKind::raw(RECORD_TYPE)

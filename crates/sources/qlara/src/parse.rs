@@ -21,7 +21,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use chatlake_core::schema::RECORD_TYPE_KEY;
 use chatlake_source_kit::csv_input::{CsvRecords, skip_bom};
-use chatlake_source_kit::parsed::{check_record, raw_record};
+use chatlake_source_kit::parsed::{any_line, check_record, raw_record};
 
 /// The record type of this source's batches.
 pub const RECORD_TYPE: &str = "qlara.message_history";
@@ -198,7 +198,7 @@ pub fn parse_filtered<R: Read + Seek>(
                 .position(|q| *q == Some(p))
                 .map_or("(a column not read)", |c| COLUMNS[c])
         };
-        let text = match check_record(record, width, &name_of) {
+        let text = match check_record(record, width, &name_of, &any_line) {
             Ok(text) => text,
             Err(reason) => {
                 outcome.dead_letters += 1;

@@ -128,10 +128,10 @@ impl History {
         run_id: &str,
         windows: &[String],
     ) -> Result<HistoryWriter, SpillError> {
-        std::fs::create_dir_all(&self.dir).writing(&self.dir)?;
+        durable::create_private_dir_all(&self.dir).writing(&self.dir)?;
         let path = self.dir.join(format!("{run_id}.{EXT}"));
         let tmp = self.dir.join(format!("{run_id}.{EXT}.tmp"));
-        let file = File::create(&tmp).writing(&tmp)?;
+        let file = durable::create_private_file(&tmp).writing(&tmp)?;
         let mut out = BufWriter::with_capacity(64 * 1024, file);
         write_header(&mut out, windows).writing(&tmp)?;
         Ok(HistoryWriter {

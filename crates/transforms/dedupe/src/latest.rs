@@ -32,6 +32,7 @@ use arrow::buffer::{BooleanBuffer, Buffer};
 use arrow::compute::filter_record_batch;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
+use chatlake_core::durable;
 use chatlake_core::removal::{RemovalLog, RemovalWriter};
 use chatlake_core::{Emitter, WindowRef};
 
@@ -567,11 +568,12 @@ impl Open {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(spill_error(dir, false, e)),
         }
-        std::fs::create_dir_all(dir).writing(dir)?;
+        // The spill holds message text: private, as all state (see `chatlake_core::durable`).
+        durable::create_private_dir_all(dir).writing(dir)?;
         let parts = (0..PARTS)
             .map(|p| {
                 let path = part_path(dir, p);
-                let file = File::create(&path).writing(&path)?;
+                let file = durable::create_private_file(&path).writing(&path)?;
                 Ok(BufWriter::with_capacity(IO_BUF, file))
             })
             .collect::<Result<_, SpillError>>()?;
@@ -598,7 +600,7 @@ impl Open {
     fn start_segment(&mut self, dir: &Path, shape: SpillShape) -> Result<(), SpillError> {
         self.end_segment()?;
         let path = dir.join(format!("rows-{:05}.arrows", self.segments.len()));
-        let file = File::create(&path).writing(&path)?;
+        let file = durable::create_private_file(&path).writing(&path)?;
         let writer = StreamWriter::try_new(
             BufWriter::with_capacity(IO_BUF, file),
             shape.written_schema(),

@@ -296,9 +296,10 @@ impl AcrossRuns {
         match self.added.entry(window) {
             Entry::Occupied(e) => Ok(&mut e.into_mut().writer),
             Entry::Vacant(e) => {
-                std::fs::create_dir_all(&self.dir)?;
+                chatlake_core::durable::create_private_dir_all(&self.dir)?;
                 let tmp = self.dir.join(format!("{}.{KEYS_EXT}.tmp", e.key()));
-                let writer = BufWriter::with_capacity(16 * 1024, std::fs::File::create(&tmp)?);
+                let file = chatlake_core::durable::create_private_file(&tmp)?;
+                let writer = BufWriter::with_capacity(16 * 1024, file);
                 Ok(&mut e.insert(KeyFile { tmp, writer }).writer)
             }
         }
