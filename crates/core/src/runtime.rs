@@ -462,13 +462,13 @@ async fn drop_unlisted_windows(
     sink_cx: &impl Fn(&str) -> SinkContext,
 ) -> Result<u64> {
     let lake = store.lake_keys()?;
-    let mut drop: HashSet<String> = unlisted
+    let mut gone: HashSet<String> = unlisted
         .into_iter()
         .filter(|k| !lake.committed.contains(k) && !lake.reloading.contains(k))
         .collect();
-    if !drop.is_empty() {
+    if !gone.is_empty() {
         tracing::warn!(
-            windows = drop.len(),
+            windows = gone.len(),
             "windows some sinks committed are not in the ledger (another sink failed); removing their files"
         );
     }
@@ -479,15 +479,15 @@ async fn drop_unlisted_windows(
             "windows reset for reloading are replaced by this run's; removing their earlier files"
         );
     }
-    drop.extend(superseded);
-    if !drop.is_empty() {
+    gone.extend(superseded);
+    if !gone.is_empty() {
         let mut names: Vec<&String> = sinks.keys().collect();
         names.sort();
         let names: Vec<String> = names.into_iter().cloned().collect();
         for name in names {
             let cx = sink_cx(&name);
             let sink = sinks.get_mut(&name).expect("listed above");
-            sink.drop_windows(&drop, &cx).await?;
+            sink.drop_windows(&gone, &cx).await?;
         }
     }
     let waiting = store.lake_keys()?.reloading.len() as u64;
