@@ -29,7 +29,6 @@ use chatlake_core::state::{SourceState, uncovered};
 use chatlake_core::{Batch, DataKind, PlannedWindow, Source, SourceContext, Window, WindowRef};
 use chatlake_http::{ErrorKind, HttpClient, PageEvent, Paging, RequestError, RetryPolicy, pages};
 use chatlake_source_kit::FilesMode;
-use chatlake_source_kit::windows::reopen_tail;
 use chrono::{DateTime, FixedOffset};
 use futures::{StreamExt, TryStreamExt};
 use reqwest::Method;
@@ -84,8 +83,6 @@ pub(crate) struct ApiSettings {
     pub request_timeout: Duration,
     pub concurrency: usize,
     pub ranges: Vec<(DateTime<FixedOffset>, DateTime<FixedOffset>)>,
-    /// Fetched again before where earlier runs stopped, per target (late edits and deletes).
-    pub lookback: Duration,
     /// User messages: the users, or `None` to discover them.
     pub users: Option<Vec<String>>,
     /// The statuses discovery lists users of (`GET /users?status=...`, one listing each).
@@ -406,10 +403,9 @@ impl ZoomSource {
                 // a closed stretch is not fetched twice, the open end continues where the last
                 // run stopped.
                 let scope = format!("{} ", t.describe());
-                let mut covered = self
+                let covered = self
                     .ledger
                     .committed_ranges_where(self.stream_name(), |w| w.label.starts_with(&scope));
-                reopen_tail(&mut covered, api.lookback);
                 for (from, to) in uncovered(range.0.to_utc(), range.1.to_utc(), &covered) {
                     let part = (from.fixed_offset(), to.fixed_offset());
                     let label = format!("{} {}", t.describe(), self.range_label(&part));
@@ -1016,7 +1012,6 @@ impl ApiSettings {
             request_timeout: settings.request_timeout,
             concurrency: settings.concurrency,
             ranges: Vec::new(),
-            lookback: settings.lookback,
             users: Some(users),
             user_statuses: settings.user_statuses.clone(),
             conversations: match &settings.conversations {
