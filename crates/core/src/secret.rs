@@ -200,8 +200,15 @@ fn redact_shapes(text: &str) -> Option<String> {
                 v += 1;
             }
             let (start, stop) = value_from(v);
-            // A credential is one long word; "basic information" is prose.
-            if stop - start >= 8 {
+            // A credential is one long word that does not read as prose: it holds a digit, a
+            // token punctuation mark or both cases ("basic information" is prose).
+            let word = &bytes[start..stop];
+            let token_like = word
+                .iter()
+                .any(|b| b.is_ascii_digit() || b"+/=._-~".contains(b))
+                || (word.iter().any(u8::is_ascii_uppercase)
+                    && word.iter().any(u8::is_ascii_lowercase));
+            if stop - start >= 8 && token_like {
                 values.push((start, stop));
             }
         }
