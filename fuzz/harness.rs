@@ -99,8 +99,11 @@ pub fn pipeline_file(data: &[u8]) {
     }
 }
 
+/// A fuzz target: one input, any outcome but a panic.
+pub type Target = fn(&[u8]);
+
 /// Every target by its name (the directory of its corpus).
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [(&str, Target); 5] = [
     ("csv_lineworks", csv_lineworks),
     ("csv_qlara", csv_qlara),
     ("zoom_page", zoom_page),

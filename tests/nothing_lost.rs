@@ -1,6 +1,9 @@
 //! Issue 20, "nothing lost, even by the operator": one test per data-loss, silent-corruption and
 //! misuse path a red-team pass found, each through the binary.
 
+// Test helpers outside `#[test]` functions may unwrap too.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{Scratch, read_jsonl};
