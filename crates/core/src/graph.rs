@@ -126,6 +126,7 @@ impl Pipeline {
                 state_dir: store.dir().to_path_buf(),
                 committed: committed.clone(),
                 committed_by: committed_by.clone(),
+                storage: file.pipeline.storage.clone(),
             };
             let stage = match spec.role {
                 Role::Source => registry.build_source(spec, &cx).map(Stage::Source),

@@ -109,6 +109,8 @@ pub struct BuildContext {
     /// The same windows with the run that committed each: state written by one run for a window
     /// that a later run committed again (after a reset) is stale.
     pub committed_by: Arc<std::collections::HashMap<String, String>>,
+    /// The `[pipeline]` table's `storage`: the default for a sink's own (spec section 5).
+    pub storage: crate::config::StorageOptions,
 }
 
 impl Default for BuildContext {
@@ -123,6 +125,7 @@ impl Default for BuildContext {
             state: Arc::default(),
             state_dir: std::path::PathBuf::new(),
             committed: Arc::default(),
+            storage: Default::default(),
             committed_by: Arc::default(),
         }
     }
