@@ -541,3 +541,108 @@ async fn the_api_key_never_reaches_output_logs_or_state() {
     assert!(plan.contains("messages/history/export"), "{plan}");
     assert!(!plan.contains(key), "{plan}");
 }
+
+/// A scheduled run re-exports the last `lookback` (default 3 days) and a delivery report that
+/// came after the first run's export replaces the loaded row: also a status that changed without
+/// a delivery date (`SENT` → `EXPIRED`/`ERROR`), whose `version` ranks above the in-flight row.
+/// The emulator selects by send date (`qlara.export_by=send`), so a report never reaches the
+/// lake through a later window's export: only the lookback brings it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_delivery_reports_replace_the_loaded_row_through_the_default_lookback() {
+    use chatlake_emulator::qlara::data::{Selection, export_rows_selecting};
+    const SCALE: f64 = 20.0;
+    const FIRST_END: &str = "2025-01-05T00:00:00Z";
+    const SECOND_END: &str = "2025-01-05T12:00:00Z";
+    let config = EmulatorConfig {
+        scale: SCALE,
+        faults: "qlara.export_by=send".parse().unwrap(),
+        ..EmulatorConfig::default()
+    };
+    let emulator = Emulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), config)
+        .await
+        .unwrap();
+    let live = Live {
+        scratch: Scratch::new(),
+        emulator,
+    };
+    let body = |end: &str| {
+        live.pipeline("1m", false)
+            .replace(&format!("end = \"{END}\""), &format!("end = \"{end}\""))
+            // One export per run: each shows its messages as they stand at its end.
+            .replace("window_days = 2", "window_days = 7")
+            .replace("keep = \"latest\"", "keep = \"latest\"\nacross_runs = true")
+    };
+
+    let (out, _) = live.run(&body(FIRST_END)).await;
+    out.expect_code(0);
+    let first: HashMap<String, serde_json::Value> = live
+        .rows()
+        .into_iter()
+        .map(|r| (r["message_id"].as_str().unwrap().to_string(), r))
+        .collect();
+    let plan = live
+        .scratch
+        .run_env(
+            &[
+                "plan",
+                live.scratch
+                    .pipeline("q.toml", &body(SECOND_END))
+                    .to_str()
+                    .unwrap(),
+            ],
+            &[
+                ("Q_BASE", &format!("{}/api", live.emulator.base_url())),
+                ("Q_KEY", "unused-by-plan"),
+            ],
+        )
+        .expect_code(0)
+        .stdout();
+    assert!(
+        plan.contains("2025-01-02T00:00:01"),
+        "the plan shows the lookback window (3 days before the cursor): {plan}"
+    );
+
+    let (out, _) = live.run(&body(SECOND_END)).await;
+    let out = out.expect_code(0);
+    let expected = export_rows_selecting(
+        42,
+        SCALE,
+        utc(START),
+        utc(SECOND_END),
+        Selection::SentInRange,
+    );
+    let rows = live.rows();
+    assert_eq!(rows.len(), expected.len(), "{}", out.stdout());
+    assert!(
+        got(&rows) == want(&expected),
+        "two scheduled runs load what one export over the whole range holds"
+    );
+    let lake = read_parquet(&live.scratch.path("lake"));
+    assert_eq!(
+        lake.len(),
+        expected.len(),
+        "the Parquet sink replaced rows too"
+    );
+
+    // The changes this test is about happened: rows loaded in flight, final now.
+    let now: HashMap<&str, &serde_json::Value> = rows
+        .iter()
+        .map(|r| (r["message_id"].as_str().unwrap(), r))
+        .collect();
+    let changed = |status: &str, dated: bool| {
+        first
+            .iter()
+            .filter(|(id, r)| {
+                let n = now[id.as_str()];
+                r["status"] == "sent"
+                    && n["status"] == status
+                    && n["delivered_at"].is_null() != dated
+            })
+            .count()
+    };
+    assert!(changed("delivered", true) > 0, "a late delivery report");
+    assert!(
+        changed("expired", false) + changed("error", false) > 0,
+        "a late status without a delivery date"
+    );
+}

@@ -212,6 +212,25 @@ fn runs_every_few_hours_replace_earlier_versions_and_end_with_the_lake_of_one_ru
     assert!(lake(s.dir.path()) == want);
 }
 
+#[test]
+fn a_run_repeating_the_last_runs_end_fetches_its_windows_again_and_replaces_them() {
+    // With a lookback, a second run to the same end fetches the same windows again (same
+    // keys). Their rows must not be dropped as "loaded before" by their own earlier load, or
+    // the ledger would name the second run for files the first one wrote, and a later newer
+    // version could no longer take the first one's rows out.
+    let want = clean_lake();
+    let s = Scratch::new();
+    let p = s.pipeline("edits.toml", &with_sinks(PIPELINE, "humans"));
+    let first = &ends()[1];
+    run_to(&s, &p, first, "").expect_code(0);
+    run_to(&s, &p, first, "").expect_code(0);
+    run_to(&s, &p, END, "").expect_code(0);
+    assert!(
+        lake(s.dir.path()) == want,
+        "a repeated run, then a later one, leave the lake of one clean run"
+    );
+}
+
 /// Runs the pipeline to `end` as a child and kills it with SIGKILL `after` the moment `ready`
 /// first holds (or when it exits).
 fn kill_when(s: &Scratch, p: &Path, end: &str, ready: impl Fn() -> bool, after: Duration) -> bool {
@@ -308,8 +327,30 @@ fn runs_killed_while_replacing_rows_end_with_the_lake_of_one_run() {
         caught_with_log > 0,
         "at least one run was killed with its removal log not yet applied"
     );
+    let got = lake(s.dir.path());
+    if got != want {
+        eprintln!(
+            "parquet {} vs {}, jsonl {} vs {}, csv {} vs {}",
+            got.parquet.len(),
+            want.parquet.len(),
+            got.jsonl.len(),
+            want.jsonl.len(),
+            got.csv.len(),
+            want.csv.len()
+        );
+        for r in &got.jsonl {
+            if !want.jsonl.contains(r) {
+                eprintln!("EXTRA {r}");
+            }
+        }
+        for r in &want.jsonl {
+            if !got.jsonl.contains(r) {
+                eprintln!("MISSING {r}");
+            }
+        }
+    }
     assert!(
-        lake(s.dir.path()) == want,
+        got == want,
         "killed runs, run again, leave the lake of one clean run"
     );
 }

@@ -536,7 +536,8 @@ compression = "none"
 #[test]
 fn a_second_run_skips_the_windows_the_first_committed() {
     let s = Scratch::new();
-    let p = s.pipeline("zoom.toml", &pipeline(""));
+    // Without a lookback: the default reads the last day again (see the test below).
+    let p = s.pipeline("zoom.toml", &pipeline("lookback = \"0s\""));
     let args = ["run", "--emulate", p.to_str().unwrap()];
     let first = s.run(&args).expect_code(0);
     assert!(
@@ -612,4 +613,119 @@ fn people_who_left_are_archived_unless_user_status_leaves_them_out() {
     let (s, out) = run_faults("", r#"user_status = ["active"]"#);
     out.expect_code(0);
     assert!(ids(&s).is_disjoint(&theirs));
+}
+
+/// An edit made after its message's window was loaded reaches the lake through the default
+/// lookback (1 day): the emulator places edits in their original message's range once made
+/// (`zoom.edits_by=original_time`), so no later window's request returns them; only reading the
+/// original's range again does, and `dedupe keep = "latest"` with `across_runs` replaces the row.
+#[test]
+fn an_edit_after_its_window_was_loaded_replaces_the_row_through_the_default_lookback() {
+    const FAULTS: &str = "zoom.edits_by=original_time";
+    // A channel message edited (a minute later) well inside the range: the first run ends
+    // between the message and its edit.
+    let (conv, edited) = data::conversations()
+        .into_iter()
+        .filter(|c| matches!(c, data::Conversation::Channel { .. }))
+        .find_map(|c| {
+            let from = ms(START) + 30 * 3_600_000;
+            let to = ms(END) - 6 * 3_600_000;
+            let edit = data::conversation_messages(42, 1.0, &c, from, to, true)
+                .into_iter()
+                .find(|m| m.status == data::Status::Edited)?;
+            Some((c, edit))
+        })
+        .unwrap();
+    let original_ms = edited.timestamp - 60_000;
+    let first_end =
+        DateTime::from_timestamp_millis(original_ms.div_euclid(1000) * 1000 + 30_000).unwrap();
+    let first_end = first_end.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let user = data::users()[conv.members()[0]].id.clone();
+    let body = pipeline(&format!(
+        "users = [\"{user}\"]\nconversations = {{ to_channel = [\"{}\"] }}",
+        conv.key()
+    ))
+    .replace("window_days = 1", "window_days = 7")
+    .replace("keep = \"latest\"", "keep = \"latest\"\nacross_runs = true");
+    let s = Scratch::new();
+    let p = s.pipeline("zoom.toml", &body);
+    let p = p.to_str().unwrap();
+    let row_of = |s: &Scratch| {
+        read_jsonl(&s.path("lake/zoom"))
+            .into_iter()
+            .filter(|r| r["message_id"] == edited.id.as_str())
+            .map(|r| r["status"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+
+    s.run(&[
+        "run",
+        "--emulate",
+        "--faults",
+        FAULTS,
+        "--end",
+        &first_end,
+        p,
+    ])
+    .expect_code(0);
+    assert_eq!(
+        row_of(&s),
+        ["normal"],
+        "the first run saw the message before its edit"
+    );
+
+    let plan = s
+        .run(&["plan", "--emulate", "--end", END, p])
+        .expect_code(0)
+        .stdout();
+    let reopened = DateTime::parse_from_rfc3339(&first_end).unwrap() - chrono::Duration::days(1)
+        + chrono::Duration::seconds(1);
+    let reopened = reopened.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    assert!(
+        plan.contains(&format!("{reopened}..")),
+        "the plan shows the lookback window from {reopened}: {plan}"
+    );
+
+    let out = s
+        .run(&["run", "--emulate", "--faults", FAULTS, "--end", END, p])
+        .expect_code(0);
+    assert_eq!(
+        row_of(&s),
+        ["edited"],
+        "one row, the edit: {}",
+        out.stdout()
+    );
+
+    // The whole lake is what one request over the range returns as of its end.
+    let mut want: BTreeMap<String, (i64, String, String)> = BTreeMap::new();
+    for m in data::conversation_messages_by(
+        42,
+        1.0,
+        &conv,
+        ms(START),
+        ms(END) + 999,
+        true,
+        data::VersionsBy::OriginalTime,
+    ) {
+        let row = (
+            m.timestamp,
+            m.status.as_str().to_lowercase(),
+            m.text.clone(),
+        );
+        if want.get(&m.id).is_none_or(|have| have.0 < row.0) {
+            want.insert(m.id.clone(), row);
+        }
+    }
+    let mut got = BTreeMap::new();
+    for r in read_jsonl(&s.path("lake/zoom")) {
+        let id = r["message_id"].as_str().unwrap().to_string();
+        let v = (
+            r["version"].as_i64().unwrap(),
+            r["status"].as_str().unwrap().to_string(),
+            r["text"].as_str().unwrap_or_default().to_string(),
+        );
+        assert!(got.insert(id.clone(), v).is_none(), "{id} twice");
+    }
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "rows differ from the emulator's dataset");
 }

@@ -41,6 +41,22 @@ pub fn split(
     windows
 }
 
+/// Takes `lookback` off the end of the last committed stretch (ranges in time order, as
+/// `SourceState::committed_ranges` gives them), so that much before the cursor counts as not
+/// loaded and is fetched again: what a provider changed there since (an edit, a delivery
+/// report) arrives in this run. A stretch shorter than the lookback is dropped whole.
+pub fn reopen_tail(
+    covered: &mut Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    lookback: std::time::Duration,
+) {
+    if let Some(last) = covered.last_mut() {
+        last.1 -= Duration::from_std(lookback).unwrap_or(Duration::MAX);
+        if last.1 < last.0 {
+            covered.pop();
+        }
+    }
+}
+
 /// The windows of `[start, end]` that earlier runs did not commit (the source's ledger): each
 /// uncovered stretch split as [`split`] does, numbered in order. A run killed part-way, or a
 /// window that failed, is fetched again; what is committed is not fetched twice. `lookback`
@@ -56,12 +72,7 @@ pub fn split_uncovered(
 ) -> Vec<Window> {
     let offset = *start.offset();
     let mut covered = ledger.committed_ranges(stream);
-    if let Some(last) = covered.last_mut() {
-        last.1 -= Duration::from_std(lookback).unwrap_or(Duration::MAX);
-        if last.1 < last.0 {
-            covered.pop();
-        }
-    }
+    reopen_tail(&mut covered, lookback);
     let mut windows = Vec::new();
     for (from, to) in chatlake_core::state::uncovered(
         start.trunc_subsecs(0).with_timezone(&Utc),

@@ -10,6 +10,15 @@
 //! So consecutive windows hold a message twice when its report crosses their boundary (in flight
 //! in the first, final in the second), and keeping the latest version of each message over the
 //! windows gives exactly the rows of one export over the whole range ([`export_rows`]).
+//!
+//! **Selected by send date** ([`Selection::SentInRange`], the `qlara.export_by=send` tunable):
+//! what the real export is more likely to do (seed 003 filters by the range, and nothing says a
+//! report brings an older message into a later export). An export holds the messages *sent* in
+//! the range, as they stand at `end`; a report arriving after `end` never shows in a later
+//! window's export, only in an export that covers the message again (a source's `lookback`). A
+//! message that ends `ERROR` or `EXPIRED` without a delivery date is also `SENT` until its
+//! report (the status changes with no date), so a later export replaces the row only if the
+//! canonical `version` ranks the final status above the in-flight one.
 
 use chrono::{DateTime, FixedOffset, Utc};
 use rand::{Rng, SeedableRng};
@@ -81,9 +90,13 @@ impl Row {
         ]
     }
 
-    /// Epoch ms of `coalesce(deliveryDate, sendDate)`: the `version` normalize gives the row.
+    /// The `version` normalize gives the row (its default `qlara_version = "status_rank"`):
+    /// epoch ms of `deliveryDate`, else of `sendDate` plus 1 unless the status is `SENT`.
     pub fn version_ms(&self) -> i64 {
-        self.delivered_at.unwrap_or(self.sent_at).timestamp_millis()
+        match self.delivered_at {
+            Some(d) => d.timestamp_millis(),
+            None => self.sent_at.timestamp_millis() + i64::from(self.status != "SENT"),
+        }
     }
 }
 
@@ -102,6 +115,19 @@ struct Message {
     /// When the delivery report arrives, if one does.
     delivered: Option<i64>,
     delivery_offset: usize,
+    /// When the final status is known: the report's time, or for a status without one (`ERROR`,
+    /// `EXPIRED`, `UNKNOWN` with no `deliveryDate`) when it would have come.
+    settled: i64,
+}
+
+/// Which messages a history export holds (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Selection {
+    /// Messages sent in the range, and older ones whose report arrived in it (the default).
+    #[default]
+    SentOrReportedInRange,
+    /// Only messages sent in the range; an undated final status is `SENT` until it settles.
+    SentInRange,
 }
 
 const CHANNELS: [&str; 3] = ["SMS", "RCS", "WHATSAPP"];
@@ -186,6 +212,7 @@ fn hour_messages(seed: u64, scale: f64, hour: i64, out: &mut Vec<Message>) {
             send_offset: rng.random_range(0..OFFSETS.len()),
             delivered: reported.then_some(at + latency),
             delivery_offset: rng.random_range(0..OFFSETS.len()),
+            settled: at + latency,
         });
     }
 }
@@ -202,10 +229,12 @@ fn iso(secs: i64, offset: usize) -> String {
 }
 
 impl Message {
-    /// The row as an export taken at `as_of` shows it.
-    fn row(&self, as_of: i64) -> Row {
+    /// The row as an export taken at `as_of` shows it; with `undated_late`, a final status
+    /// without a date is also in flight until it settles.
+    fn row(&self, as_of: i64, undated_late: bool) -> Row {
         let reported = self.delivered.filter(|d| *d <= as_of);
-        let in_flight = self.delivered.is_some() && reported.is_none();
+        let in_flight = (self.delivered.is_some() && reported.is_none())
+            || (undated_late && self.status != 1 && self.settled > as_of);
         let channel = CHANNELS[self.channel];
         let body = BODIES[self.body];
         let parts = if self.channel == 0 {
@@ -264,6 +293,7 @@ pub struct ExportRows {
     next_hour: i64,
     last_hour: i64,
     buf: Vec<Message>,
+    selection: Selection,
 }
 
 impl ExportRows {
@@ -291,7 +321,14 @@ impl ExportRows {
                 end.div_euclid(3600)
             },
             buf: Vec::new(),
+            selection: Selection::default(),
         }
+    }
+
+    /// Which messages the export holds (default [`Selection::SentOrReportedInRange`]).
+    pub fn selecting(mut self, selection: Selection) -> ExportRows {
+        self.selection = selection;
+        self
     }
 
     /// Appends the rows of the next hour (possibly none) to `out`; `false` once every hour is
@@ -307,11 +344,12 @@ impl ExportRows {
         let (start, end) = (self.start, self.end);
         for m in &self.buf {
             let sent_in = (start..=end).contains(&m.at);
-            let reported_in = m.delivered.is_some_and(|d| (start..=end).contains(&d));
+            let by_send = self.selection == Selection::SentInRange;
+            let reported_in = !by_send && m.delivered.is_some_and(|d| (start..=end).contains(&d));
             if !(sent_in || (reported_in && m.at <= end)) {
                 continue;
             }
-            let row = m.row(end);
+            let row = m.row(end, by_send);
             if self.sender.as_ref().is_some_and(|s| *s != row.sender)
                 || self
                     .recipient
@@ -353,6 +391,21 @@ pub fn export_rows_secs(
 /// keeping the latest version of each message over consecutive windows of the range yields.
 pub fn export_rows(seed: u64, scale: f64, start: DateTime<Utc>, end: DateTime<Utc>) -> Vec<Row> {
     export_rows_secs(seed, scale, start.timestamp(), end.timestamp(), None, None)
+}
+
+/// What one export of `start ..= end` holds under `selection`.
+pub fn export_rows_selecting(
+    seed: u64,
+    scale: f64,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    selection: Selection,
+) -> Vec<Row> {
+    let mut rows = ExportRows::new(seed, scale, start.timestamp(), end.timestamp(), None, None)
+        .selecting(selection);
+    let mut out = Vec::new();
+    while rows.next_hour(&mut out) {}
+    out
 }
 
 /// Appends one CSV record (RFC 4180: quoted when needed, LF record end).

@@ -66,6 +66,10 @@ pub struct QlaraFaults {
     pub per_minute: u32,
     /// `rate_limit_per_s=N`: API requests allowed per second and key (default 50; 0 = none).
     pub per_second: u32,
+    /// `export_by=activity|send`: an export holds messages sent or reported in its range
+    /// (default), or only those sent in it, so a late report shows only when a later export
+    /// covers the message again (see [`data::Selection`]).
+    pub selection: data::Selection,
 }
 
 impl Default for QlaraFaults {
@@ -82,13 +86,14 @@ impl Default for QlaraFaults {
             list_page: false,
             per_minute: 1000,
             per_second: 50,
+            selection: data::Selection::SentOrReportedInRange,
         }
     }
 }
 
 impl QlaraFaults {
     /// Every key the spec accepts, fully qualified.
-    pub const KEYS: [&str; 11] = [
+    pub const KEYS: [&str; 12] = [
         "qlara.job_polls",
         "qlara.slow_jobs_ms",
         "qlara.fail_job",
@@ -100,6 +105,7 @@ impl QlaraFaults {
         "qlara.list_shape",
         "qlara.rate_limit_per_min",
         "qlara.rate_limit_per_s",
+        "qlara.export_by",
     ];
 
     /// Sets one key (without its `qlara.` prefix) from its spec value.
@@ -131,6 +137,13 @@ impl QlaraFaults {
             "server_error" => self.server_error = every()?,
             "rate_limit_per_min" => self.per_minute = limit()?,
             "rate_limit_per_s" => self.per_second = limit()?,
+            "export_by" => {
+                self.selection = match value {
+                    "activity" => data::Selection::SentOrReportedInRange,
+                    "send" => data::Selection::SentInRange,
+                    _ => return Err("expected `activity` or `send`".to_owned()),
+                }
+            }
             "list_shape" => {
                 self.list_page = match value {
                     "page" => true,
@@ -677,7 +690,8 @@ impl Qlara {
         let mut header = Vec::new();
         data::write_record(&mut header, &data::HEADER);
         let state = (
-            data::ExportRows::new(self.seed, self.scale, start, end, sender, recipient),
+            data::ExportRows::new(self.seed, self.scale, start, end, sender, recipient)
+                .selecting(self.faults.selection),
             header,
             Vec::new(),
             false,

@@ -336,6 +336,18 @@ fn slot(seed: u64, scale: f64, conv: &Conversation, k: i64) -> Option<(Message, 
     Some((original, later))
 }
 
+/// Which range a later version (an edit or a delete) belongs to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VersionsBy {
+    /// Its own timestamp (the default): an edit shows in the range of the time it was made.
+    #[default]
+    OwnTime,
+    /// Its original message's timestamp, once made (own timestamp ≤ the range's end): an edit
+    /// shows only when the original's range is read again after it, as a source's `lookback`
+    /// does. What the real API does is not documented; this is the case that needs a lookback.
+    OriginalTime,
+}
+
 /// Every message version of `conv` whose own timestamp lies in `from_ms..=to_ms`, newest first.
 /// With `versions = false`, only the original messages.
 pub fn conversation_messages(
@@ -345,6 +357,27 @@ pub fn conversation_messages(
     from_ms: i64,
     to_ms: i64,
     versions: bool,
+) -> Vec<Message> {
+    conversation_messages_by(
+        seed,
+        scale,
+        conv,
+        from_ms,
+        to_ms,
+        versions,
+        VersionsBy::OwnTime,
+    )
+}
+
+/// [`conversation_messages`], with later versions placed by `by`.
+pub fn conversation_messages_by(
+    seed: u64,
+    scale: f64,
+    conv: &Conversation,
+    from_ms: i64,
+    to_ms: i64,
+    versions: bool,
+    by: VersionsBy,
 ) -> Vec<Message> {
     let interval = conv.interval_ms(scale);
     if interval == 0 || to_ms < from_ms {
@@ -358,14 +391,18 @@ pub fn conversation_messages(
         let Some((original, later)) = slot(seed, scale, conv, k) else {
             continue;
         };
-        if (from_ms..=to_ms).contains(&original.timestamp) {
-            out.push(original);
+        let original_in = (from_ms..=to_ms).contains(&original.timestamp);
+        if versions && let Some(v) = later {
+            let in_range = match by {
+                VersionsBy::OwnTime => (from_ms..=to_ms).contains(&v.timestamp),
+                VersionsBy::OriginalTime => original_in && v.timestamp <= to_ms,
+            };
+            if in_range {
+                out.push(v);
+            }
         }
-        if versions
-            && let Some(v) = later
-            && (from_ms..=to_ms).contains(&v.timestamp)
-        {
-            out.push(v);
+        if original_in {
+            out.push(original);
         }
     }
     out.sort_by(|a, b| b.timestamp.cmp(&a.timestamp).then(a.id.cmp(&b.id)));

@@ -73,6 +73,9 @@ pub struct ZoomFaults {
     /// sessions) hold at most N items a page, whatever `page_size` asks (Zoom may answer with
     /// fewer), so that their paging is exercised by the emulator's small account.
     pub list_page_max: Option<NonZeroU64>,
+    /// `edits_by=own_time|original_time`: an edit or delete is in the range of its own time
+    /// (default) or, once made, in its original message's range (see [`data::VersionsBy`]).
+    pub edits_by: data::VersionsBy,
 }
 
 impl Default for ZoomFaults {
@@ -92,13 +95,14 @@ impl Default for ZoomFaults {
             new_token_invalidates_old: false,
             paid: true,
             list_page_max: None,
+            edits_by: data::VersionsBy::OwnTime,
         }
     }
 }
 
 impl ZoomFaults {
     /// Every key the spec accepts, fully qualified.
-    pub const KEYS: [&str; 14] = [
+    pub const KEYS: [&str; 15] = [
         "zoom.page_token_expiry",
         "zoom.rate_limit",
         "zoom.daily_limit",
@@ -113,6 +117,7 @@ impl ZoomFaults {
         "zoom.token_mode",
         "zoom.paid",
         "zoom.list_page_max",
+        "zoom.edits_by",
     ];
 
     /// Sets one key (without its `zoom.` prefix) from its spec value.
@@ -151,6 +156,13 @@ impl ZoomFaults {
                     "invalidate_old" => true,
                     "coexist" => false,
                     _ => return Err("expected `coexist` or `invalidate_old`".to_owned()),
+                }
+            }
+            "edits_by" => {
+                self.edits_by = match value {
+                    "own_time" => data::VersionsBy::OwnTime,
+                    "original_time" => data::VersionsBy::OriginalTime,
+                    _ => return Err("expected `own_time` or `original_time`".to_owned()),
                 }
             }
             "paid" => {
@@ -710,7 +722,15 @@ impl Zoom {
         };
         let size = page_size(q, 10, 50)?;
         let mut all = match &conv {
-            Some(c) => data::conversation_messages(self.seed, self.scale, c, from, to, versions),
+            Some(c) => data::conversation_messages_by(
+                self.seed,
+                self.scale,
+                c,
+                from,
+                to,
+                versions,
+                self.faults.edits_by,
+            ),
             None => Vec::new(),
         };
         if search && let Some(key) = param(q, "search_key") {
@@ -817,15 +837,22 @@ impl Zoom {
         let to_ms = day_ms(to) + 86_400_000 - 1;
         // `query_all_modifications` filters by the version's own time, which is also the
         // timestamp of every version here, so both filters select the same versions.
-        let all: Vec<Message> =
-            data::conversation_messages(self.seed, self.scale, &conv, from_ms, to_ms, true)
-                .into_iter()
-                .filter(|m| match m.status {
-                    Status::Normal => true,
-                    Status::Edited => edited,
-                    Status::Deleted => deleted,
-                })
-                .collect();
+        let all: Vec<Message> = data::conversation_messages_by(
+            self.seed,
+            self.scale,
+            &conv,
+            from_ms,
+            to_ms,
+            true,
+            self.faults.edits_by,
+        )
+        .into_iter()
+        .filter(|m| match m.status {
+            Status::Normal => true,
+            Status::Edited => edited,
+            Status::Deleted => deleted,
+        })
+        .collect();
         let end = (offset + size).min(all.len());
         let mut page = json!({
             "from": from.to_string(),

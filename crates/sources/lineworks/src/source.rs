@@ -292,7 +292,10 @@ impl Source for LineworksSource {
 
     fn windows_loaded_again(&self) -> Vec<String> {
         match &self.mode {
-            Mode::Api(_) => Vec::new(),
+            // A planned window with a committed window's key is that window fetched again
+            // whole (a `lookback` reopened it, or a run with the same `end` follows a killed
+            // one); the runtime keeps the committed ones.
+            Mode::Api(api) => api.windows.iter().map(Window::key).collect(),
             Mode::Files(files) => files.windows_loaded_again(&self.name),
         }
     }

@@ -107,6 +107,16 @@ pub struct QlaraSourceConfig {
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub request_timeout: Duration,
+
+    /// Export this much again before where earlier runs stopped, so a scheduled run sees the
+    /// delivery reports (`SENT` → `DELIVERED`, `EXPIRED`, `ERROR`) that came after the export
+    /// that showed a message in flight. Default 3d: a report can take up to the message's
+    /// validity period (2–3 days is usual for SMS; an assumption, the docs give no maximum).
+    /// Pair it with `dedupe keep = "latest"` and `across_runs = true`, which replaces a loaded
+    /// row by its newer version and loads an unchanged row once. `0s` turns it off.
+    #[serde(default = "default_lookback", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub lookback: Duration,
 }
 
 /// Credentials for the Qlara Platform API.
@@ -153,6 +163,13 @@ fn default_requests_per_minute() -> u32 {
 fn default_batch_size() -> usize {
     8192
 }
+fn default_lookback() -> Duration {
+    DEFAULT_LOOKBACK
+}
+
+/// How far back a run exports again by default: the longest usual validity of an SMS.
+pub const DEFAULT_LOOKBACK: Duration = Duration::from_secs(3 * 86_400);
+
 fn default_request_timeout() -> Duration {
     Duration::from_secs(600)
 }
@@ -274,7 +291,7 @@ impl QlaraSourceConfig {
                     end,
                     self.window_days,
                     &cx.state,
-                    Duration::ZERO,
+                    self.lookback,
                 ),
                 sender: self.sender.clone(),
                 recipient: self.recipient.clone(),
@@ -519,8 +536,9 @@ mod tests {
             ..cx()
         };
         let s = build_with(
+            // Without a lookback, which would reopen the committed window.
             json!({"auth": key(), "start": "2025-01-01T00:00:00Z", "end": "2025-01-03T23:59:59Z",
-                   "window_days": 1}),
+                   "window_days": 1, "lookback": "0s"}),
             &c,
         )
         .unwrap();

@@ -205,6 +205,16 @@ pub struct ZoomUserMessagesConfig {
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub request_timeout: Duration,
+    /// Fetch this much again before where earlier runs stopped, per conversation, so a scheduled
+    /// run sees messages edited or deleted after their window was loaded (with
+    /// `include_deleted_and_edited`). Default 1d, an assumption: Zoom documents no limit on how
+    /// long a message can be edited or deleted (account settings may allow it at any time), so
+    /// this catches what changes within a day of the last run; raise it for more. Pair it with
+    /// `dedupe keep = "latest"` and `across_runs = true`, which replaces a loaded message by its
+    /// newer version and loads an unchanged one once. `0s` turns it off.
+    #[serde(default = "default_lookback", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub lookback: Duration,
     /// Load saved response pages (JSON Lines, one page per line with `user_id` and
     /// `to_channel`/`to_contact` added at the top level) instead of calling the API.
     #[serde(default)]
@@ -277,6 +287,15 @@ pub struct ZoomChatReportConfig {
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub request_timeout: Duration,
+    /// Fetch this much again before where earlier runs stopped, per session, so a scheduled run
+    /// sees edits and deletes (`edited_messages`, `deleted_messages`) made after a window was
+    /// loaded. Default 1d, an assumption (Zoom documents no limit on how long a message can be
+    /// edited or deleted); a lookback reaching into an earlier month fetches that month's
+    /// report again from the lookback's start. Pair it with `dedupe keep = "latest"` and
+    /// `across_runs = true`. `0s` turns it off.
+    #[serde(default = "default_lookback", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub lookback: Duration,
     /// Load saved report pages (JSON Lines, one page per line with `session_id` added).
     #[serde(default)]
     pub files: Option<Vec<String>>,
@@ -311,6 +330,12 @@ fn default_heavy() -> u32 {
 }
 fn default_concurrency() -> usize {
     8
+}
+/// How far back a run fetches again by default (see `lookback`).
+pub const DEFAULT_LOOKBACK: Duration = Duration::from_secs(86_400);
+
+fn default_lookback() -> Duration {
+    DEFAULT_LOOKBACK
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(60)
@@ -611,6 +636,7 @@ impl ZoomUserMessagesConfig {
                 request_timeout: self.request_timeout,
                 concurrency: self.concurrency,
                 ranges: split_days(start, end, self.window_days),
+                lookback: self.lookback,
                 users,
                 user_statuses,
                 conversations,
@@ -709,6 +735,7 @@ impl ZoomChatReportConfig {
                     // records its end, and the next run continues from there.
                     .map(|(f, t)| (day(f, false), day(t, true).min(now)))
                     .collect(),
+                lookback: self.lookback,
                 users: None,
                 user_statuses: Vec::new(),
                 conversations: Conversations::All,

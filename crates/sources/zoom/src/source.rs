@@ -25,10 +25,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chatlake_core::config::InvalidConfig;
-use chatlake_core::state::{SourceState, uncovered};
+use chatlake_core::state::{SourceState, WindowStatus, uncovered};
 use chatlake_core::{Batch, DataKind, PlannedWindow, Source, SourceContext, Window, WindowRef};
 use chatlake_http::{ErrorKind, HttpClient, PageEvent, Paging, RequestError, RetryPolicy, pages};
 use chatlake_source_kit::FilesMode;
+use chatlake_source_kit::windows::reopen_tail;
 use chrono::{DateTime, FixedOffset};
 use futures::{StreamExt, TryStreamExt};
 use reqwest::Method;
@@ -83,6 +84,8 @@ pub(crate) struct ApiSettings {
     pub request_timeout: Duration,
     pub concurrency: usize,
     pub ranges: Vec<(DateTime<FixedOffset>, DateTime<FixedOffset>)>,
+    /// Fetched again before where earlier runs stopped, per target (late edits and deletes).
+    pub lookback: Duration,
     /// User messages: the users, or `None` to discover them.
     pub users: Option<Vec<String>>,
     /// The statuses discovery lists users of (`GET /users?status=...`, one listing each).
@@ -403,9 +406,10 @@ impl ZoomSource {
                 // a closed stretch is not fetched twice, the open end continues where the last
                 // run stopped.
                 let scope = format!("{} ", t.describe());
-                let covered = self
+                let mut covered = self
                     .ledger
                     .committed_ranges_where(self.stream_name(), |w| w.label.starts_with(&scope));
+                reopen_tail(&mut covered, api.lookback);
                 for (from, to) in uncovered(range.0.to_utc(), range.1.to_utc(), &covered) {
                     let part = (from.fixed_offset(), to.fixed_offset());
                     let label = format!("{} {}", t.describe(), self.range_label(&part));
@@ -414,6 +418,44 @@ impl ZoomSource {
             }
         }
         out
+    }
+
+    /// Committed windows this run fetches again whole (a `lookback` reopened them, or a run
+    /// with the same `end` follows a killed one), known without the network: conversations and
+    /// sessions are discovered at run time, but every committed one is in the ledger, so the
+    /// windows [`Self::windows`] will give each of them are computed from its ledger scope.
+    fn windows_fetched_again(&self, api: &ApiSettings) -> Vec<String> {
+        let stream = self.stream_name();
+        let scopes: std::collections::BTreeSet<String> = self
+            .ledger
+            .windows
+            .values()
+            .filter(|w| w.stream == stream && w.status == WindowStatus::Committed)
+            .filter_map(|w| {
+                let range = (w.start?, w.end?);
+                let suffix = format!(" {}", self.range_label(&range));
+                w.label.strip_suffix(&suffix).map(str::to_string)
+            })
+            .collect();
+        let mut keys = Vec::new();
+        for scope in scopes {
+            let prefix = format!("{scope} ");
+            let mut covered = self
+                .ledger
+                .committed_ranges_where(stream, |w| w.label.starts_with(&prefix));
+            reopen_tail(&mut covered, api.lookback);
+            for range in &api.ranges {
+                for (from, to) in uncovered(range.0.to_utc(), range.1.to_utc(), &covered) {
+                    let part = (from.fixed_offset(), to.fixed_offset());
+                    let label = format!("{prefix}{}", self.range_label(&part));
+                    let key = self.window(0, label, Some(&part)).key();
+                    if self.ledger.is_committed(&key) {
+                        keys.push(key);
+                    }
+                }
+            }
+        }
+        keys
     }
 
     /// Targets known without the network (explicit lists), or `None` if discovery is needed.
@@ -1012,6 +1054,7 @@ impl ApiSettings {
             request_timeout: settings.request_timeout,
             concurrency: settings.concurrency,
             ranges: Vec::new(),
+            lookback: settings.lookback,
             users: Some(users),
             user_statuses: settings.user_statuses.clone(),
             conversations: match &settings.conversations {
@@ -1100,7 +1143,7 @@ impl Source for ZoomSource {
 
     fn windows_loaded_again(&self) -> Vec<String> {
         match &self.mode {
-            Mode::Api(_) => Vec::new(),
+            Mode::Api(api) => self.windows_fetched_again(api),
             Mode::Files(files) => files.windows_loaded_again(&self.name),
         }
     }

@@ -91,7 +91,7 @@ fn lineworks_mapping(c: &mut Criterion) {
     group.throughput(Throughput::Elements((BATCH * BATCHES) as u64));
     group.bench_function("lineworks_49k_rows", |b| {
         b.iter(|| {
-            let mut t = NormalizeConfig {}
+            let mut t = NormalizeConfig::default()
                 .build(&BuildContext::default())
                 .expect("normalize builds");
             let mut out = Emitter::default();

@@ -19,10 +19,21 @@ use chatlake_core::{
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-/// Maps provider records to canonical messages. It has no options of its own.
+pub use qlara::QlaraVersion;
+
+/// Maps provider records to canonical messages.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct NormalizeConfig {}
+pub struct NormalizeConfig {
+    /// How a Qlara row's `version` is derived. `status_rank` (default): the epoch ms of
+    /// `deliveryDate`, else of `sendDate` plus 1 unless the status is `SENT`, so a status
+    /// reported later without a date (`SENT` → `EXPIRED` or `ERROR`) replaces the in-flight row
+    /// under `dedupe keep = "latest"`. `time`: the epoch ms of `coalesce(deliveryDate,
+    /// sendDate)` alone (the GW reference job of `shared/bench/JOBS.md`), where such a change
+    /// ties with the in-flight row and the row loaded first stays.
+    #[serde(default)]
+    pub qlara_version: QlaraVersion,
+}
 
 impl TransformConfig for NormalizeConfig {
     const TYPE: &'static str = "normalize";
@@ -31,7 +42,10 @@ impl TransformConfig for NormalizeConfig {
     const EXAMPLE: &'static str = include_str!("example.toml");
 
     fn build(self, _cx: &BuildContext) -> Result<Box<dyn Transform>, InvalidConfig> {
-        Ok(Box::new(NormalizeTransform::default()))
+        Ok(Box::new(NormalizeTransform {
+            qlara_version: self.qlara_version,
+            ..NormalizeTransform::default()
+        }))
     }
 }
 
@@ -47,6 +61,7 @@ pub const KNOWN_RECORD_TYPES: &[&str] = &[
 #[derive(Debug, Default)]
 pub struct NormalizeTransform {
     lineworks: lineworks::LineworksMapper,
+    qlara_version: QlaraVersion,
 }
 
 impl Transform for NormalizeTransform {
@@ -71,7 +86,7 @@ impl Transform for NormalizeTransform {
     fn transform(&mut self, batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()> {
         match record_type(batch.data.schema_ref()) {
             Some(lineworks::RECORD_TYPE) => self.lineworks.map(batch, out, cx),
-            Some(qlara::RECORD_TYPE) => qlara::map(batch, out, cx),
+            Some(qlara::RECORD_TYPE) => qlara::map(batch, out, cx, self.qlara_version),
             Some(zoom::USER_MESSAGES | zoom::CHAT_REPORT) => zoom::map(batch, out, cx),
             other => Err(chatlake_core::Error::component(
                 &cx.name,
@@ -98,6 +113,9 @@ impl Transform for NormalizeTransform {
     /// Its only state (LINE WORKS occurrence counts) is per window, so windows can be mapped on
     /// several cores at once.
     fn replicate(&self) -> Option<Box<dyn Transform>> {
-        Some(Box::new(NormalizeTransform::default()))
+        Some(Box::new(NormalizeTransform {
+            qlara_version: self.qlara_version,
+            ..NormalizeTransform::default()
+        }))
     }
 }

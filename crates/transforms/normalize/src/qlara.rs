@@ -3,14 +3,24 @@
 //! `messageId` → `message_id`, `sender` → `sender_id`, `destination` → `recipient`, `body` →
 //! `text` (byte for byte), lowercase `channel` and `status` (an unknown status is `unknown`),
 //! `sendDate` → `sent_at` and `deliveryDate` (empty allowed) → `delivered_at`, both converted from
-//! their own offsets to UTC; `version` is the epoch ms of `coalesce(deliveryDate, sendDate)`, so
-//! `dedupe keep = "latest"` keeps the final version of a message over its in-flight one. A row
-//! without a `messageId`, or with a date that does not parse, is a dead letter.
+//! their own offsets to UTC. A row without a `messageId`, or with a date that does not parse, is a
+//! dead letter.
+//!
+//! **`version`** ([`QlaraVersion`]) orders the exports' views of one message so that
+//! `dedupe keep = "latest"` keeps the final one over the in-flight one (`SENT`, no delivery date):
+//! the epoch ms of `deliveryDate` when there is one; else of `sendDate`, plus 1 when the status
+//! is not `SENT`. The `+ 1` is the status rank: a report that ends a message without a date
+//! (`SENT` → `EXPIRED`, `ERROR` or `UNKNOWN`) would otherwise have the in-flight row's version,
+//! and the tie would keep the row loaded first. A dated report is never earlier than the send,
+//! so it orders after the in-flight row by its time. `qlara_version = "time"` drops the rank
+//! (`coalesce(deliveryDate, sendDate)` alone, the GW reference job of `shared/bench/JOBS.md`).
 
 use std::sync::Arc;
 
 use arrow::array::{Array, StringArray, StringBuilder};
 use chatlake_core::{Batch, Emitter, Error, Result, TransformContext};
+use schemars::JsonSchema;
+use serde::Deserialize;
 
 use crate::columns::{CanonicalColumns, Kept, utc_opt, wall_clock_seconds};
 
@@ -18,6 +28,19 @@ use crate::columns::{CanonicalColumns, Kept, utc_opt, wall_clock_seconds};
 pub const RECORD_TYPE: &str = "qlara.message_history";
 
 const STATUSES: [&str; 5] = ["delivered", "sent", "error", "expired", "unknown"];
+
+/// How a Qlara row's `version` is derived (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QlaraVersion {
+    /// Epoch ms of `deliveryDate`, else of `sendDate` plus 1 unless the status is `SENT`: a
+    /// status reported later without a date (`SENT` → `EXPIRED`) replaces the in-flight row.
+    #[default]
+    StatusRank,
+    /// Epoch ms of `coalesce(deliveryDate, sendDate)` (the GW reference job's rule): a status
+    /// change without a date ties with the in-flight row, and the row loaded first stays.
+    Time,
+}
 
 /// `2025-01-01T10:00:00+01:00` (also `Z`, fractions, a space for `T`) → µs since the epoch.
 pub fn parse_time(s: &str) -> Option<i64> {
@@ -88,7 +111,12 @@ fn text(c: &StringArray, i: usize) -> Option<&str> {
 }
 
 /// Maps one batch.
-pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()> {
+pub fn map(
+    batch: Batch,
+    out: &mut Emitter,
+    cx: &TransformContext,
+    version_rule: QlaraVersion,
+) -> Result<()> {
     let data = &batch.data;
     let col = |name: &str| -> Result<&StringArray> {
         data.column_by_name(name)
@@ -110,6 +138,8 @@ pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()>
     let mut keep = Vec::with_capacity(n);
     let mut sent_at = Vec::with_capacity(n);
     let mut delivered_at: Vec<Option<i64>> = Vec::with_capacity(n);
+    let mut version = Vec::with_capacity(n);
+    let ranked = version_rule == QlaraVersion::StatusRank;
     let mut channels = StringBuilder::with_capacity(n, n * 4);
     let mut statuses = StringBuilder::with_capacity(n, n * 8);
     let mut lowered = String::new();
@@ -141,8 +171,10 @@ pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()>
             continue;
         }
         keep.push(true);
-        sent_at.push(sent.unwrap_or_default());
-        delivered_at.push(delivered.unwrap_or_default());
+        let sent = sent.unwrap_or_default();
+        let delivered = delivered.unwrap_or_default();
+        sent_at.push(sent);
+        delivered_at.push(delivered);
         let c = text(channel, i).map_or("", str::trim);
         if c.bytes().any(|b| b.is_ascii_uppercase()) {
             lowered.clear();
@@ -152,15 +184,15 @@ pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()>
         } else {
             channels.append_value(c);
         }
-        statuses.append_value(status(text(status_col, i).unwrap_or("")));
+        let canonical_status = status(text(status_col, i).unwrap_or(""));
+        statuses.append_value(canonical_status);
+        version.push(match delivered {
+            Some(d) => d / 1000,
+            None => sent / 1000 + i64::from(ranked && canonical_status != "sent"),
+        });
     }
 
     let kept = Kept::new(keep);
-    let version = sent_at
-        .iter()
-        .zip(&delivered_at)
-        .map(|(s, d)| d.unwrap_or(*s) / 1000)
-        .collect();
     let canonical = CanonicalColumns {
         provider: "qlara",
         stream: "message_history",
@@ -383,6 +415,67 @@ mod tests {
         assert_eq!(
             dates.value(0),
             us(2024, 12, 31, 0, 0, 0).div_euclid(86_400_000_000) as i32
+        );
+    }
+
+    fn versions(rule: QlaraVersion, rows: &[[&str; 12]]) -> Vec<i64> {
+        let dir = std::env::temp_dir().join(format!("chatlake-nqv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cx = context(&dir);
+        let mut out = Emitter::default();
+        map(Batch::new(window(), raw_batch(rows)), &mut out, &cx, rule).unwrap();
+        let b: Vec<Batch> = out.drain().collect();
+        b[0].data
+            .column_by_name("version")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .values()
+            .to_vec()
+    }
+
+    #[test]
+    fn a_status_reported_without_a_date_outranks_the_in_flight_row() {
+        let row = |status, delivery| {
+            [
+                "m1",
+                "c1",
+                "SMS",
+                "OUTBOUND",
+                "ACME",
+                "+39",
+                "x",
+                status,
+                "2025-01-01T10:00:00Z",
+                delivery,
+                "0.04",
+                "1",
+            ]
+        };
+        let sent = us(2025, 1, 1, 10, 0, 0) / 1000;
+        let delivered = us(2025, 1, 1, 10, 0, 30) / 1000;
+        let rows = [
+            row("SENT", ""),
+            row("EXPIRED", ""),
+            row("ERROR", ""),
+            row("UNKNOWN", ""),
+            row("DELIVERED", "2025-01-01T10:00:30Z"),
+            row("EXPIRED", "2025-01-01T10:00:30Z"),
+        ];
+        let ranked = versions(QlaraVersion::StatusRank, &rows);
+        assert_eq!(
+            ranked,
+            [sent, sent + 1, sent + 1, sent + 1, delivered, delivered]
+        );
+        assert!(
+            ranked[1..].iter().all(|v| *v > ranked[0]),
+            "every report orders after the in-flight row"
+        );
+        // The reference job's rule: the undated report ties with the in-flight row.
+        assert_eq!(
+            versions(QlaraVersion::Time, &rows),
+            [sent, sent, sent, sent, delivered, delivered]
         );
     }
 }
