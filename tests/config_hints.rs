@@ -217,3 +217,33 @@ async fn a_secret_from_a_file_is_used_and_never_shown() {
         .stdout();
     assert!(!plan.contains(wrong), "{plan}");
 }
+
+#[test]
+fn a_variable_that_expanded_to_nothing_is_named_where_its_value_fails() {
+    let s = Scratch::new();
+    let body = GOOD.replace(
+        "path = \"./lake\"",
+        "path = \"${CHATLAKE_TEST_UNSET_LAKE_PATH:-}\"",
+    );
+    let err = validate_err(&s, "p.toml", &body);
+    assert!(
+        err.contains("p.toml: sinks.lake.path:")
+            && err.contains(
+                "(`${CHATLAKE_TEST_UNSET_LAKE_PATH:-}` expanded to nothing: CHATLAKE_TEST_UNSET_LAKE_PATH is not set or empty)"
+            ),
+        "{err}"
+    );
+    // Where the empty value is valid, a warning still names the variable.
+    let body = GOOD.replace(
+        "language = \"ja_JP\"",
+        "language = \"ja_JP${CHATLAKE_TEST_UNSET_SUFFIX:-}\"",
+    );
+    let p = s.pipeline("q.toml", &body);
+    let out = s.run(&["validate", p.to_str().unwrap()]).expect_code(0);
+    assert!(
+        out.stderr()
+            .contains("`${CHATLAKE_TEST_UNSET_SUFFIX:-}` expanded to nothing"),
+        "{}",
+        out.stderr()
+    );
+}

@@ -229,6 +229,9 @@ pub struct PipelineFile {
     /// Sources, transforms and sinks in file order.
     pub components: Vec<ComponentSpec>,
     figment: Figment,
+    /// Keys whose value lost a `${VAR:-}` that expanded to nothing, with the variable: named in
+    /// any error about that key.
+    emptied: Vec<(String, String)>,
 }
 
 impl PipelineFile {
@@ -273,12 +276,21 @@ impl PipelineFile {
                 return Err(errors);
             }
         };
-        interpolate(
+        let mut emptied: Vec<(String, String)> = Vec::new();
+        interpolate_noting(
             &mut root,
             &mut String::new(),
             &|k| std::env::var(k).ok(),
             &mut |key, msg| errors.push(path, key, msg),
+            &mut |key, var| emptied.push((key, var)),
         );
+        for (key, var) in &emptied {
+            tracing::warn!(
+                file = %path.display(),
+                key = %key,
+                "`${{{var}:-}}` expanded to nothing: {var} is not set or empty"
+            );
+        }
 
         let Value::Object(mut top) = root else {
             errors.push(path, "", "the file must be a table");
@@ -376,6 +388,7 @@ impl PipelineFile {
                 pipeline,
                 components,
                 figment,
+                emptied,
             }),
             _ => Err(errors),
         }
@@ -416,6 +429,11 @@ impl PipelineFile {
         let mut message = message.into();
         if let Some(var) = self.env_origin(&key) {
             message.push_str(&format!(" (set by environment variable {var})"));
+        }
+        for (emptied, var) in &self.emptied {
+            if key == *emptied || key.starts_with(&format!("{emptied}.")) || key.starts_with(&format!("{emptied}[")) {
+                message.push_str(&format!(" (`${{{var}:-}}` expanded to nothing: {var} is not set or empty)"));
+            }
         }
         ConfigError {
             file: self.path.clone(),
@@ -588,20 +606,38 @@ fn interpolate(
     lookup: &dyn Fn(&str) -> Option<String>,
     report: &mut dyn FnMut(String, String),
 ) {
+    interpolate_noting(value, key, lookup, report, &mut |_, _| {})
+}
+
+/// [`interpolate`], also telling `note` the key and variable of every `${VAR:-}` that expanded
+/// to nothing.
+fn interpolate_noting(
+    value: &mut Value,
+    key: &mut String,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    report: &mut dyn FnMut(String, String),
+    note: &mut dyn FnMut(String, String),
+) {
     match value {
-        Value::String(s) if s.contains('$') => match expand(s, lookup) {
-            Ok(expanded) => *s = expanded,
-            Err(msg) => report(key.clone(), msg),
-        },
+        Value::String(s) if s.contains('$') => {
+            let mut empty = Vec::new();
+            match expand_noting(s, lookup, &mut empty) {
+                Ok(expanded) => *s = expanded,
+                Err(msg) => report(key.clone(), msg),
+            }
+            for name in empty {
+                note(key.clone(), name);
+            }
+        }
         Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 let len = key.len();
                 key.push_str(&format!("[{i}]"));
-                interpolate(item, key, lookup, report);
+                interpolate_noting(item, key, lookup, report, note);
                 key.truncate(len);
             }
         }
-        Value::Object(map) => interpolate_map(map, key, lookup, report),
+        Value::Object(map) => interpolate_map(map, key, lookup, report, note),
         _ => {}
     }
 }
@@ -611,6 +647,7 @@ fn interpolate_map(
     key: &mut String,
     lookup: &dyn Fn(&str) -> Option<String>,
     report: &mut dyn FnMut(String, String),
+    note: &mut dyn FnMut(String, String),
 ) {
     for (k, v) in map.iter_mut() {
         let len = key.len();
@@ -618,7 +655,7 @@ fn interpolate_map(
             key.push('.');
         }
         key.push_str(k);
-        interpolate(v, key, lookup, report);
+        interpolate_noting(v, key, lookup, report, note);
         key.truncate(len);
     }
 }
@@ -648,6 +685,16 @@ fn read_secret_file(path: &str) -> Result<String, String> {
 }
 
 fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    expand_noting(s, lookup, &mut Vec::new())
+}
+
+/// [`expand`], also naming in `empty` every variable that was unset or empty and whose default
+/// is empty (`${VAR:-}`): a value that silently vanished is worth a word when it fails later.
+fn expand_noting(
+    s: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    empty: &mut Vec<String>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(pos) = rest.find('$') {
@@ -675,7 +722,12 @@ fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, St
             }
             match (lookup(name).filter(|v| !v.is_empty()), default) {
                 (Some(v), _) => out.push_str(&v),
-                (None, Some(d)) => out.push_str(d),
+                (None, Some(d)) => {
+                    if d.is_empty() {
+                        empty.push(name.to_string());
+                    }
+                    out.push_str(d)
+                }
                 (None, None) => {
                     return Err(format!(
                         "environment variable {name} is not set (write ${{{name}:-default}} for a default)"
