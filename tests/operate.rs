@@ -474,3 +474,165 @@ fn schema_prints_a_draft_7_schema_with_every_component_type() {
         }
     }
 }
+
+/// Six daily Qlara exports, each taking a while, into Parquet.
+const SLOW_QLARA: &str = r#"
+[pipeline]
+name = "stoppable"
+state_dir = "./state"
+
+[sources.sms]
+type = "qlara_message_history"
+start = "2025-01-01T00:00:00Z"
+end = "2025-01-06T23:59:59Z"
+window_days = 1
+poll_interval = "20ms"
+requests_per_minute = 2400
+
+[transforms.canonical]
+type = "normalize"
+inputs = ["sms"]
+
+[sinks.lake]
+type = "parquet"
+inputs = ["canonical"]
+path = "./lake"
+partition_by = ["sent_date"]
+"#;
+
+fn sorted_rows(dir: &std::path::Path) -> Vec<common::Row> {
+    let mut rows = common::read_parquet(dir);
+    rows.sort();
+    rows
+}
+
+#[test]
+fn sigterm_stops_a_run_at_once_records_it_interrupted_and_the_next_run_completes_the_lake() {
+    let clean = Scratch::new();
+    let p = clean.pipeline("p.toml", SLOW_QLARA);
+    clean
+        .run(&[
+            "run",
+            "--emulate",
+            "--faults",
+            "qlara.slow_jobs_ms=150",
+            p.to_str().unwrap(),
+        ])
+        .expect_code(0);
+    let want = sorted_rows(&clean.path("lake"));
+    assert!(!want.is_empty());
+
+    let s = Scratch::new();
+    let p = s.pipeline("p.toml", SLOW_QLARA);
+    let mut child = std::process::Command::new(common::BIN)
+        .args([
+            "run",
+            "--emulate",
+            "--faults",
+            "qlara.slow_jobs_ms=150",
+            p.to_str().unwrap(),
+        ])
+        .current_dir(s.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ledger = s.path("state/stoppable/sources/sms.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_to_string(&ledger).is_ok_and(|l| l.contains("\"committed\"")) {
+        assert!(std::time::Instant::now() < deadline, "no window committed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before the signal"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let sent = std::time::Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(5),
+        "stopped at once: {:?}",
+        sent.elapsed()
+    );
+    let last: Value =
+        serde_json::from_slice(&std::fs::read(s.path("state/stoppable/last_run.json")).unwrap())
+            .unwrap();
+    assert_eq!(last["status"], "interrupted", "{last}");
+    assert!(
+        last["error"].as_str().unwrap().contains("SIGTERM"),
+        "{last}"
+    );
+    let shown = s
+        .run(&["state", "show", p.to_str().unwrap()])
+        .expect_code(0)
+        .stdout();
+    assert!(shown.contains("interrupted"), "{shown}");
+    assert!(
+        sorted_rows(&s.path("lake")).len() < want.len(),
+        "the run was stopped before its end"
+    );
+
+    // Crash-equivalent: the next run fetches what was in flight and the lake is a clean run's.
+    s.run(&[
+        "run",
+        "--emulate",
+        "--faults",
+        "qlara.slow_jobs_ms=150",
+        p.to_str().unwrap(),
+    ])
+    .expect_code(0);
+    assert_eq!(sorted_rows(&s.path("lake")), want);
+    assert!(common::temp_files(&s.path("lake")).is_empty());
+}
+
+#[test]
+fn json_logs_are_json_lines_to_the_last_which_holds_the_summary() {
+    let s = Scratch::new();
+    let p = s.pipeline("p.toml", &SLOW_QLARA.replace("2025-01-06", "2025-01-02"));
+    // Info level, and no NO_COLOR: a pipe alone must keep colour codes out.
+    let out = s
+        .run_env(
+            &[
+                "--log-format",
+                "json",
+                "run",
+                "--emulate",
+                p.to_str().unwrap(),
+            ],
+            &[("RUST_LOG", "info"), ("NO_COLOR", "")],
+        )
+        .expect_code(0);
+    let lines: Vec<Value> = out
+        .stderr()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let last = lines.last().unwrap();
+    assert_eq!(last["fields"]["message"], "run finished", "{last}");
+    let summary: Value = serde_json::from_str(last["fields"]["summary"].as_str().unwrap()).unwrap();
+    assert_eq!(summary["status"], "succeeded");
+    assert!(
+        !out.stderr().contains('\u{1b}'),
+        "no colour codes into a pipe"
+    );
+
+    // Errors too.
+    let out = s
+        .run(&["--log-format", "json", "run", "missing.toml"])
+        .expect_code(2);
+    for line in out.stderr().lines() {
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert_eq!(v["level"], "ERROR", "{v}");
+    }
+}

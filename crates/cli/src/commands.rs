@@ -11,6 +11,8 @@ use chatlake_core::runtime::Run;
 use chatlake_core::stage::EmulatorProfile;
 use chatlake_core::state::{StateStore, WindowStatus};
 use chatlake_emulator::{Emulator, EmulatorConfig, Faults};
+
+use crate::error_line;
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 use clap::{Args, CommandFactory};
 
@@ -92,7 +94,7 @@ pub fn parse_time(s: &str) -> Result<DateTime<FixedOffset>, String> {
 
 fn print_config_errors(errors: &ConfigErrors) {
     for e in &errors.0 {
-        eprintln!("error: {e}");
+        error_line!("{e}");
     }
 }
 
@@ -114,7 +116,7 @@ async fn offline_emulator(emulate: bool) -> Result<Option<Emulator>, u8> {
     .await
     .map(Some)
     .map_err(|e| {
-        eprintln!("error: cannot start the emulator: {e}");
+        error_line!("cannot start the emulator: {e}");
         exit::RUN_FAILED
     })
 }
@@ -228,7 +230,7 @@ pub async fn plan(
                 }
             }
             Err(e) => {
-                eprintln!("error: {}: {e}", node.spec.name);
+                error_line!("{}: {e}", node.spec.name);
                 code = exit::BAD_INPUT;
             }
         }
@@ -242,7 +244,7 @@ pub fn components(json: bool) -> u8 {
         match serde_json::to_string_pretty(&docs) {
             Ok(s) => println!("{s}"),
             Err(e) => {
-                eprintln!("error: {e}");
+                error_line!("{e}");
                 return exit::RUN_FAILED;
             }
         }
@@ -280,7 +282,7 @@ pub fn schema() -> u8 {
             exit::OK
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            error_line!("{e}");
             exit::RUN_FAILED
         }
     }
@@ -307,8 +309,8 @@ pub fn man(dir: Option<&Path>) -> u8 {
         Ok(()) => exit::OK,
         Err(e) => {
             match dir {
-                Some(dir) => eprintln!("error: {}: {e}", dir.display()),
-                None => eprintln!("error: {e}"),
+                Some(dir) => error_line!("{}: {e}", dir.display()),
+                None => error_line!("{e}"),
             }
             exit::RUN_FAILED
         }
@@ -330,7 +332,7 @@ pub async fn emulate(addr: SocketAddr, args: EmulatorArgs) -> u8 {
     let emulator = match Emulator::start(addr, args.config()).await {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("error: cannot start the emulator on {addr}: {e}");
+            error_line!("cannot start the emulator on {addr}: {e}");
             return exit::RUN_FAILED;
         }
     };
@@ -372,7 +374,7 @@ pub async fn run(args: RunArgs) -> u8 {
     if let Some(path) = &args.metrics_file
         && let Err(e) = metrics_file::check_path(path)
     {
-        eprintln!("error: --metrics-file {e}");
+        error_line!("--metrics-file {e}");
         return exit::BAD_INPUT;
     }
     let mut facts = RunFacts::default();
@@ -409,7 +411,7 @@ pub async fn run(args: RunArgs) -> u8 {
         Err(e) => {
             // A scheduler watching the file would not see this run: fail it, so it is noticed
             // (what the run committed stays committed).
-            eprintln!("error: --metrics-file {e}");
+            error_line!("--metrics-file {e}");
             if code == exit::OK {
                 exit::RUN_FAILED
             } else {
@@ -441,7 +443,7 @@ async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
     let _lock = match store.lock() {
         Ok(lock) => lock,
         Err(e) => {
-            eprintln!("error: {}: {e}", args.pipeline.display());
+            error_line!("{}: {e}", args.pipeline.display());
             return exit::RUN_FAILED;
         }
     };
@@ -454,7 +456,7 @@ async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
                 "--full-refresh: forgot the ledger; loading everything again"
             ),
             Err(e) => {
-                eprintln!("error: --full-refresh: {e}");
+                error_line!("--full-refresh: {e}");
                 return exit::RUN_FAILED;
             }
         }
@@ -471,7 +473,7 @@ async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
                 Some(e)
             }
             Err(e) => {
-                eprintln!("error: cannot start the emulator: {e}");
+                error_line!("cannot start the emulator: {e}");
                 return exit::RUN_FAILED;
             }
         }
@@ -497,7 +499,18 @@ async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
         .progress
         .unwrap_or_else(|| std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let progress = show_progress.then(|| summary::Progress::start(run.metrics()));
-    let summary = run.execute().await;
+    let probe = run.probe();
+    // SIGINT or SIGTERM (a person's Ctrl-C, Kubernetes stopping a Job) stops the run at once:
+    // what committed stays, windows in flight are abandoned exactly as a crash would leave
+    // them (every commit is write-then-rename-then-ledger), and the run is recorded as
+    // interrupted. Waiting for windows in flight could outlast the scheduler's grace period.
+    let summary = tokio::select! {
+        summary = run.execute() => summary,
+        cause = stop_signal() => {
+            tracing::warn!(signal = cause, "stopping: windows in flight are abandoned; the next run fetches them again");
+            probe.interrupted(cause)
+        }
+    };
     if let Some(p) = progress {
         p.finish().await;
     }
@@ -505,9 +518,42 @@ async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
         e.shutdown().await;
     }
     summary::print(&summary);
+    if crate::json_logs() {
+        // One last event a log pipeline can key on, holding the whole summary.
+        tracing::info!(
+            run_id = %summary.run_id,
+            status = ?summary.status,
+            seconds = summary.seconds,
+            summary = %serde_json::to_string(&summary).unwrap_or_default(),
+            "run finished"
+        );
+    }
     let code = summary.status.exit_code() as u8;
     facts.summary = Some(summary);
     code
+}
+
+/// Waits for SIGINT or SIGTERM; names the one that came.
+async fn stop_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
 }
 
 /// `state show`: per source, the windows committed and failed and the latest committed end.
@@ -523,7 +569,7 @@ pub fn state_show(path: &Path, json: bool) -> u8 {
     let ledgers = match store.all() {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: {e}");
+            error_line!("{e}");
             return exit::RUN_FAILED;
         }
     };
@@ -531,7 +577,7 @@ pub fn state_show(path: &Path, json: bool) -> u8 {
         match serde_json::to_string_pretty(&ledgers) {
             Ok(s) => println!("{s}"),
             Err(e) => {
-                eprintln!("error: {e}");
+                error_line!("{e}");
                 return exit::RUN_FAILED;
             }
         }
@@ -613,7 +659,7 @@ pub fn state_show(path: &Path, json: bool) -> u8 {
             }
         }
         Ok(_) => {}
-        Err(e) => eprintln!("warning: cannot list removal logs: {e}"),
+        Err(e) => crate::print_warning(format_args!("cannot list removal logs: {e}")),
     }
     exit::OK
 }
@@ -634,14 +680,14 @@ pub fn state_reset(path: &Path, source: Option<&str>) -> u8 {
             .iter()
             .any(|c| c.role == chatlake_core::config::Role::Source && c.name == name)
     {
-        eprintln!("error: {}: no source named `{name}`", path.display());
+        error_line!("{}: no source named `{name}`", path.display());
         return exit::BAD_INPUT;
     }
     let store = StateStore::new(file.pipeline_state_dir());
     let _lock = match store.lock() {
         Ok(lock) => lock,
         Err(e) => {
-            eprintln!("error: {}: {e}", path.display());
+            error_line!("{}: {e}", path.display());
             return exit::RUN_FAILED;
         }
     };
@@ -652,7 +698,7 @@ pub fn state_reset(path: &Path, source: Option<&str>) -> u8 {
             reset.join(", ")
         ),
         Err(e) => {
-            eprintln!("error: {e}");
+            error_line!("{e}");
             return exit::RUN_FAILED;
         }
     }

@@ -1,6 +1,6 @@
 //! The `chatlake` command line (spec section 1). `main` maps every outcome to a documented exit
 //! code: 0 success, 1 the run failed, 2 bad command line or pipeline file, 3 finished with
-//! dead-lettered records.
+//! dead-lettered records, 130 interrupted (SIGINT or SIGTERM).
 
 mod commands;
 mod metrics_file;
@@ -23,6 +23,40 @@ pub mod exit {
     pub const RUN_FAILED: u8 = 1;
     pub const BAD_INPUT: u8 = 2;
     pub const DEAD_LETTERS: u8 = 3;
+    /// Stopped by SIGINT or SIGTERM (128 + SIGINT, as shells report it).
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// Whether logs are JSON (`--log-format json`): then errors printed for a person become JSON
+/// log events too, so that every line on standard error parses.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Prints `error: …` for a person, or an `ERROR` event with `--log-format json`.
+macro_rules! error_line {
+    ($($arg:tt)*) => { $crate::print_error(format_args!($($arg)*)) };
+}
+pub(crate) use error_line;
+
+pub(crate) fn print_error(message: std::fmt::Arguments<'_>) {
+    if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::error!("{message}");
+    } else {
+        eprintln!("error: {message}");
+    }
+}
+
+/// Prints `warning: …` for a person, or a `WARN` event with `--log-format json`.
+pub(crate) fn print_warning(message: std::fmt::Arguments<'_>) {
+    if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!("{message}");
+    } else {
+        eprintln!("warning: {message}");
+    }
+}
+
+/// Whether logs are JSON lines.
+pub(crate) fn json_logs() -> bool {
+    JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 #[derive(Debug, Parser)]
@@ -33,7 +67,8 @@ pub mod exit {
 )]
 #[command(
     after_help = "Exit codes: 0 success; 1 the run failed (a window failed after retries, nothing of it \
-committed); 2 bad command line or pipeline file; 3 finished, but records were dead-lettered."
+committed); 2 bad command line or pipeline file; 3 finished, but records were dead-lettered; 130 \
+interrupted by SIGINT or SIGTERM (windows in flight abandoned, as a crash leaves them)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -173,7 +208,7 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            error_line!("cannot start the async runtime: {e}");
             return ExitCode::from(exit::RUN_FAILED);
         }
     };
@@ -209,9 +244,18 @@ pub fn main() -> ExitCode {
 fn init_logging(format: LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // Colour only for a person at a terminal (and never with NO_COLOR set): a scheduler's log
+    // file gets plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
+    JSON_LOGS.store(
+        matches!(format, LogFormat::Json),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let _ = match format {
         LogFormat::Text => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().try_init(),

@@ -121,6 +121,7 @@ pub fn print(s: &RunSummary) {
         RunStatus::Succeeded => "succeeded",
         RunStatus::Failed => "FAILED",
         RunStatus::DeadLettered => "finished with dead letters",
+        RunStatus::Interrupted => "INTERRUPTED",
     };
     let rows: u64 = s
         .components

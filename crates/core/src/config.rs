@@ -431,8 +431,13 @@ impl PipelineFile {
             message.push_str(&format!(" (set by environment variable {var})"));
         }
         for (emptied, var) in &self.emptied {
-            if key == *emptied || key.starts_with(&format!("{emptied}.")) || key.starts_with(&format!("{emptied}[")) {
-                message.push_str(&format!(" (`${{{var}:-}}` expanded to nothing: {var} is not set or empty)"));
+            if key == *emptied
+                || key.starts_with(&format!("{emptied}."))
+                || key.starts_with(&format!("{emptied}["))
+            {
+                message.push_str(&format!(
+                    " (`${{{var}:-}}` expanded to nothing: {var} is not set or empty)"
+                ));
             }
         }
         ConfigError {
@@ -600,6 +605,7 @@ fn with_suggestion(message: &str) -> String {
 /// Expands `${VAR}`, `${VAR:-default}` and `${file:PATH}` in every string of `value`; `$${`
 /// stands for a literal `${`. Reports an unset variable without a default, an unreadable file,
 /// and an unclosed `${`, at its key.
+#[cfg(test)]
 fn interpolate(
     value: &mut Value,
     key: &mut String,
@@ -684,6 +690,7 @@ fn read_secret_file(path: &str) -> Result<String, String> {
     Ok(text.to_string())
 }
 
+#[cfg(test)]
 fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     expand_noting(s, lookup, &mut Vec::new())
 }

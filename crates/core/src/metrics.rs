@@ -159,6 +159,9 @@ pub enum RunStatus {
     Failed,
     /// Exit 3: finished, but records were dead-lettered.
     DeadLettered,
+    /// Exit 130: stopped by SIGINT or SIGTERM; windows in flight were abandoned as a crash
+    /// leaves them (the next run fetches them again), committed ones stay.
+    Interrupted,
 }
 
 impl RunStatus {
@@ -167,6 +170,7 @@ impl RunStatus {
             RunStatus::Succeeded => 0,
             RunStatus::Failed => 1,
             RunStatus::DeadLettered => 3,
+            RunStatus::Interrupted => 130,
         }
     }
 }

@@ -337,6 +337,64 @@ impl Run {
     }
 }
 
+/// What is needed to sum up a run that is stopped from outside (SIGINT, SIGTERM) while
+/// [`Run::execute`] is dropped mid-way: its identity and live counters.
+pub struct RunProbe {
+    info: Arc<RunInfo>,
+    metrics: Vec<(String, Role, String, Arc<ComponentMetrics>)>,
+    state_dir: std::path::PathBuf,
+    started: Instant,
+}
+
+impl Run {
+    /// A [`RunProbe`] of this run, taken before [`Run::execute`].
+    pub fn probe(&self) -> RunProbe {
+        RunProbe {
+            info: self.info.clone(),
+            metrics: self
+                .metrics
+                .iter()
+                .map(|(n, (r, t, m))| (n.clone(), *r, t.clone(), m.clone()))
+                .collect(),
+            state_dir: self.pipeline.pipeline_state_dir(),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl RunProbe {
+    /// The summary of the run stopped by `cause` (saved as any run's is): what was committed
+    /// before the stop, with the status [`RunStatus::Interrupted`].
+    pub fn interrupted(&self, cause: &str) -> RunSummary {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let components = self
+            .metrics
+            .iter()
+            .map(|(name, role, type_name, m)| {
+                m.summarize(name, &role.to_string(), type_name, seconds)
+            })
+            .collect();
+        let summary = RunSummary {
+            pipeline: self.info.pipeline.clone(),
+            run_id: self.info.run_id.clone(),
+            status: RunStatus::Interrupted,
+            started_at: self.info.started_at,
+            finished_at: Utc::now(),
+            seconds,
+            components,
+            error: Some(format!(
+                "interrupted by {cause}: windows in flight were abandoned, as a crash leaves them; the next run fetches them again"
+            )),
+            dead_letters: 0,
+            dead_letter_file: None,
+        };
+        if let Err(e) = save_summary(&summary, &self.state_dir) {
+            tracing::warn!(error = %e, "could not save the run summary");
+        }
+        summary
+    }
+}
+
 /// The committed windows the sources load again in this run (see
 /// [`crate::stage::Source::windows_loaded_again`]); a key the ledger does not list as committed
 /// is an ordinary load. Sources find them before anything runs (a few file-system lookups).
