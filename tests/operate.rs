@@ -636,3 +636,42 @@ fn json_logs_are_json_lines_to_the_last_which_holds_the_summary() {
         assert_eq!(v["level"], "ERROR", "{v}");
     }
 }
+
+#[test]
+fn on_a_terminal_a_bar_counts_planned_windows_with_an_eta_and_log_lines_stay_whole() {
+    let s = Scratch::new();
+    let p = s.pipeline("p.toml", SLOW_QLARA);
+    // `script` gives the run a pseudo-terminal, as a person's shell would.
+    let command = format!(
+        "RUST_LOG=info NO_COLOR=1 {} run --emulate --faults qlara.slow_jobs_ms=150 {}",
+        common::BIN,
+        p.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(s.dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        screen.contains("/6 windows"),
+        "the plan's 6 windows are the total: {screen}"
+    );
+    assert!(screen.contains("ETA"), "{screen}");
+    // Every log line arrives whole: the bar is cleared before it and drawn again after.
+    // Every log line is still on the screen at the end, whole: the bar is cleared before each
+    // and drawn again after it, never over it. A terminal tall enough that nothing scrolls off.
+    let size = |n| std::num::NonZero::new(n).unwrap();
+    // 80 columns: what indicatif assumes of a pseudo-terminal that reports no size.
+    let mut terminal = vt100::Parser::new(size(2000), size(80), 0);
+    terminal.process(&out.stdout);
+    let shown = terminal.screen().contents();
+    // (80 columns wrap a log line: count them by their start.)
+    let logged = shown.matches("INFO committed window sink=lake").count();
+    assert_eq!(logged, 6, "{shown}");
+    assert!(
+        !shown.contains("ETA"),
+        "the bar is cleared at the end: {shown}"
+    );
+}

@@ -498,7 +498,8 @@ async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
     let show_progress = args
         .progress
         .unwrap_or_else(|| std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let progress = show_progress.then(|| summary::Progress::start(run.metrics()));
+    let progress =
+        show_progress.then(|| summary::Progress::start(run.metrics(), run.planned_windows()));
     let probe = run.probe();
     // SIGINT or SIGTERM (a person's Ctrl-C, Kubernetes stopping a Job) stops the run at once:
     // what committed stays, windows in flight are abandoned exactly as a crash would leave

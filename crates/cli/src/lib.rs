@@ -250,7 +250,7 @@ fn init_logging(format: LogFormat, level: &str) {
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(summary::LogWriter)
         .with_ansi(colour);
     JSON_LOGS.store(
         matches!(format, LogFormat::Json),

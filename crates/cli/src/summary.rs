@@ -1,6 +1,6 @@
 //! The live progress line and the summary table printed at the end of `run`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chatlake_core::config::Role;
@@ -8,20 +8,49 @@ use chatlake_core::metrics::{ComponentMetrics, RunStatus, RunSummary};
 use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_BORDERS_ONLY};
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// A spinner on standard error with windows done, records, bytes and rate.
+/// The live progress on standard error: a bar with windows done of the planned total, rate and
+/// ETA when the sources' plans know the total, else a spinner with the same figures. Log lines
+/// are printed above it (see [`LogWriter`]).
 pub struct Progress {
     bar: ProgressBar,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The bar being shown, for [`LogWriter`].
+static SHOWN: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
 impl Progress {
-    pub fn start(metrics: Vec<(String, Role, Arc<ComponentMetrics>)>) -> Progress {
-        let bar = ProgressBar::new_spinner();
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
-                .expect("valid template"),
-        );
+    /// `total`: the windows the run will fetch, if known before it starts.
+    pub fn start(
+        metrics: Vec<(String, Role, Arc<ComponentMetrics>)>,
+        total: Option<u64>,
+    ) -> Progress {
+        let bar = match total {
+            Some(total) => {
+                let bar = ProgressBar::new(total);
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{elapsed_precise} [{bar:30}] {pos}/{len} windows · {msg} · ETA {eta}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                );
+                bar
+            }
+            None => {
+                let bar = ProgressBar::new_spinner();
+                bar.set_style(
+                    ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                        .expect("valid template"),
+                );
+                bar
+            }
+        };
+        if let Ok(mut shown) = SHOWN.lock() {
+            *shown = Some(bar.clone());
+        }
         let b = bar.clone();
+        let counted = total.is_some();
         let task = tokio::spawn(async move {
             let started = Instant::now();
             loop {
@@ -38,18 +67,28 @@ impl Progress {
                     }
                 }
                 let rate = records as f64 / started.elapsed().as_secs_f64().max(0.001);
-                b.set_message(format!(
-                    "windows {windows} done{} · {} records · {} written · {}/s",
-                    if failed > 0 {
-                        format!(", {failed} failed")
-                    } else {
-                        String::new()
-                    },
-                    human_count(records),
-                    human_bytes(bytes),
-                    human_count(rate as u64)
-                ));
-                b.tick();
+                let failed_note = if failed > 0 {
+                    format!("{failed} failed · ")
+                } else {
+                    String::new()
+                };
+                if counted {
+                    b.set_position(windows + failed);
+                    b.set_message(format!(
+                        "{failed_note}{} records · {} written · {}/s",
+                        human_count(records),
+                        human_bytes(bytes),
+                        human_count(rate as u64)
+                    ));
+                } else {
+                    b.set_message(format!(
+                        "windows {windows} done · {failed_note}{} records · {} written · {}/s",
+                        human_count(records),
+                        human_bytes(bytes),
+                        human_count(rate as u64)
+                    ));
+                    b.tick();
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
@@ -59,7 +98,53 @@ impl Progress {
     pub async fn finish(self) {
         self.task.abort();
         let _ = self.task.await;
+        if let Ok(mut shown) = SHOWN.lock() {
+            *shown = None;
+        }
         self.bar.finish_and_clear();
+    }
+}
+
+/// Where log lines go: standard error, above the progress bar while one is shown (the bar is
+/// cleared, the line written, the bar drawn again), so that neither tears the other.
+pub struct LogWriter;
+
+/// One log event, written whole when the logger drops it.
+pub struct LogLine(Vec<u8>);
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogLine;
+
+    fn make_writer(&'a self) -> LogLine {
+        LogLine(Vec::with_capacity(256))
+    }
+}
+
+impl std::io::Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let write = || {
+            use std::io::Write;
+            let _ = std::io::stderr().lock().write_all(&self.0);
+        };
+        let shown = SHOWN.lock().ok().and_then(|s| s.clone());
+        match shown {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        }
     }
 }
 

@@ -80,6 +80,21 @@ impl Run {
         &self.info
     }
 
+    /// How many windows the sources will fetch, if their plans know it before the run (see
+    /// [`crate::stage::Source::plan_is_complete`]); for a progress bar.
+    pub fn planned_windows(&self) -> Option<u64> {
+        let mut total = 0u64;
+        for node in &self.pipeline.nodes {
+            if let Stage::Source(source) = &node.stage {
+                if !source.plan_is_complete() {
+                    return None;
+                }
+                total += source.plan().ok()?.len() as u64;
+            }
+        }
+        Some(total)
+    }
+
     /// Live counters per component, in pipeline order.
     pub fn metrics(&self) -> Vec<(String, Role, Arc<ComponentMetrics>)> {
         self.metrics

@@ -414,6 +414,13 @@ pub trait Source: Send {
         Vec::new()
     }
 
+    /// Whether [`Source::plan`] lists every window this run fetches: false where windows are
+    /// found at run time (conversations discovered through the API), so a progress bar shows no
+    /// total it does not know. True by default.
+    fn plan_is_complete(&self) -> bool {
+        true
+    }
+
     /// Fetches every window. For each one: send its batches, then `window_done` — or
     /// `window_failed` if it still fails after retries (the run goes on with the next window).
     /// Return an error only for a failure that makes every further window pointless.

@@ -1141,6 +1141,13 @@ impl Source for ZoomSource {
         }
     }
 
+    fn plan_is_complete(&self) -> bool {
+        match &self.mode {
+            Mode::Files(_) => true,
+            Mode::Api(settings) => self.listed_targets(settings).is_some(),
+        }
+    }
+
     fn windows_loaded_again(&self) -> Vec<String> {
         match &self.mode {
             Mode::Api(api) => self.windows_fetched_again(api),
