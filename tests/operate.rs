@@ -675,3 +675,107 @@ fn on_a_terminal_a_bar_counts_planned_windows_with_an_eta_and_log_lines_stay_who
         "the bar is cleared at the end: {shown}"
     );
 }
+
+/// A minimal OTLP/HTTP receiver: answers every POST 200 and hands over (path, body).
+fn otlp_receiver() -> (String, std::sync::mpsc::Receiver<(String, Vec<u8>)>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            loop {
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let path = request_line.split(' ').nth(1).unwrap_or("").to_string();
+                let mut length = 0;
+                loop {
+                    let mut header = String::new();
+                    reader.read_line(&mut header).unwrap();
+                    let header = header.trim_end();
+                    if header.is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = header.split_once(':')
+                        && k.eq_ignore_ascii_case("content-length")
+                    {
+                        length = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let _ = tx.send((path, body));
+                let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                if stream.write_all(answer.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn with_an_otlp_endpoint_the_runs_metrics_go_to_the_collector() {
+    let (url, received) = otlp_receiver();
+    let s = Scratch::new();
+    let p = s.pipeline("p.toml", &SLOW_QLARA.replace("2025-01-06", "2025-01-02"));
+    s.run_env(
+        &["run", "--emulate", p.to_str().unwrap()],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ],
+    )
+    .expect_code(0);
+    let (path, body) = received
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the run sent its metrics");
+    assert_eq!(path, "/v1/metrics");
+    let request: Value = serde_json::from_slice(&body).unwrap();
+    let resource = &request["resourceMetrics"][0];
+    let service = resource["resource"]["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["key"] == "service.name")
+        .unwrap();
+    assert_eq!(service["value"]["stringValue"], "chatlake");
+    let metrics: HashMap<String, Value> = resource["scopeMetrics"][0]["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap().to_string(), m.clone()))
+        .collect();
+    // The figures of the metrics file, counters without `_total`.
+    let last: Value =
+        serde_json::from_slice(&std::fs::read(s.path("state/stoppable/last_run.json")).unwrap())
+            .unwrap();
+    let records = &metrics["chatlake_source_records"]["sum"]["dataPoints"][0];
+    assert_eq!(
+        records["asDouble"].as_f64(),
+        last["components"][0]["records_out"].as_f64(),
+        "{records}"
+    );
+    let mut attributes: Vec<String> = records["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "{}={}",
+                a["key"].as_str().unwrap(),
+                a["value"]["stringValue"].as_str().unwrap()
+            )
+        })
+        .collect();
+    attributes.sort();
+    assert_eq!(attributes, ["component=sms", "pipeline=stoppable"]);
+    let exit = &metrics["chatlake_run_exit_code"]["gauge"]["dataPoints"][0];
+    assert_eq!(exit["asDouble"], 0.0);
+    assert!(metrics.contains_key("chatlake_source_loaded_through_timestamp_seconds"));
+}

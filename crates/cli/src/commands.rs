@@ -379,9 +379,10 @@ pub async fn run(args: RunArgs) -> u8 {
     }
     let mut facts = RunFacts::default();
     let code = run_pipeline(&args, &mut facts).await;
-    let Some(path) = &args.metrics_file else {
+    let otlp = crate::otlp::wanted();
+    if args.metrics_file.is_none() && !otlp {
         return code;
-    };
+    }
     let fallback_name = args
         .pipeline
         .file_stem()
@@ -405,6 +406,18 @@ pub async fn run(args: RunArgs) -> u8 {
         summary: facts.summary.as_ref(),
         sources: &facts.sources,
         ledgers: &ledgers,
+    };
+    if otlp {
+        // A collector that is down must not fail a run that loaded its data: a warning.
+        let families = metrics_file::families(&report);
+        match tokio::task::spawn_blocking(move || crate::otlp::export(&families)).await {
+            Ok(Ok(())) => tracing::info!("sent the run's metrics over OTLP"),
+            Ok(Err(e)) => tracing::warn!("{e}"),
+            Err(e) => tracing::warn!("the OTLP export panicked: {e}"),
+        }
+    }
+    let Some(path) = &args.metrics_file else {
+        return code;
     };
     match metrics_file::write(path, &report) {
         Ok(()) => code,

@@ -4,6 +4,7 @@
 
 mod commands;
 mod metrics_file;
+mod otlp;
 mod pipeline_test;
 mod registry;
 mod schema;

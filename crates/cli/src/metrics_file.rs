@@ -139,6 +139,12 @@ pub fn write(path: &Path, report: &RunReport<'_>) -> Result<(), MetricsFileError
 
 /// The exposition text of `report`.
 pub fn render(report: &RunReport<'_>) -> String {
+    exposition_text(&families(report))
+}
+
+/// The run's figures as metric families: what the file holds, and what the OTLP export sends
+/// (crate::otlp).
+pub fn families(report: &RunReport<'_>) -> Vec<Family> {
     let mut out = Exposition::default();
     let pipeline = report.pipeline;
     let run = |value: f64| (vec![("pipeline", pipeline.to_string())], value);
@@ -317,7 +323,7 @@ pub fn render(report: &RunReport<'_>) -> String {
     for (role, name, help, figure) in families {
         out.family(name, Kind::Counter, help, per(role, figure));
     }
-    out.text
+    out.families
 }
 
 /// A per-component counter: the role it is written for, its name, its help and the summary
@@ -340,48 +346,72 @@ fn unix_seconds(t: DateTime<Utc>) -> f64 {
     t.timestamp_millis() as f64 / 1000.0
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Kind {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
     Counter,
     Gauge,
 }
 
-/// Builds exposition text one metric family at a time.
+/// One metric: its name (Prometheus style, counters ending in `_total`), kind, help and samples
+/// (labels, value).
+#[derive(Debug, Clone)]
+pub struct Family {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+    pub samples: Vec<(Vec<(&'static str, String)>, f64)>,
+}
+
+/// Collects metric families one at a time.
 #[derive(Debug, Default)]
 struct Exposition {
-    text: String,
+    families: Vec<Family>,
 }
 
 impl Exposition {
-    /// `# HELP`, `# TYPE` and the samples of one family. A family without samples is left out
-    /// entirely: a `TYPE` line with no sample tells a scraper nothing.
+    /// A family without samples is left out entirely: a `TYPE` line with no sample tells a
+    /// scraper nothing.
     fn family(
         &mut self,
-        name: &str,
+        name: &'static str,
         kind: Kind,
-        help: &str,
+        help: &'static str,
         samples: impl IntoIterator<Item = (Vec<(&'static str, String)>, f64)>,
     ) {
-        let mut samples = samples.into_iter().peekable();
-        if samples.peek().is_none() {
+        let samples: Vec<_> = samples.into_iter().collect();
+        if samples.is_empty() {
             return;
         }
-        let kind = match kind {
+        self.families.push(Family {
+            name,
+            kind,
+            help,
+            samples,
+        });
+    }
+}
+
+/// `# HELP`, `# TYPE` and the samples of each family, in the text exposition format.
+fn exposition_text(families: &[Family]) -> String {
+    let mut text = String::new();
+    for f in families {
+        let kind = match f.kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
         };
         // Writing to a String cannot fail.
-        let _ = writeln!(self.text, "# HELP {name} {}", escape_help(help));
-        let _ = writeln!(self.text, "# TYPE {name} {kind}");
-        for (labels, value) in samples {
+        let _ = writeln!(text, "# HELP {} {}", f.name, escape_help(f.help));
+        let _ = writeln!(text, "# TYPE {} {kind}", f.name);
+        for (labels, value) in &f.samples {
             let labels = labels
                 .iter()
                 .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
                 .collect::<Vec<_>>()
                 .join(",");
-            let _ = writeln!(self.text, "{name}{{{labels}}} {}", format_value(value));
+            let _ = writeln!(text, "{}{{{labels}}} {}", f.name, format_value(*value));
         }
     }
+    text
 }
 
 /// HELP text escapes `\` and line feeds.
