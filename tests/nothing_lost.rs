@@ -329,6 +329,62 @@ compression = "none"
     );
 }
 
+/// A changed input file is loaded again whole, and its window's earlier files are replaced, also
+/// those the new load does not overwrite: rows taken out of the file (here every row of one
+/// day, in a sink partitioned by day) used to stay in the lake beside the new load's files.
+#[test]
+fn a_rewritten_file_leaves_no_file_of_its_earlier_self() {
+    let s = Scratch::new();
+    let p = s.pipeline(
+        "lw.toml",
+        r#"
+[pipeline]
+name = "lw"
+state_dir = "./state"
+
+[sources.lw]
+type = "lineworks_message_contents"
+files = ["in/*.csv"]
+
+[transforms.canonical]
+type = "normalize"
+inputs = ["lw"]
+
+[sinks.out]
+type = "jsonl"
+inputs = ["canonical"]
+path = "./out"
+partition_by = ["sent_date"]
+compression = "none"
+"#,
+    );
+    let header = "\u{feff}Date,Sender,Recipient,Message room ID,Message\r\n";
+    let row = |day: u32, text: &str| {
+        format!("2025-02-0{day} 10:00:00,A(a@example.com),B(b@example.com),1,{text}\r\n")
+    };
+    std::fs::create_dir_all(s.path("in")).unwrap();
+    std::fs::write(
+        s.path("in/a.csv"),
+        format!("{header}{}{}", row(1, "kept"), row(3, "taken out")),
+    )
+    .unwrap();
+    s.run(&["run", p.to_str().unwrap()]).expect_code(0);
+    let texts = |s: &Scratch| -> Vec<String> {
+        let mut t: Vec<String> = texts_by_id(&s.path("out")).into_values().collect();
+        t.sort();
+        t
+    };
+    assert_eq!(texts(&s), ["kept", "taken out"]);
+
+    std::fs::write(
+        s.path("in/a.csv"),
+        format!("{header}{}{}", row(1, "kept"), row(2, "added")),
+    )
+    .unwrap();
+    s.run(&["run", p.to_str().unwrap()]).expect_code(0);
+    assert_eq!(texts(&s), ["added", "kept"], "the file's rows now, no others");
+}
+
 // ---- items 6, 7, 10, 11 -------------------------------------------------------------------
 
 /// A LINE WORKS files-mode pipeline writing the raw rows to JSON Lines, partitioned by
@@ -869,6 +925,58 @@ compression = "none"
     s.run(&["run", p.to_str().unwrap()]).expect_code(0);
     assert_eq!(read_jsonl(&s.path("first")).len(), 7);
     assert_eq!(read_jsonl(&s.path("second")).len(), 7);
+}
+
+/// Item 4, the other half: a sink whose write fails mid-window (a full disk; here a partition
+/// directory it cannot create after it had written others) leaves none of the window's
+/// temporary files (`part-….jsonl.tmp`, which a `*.jsonl*` glob reads) when the run ends, now
+/// that a failed sink is kept to the end of the run to drop windows the ledger does not list
+/// (its writer deletes them when it is dropped).
+#[test]
+fn a_write_error_mid_window_leaves_no_temporary_files() {
+    let s = Scratch::new();
+    let fixture = common::repo("fixtures/lineworks/ja_JP_sample.csv");
+    let p = s.pipeline(
+        "p.toml",
+        &format!(
+            r#"
+[pipeline]
+name = "full"
+state_dir = "./state"
+
+[sources.lw]
+type = "lineworks_message_contents"
+files = [{fixture:?}]
+
+[transforms.canonical]
+type = "normalize"
+inputs = ["lw"]
+
+[sinks.out]
+type = "jsonl"
+inputs = ["canonical"]
+path = "./out"
+partition_by = ["sent_date"]
+compression = "none"
+"#
+        ),
+    );
+    // The fixture's rows fall on 2025-01-01, -02 and -03: the last day's directory cannot be
+    // made, so the error comes after the first days' files were opened and written.
+    std::fs::create_dir_all(s.path("out")).unwrap();
+    std::fs::write(s.path("out/sent_date=2025-01-03"), "in the way").unwrap();
+    s.run(&["run", p.to_str().unwrap()]).expect_code(1);
+    let left: Vec<_> = common::files(&s.path("out"), ".jsonl")
+        .into_iter()
+        .chain(common::temp_files(&s.path("out")))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "no file of the failed window is left: {left:?}"
+    );
+    std::fs::remove_file(s.path("out/sent_date=2025-01-03")).unwrap();
+    s.run(&["run", p.to_str().unwrap()]).expect_code(0);
+    assert_eq!(read_jsonl(&s.path("out")).len(), 7);
 }
 
 /// Item 9: dead letters used to be written as `<state_dir>/<pipeline>/dead_letters/<run>.jsonl`,

@@ -107,7 +107,17 @@ impl Run {
             Err(e) => return failed_before_start(&info, &metrics, started, &state_dir, e),
         };
         let committed = Arc::new(lake.all());
-        let reloading = Arc::new(lake.reloading);
+        // Committed windows the sources load again in this run (a changed input file). Their
+        // files stay until the new load commits, as those of windows reset for reloading do:
+        // transforms learn of them before any input, and sinks replace all of their earlier
+        // files when they commit (also files the new commit does not overwrite).
+        let loaded_again = Arc::new(windows_loaded_again(&pipeline, &lake.committed));
+        let reloading = Arc::new(
+            lake.reloading
+                .union(&loaded_again)
+                .cloned()
+                .collect::<HashSet<String>>(),
+        );
         let owner = match store.identity() {
             Ok(id) => Arc::new(StateOwner {
                 id,
@@ -153,9 +163,6 @@ impl Run {
             owner: owner.clone(),
         };
 
-        // Transforms learn, before any input, which committed windows are loaded again (not
-        // the sinks: those windows' files stay until the new load replaces them).
-        let loaded_again = Arc::new(windows_loaded_again(&pipeline, &committed));
         // Sinks start before anything runs: each clears what an interrupted run left, then the
         // removal logs earlier runs committed but did not finish applying are applied.
         let removals = RemovalLog::new(store.dir());

@@ -534,9 +534,10 @@ pub struct SinkContext {
     /// waiting to be loaded again. Files of any other window are leftovers of an interrupted
     /// run: [`Sink::start`] removes them.
     pub committed: Arc<HashSet<String>>,
-    /// The windows of `committed` waiting to be loaded again (`state reset`): their files stay
-    /// until the window is committed again, which replaces them (also files the new commit does
-    /// not overwrite).
+    /// The windows of `committed` this run may load again: waiting to be reloaded (`state
+    /// reset`, `--full-refresh`) or loaded again by their source (a changed input file). Their
+    /// files stay until the window is committed again, which replaces them (also files the new
+    /// commit does not overwrite).
     pub reloading: Arc<HashSet<String>>,
     /// The state directory this run's ledger is in: a sink marks its path as written by it and
     /// refuses a path another state directory writes (see [`Sink::start`]).
