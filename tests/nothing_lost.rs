@@ -382,7 +382,11 @@ compression = "none"
     )
     .unwrap();
     s.run(&["run", p.to_str().unwrap()]).expect_code(0);
-    assert_eq!(texts(&s), ["added", "kept"], "the file's rows now, no others");
+    assert_eq!(
+        texts(&s),
+        ["added", "kept"],
+        "the file's rows now, no others"
+    );
 }
 
 // ---- items 6, 7, 10, 11 -------------------------------------------------------------------
@@ -754,6 +758,45 @@ fn a_reset_or_full_refresh_whose_refetch_fails_keeps_the_lake() {
     assert_eq!(ledger_statuses(&ledger), ["committed"]);
 }
 
+/// Item 2: files a sink deletes when it starts (of windows the ledger does not list) used to be
+/// reported as a count at INFO; now at WARN, with the count and a sample of their names.
+#[test]
+fn files_deleted_at_start_are_logged_at_warn_with_their_names() {
+    let s = Scratch::new();
+    let fixture = format!(
+        "{:?}",
+        common::repo("fixtures/lineworks/ja_JP_sample.csv")
+            .to_str()
+            .unwrap()
+    );
+    let p = s.pipeline(
+        "p.toml",
+        &SHARED
+            .replace("STATE", "./state")
+            .replace("FILES", &fixture),
+    );
+    s.run(&["run", p.to_str().unwrap()]).expect_code(0);
+    let kept = common::files(&s.path("shared"), ".jsonl");
+    assert_eq!(kept.len(), 1);
+    // A file of a window the ledger does not list, as a run killed before its commit point
+    // leaves one.
+    let stray = "part-shared.lake.lw-00000000deadbeef.0000.jsonl";
+    std::fs::copy(&kept[0], s.path("shared").join(stray)).unwrap();
+    let out = s.run(&["run", p.to_str().unwrap()]).expect_code(0);
+    let line = out
+        .stderr()
+        .lines()
+        .find(|l| l.contains(stray))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(
+        line.contains("WARN") && line.contains("uncommitted=1"),
+        "{}",
+        out.stderr()
+    );
+    assert_eq!(common::files(&s.path("shared"), ".jsonl"), kept);
+}
+
 /// A LINE WORKS files pipeline named `shared` into `./shared`, its state in `STATE`.
 const SHARED: &str = r#"
 [pipeline]
@@ -866,9 +909,10 @@ fn a_sink_path_of_another_state_directory_is_refused() {
     s.run(&["validate", p.to_str().unwrap()]).expect_code(0);
 }
 
-/// Item 4: when one sink failed to write a window that another sink had already committed, the
-/// committed files stayed visible until the next run's start removed them. Now the run removes
-/// them before it ends: the lake holds exactly the ledger's windows after a failed run too.
+/// Item 4: when one sink failed to commit a window that another sink had already committed,
+/// the committed files stayed visible until the next run's start removed them (the ledger lists
+/// the window as failed). Now the run removes them before it ends: the lake holds exactly the
+/// ledger's windows after a failed run too.
 #[test]
 fn a_window_that_failed_in_one_sink_leaves_no_files_in_another() {
     let s = Scratch::new();
@@ -899,16 +943,31 @@ compression = "none"
 type = "jsonl"
 inputs = ["canonical"]
 path = "./second"
-partition_by = ["provider"]
 compression = "none"
 "#
         ),
     );
-    // The second sink cannot create its partition directory: a write error mid-window, as a
-    // full disk would give.
-    std::fs::create_dir_all(s.path("second")).unwrap();
-    std::fs::write(s.path("second/provider=lineworks"), "in the way").unwrap();
-    s.run(&["run", p.to_str().unwrap()]).expect_code(1);
+    // A first run learns the name the second sink gives the window's file (names do not change
+    // between runs); then everything is forgotten.
+    s.run(&["run", p.to_str().unwrap()]).expect_code(0);
+    let name = common::files(&s.path("second"), ".jsonl")[0]
+        .file_name()
+        .unwrap()
+        .to_owned();
+    for dir in ["state", "first", "second"] {
+        std::fs::remove_dir_all(s.path(dir)).unwrap();
+    }
+    // A directory where the second sink renames its file: its commit fails after it wrote the
+    // window whole, while the first sink commits (a write error at the last moment, as a full
+    // disk or a failing fsync would give).
+    let in_the_way = s.path("second").join(&name);
+    std::fs::create_dir_all(&in_the_way).unwrap();
+    let failed = s.run(&["run", p.to_str().unwrap()]).expect_code(1);
+    let out = failed.stdout() + &failed.stderr();
+    assert!(
+        out.contains(name.to_str().unwrap()),
+        "the rename failed: {out}"
+    );
     let visible: Vec<_> = common::files(&s.path("first"), ".jsonl")
         .into_iter()
         .chain(common::files(&s.path("second"), ".jsonl"))
@@ -920,8 +979,8 @@ compression = "none"
         "no file of the failed window is visible: {visible:?}"
     );
 
-    // Once the disk is fixed, the next run loads it.
-    std::fs::remove_file(s.path("second/provider=lineworks")).unwrap();
+    // Once the way is clear, the next run loads it.
+    std::fs::remove_dir(&in_the_way).unwrap();
     s.run(&["run", p.to_str().unwrap()]).expect_code(0);
     assert_eq!(read_jsonl(&s.path("first")).len(), 7);
     assert_eq!(read_jsonl(&s.path("second")).len(), 7);

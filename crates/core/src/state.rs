@@ -437,9 +437,10 @@ impl StateStore {
         let key = window.key();
         let checkpoint = state.checkpoints.remove(&key);
         state.last_run = Some(run_id.to_string());
-        let keeps_earlier_files = state.windows.get(&key).is_some_and(|w| {
-            matches!(w.status, WindowStatus::Committed | WindowStatus::Reload)
-        });
+        let keeps_earlier_files = state
+            .windows
+            .get(&key)
+            .is_some_and(|w| matches!(w.status, WindowStatus::Committed | WindowStatus::Reload));
         if status == WindowStatus::Failed && keeps_earlier_files {
             return self.save(&state);
         }
