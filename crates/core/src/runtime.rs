@@ -860,15 +860,15 @@ async fn drive_sink(
                 cx.metrics.add_records_in(batch.num_rows() as u64);
                 open.entry(batch.window.key())
                     .or_insert_with(|| batch.window.clone());
-                sink.write(batch, &cx).await?;
+                sink.write(batch, cx).await?;
             }
             Event::WindowDone(w) => {
                 if let Some(failed) = merge.arrive(&w, false) {
                     open.shift_remove(&w.key());
                     if failed {
-                        sink.abort(&w, &cx).await?;
+                        sink.abort(&w, cx).await?;
                     } else {
-                        sink.commit(&w, &cx).await?;
+                        sink.commit(&w, cx).await?;
                         cx.metrics.add_window_done();
                     }
                     let _ = ledger.send(LedgerEvent::Sink {
@@ -880,7 +880,7 @@ async fn drive_sink(
             Event::WindowFailed(w) => {
                 if merge.arrive(&w, true).is_some() {
                     open.shift_remove(&w.key());
-                    sink.abort(&w, &cx).await?;
+                    sink.abort(&w, cx).await?;
                     let _ = ledger.send(LedgerEvent::Sink {
                         window: w,
                         committed: false,
@@ -892,9 +892,9 @@ async fn drive_sink(
     // Input ended with windows still open: a stage upstream stopped before finishing them.
     for (_, w) in open {
         tracing::warn!(sink = %cx.name, window = %w, "input ended before the window was complete; not committing it");
-        sink.abort(&w, &cx).await?;
+        sink.abort(&w, cx).await?;
     }
-    sink.finish(&cx).await?;
+    sink.finish(cx).await?;
     Ok(())
 }
 
