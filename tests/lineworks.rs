@@ -268,7 +268,7 @@ fn malformed_rows_are_dead_lettered_and_the_run_goes_on() {
     assert_eq!(texts.len(), 2, "{texts:?}");
     assert!(texts.contains(&"first good row") && texts.contains(&"last good row"));
 
-    let dead = common::files(&s.path("state/files/dead_letters"), ".jsonl");
+    let dead = common::files(&s.path("state/files/dead_letters"), ".dead.json-lines");
     assert_eq!(dead.len(), 1);
     let letters: Vec<serde_json::Value> = std::fs::read_to_string(&dead[0])
         .unwrap()

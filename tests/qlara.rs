@@ -501,7 +501,7 @@ fn malformed_export_rows_are_dead_lettered_and_the_run_goes_on() {
         .collect();
     assert_eq!(texts.len(), 2, "{texts:?}");
     assert!(texts.contains(&"first good row".into()) && texts.contains(&"last good row".into()));
-    let dead = common::files(&s.path("state/bad/dead_letters"), ".jsonl");
+    let dead = common::files(&s.path("state/bad/dead_letters"), ".dead.json-lines");
     assert_eq!(dead.len(), 1);
     let letters: Vec<serde_json::Value> = std::fs::read_to_string(&dead[0])
         .unwrap()

@@ -221,11 +221,25 @@ fn state_reset_and_full_refresh_load_again_without_doubling() {
     let rows = lineworks_lake(&s).1;
 
     let out = s
-        .run(&["state", "reset", demo.to_str().unwrap(), "--source", "lw"])
+        .run(&[
+            "state",
+            "reset",
+            demo.to_str().unwrap(),
+            "--source",
+            "lw",
+            "--yes",
+        ])
         .expect_code(0);
     assert!(out.stdout().contains("reset lw"), "{}", out.stdout());
-    s.run(&["state", "reset", demo.to_str().unwrap(), "--source", "nope"])
-        .expect_code(2);
+    s.run(&[
+        "state",
+        "reset",
+        demo.to_str().unwrap(),
+        "--source",
+        "nope",
+        "--yes",
+    ])
+    .expect_code(2);
     s.run(&["run", "--emulate", demo.to_str().unwrap()])
         .expect_code(0);
     assert!(lw_records(&s) > 50_000, "reloaded");
@@ -422,7 +436,7 @@ fn a_second_run_of_a_pipeline_waits_for_no_one_and_changes_nothing() {
         second.stderr()
     );
     let reset = s
-        .run(&["state", "reset", p.to_str().unwrap()])
+        .run(&["state", "reset", p.to_str().unwrap(), "--yes"])
         .expect_code(1);
     assert!(reset.stderr().contains("in progress"), "{}", reset.stderr());
     assert!(

@@ -138,12 +138,17 @@ pub async fn validate(paths: &[PathBuf], emulate: bool) -> u8 {
             continue;
         }
         match load(path, &opts) {
-            Ok(p) => println!(
-                "{}: ok (pipeline `{}`, {} components)",
-                path.display(),
-                p.name(),
-                p.nodes.len()
-            ),
+            Ok(p) => {
+                for warning in p.warnings() {
+                    crate::print_warning(format_args!("{warning}"));
+                }
+                println!(
+                    "{}: ok (pipeline `{}`, {} components)",
+                    path.display(),
+                    p.name(),
+                    p.nodes.len()
+                )
+            }
             Err(errors) => {
                 failed = true;
                 print_config_errors(&errors);
@@ -461,12 +466,12 @@ async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
         }
     };
     if args.full_refresh {
-        // The lake holds exactly the ledger's windows, so forgetting them makes every sink remove
-        // this pipeline's files when it starts, and the whole range is loaded again.
+        // Every window waits to be loaded again; its files stay in the lake until the window
+        // that replaces it commits, so a refresh that fails part-way loses nothing.
         match store.reset(None) {
             Ok(sources) => tracing::info!(
-                ?sources,
-                "--full-refresh: forgot the ledger; loading everything again"
+                sources = ?sources.iter().map(|r| &r.source).collect::<Vec<_>>(),
+                "--full-refresh: every window waits to be loaded again; earlier files stay until replaced"
             ),
             Err(e) => {
                 error_line!("--full-refresh: {e}");
@@ -507,6 +512,9 @@ async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
             return exit::BAD_INPUT;
         }
     };
+    for warning in pipeline.warnings() {
+        tracing::warn!("{warning}");
+    }
     let run = Run::new(pipeline, run_id(Utc::now()));
     let show_progress = args
         .progress
@@ -650,6 +658,12 @@ pub fn state_show(path: &Path, json: bool) -> u8 {
         for w in failed {
             println!("  failed: {} (run {})", w.label, w.run_id);
         }
+        let reloading = ledger.reloading().count();
+        if reloading > 0 {
+            println!(
+                "  {reloading} window(s) reset, waiting to be loaded again (their files stay in the lake until then)"
+            );
+        }
         if !ledger.checkpoints.is_empty() {
             println!("  open checkpoints: {}", ledger.checkpoints.len());
         }
@@ -678,9 +692,11 @@ pub fn state_show(path: &Path, json: bool) -> u8 {
     exit::OK
 }
 
-/// `state reset`: forgets one source's windows (or all); the next run loads them again and the
-/// sinks remove their files when they start.
-pub fn state_reset(path: &Path, source: Option<&str>) -> u8 {
+/// `state reset`: forgets one source's windows (or all): the next run loads them again. Nothing
+/// in the lake is deleted here: the windows wait to be reloaded, and their files stay until the
+/// windows that replace them commit. Lists what it forgets and asks first on a terminal.
+pub fn state_reset(path: &Path, source: Option<&str>, yes: bool, dry_run: bool) -> u8 {
+    use std::io::{BufRead, IsTerminal, Write};
     let file = match PipelineFile::load(path) {
         Ok(f) => f,
         Err(errors) => {
@@ -698,18 +714,84 @@ pub fn state_reset(path: &Path, source: Option<&str>) -> u8 {
         return exit::BAD_INPUT;
     }
     let store = StateStore::new(file.pipeline_state_dir());
-    let _lock = match store.lock() {
-        Ok(lock) => lock,
+    // Taken before listing, so what is listed is what is forgotten.
+    let _lock = if dry_run {
+        None
+    } else {
+        match store.lock() {
+            Ok(lock) => Some(lock),
+            Err(e) => {
+                error_line!("{}: {e}", path.display());
+                return exit::RUN_FAILED;
+            }
+        }
+    };
+    let preview = match store.reset_preview(source) {
+        Ok(p) => p,
         Err(e) => {
-            error_line!("{}: {e}", path.display());
+            error_line!("{e}");
             return exit::RUN_FAILED;
         }
     };
+    let forget: Vec<_> = preview.iter().filter(|r| !r.is_empty()).collect();
+    if forget.is_empty() {
+        println!("nothing to reset");
+        return exit::OK;
+    }
+    println!(
+        "pipeline `{}` (state in {}): {}",
+        file.pipeline.name,
+        store.dir().display(),
+        if dry_run {
+            "a reset would forget"
+        } else {
+            "a reset forgets"
+        }
+    );
+    for r in &forget {
+        let range = r
+            .range
+            .map(|(s, e)| format!(" ({} .. {})", s.to_rfc3339(), e.to_rfc3339()))
+            .unwrap_or_default();
+        println!(
+            "  source `{}`: {} window(s) to load again{range}, {} failed window(s), {} open checkpoint(s)",
+            r.source, r.reload, r.failed, r.checkpoints
+        );
+    }
+    println!(
+        "Their files stay in the lake until the next run loads these windows again; a window \
+         that cannot be loaded again keeps its files."
+    );
+    if dry_run {
+        return exit::OK;
+    }
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            error_line!(
+                "standard input is not a terminal, so `state reset` cannot ask: \
+                 pass --yes to reset, or --dry-run to only list"
+            );
+            return exit::BAD_INPUT;
+        }
+        print!("Forget them? [y/N] ");
+        let _ = std::io::stdout().flush();
+        let mut answer = String::new();
+        if std::io::stdin().lock().read_line(&mut answer).is_err()
+            || !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes")
+        {
+            println!("nothing was reset");
+            return exit::OK;
+        }
+    }
     match store.reset(source) {
         Ok(reset) if reset.is_empty() => println!("nothing to reset"),
         Ok(reset) => println!(
             "reset {}; the next run loads their windows again",
-            reset.join(", ")
+            reset
+                .iter()
+                .map(|r| r.source.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         Err(e) => {
             error_line!("{e}");

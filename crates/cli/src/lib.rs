@@ -171,12 +171,19 @@ enum StateCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Forget the state of every source, or of one: the next run loads its windows again.
+    /// Forget the windows of every source, or of one: the next run loads them again. Their
+    /// files stay in the lake until the windows that replace them commit.
     Reset {
         pipeline: PathBuf,
         /// Only this source.
         #[arg(long)]
         source: Option<String>,
+        /// Do not ask for confirmation (required when standard input is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Only list what would be forgotten.
+        #[arg(long, conflicts_with = "yes")]
+        dry_run: bool,
     },
 }
 
@@ -235,8 +242,14 @@ pub fn main() -> ExitCode {
                 command: StateCommand::Show { pipeline, json },
             } => commands::state_show(&pipeline, json),
             Command::State {
-                command: StateCommand::Reset { pipeline, source },
-            } => commands::state_reset(&pipeline, source.as_deref()),
+                command:
+                    StateCommand::Reset {
+                        pipeline,
+                        source,
+                        yes,
+                        dry_run,
+                    },
+            } => commands::state_reset(&pipeline, source.as_deref(), yes, dry_run),
         }
     });
     ExitCode::from(code)

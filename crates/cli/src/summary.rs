@@ -255,4 +255,10 @@ pub fn print(s: &RunSummary) {
             path.display()
         );
     }
+    if s.windows_to_reload > 0 {
+        println!(
+            "  {} window(s) reset for reloading were not loaded again: their earlier files stay in the lake",
+            s.windows_to_reload
+        );
+    }
 }

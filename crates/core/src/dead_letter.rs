@@ -12,6 +12,11 @@ use crate::event::Window;
 use crate::metrics::ComponentMetrics;
 use crate::{Error, Result};
 
+/// The extension of dead-letter files, `<state_dir>/<pipeline>/dead_letters/<run_id>.dead.json-lines`:
+/// JSON Lines, named so that no data glob (`*.jsonl`, `*.jsonl*`, `*.json`) picks rejected
+/// provider rows up with the lake's when the state directory sits inside the lake.
+pub const EXTENSION: &str = "dead.json-lines";
+
 /// A shared handle to the run's dead-letter file; created on the first record.
 #[derive(Clone, Debug)]
 pub struct DeadLetters {
@@ -118,6 +123,6 @@ impl DeadLetters {
 impl DeadLetters {
     /// A handle writing under `dir` (for tests of single stages).
     pub fn in_dir(dir: &Path) -> Self {
-        DeadLetters::new(dir.join("dead_letters.jsonl"))
+        DeadLetters::new(dir.join(format!("dead_letters.{EXTENSION}")))
     }
 }

@@ -28,7 +28,10 @@ pub struct Window {
     /// The UTC offset the provider writes local times in for this window.
     #[serde(serialize_with = "offset_string")]
     pub utc_offset: FixedOffset,
-    /// What a person reads in logs and errors: the range, or the file path.
+    /// What a person reads in logs and errors: the range, or the file path. A window of a
+    /// range is labelled `<scope> <range>` (the scope names the user, conversation or session;
+    /// none for a source with one stream of ranges) with no space in the range: windows of one
+    /// scope replace each other after a reset ([`crate::state::window_scope`]).
     pub label: String,
 }
 

@@ -259,11 +259,135 @@ impl Pipeline {
             replacers.insert(node.spec.name.clone(), upstream);
         }
 
+        check_sink_paths(&file, &nodes, &mut errors);
+
         if errors.is_empty() {
             Ok(Pipeline { file, nodes })
         } else {
             Err(errors)
         }
+    }
+}
+
+impl Pipeline {
+    /// What `validate` (and `run`) warn about without refusing the file: a sink path that holds
+    /// the state directory. Its files are safe (sinks delete only their own file names) and no
+    /// data glob matches a state file's name, but a reader given the directory itself sees them.
+    pub fn warnings(&self) -> Vec<ConfigError> {
+        let state = lexical_absolute(&self.file.state_root());
+        let mut out = Vec::new();
+        for node in &self.nodes {
+            let Stage::Sink(sink) = &node.stage else {
+                continue;
+            };
+            let Some(location) = sink.location() else {
+                continue;
+            };
+            let path = lexical_absolute(&location.path);
+            if state.starts_with(&path) && state != path {
+                out.push(self.file.error(
+                    format!("{}.path", node.spec.key()),
+                    format!(
+                        "`{}` holds the state directory `{}` (state, run summaries and dead \
+                         letters): keep the state directory outside sink paths \
+                         (`pipeline.state_dir`) so that a reader of the sink's directory sees \
+                         only its data",
+                        location.path.display(),
+                        self.file.state_root().display()
+                    ),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// A path made absolute against the working directory, `.` and `..` resolved by name (no I/O:
+/// `validate` runs offline and the directories need not exist yet).
+fn lexical_absolute(path: &std::path::Path) -> PathBuf {
+    use std::path::Component;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = PathBuf::new();
+    for c in absolute.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// Sink paths that would lose or mix data: the file-system root or the home directory (a sink
+/// deletes, when it starts, its files of windows the ledger does not list under its whole
+/// path), the state directory or a place inside it, a parent of a state directory readers would
+/// see (a name without a leading `_` or `.` between them), and two sinks of one format on one
+/// path (readers of one would read the other's rows).
+fn check_sink_paths(file: &PipelineFile, nodes: &[Node], errors: &mut ConfigErrors) {
+    let state = lexical_absolute(&file.state_root());
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| lexical_absolute(std::path::Path::new(&h)));
+    let mut seen: Vec<(PathBuf, String, String)> = Vec::new();
+    for node in nodes {
+        let Stage::Sink(sink) = &node.stage else {
+            continue;
+        };
+        let Some(location) = sink.location() else {
+            continue;
+        };
+        let key = format!("{}.path", node.spec.key());
+        let shown = location.path.display();
+        let path = lexical_absolute(&location.path);
+        let problem = if path.parent().is_none() {
+            Some(format!(
+                "`{shown}` is the file-system root: a sink removes files of windows its ledger \
+                 does not list under its whole path; give it a directory of its own"
+            ))
+        } else if home.as_ref() == Some(&path) {
+            Some(format!(
+                "`{shown}` is the home directory: a sink removes files of windows its ledger \
+                 does not list under its whole path; give it a directory of its own"
+            ))
+        } else if path.starts_with(&state) {
+            Some(format!(
+                "`{shown}` is inside the state directory `{}`: keep data and state apart",
+                file.state_root().display()
+            ))
+        } else if state.starts_with(&path)
+            && !state
+                .strip_prefix(&path)
+                .expect("checked above")
+                .components()
+                .any(|c| {
+                    let name = c.as_os_str().to_string_lossy();
+                    name.starts_with('_') || name.starts_with('.')
+                })
+        {
+            Some(format!(
+                "`{shown}` holds the state directory `{}`, whose files readers of the sink's \
+                 directory would see: move `pipeline.state_dir` out of it (or into a directory \
+                 whose name starts with `_`, which Hive readers skip)",
+                file.state_root().display()
+            ))
+        } else if let Some((_, other, _)) = seen
+            .iter()
+            .find(|(p, _, ext)| *p == path && *ext == location.extension)
+        {
+            Some(format!(
+                "`{shown}` is also the path of `{other}`, with the same format (`{}` files): \
+                 a reader of one would read the other's rows; give each sink its own path",
+                location.extension
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = problem {
+            errors.0.push(file.error(key, message));
+        }
+        seen.push((path, node.spec.key(), location.extension));
     }
 }
 

@@ -189,4 +189,7 @@ pub struct RunSummary {
     pub error: Option<String>,
     pub dead_letters: u64,
     pub dead_letter_file: Option<PathBuf>,
+    /// Windows reset for reloading (`state reset`, `--full-refresh`) that no run has loaded
+    /// again yet: their earlier files stay in the lake.
+    pub windows_to_reload: u64,
 }

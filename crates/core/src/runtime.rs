@@ -27,7 +27,8 @@ use crate::graph::{Pipeline, Stage, Topology};
 use crate::metrics::{ComponentMetrics, RunStatus, RunSummary};
 use crate::removal::RemovalLog;
 use crate::stage::{
-    Emitter, Output, RunInfo, Sink, SinkContext, SourceContext, Transform, TransformContext,
+    Emitter, Output, RunInfo, Sink, SinkContext, SourceContext, StateOwner, Transform,
+    TransformContext,
 };
 use crate::state::{LedgerEvent, StateStore, WindowStatus};
 use crate::{Error, Result};
@@ -66,7 +67,7 @@ impl Run {
             pipeline
                 .pipeline_state_dir()
                 .join("dead_letters")
-                .join(format!("{run_id}.jsonl")),
+                .join(format!("{run_id}.{}", crate::dead_letter::EXTENSION)),
         );
         Run {
             pipeline,
@@ -116,8 +117,27 @@ impl Run {
         let store = pipeline.state();
         // What the lake may hold: sinks delete files of any other window when they start. A
         // ledger that cannot be read must stop the run before a sink deletes anything.
-        let committed = match store.committed_keys() {
-            Ok(keys) => Arc::new(keys),
+        let lake = match store.lake_keys() {
+            Ok(keys) => keys,
+            Err(e) => return failed_before_start(&info, &metrics, started, &state_dir, e),
+        };
+        let committed = Arc::new(lake.all());
+        // Committed windows the sources load again in this run (a changed input file). Their
+        // files stay until the new load commits, as those of windows reset for reloading do:
+        // transforms learn of them before any input, and sinks replace all of their earlier
+        // files when they commit (also files the new commit does not overwrite).
+        let loaded_again = Arc::new(windows_loaded_again(&pipeline, &lake.committed));
+        let reloading = Arc::new(
+            lake.reloading
+                .union(&loaded_again)
+                .cloned()
+                .collect::<HashSet<String>>(),
+        );
+        let owner = match store.identity() {
+            Ok(id) => Arc::new(StateOwner {
+                id,
+                dir: state_dir.clone(),
+            }),
             Err(e) => return failed_before_start(&info, &metrics, started, &state_dir, e),
         };
 
@@ -154,11 +174,10 @@ impl Run {
             dead_letters: dead_letters.clone(),
             run: info.clone(),
             committed: committed.clone(),
+            reloading: reloading.clone(),
+            owner: owner.clone(),
         };
 
-        // Transforms learn, before any input, which committed windows are loaded again (not
-        // the sinks: those windows' files stay until the new load replaces them).
-        let loaded_again = Arc::new(windows_loaded_again(&pipeline, &committed));
         // Sinks start before anything runs: each clears what an interrupted run left, then the
         // removal logs earlier runs committed but did not finish applying are applied.
         let removals = RemovalLog::new(store.dir());
@@ -196,6 +215,9 @@ impl Run {
         ));
 
         let finished_sinks: Arc<std::sync::Mutex<HashMap<String, Box<dyn Sink>>>> = Arc::default();
+        // Sinks that stopped on an error: they take no removals, but they drop the files of
+        // windows the ledger does not list.
+        let failed_sinks: Arc<std::sync::Mutex<HashMap<String, Box<dyn Sink>>>> = Arc::default();
         let mut tasks = Vec::new();
         for (spec, stage) in nodes {
             let name = spec.name.clone();
@@ -254,13 +276,15 @@ impl Run {
                     let cx = sink_cx(&name);
                     let ledger = ledger_tx.clone();
                     let finished = finished_sinks.clone();
+                    let failed = failed_sinks.clone();
                     tokio::spawn(timed(async move {
-                        let sink = run_sink(s, rx, MarkerMerge::new(expected), cx, ledger).await?;
-                        finished
-                            .lock()
+                        let (sink, result) =
+                            run_sink(s, rx, MarkerMerge::new(expected), cx, ledger).await;
+                        let into = if result.is_ok() { finished } else { failed };
+                        into.lock()
                             .expect("no task panics holding it")
                             .insert(name, sink);
-                        Ok(())
+                        result
                     }))
                 }
             };
@@ -288,8 +312,9 @@ impl Run {
                 }
             }
         }
+        let mut unlisted = HashSet::new();
         match coordinator.await {
-            Ok(Ok(())) => {}
+            Ok(Ok(partial)) => unlisted = partial,
             Ok(Err(e)) => errors.push(e),
             Err(join) => errors.push(Error::component(
                 "runtime",
@@ -304,6 +329,17 @@ impl Run {
         {
             errors.push(e);
         }
+        sinks.extend(std::mem::take(
+            &mut *failed_sinks.lock().expect("no task panics holding it"),
+        ));
+        let windows_to_reload =
+            match drop_unlisted_windows(&store, unlisted, &mut sinks, &sink_cx).await {
+                Ok(n) => n,
+                Err(e) => {
+                    errors.push(e);
+                    0
+                }
+            };
         if let Err(e) = dead_letters.flush() {
             errors.push(e);
         }
@@ -344,6 +380,7 @@ impl Run {
             error,
             dead_letters: dead,
             dead_letter_file: dead_letters.path_if_written(),
+            windows_to_reload,
         };
         if let Err(e) = save_summary(&summary, &state_dir) {
             tracing::warn!(error = %e, "could not save the run summary");
@@ -402,6 +439,16 @@ impl RunProbe {
             )),
             dead_letters: 0,
             dead_letter_file: None,
+            windows_to_reload: StateStore::new(&self.state_dir)
+                .all()
+                .map(|ledgers| {
+                    ledgers
+                        .values()
+                        .flat_map(|l| l.windows.values())
+                        .filter(|w| w.status == WindowStatus::Reload)
+                        .count() as u64
+                })
+                .unwrap_or(0),
         };
         if let Err(e) = save_summary(&summary, &self.state_dir) {
             tracing::warn!(error = %e, "could not save the run summary");
@@ -456,6 +503,7 @@ fn failed_before_start(
         error: Some(error.to_string()),
         dead_letters: 0,
         dead_letter_file: None,
+        windows_to_reload: 0,
     };
     let _ = save_summary(&summary, state_dir);
     summary
@@ -463,13 +511,17 @@ fn failed_before_start(
 
 /// Writes a window into the ledger once every sink it reaches has committed it (or as failed
 /// once every sink has dropped it). This is the run's commit point: see [`crate::state`].
+/// Returns the keys of windows some sinks committed but that never reached the ledger (another
+/// sink failed first): their files must not stay visible.
 async fn coordinate_commits(
     mut rx: mpsc::UnboundedReceiver<LedgerEvent>,
     sinks_per_source: HashMap<String, usize>,
     store: StateStore,
     run_id: String,
-) -> Result<()> {
-    let mut pending: HashMap<String, (usize, bool)> = HashMap::new();
+) -> Result<HashSet<String>> {
+    // Per window: sinks heard from, whether all of them committed it, whether any did.
+    let mut pending: HashMap<String, (usize, bool, bool)> = HashMap::new();
+    let mut unlisted = HashSet::new();
     while let Some(event) = rx.recv().await {
         let (window, committed) = match event {
             LedgerEvent::Sink { window, committed } => (window, committed),
@@ -485,16 +537,21 @@ async fn coordinate_commits(
         };
         let need = sinks_per_source.get(&window.source).copied().unwrap_or(1);
         let key = window.key();
-        let entry = pending.entry(key.clone()).or_insert((0, true));
+        let entry = pending.entry(key.clone()).or_insert((0, true, false));
         entry.0 += 1;
         entry.1 &= committed;
+        entry.2 |= committed;
         if entry.0 < need {
             continue;
         }
-        let (_, all_committed) = pending.remove(&key).expect("just updated");
+        let (_, all_committed, any_committed) = pending.remove(&key).expect("just updated");
         let status = if all_committed {
             WindowStatus::Committed
         } else {
+            if any_committed {
+                // Another path failed it: the sinks that committed it must drop its files.
+                unlisted.insert(key);
+            }
             WindowStatus::Failed
         };
         let (store, run_id) = (store.clone(), run_id.clone());
@@ -502,7 +559,66 @@ async fn coordinate_commits(
             .await
             .map_err(|e| Error::component("ledger", e))??;
     }
-    Ok(())
+    unlisted.extend(
+        pending
+            .into_iter()
+            .filter(|(_, (_, _, any_committed))| *any_committed)
+            .map(|(key, _)| key),
+    );
+    Ok(unlisted)
+}
+
+/// After the run: every sink deletes its files of windows the ledger does not list, so the lake
+/// holds the ledger's windows when the run ends, not only when the next one starts. Those are
+/// windows some sinks committed and the ledger never listed (`unlisted`: another sink failed
+/// first; a window waiting to be reloaded keeps its files), and windows waiting to be reloaded
+/// that committed windows now replace ([`StateStore::supersede_reloads`], dropped from the ledger
+/// first, so a crash in between leaves files the next start removes). Returns how many windows
+/// still wait to be loaded again (their files stay).
+async fn drop_unlisted_windows(
+    store: &StateStore,
+    unlisted: HashSet<String>,
+    sinks: &mut HashMap<String, Box<dyn Sink>>,
+    sink_cx: &impl Fn(&str) -> SinkContext,
+) -> Result<u64> {
+    let lake = store.lake_keys()?;
+    let mut gone: HashSet<String> = unlisted
+        .into_iter()
+        .filter(|k| !lake.committed.contains(k) && !lake.reloading.contains(k))
+        .collect();
+    if !gone.is_empty() {
+        tracing::warn!(
+            windows = gone.len(),
+            "windows some sinks committed are not in the ledger (another sink failed); removing their files"
+        );
+    }
+    let superseded = store.supersede_reloads()?;
+    if !superseded.is_empty() {
+        tracing::info!(
+            windows = superseded.len(),
+            "windows reset for reloading are replaced by this run's; removing their earlier files"
+        );
+    }
+    gone.extend(superseded);
+    if !gone.is_empty() {
+        let mut names: Vec<&String> = sinks.keys().collect();
+        names.sort();
+        let names: Vec<String> = names.into_iter().cloned().collect();
+        for name in names {
+            let cx = sink_cx(&name);
+            let sink = sinks.get_mut(&name).expect("listed above");
+            sink.drop_windows(&gone, &cx).await?;
+        }
+    }
+    let waiting = store.lake_keys()?.reloading.len() as u64;
+    if waiting > 0 {
+        tracing::warn!(
+            windows = waiting,
+            "windows reset for reloading were not loaded again; their earlier files stay in the lake \
+             until a run loads them (`chatlake state show`)"
+        );
+    }
+    Ok(waiting)
 }
 
 async fn timed(f: impl Future<Output = Result<()>>) -> (f64, Result<()>) {
@@ -804,11 +920,22 @@ async fn apply_removals(
 /// the run's commits.
 async fn run_sink(
     mut sink: Box<dyn Sink>,
-    mut rx: mpsc::Receiver<Event>,
-    mut merge: MarkerMerge,
+    rx: mpsc::Receiver<Event>,
+    merge: MarkerMerge,
     cx: SinkContext,
     ledger: mpsc::UnboundedSender<LedgerEvent>,
-) -> Result<Box<dyn Sink>> {
+) -> (Box<dyn Sink>, Result<()>) {
+    let result = drive_sink(&mut sink, rx, merge, &cx, ledger).await;
+    (sink, result)
+}
+
+async fn drive_sink(
+    sink: &mut Box<dyn Sink>,
+    mut rx: mpsc::Receiver<Event>,
+    mut merge: MarkerMerge,
+    cx: &SinkContext,
+    ledger: mpsc::UnboundedSender<LedgerEvent>,
+) -> Result<()> {
     let mut open: IndexMap<String, WindowRef> = IndexMap::new();
     while let Some(event) = rx.recv().await {
         match event {
@@ -816,15 +943,15 @@ async fn run_sink(
                 cx.metrics.add_records_in(batch.num_rows() as u64);
                 open.entry(batch.window.key())
                     .or_insert_with(|| batch.window.clone());
-                sink.write(batch, &cx).await?;
+                sink.write(batch, cx).await?;
             }
             Event::WindowDone(w) => {
                 if let Some(failed) = merge.arrive(&w, false) {
                     open.shift_remove(&w.key());
                     if failed {
-                        sink.abort(&w, &cx).await?;
+                        sink.abort(&w, cx).await?;
                     } else {
-                        sink.commit(&w, &cx).await?;
+                        sink.commit(&w, cx).await?;
                         cx.metrics.add_window_done();
                     }
                     let _ = ledger.send(LedgerEvent::Sink {
@@ -836,7 +963,7 @@ async fn run_sink(
             Event::WindowFailed(w) => {
                 if merge.arrive(&w, true).is_some() {
                     open.shift_remove(&w.key());
-                    sink.abort(&w, &cx).await?;
+                    sink.abort(&w, cx).await?;
                     let _ = ledger.send(LedgerEvent::Sink {
                         window: w,
                         committed: false,
@@ -848,10 +975,10 @@ async fn run_sink(
     // Input ended with windows still open: a stage upstream stopped before finishing them.
     for (_, w) in open {
         tracing::warn!(sink = %cx.name, window = %w, "input ended before the window was complete; not committing it");
-        sink.abort(&w, &cx).await?;
+        sink.abort(&w, cx).await?;
     }
-    sink.finish(&cx).await?;
-    Ok(sink)
+    sink.finish(cx).await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -540,9 +540,37 @@ pub struct SinkContext {
     pub metrics: Arc<ComponentMetrics>,
     pub dead_letters: DeadLetters,
     pub run: Arc<RunInfo>,
-    /// Keys of the windows the pipeline's ledger lists as committed when the run started. Files
-    /// of any other window are leftovers of an interrupted run: [`Sink::start`] removes them.
+    /// Keys of the windows whose files belong in the lake when the run started: committed, or
+    /// waiting to be loaded again. Files of any other window are leftovers of an interrupted
+    /// run: [`Sink::start`] removes them.
     pub committed: Arc<HashSet<String>>,
+    /// The windows of `committed` this run may load again: waiting to be reloaded (`state
+    /// reset`, `--full-refresh`) or loaded again by their source (a changed input file). Their
+    /// files stay until the window is committed again, which replaces them (also files the new
+    /// commit does not overwrite).
+    pub reloading: Arc<HashSet<String>>,
+    /// The state directory this run's ledger is in: a sink marks its path as written by it and
+    /// refuses a path another state directory writes (see [`Sink::start`]).
+    pub owner: Arc<StateOwner>,
+}
+
+/// A pipeline's state directory, as the owner of the paths its sinks write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateOwner {
+    /// [`crate::state::StateStore::identity`].
+    pub id: String,
+    /// `<state_dir>/<pipeline>`, for messages.
+    pub dir: std::path::PathBuf,
+}
+
+/// Where a file sink writes, for the pipeline checks (no two sinks of one format on one path;
+/// no sink over the state directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkLocation {
+    /// The root directory, as the pipeline file gives it.
+    pub path: std::path::PathBuf,
+    /// The files' extension, which readers' globs select (`parquet`, `jsonl.gz`).
+    pub extension: String,
 }
 
 /// A destination. The runtime guarantees, per input path: batches of a window arrive before its
@@ -555,8 +583,14 @@ pub trait Sink: Send {
         Ok(())
     }
 
-    /// Called once before any input: remove what an interrupted run left (files of windows not
-    /// in `cx.committed`, temporary files). Default: nothing to clean.
+    /// Where it writes files, if it does (a file sink's root and extension).
+    fn location(&self) -> Option<SinkLocation> {
+        None
+    }
+
+    /// Called once before any input: refuse a path another state directory writes, then remove
+    /// what an interrupted run left (files of windows not in `cx.committed`, temporary files).
+    /// Default: nothing to clean.
     async fn start(&mut self, _cx: &SinkContext) -> Result<()> {
         Ok(())
     }
@@ -577,6 +611,13 @@ pub trait Sink: Send {
     /// No more input: commit what is left (rows that arrived outside any window's commit).
     async fn finish(&mut self, _cx: &SinkContext) -> Result<()> {
         Ok(())
+    }
+
+    /// Deletes its committed files of the windows `keys` (windows a later window replaced, or
+    /// that some sinks committed but the ledger never listed); returns how many files went.
+    /// Called after the ledger no longer lists them, after `finish` (or after a failure).
+    async fn drop_windows(&mut self, _keys: &HashSet<String>, _cx: &SinkContext) -> Result<u64> {
+        Ok(0)
     }
 
     /// Why it cannot [`Sink::remove_rows`], if it cannot. Checked when a transform upstream

@@ -7,6 +7,13 @@
 //! start. So the lake always holds exactly the windows of the ledger, and a source that plans
 //! only the ranges the ledger does not cover re-fetches whatever a killed run did not finish.
 //! Each file is written whole to a temporary name, fsynced and renamed.
+//!
+//! Forgetting windows (`state reset`, `run --full-refresh`) never deletes their files: it marks
+//! them [`WindowStatus::Reload`]. Sources plan them again; sinks keep their files (they are still
+//! the lake's) until the window that replaces them commits: the same window written again
+//! replaces its own files, and once committed windows of one scope cover a reloaded window's
+//! range ([`StateStore::supersede_reloads`]) its files go. A window that is never loaded again
+//! keeps its files.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -26,6 +33,10 @@ pub enum WindowStatus {
     Committed,
     /// It failed after retries; nothing of it is in the lake. The next run fetches it again.
     Failed,
+    /// Committed by an earlier run, and the operator asked to load it again (`state reset`,
+    /// `--full-refresh`): sources fetch it again, but its files stay in the lake until windows
+    /// that replace them commit.
+    Reload,
 }
 
 /// One window in the ledger.
@@ -92,6 +103,13 @@ impl SourceState {
             }
         }
         merged
+    }
+
+    /// Keys of the windows waiting to be loaded again ([`WindowStatus::Reload`]).
+    pub fn reloading(&self) -> impl Iterator<Item = (&String, &WindowRecord)> {
+        self.windows
+            .iter()
+            .filter(|(_, w)| w.status == WindowStatus::Reload)
     }
 
     /// The end of the latest committed window of `stream`.
@@ -220,6 +238,39 @@ impl StateStore {
         Ok(PipelineLock { _file: file })
     }
 
+    /// This state directory's identity: a random id made on first use and kept in
+    /// `<state_dir>/<pipeline>/identity`. Sinks mark the paths they write with it, so two state
+    /// directories (a copied pipeline file, another `state_dir`) never clean up each other's
+    /// files. A copy of the directory keeps the id; a deleted and recreated one gets a new id.
+    pub fn identity(&self) -> Result<String> {
+        let path = self.dir.join("identity");
+        match std::fs::read_to_string(&path) {
+            Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(path, e)),
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        // RandomState is seeded from the operating system's randomness: with the time and the
+        // process id, two directories never draw the same id.
+        let seed = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(Utc::now().timestamp_nanos_opt().unwrap_or_default() as u128);
+            h.write_u32(std::process::id());
+            h.finish()
+        };
+        let id = format!(
+            "{:032x}",
+            xxhash_rust::xxh3::xxh3_128(
+                &[seed.to_le_bytes(), seed.rotate_left(17).to_le_bytes()].concat()
+            )
+        );
+        durable::write_atomic(&path, id.as_bytes())?;
+        durable::sync_dir(&self.dir)?;
+        Ok(id)
+    }
+
     /// The ledger of `source` (empty if it has none yet).
     pub fn load(&self, source: &str) -> Result<SourceState> {
         let path = self.path(source);
@@ -281,36 +332,116 @@ impl StateStore {
             .collect())
     }
 
-    /// Forgets `source` (or every source): its windows will be fetched again, and sinks delete
-    /// their files on the next run's start. Returns the sources reset.
-    pub fn reset(&self, source: Option<&str>) -> Result<Vec<String>> {
+    /// What [`StateStore::reset`] of `source` (or every source) would forget, changing nothing.
+    pub fn reset_preview(&self, source: Option<&str>) -> Result<Vec<ResetSource>> {
+        let ledgers = match source {
+            Some(s) => vec![self.load(s)?],
+            None => self.all()?.into_values().collect(),
+        };
+        Ok(ledgers.iter().map(ResetSource::of).collect())
+    }
+
+    /// Forgets `source` (or every source) without touching the lake: committed windows become
+    /// [`WindowStatus::Reload`] (sources fetch them again; their files stay until what replaces
+    /// them commits), failed windows and open checkpoints are dropped. Returns what was reset,
+    /// sources with nothing to forget left out.
+    pub fn reset(&self, source: Option<&str>) -> Result<Vec<ResetSource>> {
         let names: Vec<String> = match source {
             Some(s) => vec![s.to_string()],
             None => self.all()?.into_keys().collect(),
         };
         let mut reset = Vec::new();
         for name in names {
-            let path = self.path(&name);
-            match std::fs::remove_file(&path) {
-                Ok(()) => reset.push(name),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(path, e)),
+            let mut state = self.load(&name)?;
+            let what = ResetSource::of(&state);
+            if what.is_empty() {
+                continue;
             }
+            state
+                .windows
+                .retain(|_, w| w.status != WindowStatus::Failed);
+            for w in state.windows.values_mut() {
+                w.status = WindowStatus::Reload;
+            }
+            state.checkpoints.clear();
+            self.save(&state)?;
+            reset.push(what);
         }
         Ok(reset)
     }
 
+    /// Drops from the ledgers every [`WindowStatus::Reload`] window that committed windows now
+    /// replace: the same source, stream and scope (see [`window_scope`]) and a committed range
+    /// covering its whole range. Returns their keys: files of those windows may go. A window
+    /// without a range (an input file) is replaced only by itself (its key committed again,
+    /// which [`StateStore::record`] does). Unsure means kept: a reloaded window whose label does
+    /// not follow the `<scope> <range>` shape is covered by nothing but itself.
+    pub fn supersede_reloads(&self) -> Result<Vec<String>> {
+        let mut superseded = Vec::new();
+        for (_, mut state) in self.all()? {
+            let covered: Vec<String> = state
+                .reloading()
+                .filter(|(_, w)| {
+                    let (Some(start), Some(end)) = (w.start, w.end) else {
+                        return false;
+                    };
+                    let Some(scope) = window_scope(&w.label) else {
+                        return false;
+                    };
+                    let ranges = state.committed_ranges_where(&w.stream, |c| {
+                        window_scope(&c.label) == Some(scope)
+                    });
+                    uncovered(start.to_utc(), end.to_utc(), &ranges).is_empty()
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            if covered.is_empty() {
+                continue;
+            }
+            for key in &covered {
+                state.windows.remove(key);
+            }
+            self.save(&state)?;
+            superseded.extend(covered);
+        }
+        Ok(superseded)
+    }
+
+    /// Keys of the windows whose files the lake holds: committed, and waiting to be reloaded.
+    pub fn lake_keys(&self) -> Result<LakeWindows> {
+        let mut lake = LakeWindows::default();
+        for state in self.all()?.into_values() {
+            for (key, w) in state.windows {
+                match w.status {
+                    WindowStatus::Committed => {
+                        lake.committed.insert(key);
+                    }
+                    WindowStatus::Reload => {
+                        lake.reloading.insert(key);
+                    }
+                    WindowStatus::Failed => {}
+                }
+            }
+        }
+        Ok(lake)
+    }
+
     /// Records how `window` ended and saves the ledger. A committed window keeps its last
-    /// checkpoint. A window that an earlier run committed and this run loaded again (a changed
-    /// file) stays committed as it was if the new load fails: its earlier files are still in the
-    /// lake (a sink drops only the new load's temporary files), and the source loads it again
+    /// checkpoint. A window whose earlier files are still the lake's stays as it was if this
+    /// run's load of it fails: one an earlier run committed and this run loaded again (a changed
+    /// file) stays committed, and one waiting to be reloaded ([`WindowStatus::Reload`]) keeps
+    /// waiting. A sink drops only the new load's temporary files, and the source loads it again
     /// next time.
     pub fn record(&self, window: &Window, status: WindowStatus, run_id: &str) -> Result<()> {
         let mut state = self.load(&window.source)?;
         let key = window.key();
         let checkpoint = state.checkpoints.remove(&key);
         state.last_run = Some(run_id.to_string());
-        if status == WindowStatus::Failed && state.is_committed(&key) {
+        let keeps_earlier_files = state
+            .windows
+            .get(&key)
+            .is_some_and(|w| matches!(w.status, WindowStatus::Committed | WindowStatus::Reload));
+        if status == WindowStatus::Failed && keeps_earlier_files {
             return self.save(&state);
         }
         state.windows.insert(
@@ -327,6 +458,74 @@ impl StateStore {
             },
         );
         self.save(&state)
+    }
+}
+
+/// The scope of a window's label, `<scope> <range>`: what a source keeps a cursor for (a Zoom
+/// user and conversation, a report session); `""` for a label that is only a range. Windows of
+/// one source, stream and scope hold the rows of their ranges and nothing else. `None` when the
+/// label does not end in a range `<time>..<time>` (RFC 3339 times or dates): an input file's
+/// path, whose window only the same file replaces.
+pub fn window_scope(label: &str) -> Option<&str> {
+    let (scope, range) = label.rsplit_once(' ').unwrap_or(("", label));
+    let (from, to) = range.split_once("..")?;
+    let is_time = |t: &str| {
+        DateTime::parse_from_rfc3339(t).is_ok()
+            || chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d").is_ok()
+    };
+    (is_time(from) && is_time(to)).then_some(scope)
+}
+
+/// The windows whose files a pipeline's sinks hold (see [`StateStore::lake_keys`]).
+#[derive(Debug, Clone, Default)]
+pub struct LakeWindows {
+    pub committed: HashSet<String>,
+    /// Waiting to be loaded again; their files stay until replaced.
+    pub reloading: HashSet<String>,
+}
+
+impl LakeWindows {
+    /// Every window whose files belong in the lake.
+    pub fn all(&self) -> HashSet<String> {
+        self.committed.union(&self.reloading).cloned().collect()
+    }
+}
+
+/// What a reset forgets of one source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResetSource {
+    pub source: String,
+    /// Committed (or already reloading) windows that will be loaded again; their files stay.
+    pub reload: usize,
+    /// Failed windows forgotten.
+    pub failed: usize,
+    /// Open checkpoints (a Qlara export id) forgotten.
+    pub checkpoints: usize,
+    /// The first start and last end of the windows to reload.
+    pub range: Option<(DateTime<FixedOffset>, DateTime<FixedOffset>)>,
+}
+
+impl ResetSource {
+    fn of(state: &SourceState) -> ResetSource {
+        let reload: Vec<&WindowRecord> = state
+            .windows
+            .values()
+            .filter(|w| w.status != WindowStatus::Failed)
+            .collect();
+        let start = reload.iter().filter_map(|w| w.start).min();
+        let end = reload.iter().filter_map(|w| w.end).max();
+        ResetSource {
+            source: state.source.clone(),
+            reload: reload.len(),
+            failed: state.windows.len() - reload.len(),
+            checkpoints: state.checkpoints.len(),
+            range: start.zip(end),
+        }
+    }
+
+    /// Nothing to forget.
+    pub fn is_empty(&self) -> bool {
+        self.reload == 0 && self.failed == 0 && self.checkpoints == 0
     }
 }
 
@@ -453,7 +652,64 @@ mod tests {
             ("r2", &Some(serde_json::json!({"len": 1})))
         );
         assert!(s.checkpoints.is_empty());
-        assert_eq!(store.reset(Some("lw")).unwrap(), vec!["lw".to_string()]);
-        assert!(store.load("lw").unwrap().windows.is_empty());
+        let reset = store.reset(Some("lw")).unwrap();
+        assert_eq!((reset[0].reload, reset[0].failed), (2, 1));
+        // Reset forgets nothing of the lake: the committed windows wait to be loaded again.
+        let s = store.load("lw").unwrap();
+        assert_eq!(s.reloading().count(), 2);
+        assert!(s.committed_ranges("message_contents").is_empty());
+        let lake = store.lake_keys().unwrap();
+        assert!(lake.committed.is_empty() && lake.reloading.len() == 2);
+        // A reloaded window failing again stays reloading; committed again, it is committed.
+        store.record(&a, WindowStatus::Failed, "r2").unwrap();
+        assert_eq!(
+            store.load("lw").unwrap().windows[&a.key()].status,
+            WindowStatus::Reload
+        );
+        store.record(&a, WindowStatus::Committed, "r2").unwrap();
+        assert!(
+            store.supersede_reloads().unwrap().is_empty(),
+            "b is not covered"
+        );
+        // One window over both ranges replaces b (a committed again replaced itself).
+        let ab = w(9, "2025-01-01T00:00:00+09:00", "2025-02-15T23:59:59+09:00");
+        store.record(&ab, WindowStatus::Committed, "r2").unwrap();
+        assert_eq!(store.supersede_reloads().unwrap(), vec![b.key()]);
+        assert_eq!(store.load("lw").unwrap().reloading().count(), 0);
+    }
+
+    #[test]
+    fn a_reloaded_window_is_replaced_only_within_its_scope() {
+        let dir = crate::config::tests::tempdir();
+        let store = StateStore::new(&dir);
+        let w = |label: &str| Window {
+            source: "z".into(),
+            stream: "user_messages".into(),
+            index: 0,
+            start: Some(DateTime::parse_from_rfc3339("2025-01-01T00:00:00Z").unwrap()),
+            end: Some(DateTime::parse_from_rfc3339("2025-01-31T23:59:59Z").unwrap()),
+            utc_offset: FixedOffset::east_opt(0).unwrap(),
+            label: label.into(),
+        };
+        let one = w("user u1 channel c1 2025-01-01..2025-01-31");
+        store.record(&one, WindowStatus::Committed, "r1").unwrap();
+        store.reset(None).unwrap();
+        let other = w("user u1 channel c10 2025-01-01..2025-01-31");
+        store.record(&other, WindowStatus::Committed, "r2").unwrap();
+        assert!(store.supersede_reloads().unwrap().is_empty());
+        assert_eq!(window_scope(&one.label), Some("user u1 channel c1"));
+        assert_eq!(window_scope("2025-01-01..2025-01-31"), Some(""));
+        assert_eq!(
+            window_scope("2025-01-01T00:00:00+09:00..2025-01-31T23:59:59+09:00"),
+            Some("")
+        );
+        // An input file's path is no range, even with dots or spaces in it.
+        assert_eq!(window_scope("../in/a.csv"), None);
+        assert_eq!(window_scope("/data/my exports/a..b.csv"), None);
+        assert!(store.identity().unwrap() == store.identity().unwrap());
+        assert_ne!(
+            store.identity().unwrap(),
+            StateStore::new(dir.join("other")).identity().unwrap()
+        );
     }
 }

@@ -51,6 +51,25 @@ pub enum Error {
     #[error("the keys of the rows to remove: {0}")]
     RemovalKeys(String),
 
+    /// The sink's path is written by another state directory (see [`crate::owner`]).
+    #[error(
+        "{} says this path is written by pipeline `{pipeline}` with its state in {} (id {}), \
+         but this run's state is in {}: two state directories writing one path would delete \
+         each other's files, so nothing was done. Give this sink another path; or, if that state \
+         directory is gone for good (deleted or recreated) and this one takes over, delete the \
+         manifest (files of windows this run's ledger does not list are then removed)",
+        manifest.display(),
+        theirs.state_dir.display(),
+        theirs.state_id,
+        ours.display()
+    )]
+    OwnedElsewhere {
+        manifest: PathBuf,
+        pipeline: String,
+        theirs: crate::owner::Owner,
+        ours: PathBuf,
+    },
+
     /// Splitting a batch by partition failed.
     #[error("splitting a batch by partition: {0}")]
     Arrow(#[from] arrow::error::ArrowError),

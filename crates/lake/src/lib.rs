@@ -10,6 +10,8 @@
 //!   an unfinished file; `abort` deletes them;
 //! * a file that reaches `max_rows_per_file` rows is finished and the next part begins;
 //! * temporary files that a killed run left behind are removed before the first write;
+//! * the sink's path is claimed for the run's state directory ([`owner`]) before anything in it
+//!   is deleted, and another state directory's path is refused;
 //! * rows a later run replaces are taken out of committed files ([`FileFormat::filter_file`]),
 //!   each file replaced atomically.
 //!
@@ -19,6 +21,7 @@
 mod error;
 mod format;
 mod layout;
+pub mod owner;
 mod partition;
 mod remove;
 mod sink;

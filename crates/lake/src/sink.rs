@@ -6,7 +6,7 @@
 //! ([`crate::remove`]). Encoding and file I/O run on tokio's blocking pool, so the async workers
 //! that move batches between stages never wait on a disk.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use chatlake_core::durable::sync_dir;
 use chatlake_core::metrics::ComponentMetrics;
 use chatlake_core::removal::Removal;
-use chatlake_core::stage::RunInfo;
+use chatlake_core::stage::{RunInfo, SinkLocation, StateOwner};
 use chatlake_core::{Batch, Sink, SinkContext, Window, WindowRef};
 
 use crate::error::{Error, Result};
@@ -41,6 +41,8 @@ impl<F: FileFormat> FileSink<F> {
                 options,
                 partitioner: None,
                 cleaned: false,
+                listed: HashSet::new(),
+                reload_files: HashMap::new(),
                 windows: HashMap::new(),
                 memory_budget: MEMORY_BUDGET_BYTES,
             }),
@@ -85,9 +87,31 @@ impl<F: FileFormat> FileSink<F> {
 
 #[async_trait]
 impl<F: FileFormat> Sink for FileSink<F> {
+    fn location(&self) -> Option<SinkLocation> {
+        let state = self.state.as_ref()?;
+        Some(SinkLocation {
+            path: state.options.path.clone(),
+            extension: state.format.extension().to_string(),
+        })
+    }
+
     async fn start(&mut self, cx: &SinkContext) -> chatlake_core::Result<()> {
-        let committed = cx.committed.clone();
-        self.run(cx, move |state, run| state.start(run, Some(&committed)))
+        let ledger = Ledger {
+            committed: cx.committed.clone(),
+            reloading: cx.reloading.clone(),
+            owner: cx.owner.clone(),
+        };
+        self.run(cx, move |state, run| state.start(run, Some(&ledger)))
+            .await
+    }
+
+    async fn drop_windows(
+        &mut self,
+        keys: &HashSet<String>,
+        cx: &SinkContext,
+    ) -> chatlake_core::Result<u64> {
+        let keys = keys.clone();
+        self.run(cx, move |state, run| state.drop_windows(&keys, run))
             .await
     }
 
@@ -136,6 +160,13 @@ impl<F: FileFormat> Sink for FileSink<F> {
     }
 }
 
+/// What [`Sink::start`] learns of the ledger: which windows' files are legitimate, and whose.
+struct Ledger {
+    committed: Arc<HashSet<String>>,
+    reloading: Arc<HashSet<String>>,
+    owner: Arc<StateOwner>,
+}
+
 /// What the blocking work needs of the [`SinkContext`].
 struct RunCx {
     sink: String,
@@ -150,6 +181,13 @@ struct State<F> {
     partitioner: Option<Partitioner>,
     /// Stale temporary files were removed.
     cleaned: bool,
+    /// Windows whose files belong in the lake when the run started (committed or reloading):
+    /// a commit of one of them that fails part-way leaves what it renamed, as removing it would
+    /// leave the window with no files.
+    listed: HashSet<String>,
+    /// The files, found at start, of each window waiting to be loaded again: replaced when the
+    /// window commits again (those its new files do not overwrite are deleted).
+    reload_files: HashMap<String, Vec<PathBuf>>,
     /// Uncommitted files by window key.
     windows: HashMap<String, WindowFiles>,
     /// What open files may buffer in memory together.
@@ -229,30 +267,76 @@ static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(
 pub const MEMORY_BUDGET_BYTES: usize = 64 << 20;
 
 impl<F: FileFormat> State<F> {
-    /// Removes what an interrupted run left under the sink's path; see [`reconcile`].
-    fn start(
-        &mut self,
-        cx: &RunCx,
-        committed: Option<&std::collections::HashSet<String>>,
-    ) -> Result<()> {
+    /// Claims the sink's path for the run's state directory ([`crate::owner`]), then removes
+    /// what an interrupted run left under it; see [`reconcile`]. Every deletion is logged at
+    /// WARN, with a sample of names.
+    fn start(&mut self, cx: &RunCx, ledger: Option<&Ledger>) -> Result<()> {
         let prefix = file_prefix(&cx.run.pipeline, &cx.sink);
-        let (temporary, uncommitted) = reconcile(
+        if let Some(ledger) = ledger {
+            crate::owner::claim(
+                &self.options.path,
+                &cx.run.pipeline,
+                &cx.sink,
+                &ledger.owner,
+            )?;
+        }
+        let found = reconcile(
             &self.options.path,
             &prefix,
             self.format.extension(),
-            committed,
+            ledger.map(|l| (&*l.committed, &*l.reloading)),
         )?;
-        if temporary + uncommitted > 0 {
-            tracing::info!(
+        if !found.temporary.is_empty() || !found.uncommitted.is_empty() {
+            let sample: Vec<&str> = found
+                .uncommitted
+                .iter()
+                .chain(&found.temporary)
+                .take(5)
+                .map(String::as_str)
+                .collect();
+            tracing::warn!(
                 sink = %cx.sink,
                 path = %self.options.path.display(),
-                temporary,
-                uncommitted,
-                "removed files an interrupted run left behind"
+                temporary = found.temporary.len(),
+                uncommitted = found.uncommitted.len(),
+                sample = %sample.join(", "),
+                "removed files of windows the ledger does not list (left by an interrupted run)"
             );
         }
+        if let Some(ledger) = ledger {
+            self.listed = ledger.committed.as_ref().clone();
+        }
+        self.reload_files = found.reloading;
         self.cleaned = true;
         Ok(())
+    }
+
+    /// Deletes the committed files of windows `keys`; see [`Sink::drop_windows`].
+    fn drop_windows(&mut self, keys: &HashSet<String>, cx: &RunCx) -> Result<u64> {
+        let prefix = file_prefix(&cx.run.pipeline, &cx.sink);
+        let extension = self.format.extension().to_string();
+        let mut removed = Vec::new();
+        for_each_file(&self.options.path, |path, name| {
+            if window_key_of(name, &prefix, &extension).is_some_and(|k| keys.contains(k)) {
+                remove_file(&path)?;
+                removed.push(path);
+            }
+            Ok(())
+        })?;
+        for key in keys {
+            self.reload_files.remove(key);
+            self.listed.remove(key);
+        }
+        sync_parents(&removed)?;
+        if !removed.is_empty() {
+            tracing::info!(
+                sink = %cx.sink,
+                windows = keys.len(),
+                files = removed.len(),
+                "removed the files of windows the ledger no longer lists"
+            );
+        }
+        Ok(removed.len() as u64)
     }
 
     /// Finishes the least recently written open files until at most [`MAX_OPEN_FILES`] remain.
@@ -359,15 +443,37 @@ impl<F: FileFormat> State<F> {
     }
 
     fn commit(&mut self, window: &Window, cx: &RunCx) -> Result<()> {
-        let Some(mut files) = self.windows.remove(&window.key()) else {
-            // No rows of this window reached the sink.
-            return Ok(());
+        let key = window.key();
+        let listed = self.listed.contains(&key);
+        // No rows of this window reached the sink: nothing to rename (a reloaded window that
+        // now has no rows here still replaces its earlier files, below).
+        let committed = match self.windows.remove(&key) {
+            None => Vec::new(),
+            Some(mut files) => match files.commit(&self.options.path, listed, cx) {
+                Ok(paths) => paths,
+                Err(e) => {
+                    files.discard();
+                    return Err(e);
+                }
+            },
         };
-        let result = files.commit(&self.options.path, cx);
-        if result.is_err() {
-            files.discard();
+        // The window was loaded before and reset: its new files replaced those of the same
+        // names; the earlier ones the new commit did not overwrite (another partition, a part
+        // number it did not reach) go too, or the window would hold old rows beside new ones.
+        if let Some(old) = self.reload_files.remove(&key) {
+            let stale: Vec<PathBuf> = old.into_iter().filter(|p| !committed.contains(p)).collect();
+            for path in &stale {
+                remove_file(path)?;
+            }
+            sync_parents(&stale)?;
+            tracing::info!(
+                sink = %cx.sink,
+                window = %window,
+                removed = stale.len(),
+                "a window reset for reloading is committed again; its earlier files are replaced"
+            );
         }
-        result
+        Ok(())
     }
 
     fn abort(&mut self, window: &Window, cx: &RunCx) {
@@ -468,9 +574,11 @@ impl PartitionFiles {
 }
 
 impl WindowFiles {
-    /// Finishes every file, renames each into place and fsyncs the directories. On error the
-    /// caller discards what is left.
-    fn commit(&mut self, root: &Path, cx: &RunCx) -> Result<()> {
+    /// Finishes every file, renames each into place and fsyncs the directories; returns the
+    /// files' final paths. On error the caller discards what is left; files already renamed are
+    /// deleted here unless the window is `listed` (its renamed files then replaced the window's
+    /// own earlier ones, and deleting them would leave it with nothing).
+    fn commit(&mut self, root: &Path, listed: bool, cx: &RunCx) -> Result<Vec<PathBuf>> {
         // The files still open are finished side by side.
         for part in self.partitions.values_mut() {
             if let Some(open) = part.open.take() {
@@ -487,32 +595,25 @@ impl WindowFiles {
             return Err(e);
         }
         let mut committed = Vec::new();
-        for part in self.partitions.values_mut() {
-            let mut pending = std::mem::take(&mut part.finished).into_iter();
-            while let Some(f) = pending.next() {
-                if let Err(e) = fs::rename(&f.tmp, &f.path) {
-                    let path = f.path.clone();
-                    part.finished.push(f);
-                    part.finished.extend(pending);
-                    return Err(Error::io(path, e));
+        let renamed = self.rename_all(&mut committed);
+        let synced = renamed.and_then(|()| sync_parents_within(root, &committed));
+        if let Err(e) = synced {
+            if !listed {
+                // A window that failed must not show in the lake until the next run's start.
+                let mut removed = 0;
+                for f in &committed {
+                    if fs::remove_file(&f.path).is_ok() {
+                        removed += 1;
+                    }
                 }
-                committed.push(f);
+                tracing::warn!(
+                    sink = %cx.sink,
+                    window = %self.window,
+                    removed,
+                    "the window's commit failed part-way; removed the files it had renamed"
+                );
             }
-        }
-        // The renames, and any directory created for this window, are durable only once the
-        // directories holding them are fsynced.
-        let mut dirs = BTreeSet::new();
-        for f in &committed {
-            let mut dir = f.path.parent();
-            while let Some(d) = dir {
-                if !dirs.insert(d.to_path_buf()) || d == root || !d.starts_with(root) {
-                    break;
-                }
-                dir = d.parent();
-            }
-        }
-        for dir in &dirs {
-            sync_dir(dir)?;
+            return Err(e);
         }
         let (mut rows, mut bytes) = (0, 0);
         for f in &committed {
@@ -528,9 +629,71 @@ impl WindowFiles {
             bytes,
             "committed window"
         );
-        Ok(())
+        Ok(committed.into_iter().map(|f| f.path).collect())
     }
 
+    /// Renames every finished file into place, into `committed`; stops at the first error,
+    /// leaving the rest as temporary files for [`WindowFiles::discard`].
+    fn rename_all(&mut self, committed: &mut Vec<FinishedFile>) -> Result<()> {
+        for part in self.partitions.values_mut() {
+            let mut pending = std::mem::take(&mut part.finished).into_iter();
+            while let Some(f) = pending.next() {
+                if let Err(e) = fs::rename(&f.tmp, &f.path) {
+                    let path = f.path.clone();
+                    part.finished.push(f);
+                    part.finished.extend(pending);
+                    return Err(Error::io(path, e));
+                }
+                committed.push(f);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Fsyncs the directories of `files` up to `root` (the renames, and any directory created for
+/// them, are durable only then).
+fn sync_parents_within(root: &Path, files: &[FinishedFile]) -> Result<()> {
+    let mut dirs = BTreeSet::new();
+    for f in files {
+        let mut dir = f.path.parent();
+        while let Some(d) = dir {
+            if !dirs.insert(d.to_path_buf()) || d == root || !d.starts_with(root) {
+                break;
+            }
+            dir = d.parent();
+        }
+    }
+    for dir in &dirs {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Deletes `path` (already gone is fine).
+fn remove_file(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Fsyncs the directories that held `removed` files, so a deletion survives a power cut.
+fn sync_parents(removed: &[PathBuf]) -> Result<()> {
+    let dirs: BTreeSet<&Path> = removed.iter().filter_map(|p| p.parent()).collect();
+    for dir in dirs {
+        match sync_dir(dir) {
+            Ok(()) => {}
+            // A directory left empty may be gone (nothing removes them today, but a user may).
+            Err(e) if e.source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+impl WindowFiles {
     /// Drops the writers and deletes every temporary file; returns how many were deleted.
     fn discard(self) -> usize {
         let mut removed = 0;
@@ -671,45 +834,53 @@ fn finish_file(open: OpenFile) -> Result<FinishedFile> {
     }
 }
 
+/// What [`reconcile`] removed and found, by file name (removed) or path (kept).
+#[derive(Debug, Default)]
+struct Reconciled {
+    temporary: Vec<String>,
+    uncommitted: Vec<String>,
+    /// Files of windows waiting to be loaded again, by window key: kept.
+    reloading: HashMap<String, Vec<PathBuf>>,
+}
+
 /// Removes this sink's temporary files (`part-….<extension>.tmp`: only this format's, as a sink
-/// of another format may share the directory and be writing right now) and, when `committed` is
-/// given, its data files of windows the ledger does not list: both are leftovers of a run that
-/// stopped before its commit point. Files of other sinks and pipelines (other prefixes) are never
-/// touched. Returns (temporary files, uncommitted data files) removed.
+/// of another format may share the directory and be writing right now) and, when the ledger's
+/// `(committed, reloading)` windows are given, its data files of windows it lists as neither:
+/// both are leftovers of a run that stopped before its commit point. Files of windows waiting
+/// to be loaded again are kept (and listed). Files of other sinks and pipelines (other prefixes)
+/// are never touched.
 fn reconcile(
     root: &Path,
     prefix: &str,
     extension: &str,
-    committed: Option<&std::collections::HashSet<String>>,
-) -> Result<(usize, usize)> {
+    ledger: Option<(&HashSet<String>, &HashSet<String>)>,
+) -> Result<Reconciled> {
     let tmp_suffix = format!(".{extension}.tmp");
-    let (mut temporary, mut uncommitted) = (0, 0);
+    let mut found = Reconciled::default();
     for_each_file(root, |path, name| {
         if !name.starts_with(prefix) {
             return Ok(());
         }
-        let remove = if name.ends_with(&tmp_suffix) {
-            temporary += 1;
-            true
-        } else if let (Some(committed), Some(window)) =
-            (committed, window_key_of(name, prefix, extension))
+        if name.ends_with(&tmp_suffix) {
+            remove_file(&path)?;
+            found.temporary.push(name.to_string());
+        } else if let (Some((committed, reloading)), Some(window)) =
+            (ledger, window_key_of(name, prefix, extension))
         {
-            let stale = !committed.contains(window);
-            uncommitted += usize::from(stale);
-            stale
-        } else {
-            false
-        };
-        if remove {
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(path, e)),
+            if reloading.contains(window) {
+                found
+                    .reloading
+                    .entry(window.to_string())
+                    .or_default()
+                    .push(path);
+            } else if !committed.contains(window) {
+                remove_file(&path)?;
+                found.uncommitted.push(name.to_string());
             }
         }
         Ok(())
     })?;
-    Ok((temporary, uncommitted))
+    Ok(found)
 }
 
 #[cfg(test)]

@@ -46,6 +46,11 @@ pub fn sink_context(name: &str, dead_letter_dir: &Path) -> SinkContext {
             started_at: Utc::now(),
         }),
         committed: Arc::default(),
+        reloading: Arc::default(),
+        owner: Arc::new(chatlake_core::stage::StateOwner {
+            id: "test-state".into(),
+            dir: dead_letter_dir.join("state"),
+        }),
     }
 }
 
@@ -94,7 +99,7 @@ pub async fn write_interleaved(sink: &mut dyn Sink, cx: &SinkContext) -> Vec<Val
     rows
 }
 
-/// Every file under `root`, relative to it with `/` between parts, sorted.
+/// Every file under `root` but the owner manifest, relative to it with `/` between parts, sorted.
 pub fn files_under(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut dirs: Vec<PathBuf> = vec![root.to_path_buf()];
@@ -106,6 +111,11 @@ pub fn files_under(root: &Path) -> Vec<String> {
             let path = entry.path();
             if path.is_dir() {
                 dirs.push(path);
+            } else if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("_chatlake."))
+            {
+                // The sink's owner manifest (crate::owner), not a data file.
             } else if let Ok(rel) = path.strip_prefix(root) {
                 let parts: Vec<String> = rel
                     .components()

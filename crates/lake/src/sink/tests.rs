@@ -228,6 +228,135 @@ async fn start_removes_files_of_windows_the_ledger_does_not_list() {
 }
 
 #[tokio::test]
+async fn a_reloaded_window_keeps_its_files_until_committed_again_which_replaces_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lake");
+    let w = window("lw", 1);
+    // Loaded earlier in two partitions and two parts; then reset.
+    for (d, part) in [
+        ("sent_date=2025-05-01", 0),
+        ("sent_date=2025-05-01", 1),
+        ("sent_date=2025-05-02", 0),
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+        std::fs::write(root.join(d).join(name("lw-w00001", part)), "{\"old\":1}\n").unwrap();
+    }
+    let mut cx = sink_context("lake", dir.path());
+    cx.committed = std::sync::Arc::new([w.key()].into_iter().collect());
+    cx.reloading = cx.committed.clone();
+    let mut s = sink(&root, &["sent_date"], None);
+    s.start(&cx).await.unwrap();
+    assert_eq!(
+        files(&root).len(),
+        3,
+        "start keeps a reloading window's files"
+    );
+    // Written again: one row, one partition. The files of the same name are replaced, the rest go.
+    s.write(
+        Batch::new(
+            w.clone(),
+            canonical_batch(&[message("lw", "new", "2025-05-01T00:00:00Z")]),
+        ),
+        &cx,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        files(&root).len(),
+        4,
+        "until the commit, the old files stay"
+    );
+    s.commit(&w, &cx).await.unwrap();
+    let left = files(&root);
+    assert_eq!(
+        left,
+        vec![format!("sent_date=2025-05-01/{}", name("lw-w00001", 0))]
+    );
+    let rows = read_lines(&root.join(&left[0]));
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["message_id"], "new");
+}
+
+#[tokio::test]
+async fn drop_windows_deletes_only_those_windows_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lake");
+    let cx = sink_context("lake", dir.path());
+    let mut s = sink(&root, &[], None);
+    for i in [1, 2] {
+        let w = window("lw", i);
+        s.write(
+            Batch::new(
+                w.clone(),
+                canonical_batch(&[message("lw", "m", "2025-05-01T00:00:00Z")]),
+            ),
+            &cx,
+        )
+        .await
+        .unwrap();
+        s.commit(&w, &cx).await.unwrap();
+    }
+    let gone: HashSet<String> = [window("lw", 1).key()].into_iter().collect();
+    assert_eq!(s.drop_windows(&gone, &cx).await.unwrap(), 1);
+    assert_eq!(files(&root), vec![name("lw-w00002", 0)]);
+}
+
+#[tokio::test]
+async fn a_path_claimed_by_another_state_directory_is_refused_before_anything_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lake");
+    let cx = sink_context("lake", dir.path());
+    let mut s = sink(&root, &[], None);
+    s.start(&cx).await.unwrap();
+    let w = window("lw", 1);
+    s.write(
+        Batch::new(
+            w.clone(),
+            canonical_batch(&[message("lw", "m", "2025-05-01T00:00:00Z")]),
+        ),
+        &cx,
+    )
+    .await
+    .unwrap();
+    s.commit(&w, &cx).await.unwrap();
+    assert!(
+        root.join(crate::owner::manifest_name("test", "lake"))
+            .is_file()
+    );
+
+    // The same pipeline and sink with another state directory (and an empty ledger).
+    let mut other = sink_context("lake", dir.path());
+    other.owner = std::sync::Arc::new(chatlake_core::stage::StateOwner {
+        id: "another".into(),
+        dir: dir.path().join("elsewhere"),
+    });
+    let err = sink(&root, &[], None)
+        .start(&other)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("elsewhere") && err.contains("test-state"),
+        "{err}"
+    );
+    assert_eq!(
+        files(&root),
+        vec![name("lw-w00001", 0)],
+        "nothing was deleted"
+    );
+    // Another sink name of the same pipeline is another owner file: it may share the path.
+    sink(&root, &[], None)
+        .start(&sink_context("archive", dir.path()))
+        .await
+        .unwrap();
+    // The owner starts again.
+    let mut again = sink_context("lake", dir.path());
+    again.committed = std::sync::Arc::new([w.key()].into_iter().collect());
+    sink(&root, &[], None).start(&again).await.unwrap();
+    assert_eq!(files(&root), vec![name("lw-w00001", 0)]);
+}
+
+#[tokio::test]
 async fn escapes_partition_values_and_writes_nulls_to_the_default_partition() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("lake");
