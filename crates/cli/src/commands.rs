@@ -16,6 +16,7 @@ use clap::{Args, CommandFactory};
 
 use crate::exit;
 use crate::registry::registry;
+use crate::remote_state::{self, ObjectState};
 use crate::{metrics_file, summary};
 
 #[derive(Debug, Args)]
@@ -96,9 +97,26 @@ fn print_config_errors(errors: &ConfigErrors) {
     }
 }
 
-fn load(path: &Path, opts: &BuildOptions) -> Result<Pipeline, ConfigErrors> {
-    let file = PipelineFile::load(path)?;
-    Pipeline::build(file, &registry(), opts)
+/// Loads and builds a pipeline for `validate` and `plan`, which make no request: an
+/// object-store `state_dir` is checked for syntax and replaced by an empty scratch directory.
+fn load(
+    path: &Path,
+    opts: &BuildOptions,
+) -> Result<(Pipeline, Option<remote_state::Offline>), ConfigErrors> {
+    let mut file = PipelineFile::load(path)?;
+    let mut errors = ConfigErrors::default();
+    let offline = remote_state::offline(&mut file).unwrap_or_else(|e| {
+        errors.0.push(e);
+        None
+    });
+    match Pipeline::build(file, &registry(), opts) {
+        Ok(pipeline) if errors.0.is_empty() => Ok((pipeline, offline)),
+        Ok(_) => Err(errors),
+        Err(more) => {
+            errors.0.extend(more.0);
+            Err(errors)
+        }
+    }
 }
 
 /// Starts an emulator for `validate --emulate` and `plan --emulate`: it binds loopback only and
@@ -136,7 +154,7 @@ pub async fn validate(paths: &[PathBuf], emulate: bool) -> u8 {
             continue;
         }
         match load(path, &opts) {
-            Ok(p) => println!(
+            Ok((p, _)) => println!(
                 "{}: ok (pipeline `{}`, {} components)",
                 path.display(),
                 p.name(),
@@ -169,15 +187,21 @@ pub async fn plan(
         use_state: true,
         ..Default::default()
     };
-    let pipeline = match load(path, &opts) {
-        Ok(p) => p,
+    let (pipeline, offline) = match load(path, &opts) {
+        Ok(loaded) => loaded,
         Err(errors) => {
             print_config_errors(&errors);
             return exit::BAD_INPUT;
         }
     };
     println!("pipeline `{}` ({})", pipeline.name(), path.display());
-    println!("state: {}", pipeline.pipeline_state_dir().display());
+    match &offline {
+        Some(state) => println!(
+            "state: {} (object storage, not read by plan: windows committed there are listed too)",
+            state.url
+        ),
+        None => println!("state: {}", pipeline.pipeline_state_dir().display()),
+    }
     println!();
     println!("graph:");
     for node in &pipeline.nodes {
@@ -421,7 +445,7 @@ pub async fn run(args: RunArgs) -> u8 {
 
 async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
     // Load first: a bad file is reported before anything starts.
-    let file = match PipelineFile::load(&args.pipeline) {
+    let mut file = match PipelineFile::load(&args.pipeline) {
         Ok(f) => f,
         Err(errors) => {
             print_config_errors(&errors);
@@ -435,6 +459,14 @@ async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
         .filter(|c| c.role == chatlake_core::config::Role::Source)
         .map(|c| c.name.clone())
         .collect();
+    // An object-store state_dir: checked before anything else, then worked on as a local copy.
+    let object_state = match ObjectState::open(&mut file, None).await {
+        Ok(state) => state,
+        Err(e) => {
+            eprintln!("error: {}: {e}", args.pipeline.display());
+            return e.exit_code();
+        }
+    };
     let store = StateStore::new(file.pipeline_state_dir());
     facts.store = Some(store.clone());
     // Held until the run ends: planning reads the ledger, so it is taken before the build.
@@ -445,6 +477,39 @@ async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
             return exit::RUN_FAILED;
         }
     };
+    let run_id = run_id(Utc::now());
+    let session = match &object_state {
+        Some(state) => match state.begin(&run_id).await {
+            Ok(session) => Some(session),
+            Err(e) => {
+                eprintln!("error: {}: {e}", args.pipeline.display());
+                return e.exit_code();
+            }
+        },
+        None => None,
+    };
+    let code = run_locked(args, file, &store, session.as_ref(), run_id, facts).await;
+    match session.map(remote_state::Session::finish) {
+        Some(finished) => match finished.await {
+            Ok(()) => code,
+            Err(e) => {
+                eprintln!("error: {}: {e}", args.pipeline.display());
+                if code == exit::OK { exit::RUN_FAILED } else { code }
+            }
+        },
+        None => code,
+    }
+}
+
+/// The run, once it holds the pipeline's lock.
+async fn run_locked(
+    args: &RunArgs,
+    file: PipelineFile,
+    store: &StateStore,
+    session: Option<&remote_state::Session>,
+    run_id: String,
+    facts: &mut RunFacts,
+) -> u8 {
     if args.full_refresh {
         // The lake holds exactly the ledger's windows, so forgetting them makes every sink remove
         // this pipeline's files when it starts, and the whole range is loaded again.
@@ -457,6 +522,13 @@ async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
                 eprintln!("error: --full-refresh: {e}");
                 return exit::RUN_FAILED;
             }
+        }
+        // The store forgets too, before any sink starts removing files.
+        if let Some(session) = session
+            && let Err(e) = session.push().await
+        {
+            eprintln!("error: --full-refresh: {e}");
+            return exit::RUN_FAILED;
         }
     }
     let emulator = if args.emulate {
@@ -492,7 +564,7 @@ async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
             return exit::BAD_INPUT;
         }
     };
-    let run = Run::new(pipeline, run_id(Utc::now()));
+    let run = Run::new(pipeline, run_id);
     let show_progress = args
         .progress
         .unwrap_or_else(|| std::io::IsTerminal::is_terminal(&std::io::stderr()));
@@ -511,12 +583,20 @@ async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
 }
 
 /// `state show`: per source, the windows committed and failed and the latest committed end.
-pub fn state_show(path: &Path, json: bool) -> u8 {
-    let file = match PipelineFile::load(path) {
+pub async fn state_show(path: &Path, json: bool) -> u8 {
+    let mut file = match PipelineFile::load(path) {
         Ok(f) => f,
         Err(errors) => {
             print_config_errors(&errors);
             return exit::BAD_INPUT;
+        }
+    };
+    // An object-store state_dir is shown from a fresh copy (no lock: it only reads).
+    let remote = match remote_state::snapshot(&mut file).await {
+        Ok(remote) => remote,
+        Err(e) => {
+            eprintln!("error: {}: {e}", path.display());
+            return e.exit_code();
         }
     };
     let store = StateStore::new(file.pipeline_state_dir());
@@ -540,7 +620,9 @@ pub fn state_show(path: &Path, json: bool) -> u8 {
     println!(
         "pipeline `{}`: state in {}",
         file.pipeline.name,
-        store.dir().display()
+        remote
+            .as_ref()
+            .map_or_else(|| store.dir().display().to_string(), |r| r.url())
     );
     let last = std::fs::read(store.dir().join("last_run.json"))
         .ok()
@@ -620,8 +702,8 @@ pub fn state_show(path: &Path, json: bool) -> u8 {
 
 /// `state reset`: forgets one source's windows (or all); the next run loads them again and the
 /// sinks remove their files when they start.
-pub fn state_reset(path: &Path, source: Option<&str>) -> u8 {
-    let file = match PipelineFile::load(path) {
+pub async fn state_reset(path: &Path, source: Option<&str>) -> u8 {
+    let mut file = match PipelineFile::load(path) {
         Ok(f) => f,
         Err(errors) => {
             print_config_errors(&errors);
@@ -637,6 +719,13 @@ pub fn state_reset(path: &Path, source: Option<&str>) -> u8 {
         eprintln!("error: {}: no source named `{name}`", path.display());
         return exit::BAD_INPUT;
     }
+    let object_state = match ObjectState::open(&mut file, None).await {
+        Ok(state) => state,
+        Err(e) => {
+            eprintln!("error: {}: {e}", path.display());
+            return e.exit_code();
+        }
+    };
     let store = StateStore::new(file.pipeline_state_dir());
     let _lock = match store.lock() {
         Ok(lock) => lock,
@@ -645,6 +734,30 @@ pub fn state_reset(path: &Path, source: Option<&str>) -> u8 {
             return exit::RUN_FAILED;
         }
     };
+    let session = match &object_state {
+        Some(state) => match state.begin(&run_id(Utc::now())).await {
+            Ok(session) => Some(session),
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                return e.exit_code();
+            }
+        },
+        None => None,
+    };
+    let code = reset_locked(&store, source);
+    match session.map(remote_state::Session::finish) {
+        Some(finished) => match finished.await {
+            Ok(()) => code,
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                exit::RUN_FAILED
+            }
+        },
+        None => code,
+    }
+}
+
+fn reset_locked(store: &StateStore, source: Option<&str>) -> u8 {
     match store.reset(source) {
         Ok(reset) if reset.is_empty() => println!("nothing to reset"),
         Ok(reset) => println!(

@@ -6,6 +6,7 @@ mod commands;
 mod metrics_file;
 mod pipeline_test;
 mod registry;
+mod remote_state;
 mod schema;
 mod summary;
 
@@ -197,10 +198,10 @@ pub fn main() -> ExitCode {
             Command::Emulate { addr, emulator } => commands::emulate(addr, emulator).await,
             Command::State {
                 command: StateCommand::Show { pipeline, json },
-            } => commands::state_show(&pipeline, json),
+            } => commands::state_show(&pipeline, json).await,
             Command::State {
                 command: StateCommand::Reset { pipeline, source },
-            } => commands::state_reset(&pipeline, source.as_deref()),
+            } => commands::state_reset(&pipeline, source.as_deref()).await,
         }
     });
     ExitCode::from(code)
