@@ -463,8 +463,7 @@ async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
     let object_state = match ObjectState::open(&mut file, None).await {
         Ok(state) => state,
         Err(e) => {
-            eprintln!("error: {}: {e}", args.pipeline.display());
-            return e.exit_code();
+            return remote_state::report(&args.pipeline, &e);
         }
     };
     let store = StateStore::new(file.pipeline_state_dir());
@@ -482,8 +481,7 @@ async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
         Some(state) => match state.begin(&run_id).await {
             Ok(session) => Some(session),
             Err(e) => {
-                eprintln!("error: {}: {e}", args.pipeline.display());
-                return e.exit_code();
+                return remote_state::report(&args.pipeline, &e);
             }
         },
         None => None,
@@ -595,8 +593,7 @@ pub async fn state_show(path: &Path, json: bool) -> u8 {
     let remote = match remote_state::snapshot(&mut file).await {
         Ok(remote) => remote,
         Err(e) => {
-            eprintln!("error: {}: {e}", path.display());
-            return e.exit_code();
+            return remote_state::report(path, &e);
         }
     };
     let store = StateStore::new(file.pipeline_state_dir());
@@ -722,8 +719,7 @@ pub async fn state_reset(path: &Path, source: Option<&str>) -> u8 {
     let object_state = match ObjectState::open(&mut file, None).await {
         Ok(state) => state,
         Err(e) => {
-            eprintln!("error: {}: {e}", path.display());
-            return e.exit_code();
+            return remote_state::report(path, &e);
         }
     };
     let store = StateStore::new(file.pipeline_state_dir());
@@ -738,8 +734,7 @@ pub async fn state_reset(path: &Path, source: Option<&str>) -> u8 {
         Some(state) => match state.begin(&run_id(Utc::now())).await {
             Ok(session) => Some(session),
             Err(e) => {
-                eprintln!("error: {}: {e}", path.display());
-                return e.exit_code();
+                return remote_state::report(path, &e);
             }
         },
         None => None,

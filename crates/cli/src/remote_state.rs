@@ -113,6 +113,16 @@ impl RemoteStateError {
     }
 }
 
+/// Prints `e` for the command run on `pipeline` and returns the exit code to end with.
+pub fn report(pipeline: &Path, e: &RemoteStateError) -> u8 {
+    match e {
+        // A configuration error names the file and key itself.
+        RemoteStateError::Config(_) => eprintln!("error: {e}"),
+        _ => eprintln!("error: {}: {e}", pipeline.display()),
+    }
+    e.exit_code()
+}
+
 type Result<T, E = RemoteStateError> = std::result::Result<T, E>;
 
 fn local(path: &Path) -> impl FnOnce(std::io::Error) -> RemoteStateError + '_ {
@@ -187,7 +197,7 @@ pub async fn snapshot(file: &mut PipelineFile) -> Result<Option<Snapshot>> {
         .prefix("chatlake-state-")
         .tempdir()
         .map_err(local(&std::env::temp_dir()))?;
-    let Some(state) = ObjectState::open(file, Some(scratch.path())).await? else {
+    let Some(state) = ObjectState::open_unchecked(file, Some(scratch.path()))? else {
         return Ok(None);
     };
     state.download().await?;
@@ -239,12 +249,24 @@ impl ObjectState {
         file: &mut PipelineFile,
         working_root: Option<&Path>,
     ) -> Result<Option<ObjectState>> {
+        let state = Self::open_unchecked(file, working_root)?;
+        if let Some(state) = &state {
+            state.shared.store.check().await?;
+        }
+        Ok(state)
+    }
+
+    /// [`ObjectState::open`] without the check, for commands that only read (whose user may
+    /// not be allowed to write).
+    fn open_unchecked(
+        file: &mut PipelineFile,
+        working_root: Option<&Path>,
+    ) -> Result<Option<ObjectState>> {
         let Some(root) = object_state_dir(file).map_err(RemoteStateError::Config)? else {
             return Ok(None);
         };
         let location = root.join(&file.pipeline.name);
         let store = Store::open(&location, &file.pipeline.storage)?;
-        store.check().await?;
         let working_root = match working_root {
             Some(dir) => dir.to_path_buf(),
             None => working_copy_root(&root)?,
