@@ -117,7 +117,8 @@ impl World {
 
     fn run(&self, args: &[&str], cache: &str, extra: &[(&str, &str)]) -> common::Outcome {
         let env = self.env(cache);
-        let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut all: Vec<(&str, &str)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         all.extend_from_slice(extra);
         self.scratch.run_env(args, &all)
     }
@@ -264,7 +265,9 @@ fn a_state_dir_in_s3_runs_incrementally_even_from_a_fresh_working_copy() {
         "the dedupe keys are state: {objects:?}"
     );
     assert!(
-        !objects.iter().any(|o| o == "lock.json" || o.ends_with(".tmp")),
+        !objects
+            .iter()
+            .any(|o| o == "lock.json" || o.ends_with(".tmp")),
         "the lock is released and nothing temporary is kept: {objects:?}"
     );
 
@@ -275,7 +278,10 @@ fn a_state_dir_in_s3_runs_incrementally_even_from_a_fresh_working_copy() {
         .expect_code(0);
     let got = read_parquet(&w.scratch.path("lake/messages"));
     assert_eq!(got.len(), want.len(), "{}", out.stdout());
-    assert!(got == want, "two overlapping runs load what one clean run loads");
+    assert!(
+        got == want,
+        "two overlapping runs load what one clean run loads"
+    );
     let last = json(&w.object("daily", "last_run.json").unwrap());
     let (unique_in, unique_out) = records(&last, "unique");
     assert!(
@@ -385,8 +391,7 @@ fn a_second_run_fails_naming_the_holder_and_a_killed_runs_lock_is_taken_over_at_
     let started = Instant::now();
     let out = w.run(&args, "cache-2", &[]).expect_code(0);
     assert!(
-        out.stderr().contains("taking over the lock")
-            && out.stderr().contains("is gone"),
+        out.stderr().contains("taking over the lock") && out.stderr().contains("is gone"),
         "{}",
         out.stderr()
     );
@@ -426,7 +431,10 @@ fn a_foreign_lock_is_taken_over_once_its_lease_expired_and_not_before() {
         "{}",
         held.stderr()
     );
-    assert!(w.objects("slow").iter().all(|o| o == "lock.json"), "nothing was done");
+    assert!(
+        w.objects("slow").iter().all(|o| o == "lock.json"),
+        "nothing was done"
+    );
 
     w.put(
         "slow",
@@ -459,7 +467,10 @@ fn the_lock_is_renewed_while_a_run_lasts_and_a_run_that_lost_it_commits_nothing_
     std::thread::sleep(Duration::from_millis(1200));
     if let Some(lock) = w.object("slow", "lock.json") {
         assert_ne!(json(&lock)["lease_until"], first, "renewed");
-        assert!(run.try_wait().unwrap().is_none(), "the run outlasted its lease");
+        assert!(
+            run.try_wait().unwrap().is_none(),
+            "the run outlasted its lease"
+        );
     }
     let (code, err) = stderr_of(run);
     assert_eq!(code, 0, "{err}");
@@ -548,11 +559,18 @@ fn a_bad_state_dir_fails_at_the_start_naming_the_url_and_never_a_secret() {
     let err = denied.stderr();
     assert!(err.contains("s3://state/chatlake/_state/slow"), "{err}");
     assert!(!err.contains(secret), "{err}");
-    assert!(!w.scratch.path("lake/messages").exists(), "nothing was fetched");
+    assert!(
+        !w.scratch.path("lake/messages").exists(),
+        "nothing was fetched"
+    );
 
     let missing = w.pipeline(SLOW, "s3://no-such-bucket/_state");
     let out = w
-        .run(&["run", "--emulate", missing.to_str().unwrap()], "cache", &[])
+        .run(
+            &["run", "--emulate", missing.to_str().unwrap()],
+            "cache",
+            &[],
+        )
         .expect_code(1);
     assert!(
         out.stderr().contains("s3://no-such-bucket/_state/slow"),

@@ -492,7 +492,11 @@ async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
             Ok(()) => code,
             Err(e) => {
                 eprintln!("error: {}: {e}", args.pipeline.display());
-                if code == exit::OK { exit::RUN_FAILED } else { code }
+                if code == exit::OK {
+                    exit::RUN_FAILED
+                } else {
+                    code
+                }
             }
         },
         None => code,

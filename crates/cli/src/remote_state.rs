@@ -95,7 +95,9 @@ pub enum RemoteStateError {
         "another run changed the ledger of `{pipeline}` ({url}) since this run read it: this run commits nothing more (did two runs of the pipeline overlap?)"
     )]
     LedgerChanged { pipeline: String, url: String },
-    #[error("this run no longer holds the lock of `{pipeline}` ({url}): {why}; it commits nothing more")]
+    #[error(
+        "this run no longer holds the lock of `{pipeline}` ({url}): {why}; it commits nothing more"
+    )]
     LockLost {
         pipeline: String,
         url: String,
@@ -162,7 +164,12 @@ pub fn offline(file: &mut PipelineFile) -> Result<Option<Offline>, ConfigError> 
     let scratch = tempfile::Builder::new()
         .prefix("chatlake-state-")
         .tempdir()
-        .map_err(|e| file.error(String::new(), format!("cannot make a scratch directory: {e}")))?;
+        .map_err(|e| {
+            file.error(
+                String::new(),
+                format!("cannot make a scratch directory: {e}"),
+            )
+        })?;
     file.pipeline.state_dir = Some(scratch.path().to_path_buf());
     Ok(Some(Offline {
         url: location.join(&file.pipeline.name).to_string(),
@@ -420,7 +427,10 @@ impl Shared {
         if let Err(why) = lock.held() {
             return Err(RemoteStateError::LockLost {
                 pipeline: self.pipeline.clone(),
-                url: self.store.location().display_key(&self.store.key(LOCK_OBJECT)),
+                url: self
+                    .store
+                    .location()
+                    .display_key(&self.store.key(LOCK_OBJECT)),
                 why,
             });
         }
@@ -512,7 +522,10 @@ impl Shared {
         {
             return Err(RemoteStateError::LockLost {
                 pipeline: self.pipeline.clone(),
-                url: self.store.location().display_key(&self.store.key(LOCK_OBJECT)),
+                url: self
+                    .store
+                    .location()
+                    .display_key(&self.store.key(LOCK_OBJECT)),
                 why,
             });
         }
@@ -605,7 +618,11 @@ fn working_copy_root(state_dir: &ObjectLocation) -> Result<PathBuf> {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir).map_err(local(dir))?.permissions().mode() & 0o777;
+            let mode = std::fs::metadata(dir)
+                .map_err(local(dir))?
+                .permissions()
+                .mode()
+                & 0o777;
             // In a shared temporary directory another user could have made it first.
             if mode & 0o077 != 0 {
                 return Err(RemoteStateError::NotPrivate {
