@@ -348,6 +348,19 @@ fn a_state_dir_in_s3_runs_incrementally_even_from_a_fresh_working_copy() {
         read_parquet(&w.scratch.path("lake/messages")) == want,
         "reloaded once, not twice"
     );
+    // --full-refresh forgets in the store too, before the sinks start: loaded again, once.
+    w.run(
+        &["run", "--emulate", "--full-refresh", "--end", end, p],
+        "cache",
+        &[],
+    )
+    .expect_code(0);
+    assert!(read_parquet(&w.scratch.path("lake/messages")) == want);
+    let last = json(&w.object("daily", "last_run.json").unwrap());
+    assert!(
+        records(&last, "unique").1 > 5_000,
+        "everything was loaded again"
+    );
 }
 
 #[test]
@@ -602,4 +615,76 @@ fn a_bad_state_dir_fails_at_the_start_naming_the_url_and_never_a_secret() {
         plan.contains("state: s3://state/chatlake/_state/slow"),
         "{plan}"
     );
+}
+
+/// Input files with rows that cannot be represented: the run's dead letters and summary end up
+/// in the store, and the files' checkpoints (which file was loaded) let a run from a fresh
+/// working copy load nothing again.
+const FILES: &str = r#"
+[pipeline]
+name = "files"
+state_dir = "STATE_DIR"
+
+[sources.lw]
+type = "lineworks_message_contents"
+files = ["in/*.csv"]
+
+[transforms.canonical]
+type = "normalize"
+inputs = ["lw"]
+
+[sinks.out]
+type = "jsonl"
+inputs = ["canonical"]
+path = "./out"
+"#;
+
+#[test]
+fn dead_letters_summaries_and_file_checkpoints_live_in_the_store() {
+    let w = World::new();
+    let input = w.scratch.path("in");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::copy(
+        common::repo("fixtures/lineworks/malformed.csv"),
+        input.join("malformed.csv"),
+    )
+    .unwrap();
+    let p = w.pipeline(FILES, STATE_URL);
+    let p = p.to_str().unwrap();
+    w.run(&["run", p], "cache", &[]).expect_code(3);
+    let objects = w.objects("files");
+    let dead: Vec<&String> = objects
+        .iter()
+        .filter(|o| o.starts_with("dead_letters/") && o.ends_with(".jsonl"))
+        .collect();
+    assert_eq!(dead.len(), 1, "{objects:?}");
+    let letters = String::from_utf8(w.object("files", dead[0]).unwrap()).unwrap();
+    assert_eq!(letters.lines().count(), 3, "{letters}");
+    let last = json(&w.object("files", "last_run.json").unwrap());
+    assert_eq!(last["status"], "dead_lettered", "{last}");
+    assert!(
+        objects
+            .iter()
+            .any(|o| o == &format!("runs/{}.json", last["run_id"].as_str().unwrap())),
+        "{objects:?}"
+    );
+    let ledger = json(&w.object("files", "sources/lw.json").unwrap());
+    assert!(
+        ledger["windows"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|w| !w["checkpoint"].is_null()),
+        "{ledger}"
+    );
+
+    remove_cache(&w, "cache");
+    w.run(&["run", p], "cache", &[]).expect_code(0);
+    let last = json(&w.object("files", "last_run.json").unwrap());
+    assert_eq!(
+        records(&last, "lw").1,
+        0,
+        "the loaded file is not read again"
+    );
+    assert_eq!(common::read_jsonl(&w.scratch.path("out")).len(), 2);
 }
