@@ -18,6 +18,7 @@ use clap::{Args, CommandFactory};
 
 use crate::exit;
 use crate::registry::registry;
+use crate::remote_state::{self, ObjectState};
 use crate::{metrics_file, summary};
 
 #[derive(Debug, Args)]
@@ -98,9 +99,26 @@ fn print_config_errors(errors: &ConfigErrors) {
     }
 }
 
-fn load(path: &Path, opts: &BuildOptions) -> Result<Pipeline, ConfigErrors> {
-    let file = PipelineFile::load(path)?;
-    Pipeline::build(file, &registry(), opts)
+/// Loads and builds a pipeline for `validate` and `plan`, which make no request: an
+/// object-store `state_dir` is checked for syntax and replaced by an empty scratch directory.
+fn load(
+    path: &Path,
+    opts: &BuildOptions,
+) -> Result<(Pipeline, Option<remote_state::Offline>), ConfigErrors> {
+    let mut file = PipelineFile::load(path)?;
+    let mut errors = ConfigErrors::default();
+    let offline = remote_state::offline(&mut file).unwrap_or_else(|e| {
+        errors.0.push(e);
+        None
+    });
+    match Pipeline::build(file, &registry(), opts) {
+        Ok(pipeline) if errors.0.is_empty() => Ok((pipeline, offline)),
+        Ok(_) => Err(errors),
+        Err(more) => {
+            errors.0.extend(more.0);
+            Err(errors)
+        }
+    }
 }
 
 /// Starts an emulator for `validate --emulate` and `plan --emulate`: it binds loopback only and
@@ -138,7 +156,7 @@ pub async fn validate(paths: &[PathBuf], emulate: bool) -> u8 {
             continue;
         }
         match load(path, &opts) {
-            Ok(p) => {
+            Ok((p, _)) => {
                 for warning in p.warnings() {
                     crate::print_warning(format_args!("{warning}"));
                 }
@@ -176,15 +194,21 @@ pub async fn plan(
         use_state: true,
         ..Default::default()
     };
-    let pipeline = match load(path, &opts) {
-        Ok(p) => p,
+    let (pipeline, offline) = match load(path, &opts) {
+        Ok(loaded) => loaded,
         Err(errors) => {
             print_config_errors(&errors);
             return exit::BAD_INPUT;
         }
     };
     println!("pipeline `{}` ({})", pipeline.name(), path.display());
-    println!("state: {}", pipeline.pipeline_state_dir().display());
+    match &offline {
+        Some(state) => println!(
+            "state: {} (object storage, not read by plan: windows committed there are listed too)",
+            state.url
+        ),
+        None => println!("state: {}", pipeline.pipeline_state_dir().display()),
+    }
     println!();
     println!("graph:");
     for node in &pipeline.nodes {
@@ -441,7 +465,7 @@ pub async fn run(args: RunArgs) -> u8 {
 
 async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
     // Load first: a bad file is reported before anything starts.
-    let file = match PipelineFile::load(&args.pipeline) {
+    let mut file = match PipelineFile::load(&args.pipeline) {
         Ok(f) => f,
         Err(errors) => {
             print_config_errors(&errors);
@@ -455,6 +479,13 @@ async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
         .filter(|c| c.role == chatlake_core::config::Role::Source)
         .map(|c| c.name.clone())
         .collect();
+    // An object-store state_dir: checked before anything else, then worked on as a local copy.
+    let object_state = match ObjectState::open(&mut file, None).await {
+        Ok(state) => state,
+        Err(e) => {
+            return remote_state::report(&args.pipeline, &e);
+        }
+    };
     let store = StateStore::new(file.pipeline_state_dir());
     facts.store = Some(store.clone());
     // Held until the run ends: planning reads the ledger, so it is taken before the build.
@@ -465,6 +496,42 @@ async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
             return exit::RUN_FAILED;
         }
     };
+    let run_id = run_id(Utc::now());
+    let session = match &object_state {
+        Some(state) => match state.begin(&run_id).await {
+            Ok(session) => Some(session),
+            Err(e) => {
+                return remote_state::report(&args.pipeline, &e);
+            }
+        },
+        None => None,
+    };
+    let code = run_locked(args, file, &store, session.as_ref(), run_id, facts).await;
+    match session.map(remote_state::Session::finish) {
+        Some(finished) => match finished.await {
+            Ok(()) => code,
+            Err(e) => {
+                error_line!("{}: {e}", args.pipeline.display());
+                if code == exit::OK {
+                    exit::RUN_FAILED
+                } else {
+                    code
+                }
+            }
+        },
+        None => code,
+    }
+}
+
+/// The run, once it holds the pipeline's lock.
+async fn run_locked(
+    args: &RunArgs,
+    file: PipelineFile,
+    store: &StateStore,
+    session: Option<&remote_state::Session>,
+    run_id: String,
+    facts: &mut RunFacts,
+) -> u8 {
     if args.full_refresh {
         // Every window waits to be loaded again; its files stay in the lake until the window
         // that replaces it commits, so a refresh that fails part-way loses nothing.
@@ -477,6 +544,13 @@ async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
                 error_line!("--full-refresh: {e}");
                 return exit::RUN_FAILED;
             }
+        }
+        // The store forgets too, before any sink starts removing files.
+        if let Some(session) = session
+            && let Err(e) = session.push().await
+        {
+            error_line!("--full-refresh: {e}");
+            return exit::RUN_FAILED;
         }
     }
     let emulator = if args.emulate {
@@ -515,7 +589,7 @@ async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
     for warning in pipeline.warnings() {
         tracing::warn!("{warning}");
     }
-    let run = Run::new(pipeline, run_id(Utc::now()));
+    let run = Run::new(pipeline, run_id);
     let show_progress = args
         .progress
         .unwrap_or_else(|| std::io::IsTerminal::is_terminal(&std::io::stderr()));
@@ -579,12 +653,19 @@ async fn stop_signal() -> &'static str {
 }
 
 /// `state show`: per source, the windows committed and failed and the latest committed end.
-pub fn state_show(path: &Path, json: bool) -> u8 {
-    let file = match PipelineFile::load(path) {
+pub async fn state_show(path: &Path, json: bool) -> u8 {
+    let mut file = match PipelineFile::load(path) {
         Ok(f) => f,
         Err(errors) => {
             print_config_errors(&errors);
             return exit::BAD_INPUT;
+        }
+    };
+    // An object-store state_dir is shown from a fresh copy (no lock: it only reads).
+    let remote = match remote_state::snapshot(&mut file).await {
+        Ok(remote) => remote,
+        Err(e) => {
+            return remote_state::report(path, &e);
         }
     };
     let store = StateStore::new(file.pipeline_state_dir());
@@ -608,7 +689,9 @@ pub fn state_show(path: &Path, json: bool) -> u8 {
     println!(
         "pipeline `{}`: state in {}",
         file.pipeline.name,
-        store.dir().display()
+        remote
+            .as_ref()
+            .map_or_else(|| store.dir().display().to_string(), |r| r.url())
     );
     let last = std::fs::read(store.dir().join("last_run.json"))
         .ok()
@@ -694,10 +777,11 @@ pub fn state_show(path: &Path, json: bool) -> u8 {
 
 /// `state reset`: forgets one source's windows (or all): the next run loads them again. Nothing
 /// in the lake is deleted here: the windows wait to be reloaded, and their files stay until the
-/// windows that replace them commit. Lists what it forgets and asks first on a terminal.
-pub fn state_reset(path: &Path, source: Option<&str>, yes: bool, dry_run: bool) -> u8 {
-    use std::io::{BufRead, IsTerminal, Write};
-    let file = match PipelineFile::load(path) {
+/// windows that replace them commit. Lists what it forgets and asks first on a terminal. With an
+/// object-store `state_dir` the state is fetched (taking the lock object, also for `--dry-run`)
+/// and what changed is put back.
+pub async fn state_reset(path: &Path, source: Option<&str>, yes: bool, dry_run: bool) -> u8 {
+    let mut file = match PipelineFile::load(path) {
         Ok(f) => f,
         Err(errors) => {
             print_config_errors(&errors);
@@ -713,6 +797,12 @@ pub fn state_reset(path: &Path, source: Option<&str>, yes: bool, dry_run: bool) 
         error_line!("{}: no source named `{name}`", path.display());
         return exit::BAD_INPUT;
     }
+    let object_state = match ObjectState::open(&mut file, None).await {
+        Ok(state) => state,
+        Err(e) => {
+            return remote_state::report(path, &e);
+        }
+    };
     let store = StateStore::new(file.pipeline_state_dir());
     // Taken before listing, so what is listed is what is forgotten.
     let _lock = if dry_run {
@@ -726,6 +816,37 @@ pub fn state_reset(path: &Path, source: Option<&str>, yes: bool, dry_run: bool) 
             }
         }
     };
+    let session = match &object_state {
+        Some(state) => match state.begin(&run_id(Utc::now())).await {
+            Ok(session) => Some(session),
+            Err(e) => {
+                return remote_state::report(path, &e);
+            }
+        },
+        None => None,
+    };
+    let code = reset_locked(&file, &store, source, yes, dry_run);
+    match session.map(remote_state::Session::finish) {
+        Some(finished) => match finished.await {
+            Ok(()) => code,
+            Err(e) => {
+                error_line!("{}: {e}", path.display());
+                exit::RUN_FAILED
+            }
+        },
+        None => code,
+    }
+}
+
+/// `state reset` once the state is at hand and locked: list, ask, forget.
+fn reset_locked(
+    file: &PipelineFile,
+    store: &StateStore,
+    source: Option<&str>,
+    yes: bool,
+    dry_run: bool,
+) -> u8 {
+    use std::io::{BufRead, IsTerminal, Write};
     let preview = match store.reset_preview(source) {
         Ok(p) => p,
         Err(e) => {

@@ -7,6 +7,7 @@ mod metrics_file;
 mod otlp;
 mod pipeline_test;
 mod registry;
+mod remote_state;
 mod schema;
 mod summary;
 
@@ -240,7 +241,7 @@ pub fn main() -> ExitCode {
             Command::Emulate { addr, emulator } => commands::emulate(addr, emulator).await,
             Command::State {
                 command: StateCommand::Show { pipeline, json },
-            } => commands::state_show(&pipeline, json),
+            } => commands::state_show(&pipeline, json).await,
             Command::State {
                 command:
                     StateCommand::Reset {
@@ -249,7 +250,7 @@ pub fn main() -> ExitCode {
                         yes,
                         dry_run,
                     },
-            } => commands::state_reset(&pipeline, source.as_deref(), yes, dry_run),
+            } => commands::state_reset(&pipeline, source.as_deref(), yes, dry_run).await,
         }
     });
     ExitCode::from(code)
