@@ -548,6 +548,11 @@ pub trait Sink: Send {
         Ok(())
     }
 
+    /// Where it writes, for `plan`: a directory or an object-store URL. Default: not said.
+    fn destination(&self) -> Option<String> {
+        None
+    }
+
     /// Called once before any input: remove what an interrupted run left (files of windows not
     /// in `cx.committed`, temporary files). Default: nothing to clean.
     async fn start(&mut self, _cx: &SinkContext) -> Result<()> {

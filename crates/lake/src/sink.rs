@@ -19,10 +19,12 @@ use chatlake_core::metrics::ComponentMetrics;
 use chatlake_core::removal::Removal;
 use chatlake_core::stage::RunInfo;
 use chatlake_core::{Batch, Sink, SinkContext, Window, WindowRef};
+use chatlake_store::{Location, StorageOptions};
 
 use crate::error::{Error, Result};
 use crate::format::{FileFormat, FormatWriter};
 use crate::layout::{FileKey, LakeOptions, file_name, file_prefix, for_each_file, window_key_of};
+use crate::object::ObjectLake;
 use crate::partition::Partitioner;
 
 /// Writes batches of any [`FileFormat`] into Hive partitions under [`LakeOptions::path`],
@@ -43,8 +45,20 @@ impl<F: FileFormat> FileSink<F> {
                 cleaned: false,
                 windows: HashMap::new(),
                 memory_budget: MEMORY_BUDGET_BYTES,
+                storage: StorageOptions::default(),
+                object: None,
             }),
         }
+    }
+
+    /// How to reach the object store when [`LakeOptions::path`] is an object-store URL (the
+    /// sink's `storage` table over the pipeline's; the environment fills in the rest). Does no
+    /// I/O: the store is opened and checked by `start`.
+    pub fn with_storage(mut self, storage: StorageOptions) -> Self {
+        if let Some(state) = self.state.as_mut() {
+            state.storage = storage;
+        }
+        self
     }
 
     /// Sets what the open files may buffer in memory together (default [`MEMORY_BUDGET_BYTES`]).
@@ -118,6 +132,17 @@ impl<F: FileFormat> Sink for FileSink<F> {
         self.run(cx, |state, run| state.finish(run)).await
     }
 
+    fn destination(&self) -> Option<String> {
+        let state = self.state.as_ref()?;
+        Some(match &state.object {
+            Some(lake) => lake.url(),
+            None => state.options.location().map_or_else(
+                |_| state.options.path.display().to_string(),
+                |l| l.to_string(),
+            ),
+        })
+    }
+
     fn removes_rows(&self) -> std::result::Result<(), String> {
         match &self.state {
             Some(state) => state.format.filters_rows(),
@@ -154,6 +179,11 @@ struct State<F> {
     windows: HashMap<String, WindowFiles>,
     /// What open files may buffer in memory together.
     memory_budget: usize,
+    /// How to reach the object store of an object-store `path`.
+    storage: StorageOptions,
+    /// Set by `start` when `path` is in an object store: files are written to its spool (which
+    /// `options.path` then names) and uploaded at each window's commit.
+    object: Option<ObjectLake>,
 }
 
 /// The uncommitted files of one window.
@@ -236,6 +266,24 @@ impl<F: FileFormat> State<F> {
         committed: Option<&std::collections::HashSet<String>>,
     ) -> Result<()> {
         let prefix = file_prefix(&cx.run.pipeline, &cx.sink);
+        if self.object.is_none()
+            && let Location::Object(location) = self.options.location()?
+        {
+            let lake = ObjectLake::start(
+                &location,
+                &self.storage,
+                &cx.run.pipeline,
+                &cx.sink,
+                &prefix,
+                self.format.extension(),
+                committed,
+            )?;
+            // From here on the sink writes as into a local lake, in the spool.
+            self.options.path = lake.spool().to_path_buf();
+            self.object = Some(lake);
+            self.cleaned = true;
+            return Ok(());
+        }
         let (temporary, uncommitted) = reconcile(
             &self.options.path,
             &prefix,
@@ -367,7 +415,11 @@ impl<F: FileFormat> State<F> {
         if result.is_err() {
             files.discard();
         }
-        result
+        let committed = result?;
+        match &self.object {
+            Some(lake) => lake.upload(&committed, &cx.sink, &window.key()),
+            None => Ok(()),
+        }
     }
 
     fn abort(&mut self, window: &Window, cx: &RunCx) {
@@ -381,7 +433,16 @@ impl<F: FileFormat> State<F> {
     /// come before the first write, so the layout comes from the options and the files.
     fn remove_rows(&mut self, removal: &Removal, cx: &RunCx) -> Result<u64> {
         let prefix = file_prefix(&cx.run.pipeline, &cx.sink);
-        let removed = crate::remove::remove_rows(&self.format, &self.options, &prefix, removal)?;
+        if !self.cleaned && self.options.location()?.is_object() {
+            // Before any `start` (a sink used on its own): the store is opened here.
+            self.start(cx, None)?;
+        }
+        let removed = match &self.object {
+            Some(lake) => {
+                lake.remove_rows(&self.format, &self.options.partition_by, &prefix, removal)?
+            }
+            None => crate::remove::remove_rows(&self.format, &self.options, &prefix, removal)?,
+        };
         if removed.rows > 0 {
             tracing::info!(
                 sink = %cx.sink,
@@ -468,9 +529,9 @@ impl PartitionFiles {
 }
 
 impl WindowFiles {
-    /// Finishes every file, renames each into place and fsyncs the directories. On error the
-    /// caller discards what is left.
-    fn commit(&mut self, root: &Path, cx: &RunCx) -> Result<()> {
+    /// Finishes every file, renames each into place and fsyncs the directories; returns the
+    /// files' paths. On error the caller discards what is left.
+    fn commit(&mut self, root: &Path, cx: &RunCx) -> Result<Vec<PathBuf>> {
         // The files still open are finished side by side.
         for part in self.partitions.values_mut() {
             if let Some(open) = part.open.take() {
@@ -528,7 +589,7 @@ impl WindowFiles {
             bytes,
             "committed window"
         );
-        Ok(())
+        Ok(committed.into_iter().map(|f| f.path).collect())
     }
 
     /// Drops the writers and deletes every temporary file; returns how many were deleted.
