@@ -38,6 +38,10 @@ use crate::remove::{Keys, Removed};
 /// object store (`TMPDIR` moves it).
 pub const SPOOL_DIR: &str = "chatlake-spool";
 
+/// How old a probe object of the start-up check must be to be taken for one a killed run left
+/// (well beyond object_store's default retry timeout of three minutes).
+const STALE_PROBE_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// A sink's object store, opened and cleaned at the start of a run, with its spool.
 pub(crate) struct ObjectLake {
     store: Store,
@@ -72,6 +76,7 @@ impl ObjectLake {
                 "aborted multipart uploads an interrupted run left unfinished"
             );
         }
+        block_on(store.remove_stale_probes(STALE_PROBE_AGE))??;
         if let Some(committed) = committed {
             remove_uncommitted(&store, sink, prefix, extension, committed)?;
         }

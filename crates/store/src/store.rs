@@ -514,6 +514,28 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Deletes the probe objects of [`Store::check`] older than `age` that a run killed during
+    /// its check left below the location; returns how many. A check lasts as long as its four
+    /// requests, so an `age` well beyond the store's retry timeout never takes a probe from
+    /// under a check in progress (of this or another writer sharing the location).
+    pub async fn remove_stale_probes(&self, age: std::time::Duration) -> Result<usize, StoreError> {
+        let Some(before) = chrono::Utc::now()
+            .checked_sub_signed(chrono::TimeDelta::from_std(age).unwrap_or(chrono::TimeDelta::MAX))
+        else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for probe in self.list(PROBE_DIR).await? {
+            if probe.last_modified < before {
+                self.delete(&probe.location).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
 /// A key as a note holds it (its raw text). `ObjectPath::from` would percent-encode a `%` or
 /// `~` in it (Hive-escaped partition values, shortened long ones) and name another key.
 fn stored_key(raw: &str) -> ObjectPath {

@@ -188,3 +188,29 @@ fn a_writer_aborts_only_its_own_unfinished_uploads() {
         assert!(store.list("").await.unwrap().is_empty());
     });
 }
+
+#[test]
+fn probes_a_killed_check_left_are_removed_once_stale() {
+    let s3 = SeaweedFs::start();
+    s3.create_bucket("probes");
+    let rt = runtime();
+    let store = s3.store("probes");
+    rt.block_on(async {
+        let left = store.key("_chatlake_probe/123-456");
+        store
+            .write(&left, "probe".into(), PutMode::Create)
+            .await
+            .unwrap();
+        let minute = std::time::Duration::from_secs(60);
+        assert_eq!(store.remove_stale_probes(minute).await.unwrap(), 0);
+        assert_eq!(
+            store.list("").await.unwrap().len(),
+            1,
+            "a fresh probe stays"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let second = std::time::Duration::from_millis(100);
+        assert_eq!(store.remove_stale_probes(second).await.unwrap(), 1);
+        assert!(store.list("").await.unwrap().is_empty());
+    });
+}
