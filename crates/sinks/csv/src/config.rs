@@ -22,14 +22,6 @@ pub struct CsvSinkConfig {
     /// window commits: an object appears whole, and only committed windows stay.
     pub path: PathBuf,
 
-    /// How to reach the object store of an object-store `path`: `endpoint`, `region`,
-    /// `allow_http`, `access_key_id`, `secret_access_key`, `session_token`,
-    /// `virtual_hosted_style`, and any other object_store setting in `options`. Unset keys come
-    /// from `[pipeline] storage`, then the standard variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
-    /// Secrets print `***`.
-    #[serde(default)]
-    pub storage: StorageOptions,
-
     /// Columns whose values name the partition directories, outermost first, e.g.
     /// `["provider", "sent_date"]` gives `provider=zoom/sent_date=2025-05-01/`. These columns
     /// are left out of the files.
@@ -54,6 +46,14 @@ pub struct CsvSinkConfig {
     /// replaced rows are found in the files by their key columns' names.
     #[serde(default = "default_header")]
     pub header: bool,
+
+    /// How to reach the object store of an object-store `path`: `endpoint`, `region`,
+    /// `allow_http`, `access_key_id`, `secret_access_key`, `session_token`,
+    /// `virtual_hosted_style`, and any other object_store setting in `options`. Unset keys come
+    /// from `[pipeline] storage`, then the standard variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
+    /// Secrets print `***`.
+    #[serde(default)]
+    pub storage: StorageOptions,
 }
 
 fn default_delimiter() -> String {

@@ -22,14 +22,6 @@ pub struct JsonlSinkConfig {
     /// window commits: an object appears whole, and only committed windows stay.
     pub path: PathBuf,
 
-    /// How to reach the object store of an object-store `path`: `endpoint`, `region`,
-    /// `allow_http`, `access_key_id`, `secret_access_key`, `session_token`,
-    /// `virtual_hosted_style`, and any other object_store setting in `options`. Unset keys come
-    /// from `[pipeline] storage`, then the standard variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
-    /// Secrets print `***`.
-    #[serde(default)]
-    pub storage: StorageOptions,
-
     /// Columns whose values name the partition directories, outermost first, e.g.
     /// `["provider", "sent_date"]` gives `provider=zoom/sent_date=2025-05-01/`. These columns
     /// are left out of the files.
@@ -43,6 +35,14 @@ pub struct JsonlSinkConfig {
     /// Start a new file after this many rows. Default: one file per window and partition.
     #[serde(default)]
     pub max_rows_per_file: Option<u64>,
+
+    /// How to reach the object store of an object-store `path`: `endpoint`, `region`,
+    /// `allow_http`, `access_key_id`, `secret_access_key`, `session_token`,
+    /// `virtual_hosted_style`, and any other object_store setting in `options`. Unset keys come
+    /// from `[pipeline] storage`, then the standard variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
+    /// Secrets print `***`.
+    #[serde(default)]
+    pub storage: StorageOptions,
 }
 
 impl SinkConfig for JsonlSinkConfig {

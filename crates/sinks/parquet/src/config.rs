@@ -24,14 +24,6 @@ pub struct ParquetSinkConfig {
     /// window commits: an object appears whole, and only committed windows stay.
     pub path: PathBuf,
 
-    /// How to reach the object store of an object-store `path`: `endpoint`, `region`,
-    /// `allow_http`, `access_key_id`, `secret_access_key`, `session_token`,
-    /// `virtual_hosted_style`, and any other object_store setting in `options`. Unset keys come
-    /// from `[pipeline] storage`, then the standard variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
-    /// Secrets print `***`.
-    #[serde(default)]
-    pub storage: StorageOptions,
-
     /// Columns whose values name the partition directories, outermost first, e.g.
     /// `["provider", "sent_date"]` gives `provider=zoom/sent_date=2025-05-01/`. These columns
     /// are left out of the files, as Hive, Spark and PyArrow expect.
@@ -72,6 +64,14 @@ pub struct ParquetSinkConfig {
     /// the low-cardinality columns keep theirs.
     #[serde(default = "default_no_statistics")]
     pub no_statistics: Vec<String>,
+
+    /// How to reach the object store of an object-store `path`: `endpoint`, `region`,
+    /// `allow_http`, `access_key_id`, `secret_access_key`, `session_token`,
+    /// `virtual_hosted_style`, and any other object_store setting in `options`. Unset keys come
+    /// from `[pipeline] storage`, then the standard variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
+    /// Secrets print `***`.
+    #[serde(default)]
+    pub storage: StorageOptions,
 }
 
 fn default_no_statistics() -> Vec<String> {
