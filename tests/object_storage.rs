@@ -498,3 +498,54 @@ fn validate_checks_object_store_urls_offline() {
     assert!(out.stderr().contains("sinks.lake.path"), "{}", out.stderr());
     assert!(!out.stderr().contains("Hunter2-Secret"), "{}", out.stderr());
 }
+
+#[test]
+fn the_pipeline_storage_table_reaches_every_sink_and_wins_over_the_environment() {
+    let b = Bucket::new();
+    let endpoint = b.s3.endpoint();
+    let table = format!(
+        "storage = {{ endpoint = \"{endpoint}\", region = \"us-east-1\", allow_http = true, \
+         access_key_id = \"{}\", secret_access_key = \"{}\" }}",
+        chatlake_store::testing::ACCESS_KEY,
+        chatlake_store::testing::SECRET_KEY
+    );
+    let body = pipeline(&format!("s3://{BUCKET}/chat")).replace(
+        "state_dir = \"./lake/_state\"",
+        &format!("state_dir = \"./lake/_state\"\n{table}"),
+    );
+    let p = b.scratch.pipeline("objects.toml", &body);
+    // The environment points elsewhere with a wrong secret: only the table can reach the bucket.
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "someone-else"),
+        ("AWS_SECRET_ACCESS_KEY", "Wr0ng-Secret-Value"),
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+        ("AWS_ALLOW_HTTP", "false"),
+    ];
+    let tmp = b.scratch.path("tmp").display().to_string();
+    let mut env = env.to_vec();
+    env.push(("TMPDIR", tmp.as_str()));
+    let out = b
+        .scratch
+        .run_env(
+            &[
+                "run",
+                "--emulate",
+                "--end",
+                START_PLUS_A_DAY,
+                p.to_str().unwrap(),
+            ],
+            &env,
+        )
+        .expect_code(0);
+    assert!(!out.stdout().contains(chatlake_store::testing::SECRET_KEY));
+    let keys: Vec<String> = b.objects().into_iter().map(|(k, _)| k).collect();
+    for dir in ["messages", "archive", "sheet"] {
+        assert!(
+            keys.iter().any(|k| k.starts_with(&format!("chat/{dir}/"))),
+            "{dir}: {keys:?}"
+        );
+    }
+}
+
+/// The end of the first day's run, for tests that need one run's objects and no more.
+const START_PLUS_A_DAY: &str = "2025-01-01T23:59:59Z";

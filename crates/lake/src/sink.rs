@@ -5,6 +5,9 @@
 //! directories; `abort` deletes them; `remove_rows` rewrites committed files without some rows
 //! ([`crate::remove`]). Encoding and file I/O run on tokio's blocking pool, so the async workers
 //! that move batches between stages never wait on a disk.
+//!
+//! A `path` in an object store is written the same way into a local spool; `commit` then
+//! uploads the window's files and `remove_rows` rewrites objects (see [`crate::object`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
