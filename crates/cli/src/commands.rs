@@ -221,6 +221,11 @@ pub async fn plan(
             "  {:<9} {:<16} type={}{}",
             node.spec.role, node.spec.name, node.spec.type_name, inputs
         );
+        if let Stage::Sink(sink) = &node.stage
+            && let Some(destination) = sink.destination()
+        {
+            println!("            writes to {destination}");
+        }
     }
     let mut code = exit::OK;
     for node in &pipeline.nodes {

@@ -588,6 +588,11 @@ pub trait Sink: Send {
         None
     }
 
+    /// Where it writes, for `plan`: a directory or an object-store URL. Default: not said.
+    fn destination(&self) -> Option<String> {
+        None
+    }
+
     /// Called once before any input: refuse a path another state directory writes, then remove
     /// what an interrupted run left (files of windows not in `cx.committed`, temporary files).
     /// Default: nothing to clean.

@@ -70,6 +70,18 @@ pub enum Error {
         ours: PathBuf,
     },
 
+    /// `path` is not a place chatlake can write to (checked by `validate` too).
+    #[error("path: {0}")]
+    Location(#[from] chatlake_store::LocationError),
+
+    /// An object-store request failed; says the URL and what the store answered.
+    #[error(transparent)]
+    Store(#[from] chatlake_store::StoreError),
+
+    /// A file in the spool directory that cannot be named as an object key.
+    #[error("{}: cannot be uploaded as an object: {message}", path.display())]
+    ObjectKey { path: PathBuf, message: String },
+
     /// Splitting a batch by partition failed.
     #[error("splitting a batch by partition: {0}")]
     Arrow(#[from] arrow::error::ArrowError),

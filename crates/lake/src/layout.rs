@@ -8,14 +8,17 @@ use std::path::{Path, PathBuf};
 
 use chatlake_core::Window;
 use chatlake_core::config::InvalidConfig;
+use chatlake_store::{Location, LocationError};
 
 use crate::error::{Error, Result};
 
 /// Where and how a file sink lays out its files. Sink configs carry these three fields
-/// themselves (so `deny_unknown_fields` keeps working) and build this from them.
+/// themselves (so `deny_unknown_fields` keeps working) and build this from them; how to reach
+/// an object store is handed over apart ([`crate::FileSink::with_storage`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LakeOptions {
-    /// The root directory of the sink's files.
+    /// The root of the sink's files as the user wrote it: a local directory, or an object-store
+    /// URL (`s3://bucket/prefix`, `gs://…`, `az://…`, `file://…`); see [`LakeOptions::location`].
     pub path: PathBuf,
     /// Columns whose values name the Hive directories, outermost first; they are left out of
     /// the files.
@@ -28,18 +31,11 @@ impl LakeOptions {
     /// The checks a sink's `build` makes without touching the disk. Keys are the config's
     /// (`path`, `partition_by[1]`, `max_rows_per_file`).
     pub fn validate(&self) -> Result<(), InvalidConfig> {
-        let path = self.path.to_string_lossy();
-        if path.trim().is_empty() {
+        if self.path.to_string_lossy().trim().is_empty() {
             return Err(InvalidConfig::new("path", "must name a directory"));
         }
-        if path.contains("://") {
-            return Err(InvalidConfig::new(
-                "path",
-                format!(
-                    "`{path}`: object store URLs are not supported yet; give a local directory"
-                ),
-            ));
-        }
+        self.location()
+            .map_err(|e| InvalidConfig::new("path", e.to_string()))?;
         for (i, column) in self.partition_by.iter().enumerate() {
             let key = format!("partition_by[{i}]");
             if column.is_empty() {
@@ -59,6 +55,12 @@ impl LakeOptions {
             ));
         }
         Ok(())
+    }
+
+    /// Where the files go, read from [`LakeOptions::path`] without touching the disk or the
+    /// network: a local directory, or a prefix in an object store.
+    pub fn location(&self) -> Result<Location, LocationError> {
+        Location::parse(&self.path.to_string_lossy())
     }
 }
 
@@ -158,9 +160,23 @@ mod tests {
             }),
             "path"
         );
+        // Object-store URLs are places too; a URL chatlake cannot write to is refused.
+        let s3 = LakeOptions {
+            path: PathBuf::from("s3://bucket/x"),
+            ..ok.clone()
+        };
+        assert!(s3.validate().is_ok());
+        assert!(s3.location().unwrap().is_object());
         assert_eq!(
             check(LakeOptions {
-                path: PathBuf::from("s3://bucket/x"),
+                path: PathBuf::from("ftp://host/x"),
+                ..ok.clone()
+            }),
+            "path"
+        );
+        assert_eq!(
+            check(LakeOptions {
+                path: PathBuf::from("s3://key:secret@bucket/x"),
                 ..ok.clone()
             }),
             "path"

@@ -15,12 +15,16 @@
 //! * rows a later run replaces are taken out of committed files ([`FileFormat::filter_file`]),
 //!   each file replaced atomically.
 //!
+//! A `path` in an object store (`s3://…`, `gs://…`, `az://…`) is written the same way into a
+//! local spool and uploaded at each window's commit (the `object` module has the protocol).
+//!
 //! Text formats share [`text::TextCompression`] and [`text::FileOutput`] (optional gzip) and
 //! [`text::timestamps_as_utc_offset`] (RFC 3339 timestamps ending in `Z`).
 
 mod error;
 mod format;
 mod layout;
+mod object;
 pub mod owner;
 mod partition;
 mod remove;
@@ -33,5 +37,6 @@ pub mod testing;
 pub use error::{Error, Result};
 pub use format::{FileFormat, Filtered, FormatError, FormatWriter, MissingKeyColumn};
 pub use layout::{FileKey, LakeOptions, file_name};
+pub use object::SPOOL_DIR;
 pub use partition::{DEFAULT_PARTITION, escape_path_name};
 pub use sink::FileSink;

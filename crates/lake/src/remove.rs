@@ -161,7 +161,7 @@ fn directory_value(escaped_name: &str, cell: Option<&str>) -> String {
 }
 
 /// A removal's key rows as text, with the key columns that name directories set apart.
-struct Keys {
+pub(crate) struct Keys {
     columns: Vec<String>,
     /// Per key column, its escaped name if it is a partition column.
     partition_names: Vec<Option<String>>,
@@ -172,7 +172,7 @@ struct Keys {
 }
 
 impl Keys {
-    fn new(removal: &Removal, partition_by: &[String]) -> Result<Self> {
+    pub(crate) fn new(removal: &Removal, partition_by: &[String]) -> Result<Self> {
         let schema = removal.keys.schema();
         let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
         let partition_names: Vec<Option<String>> = columns
@@ -212,7 +212,10 @@ impl Keys {
 
     /// For a file in `directory`: the key columns to compare inside it, and the encoded keys
     /// ([`encode_cell`] over those columns) of the rows to drop. Empty keys: nothing there.
-    fn for_directory(&self, directory: &[(String, String)]) -> (Vec<&str>, HashSet<Vec<u8>>) {
+    pub(crate) fn for_directory(
+        &self,
+        directory: &[(String, String)],
+    ) -> (Vec<&str>, HashSet<Vec<u8>>) {
         // A partition key column whose segment the directory lacks (a file written before the
         // column was in `partition_by`) is compared inside the file instead.
         let in_directory: Vec<Option<&str>> = self

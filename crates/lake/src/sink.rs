@@ -5,6 +5,9 @@
 //! directories; `abort` deletes them; `remove_rows` rewrites committed files without some rows
 //! ([`crate::remove`]). Encoding and file I/O run on tokio's blocking pool, so the async workers
 //! that move batches between stages never wait on a disk.
+//!
+//! A `path` in an object store is written the same way into a local spool; `commit` then
+//! uploads the window's files and `remove_rows` rewrites objects (see [`crate::object`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
@@ -19,10 +22,12 @@ use chatlake_core::metrics::ComponentMetrics;
 use chatlake_core::removal::Removal;
 use chatlake_core::stage::{RunInfo, SinkLocation, StateOwner};
 use chatlake_core::{Batch, Sink, SinkContext, Window, WindowRef};
+use chatlake_store::{Location, StorageOptions};
 
 use crate::error::{Error, Result};
 use crate::format::{FileFormat, FormatWriter};
 use crate::layout::{FileKey, LakeOptions, file_name, file_prefix, for_each_file, window_key_of};
+use crate::object::ObjectLake;
 use crate::partition::Partitioner;
 
 /// Writes batches of any [`FileFormat`] into Hive partitions under [`LakeOptions::path`],
@@ -43,10 +48,23 @@ impl<F: FileFormat> FileSink<F> {
                 cleaned: false,
                 listed: HashSet::new(),
                 reload_files: HashMap::new(),
+                reload_object_windows: HashSet::new(),
                 windows: HashMap::new(),
                 memory_budget: MEMORY_BUDGET_BYTES,
+                storage: StorageOptions::default(),
+                object: None,
             }),
         }
+    }
+
+    /// How to reach the object store when [`LakeOptions::path`] is an object-store URL (the
+    /// sink's `storage` table over the pipeline's; the environment fills in the rest). Does no
+    /// I/O: the store is opened and checked by `start`.
+    pub fn with_storage(mut self, storage: StorageOptions) -> Self {
+        if let Some(state) = self.state.as_mut() {
+            state.storage = storage;
+        }
+        self
     }
 
     /// Sets what the open files may buffer in memory together (default [`MEMORY_BUDGET_BYTES`]).
@@ -142,6 +160,17 @@ impl<F: FileFormat> Sink for FileSink<F> {
         self.run(cx, |state, run| state.finish(run)).await
     }
 
+    fn destination(&self) -> Option<String> {
+        let state = self.state.as_ref()?;
+        Some(match &state.object {
+            Some(lake) => lake.url(),
+            None => state.options.location().map_or_else(
+                |_| state.options.path.display().to_string(),
+                |l| l.to_string(),
+            ),
+        })
+    }
+
     fn removes_rows(&self) -> std::result::Result<(), String> {
         match &self.state {
             Some(state) => state.format.filters_rows(),
@@ -188,10 +217,18 @@ struct State<F> {
     /// The files, found at start, of each window waiting to be loaded again: replaced when the
     /// window commits again (those its new files do not overwrite are deleted).
     reload_files: HashMap<String, Vec<PathBuf>>,
+    /// In an object store: windows reset for reloading, whose objects the next commit of the
+    /// window replaces (locally `reload_files` holds their files).
+    reload_object_windows: HashSet<String>,
     /// Uncommitted files by window key.
     windows: HashMap<String, WindowFiles>,
     /// What open files may buffer in memory together.
     memory_budget: usize,
+    /// How to reach the object store of an object-store `path`.
+    storage: StorageOptions,
+    /// Set by `start` when `path` is in an object store: files are written to its spool (which
+    /// `options.path` then names) and uploaded at each window's commit.
+    object: Option<ObjectLake>,
 }
 
 /// The uncommitted files of one window.
@@ -272,6 +309,36 @@ impl<F: FileFormat> State<F> {
     /// WARN, with a sample of names.
     fn start(&mut self, cx: &RunCx, ledger: Option<&Ledger>) -> Result<()> {
         let prefix = file_prefix(&cx.run.pipeline, &cx.sink);
+        if self.object.is_none()
+            && let Location::Object(location) = self.options.location()?
+        {
+            // Objects of windows waiting to be loaded again stay, as files do.
+            let keep: Option<HashSet<String>> = ledger.map(|l| {
+                l.committed
+                    .iter()
+                    .chain(l.reloading.iter())
+                    .cloned()
+                    .collect()
+            });
+            let lake = ObjectLake::start(
+                &location,
+                &self.storage,
+                &cx.run.pipeline,
+                &cx.sink,
+                &prefix,
+                self.format.extension(),
+                keep.as_ref(),
+            )?;
+            // From here on the sink writes as into a local lake, in the spool.
+            self.options.path = lake.spool().to_path_buf();
+            self.object = Some(lake);
+            if let Some(ledger) = ledger {
+                self.listed = ledger.committed.as_ref().clone();
+                self.reload_object_windows = ledger.reloading.as_ref().clone();
+            }
+            self.cleaned = true;
+            return Ok(());
+        }
         if let Some(ledger) = ledger {
             crate::owner::claim(
                 &self.options.path,
@@ -313,6 +380,17 @@ impl<F: FileFormat> State<F> {
 
     /// Deletes the committed files of windows `keys`; see [`Sink::drop_windows`].
     fn drop_windows(&mut self, keys: &HashSet<String>, cx: &RunCx) -> Result<u64> {
+        if let Some(lake) = &self.object {
+            let removed = lake.delete_windows(keys, |_| true)?;
+            if removed > 0 {
+                tracing::warn!(
+                    sink = %cx.sink,
+                    objects = removed,
+                    "deleted objects of windows the ledger no longer lists"
+                );
+            }
+            return Ok(removed);
+        }
         let prefix = file_prefix(&cx.run.pipeline, &cx.sink);
         let extension = self.format.extension().to_string();
         let mut removed = Vec::new();
@@ -473,7 +551,15 @@ impl<F: FileFormat> State<F> {
                 "a window reset for reloading is committed again; its earlier files are replaced"
             );
         }
-        Ok(())
+        match &self.object {
+            // In the store, the window's objects replace all its earlier ones when it was in
+            // the ledger already (loaded again, or reset for reloading).
+            Some(lake) => {
+                let replaces = listed || self.reload_object_windows.remove(&key);
+                lake.upload(&committed, &cx.sink, &key, replaces)
+            }
+            None => Ok(()),
+        }
     }
 
     fn abort(&mut self, window: &Window, cx: &RunCx) {
@@ -487,7 +573,16 @@ impl<F: FileFormat> State<F> {
     /// come before the first write, so the layout comes from the options and the files.
     fn remove_rows(&mut self, removal: &Removal, cx: &RunCx) -> Result<u64> {
         let prefix = file_prefix(&cx.run.pipeline, &cx.sink);
-        let removed = crate::remove::remove_rows(&self.format, &self.options, &prefix, removal)?;
+        if !self.cleaned && self.options.location()?.is_object() {
+            // Before any `start` (a sink used on its own): the store is opened here.
+            self.start(cx, None)?;
+        }
+        let removed = match &self.object {
+            Some(lake) => {
+                lake.remove_rows(&self.format, &self.options.partition_by, &prefix, removal)?
+            }
+            None => crate::remove::remove_rows(&self.format, &self.options, &prefix, removal)?,
+        };
         if removed.rows > 0 {
             tracing::info!(
                 sink = %cx.sink,

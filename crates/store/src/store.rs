@@ -441,7 +441,7 @@ impl Store {
                 && let Ok(noted) = serde_json::from_slice::<serde_json::Value>(&bytes)
                 && let (Some(key), Some(id)) = (noted["key"].as_str(), noted["upload_id"].as_str())
             {
-                let key = ObjectPath::from(key);
+                let key = stored_key(key);
                 match self.multipart.abort_multipart(&key, &id.to_string()).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => aborted += 1,
                     Err(e) => return Err(self.failed("aborting a multipart upload", &key, e)),
@@ -474,6 +474,72 @@ impl Store {
         file.flush().await.map_err(local_error)?;
         Ok(bytes)
     }
+}
+
+impl Store {
+    /// Like [`Store::abort_unfinished_uploads`], but only the uploads of keys `owned` accepts:
+    /// writers sharing one location (sinks of two pipelines writing one prefix) each abort
+    /// their own leftovers and never an upload another writer has in flight. Returns how many.
+    pub async fn abort_unfinished_uploads_of(
+        &self,
+        owned: impl Fn(&ObjectPath) -> bool,
+    ) -> Result<usize, StoreError> {
+        let mut aborted = 0;
+        for note in self.list(UPLOADS_DIR).await? {
+            let Some((bytes, _)) = self.read(&note.location).await? else {
+                continue;
+            };
+            let noted = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+            let upload = noted.as_ref().and_then(|n| {
+                Some((
+                    stored_key(n["key"].as_str()?),
+                    n["upload_id"].as_str()?.to_string(),
+                ))
+            });
+            match upload {
+                Some((key, id)) if owned(&key) => {
+                    match self.multipart.abort_multipart(&key, &id).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => aborted += 1,
+                        Err(e) => return Err(self.failed("aborting a multipart upload", &key, e)),
+                    }
+                }
+                // Another writer's upload: not ours to abort.
+                Some(_) => continue,
+                // A note no upload can be read from is of no use to anyone.
+                None => {}
+            }
+            self.delete(&note.location).await?;
+        }
+        Ok(aborted)
+    }
+}
+
+impl Store {
+    /// Deletes the probe objects of [`Store::check`] older than `age` that a run killed during
+    /// its check left below the location; returns how many. A check lasts as long as its four
+    /// requests, so an `age` well beyond the store's retry timeout never takes a probe from
+    /// under a check in progress (of this or another writer sharing the location).
+    pub async fn remove_stale_probes(&self, age: std::time::Duration) -> Result<usize, StoreError> {
+        let Some(before) = chrono::Utc::now()
+            .checked_sub_signed(chrono::TimeDelta::from_std(age).unwrap_or(chrono::TimeDelta::MAX))
+        else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for probe in self.list(PROBE_DIR).await? {
+            if probe.last_modified < before {
+                self.delete(&probe.location).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// A key as a note holds it (its raw text). `ObjectPath::from` would percent-encode a `%` or
+/// `~` in it (Hive-escaped partition values, shortened long ones) and name another key.
+fn stored_key(raw: &str) -> ObjectPath {
+    ObjectPath::parse(raw).unwrap_or_else(|_| ObjectPath::from(raw))
 }
 
 /// Nanoseconds since the epoch, to make probe keys unique across runs.

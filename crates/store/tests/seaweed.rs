@@ -147,3 +147,70 @@ fn an_unfinished_multipart_upload_is_aborted_by_the_next_run() {
         assert_eq!(store.abort_unfinished_uploads().await.unwrap(), 0);
     });
 }
+
+#[test]
+fn a_writer_aborts_only_its_own_unfinished_uploads() {
+    let s3 = SeaweedFs::start();
+    s3.create_bucket("shared");
+    let rt = runtime();
+    let store = s3.store("shared");
+    let dir = tempfile::tempdir().unwrap();
+    let large = dir.path().join("large");
+    std::fs::write(&large, vec![7u8; 3 * PART_BYTES]).unwrap();
+    rt.block_on(async {
+        // Two writers' uploads "killed" mid-way; a Hive-escaped key keeps its `%` and `~`.
+        let mine =
+            chatlake_store::ObjectPath::parse("x=a%3Ab~1/part-p.mine.w.0000.parquet").unwrap();
+        let theirs = store.key("part-p.theirs.w.0000.parquet");
+        for key in [&mine, &theirs] {
+            let upload = store.upload(&large, key);
+            tokio::select! {
+                _ = upload => panic!("the upload should not finish this fast"),
+                _ = async {
+                    loop {
+                        let notes = store.list(chatlake_store::UPLOADS_DIR).await.unwrap();
+                        if notes.iter().any(|n| n.location.as_ref().contains(key.filename().unwrap())) {
+                            break;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                } => {}
+            }
+        }
+        let owned = |key: &chatlake_store::ObjectPath| {
+            key.filename().is_some_and(|n| n.starts_with("part-p.mine."))
+        };
+        assert_eq!(store.abort_unfinished_uploads_of(owned).await.unwrap(), 1);
+        let notes = store.list(chatlake_store::UPLOADS_DIR).await.unwrap();
+        assert_eq!(notes.len(), 1, "the other writer's note stays: {notes:?}");
+        assert!(notes[0].location.as_ref().contains("theirs"));
+        assert_eq!(store.abort_unfinished_uploads().await.unwrap(), 1);
+        assert!(store.list("").await.unwrap().is_empty());
+    });
+}
+
+#[test]
+fn probes_a_killed_check_left_are_removed_once_stale() {
+    let s3 = SeaweedFs::start();
+    s3.create_bucket("probes");
+    let rt = runtime();
+    let store = s3.store("probes");
+    rt.block_on(async {
+        let left = store.key("_chatlake_probe/123-456");
+        store
+            .write(&left, "probe".into(), PutMode::Create)
+            .await
+            .unwrap();
+        let minute = std::time::Duration::from_secs(60);
+        assert_eq!(store.remove_stale_probes(minute).await.unwrap(), 0);
+        assert_eq!(
+            store.list("").await.unwrap().len(),
+            1,
+            "a fresh probe stays"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let second = std::time::Duration::from_millis(100);
+        assert_eq!(store.remove_stale_probes(second).await.unwrap(), 1);
+        assert!(store.list("").await.unwrap().is_empty());
+    });
+}

@@ -177,7 +177,13 @@ fn every_option_is_documented_for_chatlake_components() {
     let names: Vec<&str> = doc.options.iter().map(|o| o.name.as_str()).collect();
     assert_eq!(
         names,
-        ["path", "partition_by", "compression", "max_rows_per_file"]
+        [
+            "path",
+            "partition_by",
+            "compression",
+            "max_rows_per_file",
+            "storage"
+        ]
     );
     for o in &doc.options {
         assert!(!o.description.is_empty(), "{} has no description", o.name);

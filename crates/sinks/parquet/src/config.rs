@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use chatlake_core::config::InvalidConfig;
+use chatlake_core::config::{InvalidConfig, StorageOptions};
 use chatlake_core::{BuildContext, Sink, SinkConfig};
 use chatlake_lake::{FileSink, LakeOptions};
 use parquet::basic::{Compression, GzipLevel, ZstdLevel};
@@ -17,7 +17,11 @@ use crate::format::ParquetFormat;
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ParquetSinkConfig {
-    /// Directory the files are written under; created if missing.
+    /// Where the files are written: a local directory (created if missing) or an object-store
+    /// URL, `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix` or
+    /// `abfss://container@account.dfs.core.windows.net/prefix` (`file://` is local). In an
+    /// object store each window's files are written to a local spool and uploaded when the
+    /// window commits: an object appears whole, and only committed windows stay.
     pub path: PathBuf,
 
     /// Columns whose values name the partition directories, outermost first, e.g.
@@ -60,6 +64,14 @@ pub struct ParquetSinkConfig {
     /// the low-cardinality columns keep theirs.
     #[serde(default = "default_no_statistics")]
     pub no_statistics: Vec<String>,
+
+    /// How to reach the object store of an object-store `path`: `endpoint`, `region`,
+    /// `allow_http`, `access_key_id`, `secret_access_key`, `session_token`,
+    /// `virtual_hosted_style`, and any other object_store setting in `options`. Unset keys come
+    /// from `[pipeline] storage`, then the standard variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
+    /// Secrets print `***`.
+    #[serde(default)]
+    pub storage: StorageOptions,
 }
 
 fn default_no_statistics() -> Vec<String> {
@@ -185,7 +197,7 @@ impl SinkConfig for ParquetSinkConfig {
         "Parquet files with nested types kept, zstd-compressed by default, in Hive partitions";
     const EXAMPLE: &'static str = include_str!("example.toml");
 
-    fn build(self, _cx: &BuildContext) -> Result<Box<dyn Sink>, InvalidConfig> {
+    fn build(self, cx: &BuildContext) -> Result<Box<dyn Sink>, InvalidConfig> {
         let properties = self.properties()?;
         let options = LakeOptions {
             path: self.path,
@@ -193,9 +205,9 @@ impl SinkConfig for ParquetSinkConfig {
             max_rows_per_file: self.max_rows_per_file,
         };
         options.validate()?;
-        Ok(Box::new(FileSink::new(
-            ParquetFormat::new(properties),
-            options,
-        )))
+        Ok(Box::new(
+            FileSink::new(ParquetFormat::new(properties), options)
+                .with_storage(self.storage.or(&cx.storage)),
+        ))
     }
 }

@@ -380,3 +380,32 @@ fn the_format_removes_rows() {
         .unwrap();
     assert!(sink.removes_rows().is_ok());
 }
+
+#[test]
+fn an_object_store_path_builds_with_a_storage_table_and_says_where_it_writes() {
+    let sink = config(json!({
+        "path": "s3://acme-lake/chat/messages/",
+        "storage": {"endpoint": "http://127.0.0.1:8333", "secret_access_key": "S3cret-Value-1"},
+    }))
+    .unwrap();
+    assert!(!format!("{sink:?}").contains("S3cret-Value-1"), "{sink:?}");
+    let built = sink.build(&build_context("lake")).unwrap();
+    assert_eq!(
+        built.destination().as_deref(),
+        Some("s3://acme-lake/chat/messages")
+    );
+    let local = config(json!({"path": "./lake/messages"}))
+        .unwrap()
+        .build(&build_context("lake"))
+        .unwrap();
+    assert_eq!(local.destination().as_deref(), Some("./lake/messages"));
+    // A URL chatlake cannot write to is refused at `path`, offline.
+    let refused = config(json!({"path": "ftp://host/lake"}))
+        .unwrap()
+        .build(&build_context("lake"))
+        .err()
+        .unwrap();
+    assert_eq!(refused.key, "path");
+    let typo = config(json!({"path": "s3://b/x", "storage": {"endpont": "x"}})).unwrap_err();
+    assert!(typo.contains("endpont"), "{typo}");
+}
