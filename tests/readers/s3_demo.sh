@@ -41,9 +41,9 @@ done
 
 # The same pipeline as the local demo, every sink on S3 (environment overrides of the file),
 # with a state directory of its own so that it loads everything again.
-export CHATLAKE_SINKS__LAKE__PATH=s3://ci-lake/lake/messages
-export CHATLAKE_SINKS__ARCHIVE__PATH=s3://ci-lake/lake/archive
-export CHATLAKE_SINKS__REPORT__PATH=s3://ci-lake/lake/csv
-export CHATLAKE_PIPELINE__STATE_DIR="$work/state"
+export CHATLAKE__SINKS__LAKE__PATH=s3://ci-lake/lake/messages
+export CHATLAKE__SINKS__ARCHIVE__PATH=s3://ci-lake/lake/archive
+export CHATLAKE__SINKS__REPORT__PATH=s3://ci-lake/lake/csv
+export CHATLAKE__PIPELINE__STATE_DIR="$work/state"
 "$bin" run --emulate pipelines/demo.toml
 "$venv/bin/python" tests/readers/check_s3_lake.py "$local_lake" s3://ci-lake/lake
