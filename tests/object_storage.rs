@@ -549,3 +549,32 @@ fn the_pipeline_storage_table_reaches_every_sink_and_wins_over_the_environment()
 
 /// The end of the first day's run, for tests that need one run's objects and no more.
 const START_PLUS_A_DAY: &str = "2025-01-01T23:59:59Z";
+
+#[test]
+fn a_reset_keeps_the_objects_through_a_failed_refetch_and_the_reload_replaces_them() {
+    let want = clean_local_lake();
+    let b = Bucket::new();
+    let p = s3_pipeline(&b);
+    b.run_to(&p, END).expect_code(0);
+    let loaded = b.objects();
+
+    b.run(&["state", "reset", "--yes", p.to_str().unwrap()])
+        .expect_code(0);
+    // The provider fails every request: nothing can be fetched again.
+    b.run(&[
+        "run",
+        "--emulate",
+        "--faults",
+        "qlara.server_error=1",
+        "--end",
+        END,
+        p.to_str().unwrap(),
+    ])
+    .expect_code(1);
+    assert_eq!(b.objects(), loaded, "a failed refetch deletes no object");
+    assert!(b.lake() == want);
+
+    // The reload that works replaces every object of the windows, leaving one copy of each row.
+    b.run_to(&p, END).expect_code(0);
+    assert!(b.lake() == want, "one clean run's lake after the reload");
+}
