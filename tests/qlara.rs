@@ -670,7 +670,10 @@ async fn raw_keeps_every_field_of_the_export_in_every_sink() {
     let expected = export_rows(42, 1.0, utc(START), utc(END));
     let rows = live.rows();
     assert_eq!(rows.len(), expected.len(), "{}", out.stdout());
-    assert!(got(&rows) == want(&expected), "the canonical columns did not change");
+    assert!(
+        got(&rows) == want(&expected),
+        "the canonical columns did not change"
+    );
 
     // The final version of every message, as the export wrote it.
     let mut final_rows: HashMap<&str, &Row> = HashMap::new();
@@ -703,7 +706,11 @@ async fn raw_keeps_every_field_of_the_export_in_every_sink() {
     };
     for r in &rows {
         let keys: Vec<&String> = r.as_object().unwrap().keys().collect();
-        assert_eq!(keys.last().map(|k| k.as_str()), Some("raw"), "after the canonical ones");
+        assert_eq!(
+            keys.last().map(|k| k.as_str()),
+            Some("raw"),
+            "after the canonical ones"
+        );
         check(
             r["message_id"].as_str().unwrap(),
             r["version"].as_i64().unwrap(),
@@ -779,7 +786,12 @@ fn components_say_what_each_provider_leaves_out() {
     };
     has(
         "qlara_message_history",
-        &["only", "sent through the API", "seed 003", "GET /messages/history"],
+        &[
+            "only",
+            "sent through the API",
+            "seed 003",
+            "GET /messages/history",
+        ],
     );
     has(
         "lineworks_message_contents",
@@ -794,7 +806,10 @@ fn components_say_what_each_provider_leaves_out() {
         &["`download_url` expires", "user_status", "inactive"],
     );
     has("normalize", &["`raw = true`", "Qlara cost", "`{}`"]);
-    let json = Scratch::new().run(&["components", "--json"]).expect_code(0).stdout();
+    let json = Scratch::new()
+        .run(&["components", "--json"])
+        .expect_code(0)
+        .stdout();
     let docs: serde_json::Value = serde_json::from_str(&json).unwrap();
     let normalize = docs
         .as_array()

@@ -753,9 +753,16 @@ fn raw_keeps_each_message_as_the_api_gave_it() {
         let raw = r["raw"].as_str().unwrap();
         let m: serde_json::Value = serde_json::from_str(raw).unwrap();
         assert_eq!(m["id"], r["message_id"], "{raw}");
-        assert_eq!(m["timestamp"].as_i64(), r["version"].as_i64(), "the same version");
+        assert_eq!(
+            m["timestamp"].as_i64(),
+            r["version"].as_i64(),
+            "the same version"
+        );
         assert_eq!(m["message"], r["text"]);
-        assert!(m["rich_text"].is_array() && m["at_items"].is_array(), "{raw}");
+        assert!(
+            m["rich_text"].is_array() && m["at_items"].is_array(),
+            "{raw}"
+        );
         if !r["reply_to_id"].is_null() {
             assert_eq!(m["reply_main_message_id"], r["reply_to_id"]);
             assert!(m["reply_main_message_timestamp"].is_i64(), "{raw}");

@@ -238,7 +238,9 @@ impl Pipeline {
             };
             if let Some(by) = wanted {
                 for input in &node.spec.inputs {
-                    raw_wanted_by.entry(input.clone()).or_insert_with(|| by.clone());
+                    raw_wanted_by
+                        .entry(input.clone())
+                        .or_insert_with(|| by.clone());
                 }
             }
         }

@@ -140,7 +140,10 @@ mod tests {
         assert_eq!(with_raw.fields().len(), canonical.fields().len() + 1);
         assert_eq!(&with_raw.fields()[..19], &canonical.fields()[..]);
         let raw = with_raw.field(19);
-        assert_eq!((raw.name().as_str(), raw.data_type()), (RAW, &DataType::Utf8));
+        assert_eq!(
+            (raw.name().as_str(), raw.data_type()),
+            (RAW, &DataType::Utf8)
+        );
         assert_eq!(record_type(&with_raw), Some(CANONICAL_RECORD_TYPE));
     }
 }

@@ -282,12 +282,14 @@ mod tests {
         let object = parsed.as_object().unwrap();
         assert_eq!(object.len(), 3);
         let at = |key: &str| json.find(&format!("{}:", serde_json::to_string(key).unwrap()));
-        assert!(at("a") < at("b \"q\"") && at("b \"q\"") < at("c"), "file order: {json}");
+        assert!(
+            at("a") < at("b \"q\"") && at("b \"q\"") < at("c"),
+            "file order: {json}"
+        );
         assert_eq!(object["a"], " x ", "nothing trimmed");
         assert_eq!(object["b \"q\""], "line\nbreak \"quoted\" \\ \t\u{1}");
         assert_eq!(object["c"], "日本");
     }
-
 
     /// What `utf8_fields` says of the first record of `csv`, fields as text.
     fn checked(csv: &[u8]) -> std::result::Result<Vec<Option<String>>, usize> {

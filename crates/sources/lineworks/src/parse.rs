@@ -310,9 +310,7 @@ pub fn parse<R: Read + Seek>(
     let mut number: u64 = 0;
     let mut trailer = false;
     // The names `raw` keys a row's fields by: the file's header, else the language's.
-    let mut header: Vec<String> = expected_header(options.language)
-        .map(String::from)
-        .to_vec();
+    let mut header: Vec<String> = expected_header(options.language).map(String::from).to_vec();
     let mut json = String::new();
     reader.for_each_record(|record| {
         number += 1;
@@ -457,8 +455,10 @@ pub(crate) mod tests {
         let ja = parse_whole(&format!("\u{feff}{JA}\r\n{row}\r\n"));
         assert_eq!(
             ja,
-            [serde_json::json!({"日時": "2025-01-01 09:00:00", "送信者": "[Bot]Alert(bot@x)",
-                "受信者": "太郎(taro@x)", "トークルームID": "r1", "トーク": " line\r\nend "})]
+            [
+                serde_json::json!({"日時": "2025-01-01 09:00:00", "送信者": "[Bot]Alert(bot@x)",
+                "受信者": "太郎(taro@x)", "トークルームID": "r1", "トーク": " line\r\nend "})
+            ]
         );
         let headerless = parse_whole(&format!("{row}\r\n"));
         assert_eq!(headerless[0]["Sender"], "[Bot]Alert(bot@x)");

@@ -77,10 +77,8 @@ pub const RAW_COLUMN: &str = "raw";
 
 static USER_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| schema_for(USER_MESSAGES, false));
 static REPORT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| schema_for(CHAT_REPORT, false));
-static USER_SCHEMA_WHOLE: LazyLock<SchemaRef> =
-    LazyLock::new(|| schema_for(USER_MESSAGES, true));
-static REPORT_SCHEMA_WHOLE: LazyLock<SchemaRef> =
-    LazyLock::new(|| schema_for(CHAT_REPORT, true));
+static USER_SCHEMA_WHOLE: LazyLock<SchemaRef> = LazyLock::new(|| schema_for(USER_MESSAGES, true));
+static REPORT_SCHEMA_WHOLE: LazyLock<SchemaRef> = LazyLock::new(|| schema_for(CHAT_REPORT, true));
 
 /// The raw schema of `record_type` (one of [`USER_MESSAGES`], [`CHAT_REPORT`]).
 pub fn raw_schema(record_type: &str) -> SchemaRef {
@@ -574,8 +572,8 @@ impl<'de> Visitor<'de> for Items<'_, '_, 'de> {
                 match seq.next_element::<&'de serde_json::value::RawValue>()? {
                     None => None,
                     Some(whole) => {
-                        let mut de = serde_json::Deserializer::from_str(whole.get());
-                        let receiver = item.deserialize(&mut de).map_err(de::Error::custom)?;
+                        let mut reader = serde_json::Deserializer::from_str(whole.get());
+                        let receiver = item.deserialize(&mut reader).map_err(de::Error::custom)?;
                         if let Some(raw) = &mut self.builder.raw {
                             raw.append_value(whole.get());
                         }

@@ -10,8 +10,8 @@ use arrow::array::{
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::compute::filter;
-use chatlake_core::{Error, Result, TransformContext};
 use chatlake_core::schema::{self, attachment_item_field};
+use chatlake_core::{Error, Result, TransformContext};
 
 /// The columns of one canonical batch (spec section 3) that come from the provider's rows, in
 /// schema order. `None` is a column the provider does not have: [`CanonicalColumns::into_batch`]

@@ -2,6 +2,13 @@
 //!
 //! Each provider's mapping is a module of its own; the transform picks one per batch by the
 //! record type in the batch's schema metadata, so one `normalize` can take every source at once.
+//!
+//! With `raw = true` it asks the sources above it (through the graph,
+//! `Transform::wants_raw_records` → `Source::keep_raw_records`) to hand over each record whole,
+//! and passes that text on as a last column `raw` after the canonical ones (`schema::RAW`): what
+//! the canonical schema has no column for — Zoom mentions (`at_items`), `rich_text`,
+//! `reactions`, `reply_main_message_timestamp`, a bot's `bot_message` content, Qlara `cost`,
+//! `parts`, `direction`, `customerMessageId` — is kept there rather than lost.
 
 mod columns;
 mod lineworks;
@@ -47,8 +54,7 @@ pub struct NormalizeConfig {
 
 impl TransformConfig for NormalizeConfig {
     const TYPE: &'static str = "normalize";
-    const SUMMARY: &'static str =
-        "Maps provider records to the canonical message schema (UTC times, ids, bots); `raw = true` \
+    const SUMMARY: &'static str = "Maps provider records to the canonical message schema (UTC times, ids, bots); `raw = true` \
          keeps each provider record whole as JSON in a last `raw` column (mentions, reactions, \
          rich text, bot content, Qlara cost/parts/direction/customerMessageId: what the \
          canonical columns have no place for). Zoom `is_bot`: a message with a `bot_message` \

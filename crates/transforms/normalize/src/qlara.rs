@@ -426,7 +426,14 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let cx = context(&dir);
         let mut out = Emitter::default();
-        map(Batch::new(window(), raw_batch(rows)), &mut out, &cx, rule, false).unwrap();
+        map(
+            Batch::new(window(), raw_batch(rows)),
+            &mut out,
+            &cx,
+            rule,
+            false,
+        )
+        .unwrap();
         let b: Vec<Batch> = out.drain().collect();
         b[0].data
             .column_by_name("version")

@@ -302,9 +302,18 @@ mod tests {
     /// [`batch`] of canonical messages with a last `raw` column.
     fn batch_with_raw() -> Batch {
         let b = batch(CANONICAL_RECORD_TYPE);
-        let mut fields: Vec<Field> = b.data.schema().fields().iter().map(|f| (**f).clone()).collect();
+        let mut fields: Vec<Field> = b
+            .data
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| (**f).clone())
+            .collect();
         fields.push(Field::new(schema::RAW, DataType::Utf8, true));
-        let schema = Arc::new(Schema::new_with_metadata(fields, b.data.schema().metadata().clone()));
+        let schema = Arc::new(Schema::new_with_metadata(
+            fields,
+            b.data.schema().metadata().clone(),
+        ));
         let mut columns = b.data.columns().to_vec();
         columns.push(Arc::new(StringArray::from(vec!["{}", "{}"])));
         Batch::new(b.window, RecordBatch::try_new(schema, columns).unwrap())
