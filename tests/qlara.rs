@@ -752,7 +752,7 @@ async fn raw_keeps_every_field_of_the_export_in_every_sink() {
     for path in common::files(&live.scratch.path("csv"), ".csv") {
         let mut reader = csv::Reader::from_path(&path).unwrap();
         let headers = reader.headers().unwrap().clone();
-        assert_eq!(headers.iter().last(), Some("raw"));
+        assert_eq!(headers.iter().next_back(), Some("raw"));
         let at = |name: &str| headers.iter().position(|h| h == name).unwrap();
         let (id, version, raw) = (at("message_id"), at("version"), at("raw"));
         for record in reader.records() {
