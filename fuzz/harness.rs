@@ -20,6 +20,7 @@ struct Count {
 impl RowSink for Count {
     fn batch(&mut self, batch: RecordBatch) -> Result<(), String> {
         self.rows += batch.num_rows() as u64;
+        check_whole_records(&batch);
         Ok(())
     }
 
@@ -31,24 +32,41 @@ impl RowSink for Count {
     }
 }
 
+/// A batch's `raw` column, if it has one (records kept whole): one JSON object per row.
+fn check_whole_records(batch: &RecordBatch) {
+    use arrow::array::{Array, AsArray};
+    if let Some(raw) = batch.column_by_name("raw") {
+        let raw = raw.as_string::<i32>();
+        assert_eq!(raw.len(), batch.num_rows());
+        for record in raw.iter().flatten() {
+            let parsed: Result<serde_json::Map<String, serde_json::Value>, _> =
+                serde_json::from_str(record);
+            assert!(parsed.is_ok(), "not a JSON object: {record}");
+        }
+    }
+}
+
 /// A LINE WORKS CSV: the trailer check, then the parse; every record is a row or a dead
 /// letter, and a file with a trailer sends no row.
 pub fn csv_lineworks(data: &[u8]) {
     use chatlake_source_lineworks::Language;
     use chatlake_source_lineworks::parse::{ParseOptions, find_trailer, parse};
-    let options = ParseOptions {
-        language: Language::EnUs,
-        batch_size: 7,
-        origin: "fuzz".into(),
-        header_warned: Arc::new(AtomicBool::new(true)),
-    };
-    let mut sink = Count::default();
-    if let Ok(outcome) = parse(Cursor::new(data), &options, &mut sink) {
-        assert_eq!(outcome.dead_letters, sink.dead_letters);
-        if outcome.trailer.is_some() {
-            assert_eq!(sink.rows, 0, "rows of a failed download were sent");
-        } else {
-            assert_eq!(outcome.rows, sink.rows);
+    for keep_raw in [false, true] {
+        let options = ParseOptions {
+            language: Language::EnUs,
+            batch_size: 7,
+            origin: "fuzz".into(),
+            header_warned: Arc::new(AtomicBool::new(true)),
+            keep_raw,
+        };
+        let mut sink = Count::default();
+        if let Ok(outcome) = parse(Cursor::new(data), &options, &mut sink) {
+            assert_eq!(outcome.dead_letters, sink.dead_letters);
+            if outcome.trailer.is_some() {
+                assert_eq!(sink.rows, 0, "rows of a failed download were sent");
+            } else {
+                assert_eq!(outcome.rows, sink.rows);
+            }
         }
     }
     let mut file = tempfile::tempfile().expect("a temporary file");
@@ -58,10 +76,14 @@ pub fn csv_lineworks(data: &[u8]) {
 
 /// A Qlara export CSV, read by header name.
 pub fn csv_qlara(data: &[u8]) {
-    let mut sink = Count::default();
-    if let Ok(outcome) = chatlake_source_qlara::parse::parse(Cursor::new(data), 5, &mut sink) {
-        assert_eq!(outcome.rows, sink.rows);
-        assert_eq!(outcome.dead_letters, sink.dead_letters);
+    use chatlake_source_qlara::parse::{SendDateFilter, parse_filtered};
+    for keep_raw in [false, true] {
+        let mut sink = Count::default();
+        let filter = SendDateFilter::default();
+        if let Ok(outcome) = parse_filtered(Cursor::new(data), 5, &filter, keep_raw, &mut sink) {
+            assert_eq!(outcome.rows, sink.rows);
+            assert_eq!(outcome.dead_letters, sink.dead_letters);
+        }
     }
 }
 
@@ -69,8 +91,12 @@ pub fn csv_qlara(data: &[u8]) {
 /// keeps none of its rows.
 pub fn zoom_page(data: &[u8]) {
     use chatlake_source_zoom::parse::{CHAT_REPORT, RawBuilder, USER_MESSAGES};
-    for record_type in [USER_MESSAGES, CHAT_REPORT] {
-        let mut builder = RawBuilder::new(record_type);
+    for (record_type, keep_raw) in [
+        (USER_MESSAGES, false),
+        (CHAT_REPORT, false),
+        (USER_MESSAGES, true),
+    ] {
+        let mut builder = RawBuilder::new(record_type).keeping_raw(keep_raw);
         let ok = builder.append_json(data, None).is_ok();
         let rows = builder.len();
         if !ok {
@@ -78,6 +104,7 @@ pub fn zoom_page(data: &[u8]) {
         }
         let batch = builder.finish().expect("a batch of what was appended");
         assert_eq!(batch.num_rows(), rows);
+        check_whole_records(&batch);
     }
 }
 

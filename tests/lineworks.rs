@@ -713,3 +713,71 @@ fn windows_side_by_side_load_what_one_at_a_time_loads() {
         "side by side loads other rows than one at a time"
     );
 }
+
+/// Issue 16 item 5: with `normalize` `raw = true` each row carries the CSV row whole, its fields
+/// keyed by the file's header (here `ko_KR`, as the emulator writes it), byte for byte: the
+/// sender as `Name(email)` or `[Bot]Name(email)`, the local time as written.
+#[test]
+fn raw_keeps_each_row_keyed_by_the_files_header() {
+    let s = Scratch::new();
+    let p = s.pipeline(
+        "lw.toml",
+        r#"
+[pipeline]
+name = "lw_raw"
+
+[sources.lw]
+type = "lineworks_message_contents"
+auth = { type = "lineworks_service_account", client_id = "", client_secret = "", service_account = "", private_key_file = "" }
+language = "ko_KR"
+start = "2025-01-01T00:00:00+09:00"
+end = "2025-01-02T23:59:59+09:00"
+
+[transforms.canonical]
+type = "normalize"
+inputs = ["lw"]
+raw = true
+
+[sinks.out]
+type = "jsonl"
+inputs = ["canonical"]
+path = "./out"
+compression = "none"
+"#,
+    );
+    s.run(&["run", "--emulate", p.to_str().unwrap()])
+        .expect_code(0);
+    let rows = read_jsonl(&s.path("out"));
+    let want = expected(
+        42,
+        1.0,
+        "2025-01-01T00:00:00+09:00",
+        "2025-01-02T23:59:59+09:00",
+        true,
+    );
+    assert_eq!(rows.len(), want.len());
+    let mut bots = 0;
+    for r in &rows {
+        let raw = r["raw"].as_str().unwrap();
+        let row: serde_json::Value = serde_json::from_str(raw).unwrap();
+        let keys: Vec<&String> = row.as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 5, "{raw}");
+        assert_eq!(row["메시지"], r["text"], "{raw}");
+        assert_eq!(row["대화방 ID"], r["conversation_id"], "{raw}");
+        assert_eq!(row["받는 사람"], r["recipient"], "{raw}");
+        let sender = row["보낸 사람"].as_str().unwrap();
+        assert!(
+            sender.ends_with(&format!("({})", r["sender_id"].as_str().unwrap())),
+            "{raw}"
+        );
+        if r["is_bot"] == true {
+            assert!(sender.starts_with("[Bot]"), "{raw}");
+            bots += 1;
+        }
+        let local = row["일시"].as_str().unwrap();
+        let at = chrono::NaiveDateTime::parse_from_str(local, "%Y-%m-%d %H:%M:%S").unwrap();
+        let utc_at = at.and_utc() - chrono::Duration::hours(9);
+        assert_eq!(utc(r["sent_at"].as_str().unwrap()), utc_at, "{raw}");
+    }
+    assert!(bots > 0);
+}

@@ -646,3 +646,183 @@ async fn late_delivery_reports_replace_the_loaded_row_through_the_default_lookba
         "a late status without a delivery date"
     );
 }
+
+/// Issue 16 item 5: `normalize` with `raw = true` keeps each export row whole, so what the
+/// canonical columns drop (`cost`, `parts`, `direction`, `customerMessageId`) is in the lake: a
+/// last `raw` column, the row's fields keyed by the export's header, byte for byte, through
+/// `dedupe`, `bot_filter` and every sink (JSON Lines, Parquet, CSV).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_keeps_every_field_of_the_export_in_every_sink() {
+    let live = live("").await;
+    let body = live
+        .pipeline("1m", false)
+        .replace(
+            "inputs = [\"sms\"]\n",
+            "inputs = [\"sms\"]\nraw = true\n\n[transforms.people]\ntype = \"bot_filter\"\ninputs = [\"latest\"]\nmode = \"exclude\"\n",
+        )
+        .replace(
+            "[sinks.out]\ntype = \"jsonl\"\ninputs = [\"latest\"]",
+            "[sinks.out]\ntype = \"jsonl\"\ninputs = [\"people\"]",
+        )
+        + "\n[sinks.table]\ntype = \"csv\"\ninputs = [\"latest\"]\npath = \"./csv\"\n";
+    let (out, _) = live.run(&body).await;
+    let out = out.expect_code(0);
+    let expected = export_rows(42, 1.0, utc(START), utc(END));
+    let rows = live.rows();
+    assert_eq!(rows.len(), expected.len(), "{}", out.stdout());
+    assert!(
+        got(&rows) == want(&expected),
+        "the canonical columns did not change"
+    );
+
+    // The final version of every message, as the export wrote it.
+    let mut final_rows: HashMap<&str, &Row> = HashMap::new();
+    for r in &expected {
+        final_rows.insert(&r.message_id, r);
+    }
+    let header = [
+        "messageId",
+        "customerMessageId",
+        "channel",
+        "direction",
+        "sender",
+        "destination",
+        "body",
+        "status",
+        "sendDate",
+        "deliveryDate",
+        "cost",
+        "parts",
+    ];
+    let check = |message_id: &str, version: i64, raw: &str| {
+        let record: serde_json::Value = serde_json::from_str(raw).unwrap();
+        let want = final_rows[message_id];
+        assert_eq!(want.version_ms(), version);
+        let object = record.as_object().unwrap();
+        assert_eq!(object.len(), 12, "{raw}");
+        for (name, field) in header.iter().zip(want.fields()) {
+            assert_eq!(object[*name], field, "{message_id}: `{name}` in {raw}");
+        }
+    };
+    for r in &rows {
+        let keys: Vec<&String> = r.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys.last().map(|k| k.as_str()),
+            Some("raw"),
+            "after the canonical ones"
+        );
+        check(
+            r["message_id"].as_str().unwrap(),
+            r["version"].as_i64().unwrap(),
+            r["raw"].as_str().unwrap(),
+        );
+    }
+
+    // Parquet keeps it as a Utf8 column after `run_id`.
+    let mut parquet_rows = 0;
+    for path in common::files(&live.scratch.path("lake"), ".parquet") {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&path).unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        for batch in reader {
+            use arrow::array::AsArray;
+            let b = batch.unwrap();
+            let schema = b.schema();
+            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            assert_eq!(&names[names.len() - 2..], ["run_id", "raw"]);
+            let ids = b.column_by_name("message_id").unwrap().as_string::<i32>();
+            let versions = b
+                .column_by_name("version")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::Int64Type>();
+            let raw = b.column_by_name("raw").unwrap().as_string::<i32>();
+            for i in 0..b.num_rows() {
+                check(ids.value(i), versions.value(i), raw.value(i));
+                parquet_rows += 1;
+            }
+        }
+    }
+    assert_eq!(parquet_rows, expected.len());
+
+    // CSV writes it as a last column of JSON text.
+    let mut csv_rows = 0;
+    for path in common::files(&live.scratch.path("csv"), ".csv") {
+        let mut reader = csv::Reader::from_path(&path).unwrap();
+        let headers = reader.headers().unwrap().clone();
+        assert_eq!(headers.iter().next_back(), Some("raw"));
+        let at = |name: &str| headers.iter().position(|h| h == name).unwrap();
+        let (id, version, raw) = (at("message_id"), at("version"), at("raw"));
+        for record in reader.records() {
+            let record = record.unwrap();
+            check(&record[id], record[version].parse().unwrap(), &record[raw]);
+            csv_rows += 1;
+        }
+    }
+    assert_eq!(csv_rows, expected.len());
+    live.assert_key_never_sent();
+}
+
+/// Issue 16 item 9: `chatlake components` says what each provider leaves out, as the README
+/// does: the Qlara export's API-only messages, LINE WORKS' assumed `zh_*` headers, Zoom's
+/// six-month report, expiring file URLs and the user statuses listed; and `normalize` says where
+/// what it has no column for goes, and its bot rule.
+#[test]
+fn components_say_what_each_provider_leaves_out() {
+    let out = Scratch::new().run(&["components"]).expect_code(0).stdout();
+    let summary = |kind: &str| -> String {
+        out.lines()
+            .find(|l| l.contains(&format!("`{kind}`: ")))
+            .unwrap_or_else(|| panic!("no `{kind}` in {out}"))
+            .to_string()
+    };
+    let has = |kind: &str, words: &[&str]| {
+        let line = summary(kind);
+        for w in words {
+            assert!(line.contains(w), "`{kind}` does not say {w:?}: {line}");
+        }
+    };
+    has(
+        "qlara_message_history",
+        &[
+            "only",
+            "sent through the API",
+            "seed 003",
+            "GET /messages/history",
+        ],
+    );
+    has(
+        "lineworks_message_contents",
+        &["`zh_CN` and `zh_TW` headers are an assumption"],
+    );
+    has(
+        "zoom_chat_report",
+        &["six months back", "`download_url` expires"],
+    );
+    has(
+        "zoom_user_messages",
+        &["`download_url` expires", "user_status", "inactive"],
+    );
+    has("normalize", &["`raw = true`", "Qlara cost", "`{}`"]);
+    let json = Scratch::new()
+        .run(&["components", "--json"])
+        .expect_code(0)
+        .stdout();
+    let docs: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let normalize = docs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["type"] == "normalize")
+        .unwrap();
+    let raw = normalize["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "raw")
+        .unwrap();
+    assert_eq!(raw["default"], false);
+    assert!(raw["description"].as_str().unwrap().contains("at_items"));
+}

@@ -729,3 +729,92 @@ fn an_edit_after_its_window_was_loaded_replaces_the_row_through_the_default_look
     assert_eq!(got.len(), want.len());
     assert!(got == want, "rows differ from the emulator's dataset");
 }
+
+/// Issue 16 item 5: with `raw = true` every row carries its message whole, the JSON object the
+/// API answered with: `rich_text`, `at_items` (mentions), `reply_main_message_timestamp`, the bot's
+/// `bot_message` content, none of which has a canonical column. The canonical columns are those
+/// of a run without it.
+#[test]
+fn raw_keeps_each_message_as_the_api_gave_it() {
+    let s = Scratch::new();
+    let body = pipeline("").replace(
+        "inputs = [\"zoom_dm\"]\n",
+        "inputs = [\"zoom_dm\"]\nraw = true\n",
+    );
+    let p = s.pipeline("zoom.toml", &body);
+    s.run(&["run", "--emulate", p.to_str().unwrap()])
+        .expect_code(0);
+    assert_exact(&s);
+    let rows = read_jsonl(&s.path("lake/zoom"));
+    let (mut replies, mut bots) = (0, 0);
+    for r in &rows {
+        let keys: Vec<&String> = r.as_object().unwrap().keys().collect();
+        assert_eq!(keys.last().map(|k| k.as_str()), Some("raw"));
+        let raw = r["raw"].as_str().unwrap();
+        let m: serde_json::Value = serde_json::from_str(raw).unwrap();
+        assert_eq!(m["id"], r["message_id"], "{raw}");
+        assert_eq!(
+            m["timestamp"].as_i64(),
+            r["version"].as_i64(),
+            "the same version"
+        );
+        assert_eq!(m["message"], r["text"]);
+        assert!(
+            m["rich_text"].is_array() && m["at_items"].is_array(),
+            "{raw}"
+        );
+        if !r["reply_to_id"].is_null() {
+            assert_eq!(m["reply_main_message_id"], r["reply_to_id"]);
+            assert!(m["reply_main_message_timestamp"].is_i64(), "{raw}");
+            replies += 1;
+        }
+        if r["is_bot"] == true {
+            assert!(m["bot_message"]["content"].is_object(), "{raw}");
+            bots += 1;
+        }
+    }
+    assert!(replies > 0 && bots > 0, "{replies} replies, {bots} bots");
+}
+
+/// Saved pages keep their messages byte for byte too, and a `bot_message: {}` counts as a bot
+/// (the reference job's rule: the seeds show `{}` only as a sample's placeholder).
+#[test]
+fn raw_keeps_saved_messages_byte_for_byte() {
+    let s = Scratch::new();
+    let human = r#"{"id":"m1", "message":"hi @B","sender":"a@x","timestamp":1746093900000,"at_items":[{"at_contact":"b@x","at_type":1,"start_position":3,"end_position":5}],"reactions":[{"emoji":"\ud83d\udc4d","total_count":1}],"unknown":1.50}"#;
+    let bot = r#"{"id":"m2","message":"bot","send_member_id":"mem-b","timestamp":1746093660000,"bot_message":{}}"#;
+    let page = format!(
+        r#"{{"next_page_token":"","user_id":"u1","to_channel":"ch1","messages":[{human},{bot}]}}"#
+    );
+    std::fs::write(s.path("pages.jsonl"), page).unwrap();
+    let p = s.pipeline(
+        "files.toml",
+        r#"
+[pipeline]
+name = "zf"
+
+[sources.z]
+type = "zoom_user_messages"
+files = ["pages.jsonl"]
+
+[transforms.canonical]
+type = "normalize"
+inputs = ["z"]
+raw = true
+
+[sinks.out]
+type = "jsonl"
+inputs = ["canonical"]
+path = "./out"
+compression = "none"
+"#,
+    );
+    s.run(&["run", p.to_str().unwrap()]).expect_code(0);
+    let mut rows = read_jsonl(&s.path("out"));
+    rows.sort_by_key(|r| r["message_id"].as_str().unwrap().to_string());
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["raw"], human);
+    assert_eq!(rows[0]["is_bot"], false);
+    assert_eq!(rows[1]["raw"], bot);
+    assert_eq!(rows[1]["is_bot"], true);
+}

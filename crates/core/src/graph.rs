@@ -227,6 +227,35 @@ impl Pipeline {
             nodes.push(node);
         }
 
+        // A transform that wants provider records whole (normalize `raw = true`) gets them from
+        // every source above it, through any transform between; sources are told before they
+        // run, so the others pay nothing.
+        let mut raw_wanted_by: HashMap<String, String> = HashMap::new();
+        for node in nodes.iter().rev() {
+            let wanted = match &node.stage {
+                Stage::Transform(t) if t.wants_raw_records() => Some(node.spec.name.clone()),
+                _ => raw_wanted_by.get(&node.spec.name).cloned(),
+            };
+            if let Some(by) = wanted {
+                for input in &node.spec.inputs {
+                    raw_wanted_by
+                        .entry(input.clone())
+                        .or_insert_with(|| by.clone());
+                }
+            }
+        }
+        for node in &mut nodes {
+            if let (Stage::Source(s), Some(by)) =
+                (&mut node.stage, raw_wanted_by.get(&node.spec.name))
+                && let Err(why) = s.keep_raw_records()
+            {
+                errors.0.push(file.error(
+                    node.spec.key(),
+                    format!("`{by}` wants the provider's records whole (`raw = true`), but {why}"),
+                ));
+            }
+        }
+
         // A sink fed by a transform that replaces rows of earlier runs must be able to take
         // those rows out of its files.
         let mut replacers: HashMap<String, Vec<String>> = HashMap::new();

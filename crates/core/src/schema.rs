@@ -24,6 +24,9 @@ pub const ATTACHMENTS: &str = "attachments";
 pub const DELIVERED_AT: &str = "delivered_at";
 pub const VERSION: &str = "version";
 pub const RUN_ID: &str = "run_id";
+/// The optional last column `normalize` adds with `raw = true`: the provider's record as JSON
+/// text. Not part of the canonical columns (spec section 3), which it follows.
+pub const RAW: &str = "raw";
 
 /// Schema metadata key naming the record type a batch holds; see [`crate::DataKind`].
 pub const RECORD_TYPE_KEY: &str = "chatlake.record_type";
@@ -54,8 +57,8 @@ pub fn attachment_item_field() -> Arc<Field> {
     ))
 }
 
-static CANONICAL: LazyLock<SchemaRef> = LazyLock::new(|| {
-    let fields = vec![
+fn canonical_fields() -> Vec<Field> {
+    vec![
         Field::new(PROVIDER, DataType::Utf8, false),
         Field::new(STREAM, DataType::Utf8, false),
         Field::new(MESSAGE_ID, DataType::Utf8, false),
@@ -75,18 +78,38 @@ static CANONICAL: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new(DELIVERED_AT, utc_timestamp(), true),
         Field::new(VERSION, DataType::Int64, false),
         Field::new(RUN_ID, DataType::Utf8, false),
-    ];
+    ]
+}
+
+fn canonical_schema(fields: Vec<Field>) -> SchemaRef {
     let metadata = [(
         RECORD_TYPE_KEY.to_string(),
         CANONICAL_RECORD_TYPE.to_string(),
     )]
     .into();
     Arc::new(Schema::new_with_metadata(fields, metadata))
+}
+
+static CANONICAL: LazyLock<SchemaRef> = LazyLock::new(|| canonical_schema(canonical_fields()));
+
+static CANONICAL_WITH_RAW: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields = canonical_fields();
+    // Nullable although `normalize` fills every row: a reader unifying files written with and
+    // without it (or a sink filling it for rows that never had one) needs no special case.
+    fields.push(Field::new(RAW, DataType::Utf8, true));
+    canonical_schema(fields)
 });
 
 /// The canonical message schema, shared (cloning the `Arc` is free).
 pub fn canonical() -> SchemaRef {
     CANONICAL.clone()
+}
+
+/// The canonical schema with [`RAW`] after its columns (`normalize` with `raw = true`). The
+/// record type is still canonical messages: every stage that takes canonical messages finds its
+/// columns by name, so the extra column travels through `dedupe`, `bot_filter` and every sink.
+pub fn canonical_with_raw() -> SchemaRef {
+    CANONICAL_WITH_RAW.clone()
 }
 
 /// The record type named in a schema's metadata, if any.
@@ -108,5 +131,19 @@ mod tests {
         );
         assert!(!s.field_with_name(ATTACHMENTS).unwrap().is_nullable());
         assert_eq!(record_type(&s), Some(CANONICAL_RECORD_TYPE));
+    }
+
+    #[test]
+    fn raw_comes_after_the_canonical_columns() {
+        let with_raw = canonical_with_raw();
+        let canonical = canonical();
+        assert_eq!(with_raw.fields().len(), canonical.fields().len() + 1);
+        assert_eq!(&with_raw.fields()[..19], &canonical.fields()[..]);
+        let raw = with_raw.field(19);
+        assert_eq!(
+            (raw.name().as_str(), raw.data_type()),
+            (RAW, &DataType::Utf8)
+        );
+        assert_eq!(record_type(&with_raw), Some(CANONICAL_RECORD_TYPE));
     }
 }

@@ -434,6 +434,16 @@ pub trait Source: Send {
     fn windows_loaded_again(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// Called while the graph is built when a transform below wants each provider record whole
+    /// ([`Transform::wants_raw_records`], `normalize` with `raw = true`): from then on every
+    /// batch carries a Utf8 column `raw` with the record as the provider gave it (a CSV row as a
+    /// JSON object of its fields keyed by the file's header names, a JSON message as its own
+    /// text). Only then, so a pipeline that does not ask pays nothing for it. `Err` says why
+    /// this source cannot (the default).
+    fn keep_raw_records(&mut self) -> std::result::Result<(), String> {
+        Err("this source cannot hand over its records whole".into())
+    }
 }
 
 /// Collects what a transform emits for one input event.
@@ -532,6 +542,12 @@ pub trait Transform: Send {
     /// their new load, but keep it, since it counts again if the new load does not commit.
     /// Default: it keeps nothing of earlier runs.
     fn windows_loaded_again(&mut self, _keys: &Arc<HashSet<String>>) {}
+
+    /// True if it needs the provider's records whole (`normalize` with `raw = true`): the graph
+    /// then asks every source above it to [`Source::keep_raw_records`]. Default: false.
+    fn wants_raw_records(&self) -> bool {
+        false
+    }
 }
 
 /// What a running sink gets.

@@ -197,6 +197,48 @@ pub fn utf8_fields(record: CsvRecord<'_>) -> std::result::Result<Utf8Fields<'_>,
     Ok(Utf8Fields { record, text })
 }
 
+/// A CSV row whole, for a source asked to keep its records (`Source::keep_raw_records`): a JSON
+/// object of the row's fields keyed by the file's header names, in file order, every field the
+/// text the file had (nothing trimmed), written into `out` (cleared first). A duplicated header
+/// name is written twice, as the file has it.
+pub fn row_as_json(header: &[String], fields: &Utf8Fields<'_>, out: &mut String) {
+    out.clear();
+    out.push('{');
+    for (i, name) in header.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_string(out, name);
+        out.push(':');
+        push_json_string(out, fields.get(i).unwrap_or_default());
+    }
+    out.push('}');
+}
+
+/// `text` as a JSON string (RFC 8259 escapes: quote, backslash, control characters).
+fn push_json_string(out: &mut String, text: &str) {
+    use std::fmt::Write;
+    out.push('"');
+    let mut rest = text;
+    while let Some(at) = rest.find(|c: char| c == '"' || c == '\\' || c < ' ') {
+        out.push_str(&rest[..at]);
+        let c = rest[at..].chars().next().unwrap_or_default();
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            other => {
+                let _ = write!(out, "\\u{:04x}", other as u32);
+            }
+        }
+        rest = &rest[at + c.len_utf8()..];
+    }
+    out.push_str(rest);
+    out.push('"');
+}
+
 /// A record whose fields are known to be valid UTF-8; see [`utf8_fields`].
 #[derive(Clone, Copy)]
 pub struct Utf8Fields<'r> {
@@ -214,6 +256,40 @@ impl<'r> Utf8Fields<'r> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every field comes back from the JSON byte for byte, keyed by its header name, in order.
+    #[test]
+    fn a_row_as_json_keeps_every_field_as_the_file_had_it() {
+        let csv = "a,b \"q\",c\r\n x ,\"line\nbreak \"\"quoted\"\" \\ \t\u{1}\",日本\r\n";
+        let mut reader =
+            crate::csv_input::CsvRecords::new(std::io::Cursor::new(csv.as_bytes())).unwrap();
+        let mut header = Vec::new();
+        let mut json = String::new();
+        reader
+            .for_each_record(|record| {
+                let fields = utf8_fields(record).unwrap();
+                if header.is_empty() {
+                    header = (0..record.len())
+                        .map(|i| fields.get(i).unwrap().to_string())
+                        .collect();
+                } else {
+                    row_as_json(&header, &fields, &mut json);
+                }
+                Ok::<_, csv::Error>(std::ops::ControlFlow::Continue(()))
+            })
+            .unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let object = parsed.as_object().unwrap();
+        assert_eq!(object.len(), 3);
+        let at = |key: &str| json.find(&format!("{}:", serde_json::to_string(key).unwrap()));
+        assert!(
+            at("a") < at("b \"q\"") && at("b \"q\"") < at("c"),
+            "file order: {json}"
+        );
+        assert_eq!(object["a"], " x ", "nothing trimmed");
+        assert_eq!(object["b \"q\""], "line\nbreak \"quoted\" \\ \t\u{1}");
+        assert_eq!(object["c"], "日本");
+    }
 
     /// What `utf8_fields` says of the first record of `csv`, fields as text.
     fn checked(csv: &[u8]) -> std::result::Result<Vec<Option<String>>, usize> {

@@ -60,6 +60,9 @@ struct TestSourceConfig {
     stop_in_window: Option<u32>,
     #[serde(default)]
     id: String,
+    /// It can keep its records whole (`Source::keep_raw_records`); asked, it records "whole".
+    #[serde(default)]
+    can_keep_whole: bool,
 }
 
 struct TestSource {
@@ -105,6 +108,13 @@ impl Source for TestSource {
     fn plan(&self) -> Result<Vec<PlannedWindow>> {
         Ok(vec![])
     }
+    fn keep_raw_records(&mut self) -> std::result::Result<(), String> {
+        if !self.c.can_keep_whole {
+            return Err("test sources cannot".into());
+        }
+        record(&self.c.id, "whole", 0, 0);
+        Ok(())
+    }
     async fn run(self: Box<Self>, cx: SourceContext) -> Result<()> {
         let (sent, _) = flight(&self.c.id);
         for w in 0..self.c.windows {
@@ -142,10 +152,14 @@ impl Source for TestSource {
 struct PassConfig {
     #[serde(default)]
     canonical_only: bool,
+    /// Wants the records whole, as `normalize` with `raw = true`.
+    #[serde(default)]
+    wants_whole: bool,
 }
 
 struct Pass {
     canonical_only: bool,
+    wants_whole: bool,
 }
 
 impl TransformConfig for PassConfig {
@@ -154,6 +168,7 @@ impl TransformConfig for PassConfig {
     fn build(self, _: &BuildContext) -> Result<Box<dyn Transform>, InvalidConfig> {
         Ok(Box::new(Pass {
             canonical_only: self.canonical_only,
+            wants_whole: self.wants_whole,
         }))
     }
 }
@@ -168,6 +183,9 @@ impl Transform for Pass {
     fn transform(&mut self, batch: Batch, out: &mut Emitter, _: &TransformContext) -> Result<()> {
         out.push(batch);
         Ok(())
+    }
+    fn wants_raw_records(&self) -> bool {
+        self.wants_whole
     }
 }
 
@@ -439,6 +457,74 @@ inputs = ["a", "nope", "t1"]
     assert!(
         text.lines().any(|l| l.ends_with("cycle through t1, t2")),
         "the sink below the cycle is not part of it:\n{text}"
+    );
+}
+
+/// A transform that wants records whole gets them from every source above it, through other
+/// transforms, and only from those; a source that cannot is a config error naming both.
+#[test]
+fn sources_above_a_transform_that_wants_records_whole_are_asked_for_them() {
+    let p = build(
+        r#"
+[sources.a]
+type = "test_source"
+windows = 1
+batches = 1
+id = "whole-a"
+can_keep_whole = true
+[sources.b]
+type = "test_source"
+windows = 1
+batches = 1
+id = "whole-b"
+can_keep_whole = true
+[transforms.between]
+type = "pass"
+inputs = ["a"]
+[transforms.wants]
+type = "pass"
+wants_whole = true
+inputs = ["between"]
+[sinks.x]
+type = "mem"
+id = "whole-x"
+inputs = ["wants", "b"]
+"#,
+    );
+    assert!(
+        p.is_ok(),
+        "{}",
+        p.err().map(|e| e.to_string()).unwrap_or_default()
+    );
+    assert_eq!(seen("whole-a"), [("whole".to_string(), 0, 0)]);
+    assert!(
+        seen("whole-b").is_empty(),
+        "b feeds only the sink: not asked"
+    );
+
+    let errors = build(
+        r#"
+[sources.a]
+type = "test_source"
+windows = 1
+batches = 1
+[transforms.wants]
+type = "pass"
+wants_whole = true
+inputs = ["a"]
+[sinks.x]
+type = "mem"
+id = "whole-y"
+inputs = ["wants"]
+"#,
+    )
+    .err()
+    .expect("the source cannot");
+    assert!(
+        errors.to_string().contains(
+            "sources.a: `wants` wants the provider's records whole (`raw = true`), but test sources cannot"
+        ),
+        "{errors}"
     );
 }
 

@@ -92,6 +92,7 @@ fn csv_to_batches(c: &mut Criterion) {
         batch_size: 8192,
         origin: "bench".into(),
         header_warned: Arc::new(AtomicBool::new(false)),
+        keep_raw: false,
     };
     let mut group = c.benchmark_group("lineworks_parse");
     group.throughput(Throughput::Bytes(csv.len() as u64));

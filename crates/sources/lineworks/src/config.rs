@@ -456,8 +456,11 @@ impl LineworksSourceConfig {
 
 impl SourceConfig for LineworksSourceConfig {
     const TYPE: &'static str = "lineworks_message_contents";
-    const SUMMARY: &'static str =
-        "LINE WORKS message contents (monitoring CSV download), or CSV files downloaded by hand";
+    const SUMMARY: &'static str = "LINE WORKS message contents (monitoring CSV download), or CSV files \
+         downloaded by hand. What it leaves out or assumes: the `zh_CN` and `zh_TW` headers are an \
+         assumption (the `en_US` labels; columns are read by position and an unknown header is a \
+         warning, not an error); an attachment is a line of text (`(写真) <file>`), not the file; \
+         the download carries no message id (`normalize` derives one from the row).";
     const EXAMPLE: &'static str = include_str!("example.toml");
 
     fn build(self, cx: &BuildContext) -> Result<Box<dyn Source>, InvalidConfig> {

@@ -40,14 +40,25 @@ const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 /// How far from the end of a file the trailer is looked for before a full check.
 const TAIL_BYTES: u64 = 64 * 1024;
 
-static RAW_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-    let fields: Vec<Field> = COLUMNS
+fn schema(whole: bool) -> SchemaRef {
+    let mut fields: Vec<Field> = COLUMNS
         .iter()
         .map(|c| Field::new(*c, DataType::Utf8, false))
         .collect();
+    if whole {
+        fields.push(Field::new(RAW_COLUMN, DataType::Utf8, false));
+    }
     let metadata = [(RECORD_TYPE_KEY.to_string(), RECORD_TYPE.to_string())].into();
     Arc::new(Schema::new_with_metadata(fields, metadata))
-});
+}
+
+static RAW_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| schema(false));
+static RAW_SCHEMA_WITH_RECORDS: LazyLock<SchemaRef> = LazyLock::new(|| schema(true));
+
+/// The column that holds each row whole when [`ParseOptions::keep_raw`] asks for it: a JSON
+/// object of the row's fields keyed by the file's header names (the `language`'s header when the
+/// file has none), each field byte for byte.
+pub const RAW_COLUMN: &str = "raw";
 
 /// The schema of the batches this source sends: five non-null `Utf8` columns holding the CSV
 /// fields byte for byte, tagged `chatlake.record_type = lineworks.message_contents`. Local times
@@ -77,6 +88,8 @@ pub struct ParseOptions {
     pub origin: String,
     /// Set once an unexpected header has been reported, so a run warns once, not per window.
     pub header_warned: Arc<AtomicBool>,
+    /// Also keep each row whole in a last column [`RAW_COLUMN`].
+    pub keep_raw: bool,
 }
 
 /// Where parsed rows go (the bridge every file-reading source shares).
@@ -178,16 +191,19 @@ pub fn find_trailer(file: &mut File) -> Result<Option<String>, ParseError> {
 
 struct Columns {
     builders: [StringBuilder; 5],
+    /// Each row whole, when kept.
+    raw: Option<StringBuilder>,
     rows: usize,
     capacity: usize,
 }
 
 impl Columns {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity: usize, keep_raw: bool) -> Self {
         let b =
             |bytes_per_row: usize| StringBuilder::with_capacity(capacity, capacity * bytes_per_row);
         Columns {
             builders: [b(20), b(48), b(48), b(16), b(96)],
+            raw: keep_raw.then(|| b(320)),
             rows: 0,
             capacity,
         }
@@ -209,12 +225,19 @@ impl Columns {
             return Ok(None);
         }
         self.rows = 0;
-        let columns: Vec<ArrayRef> = self
+        let mut columns: Vec<ArrayRef> = self
             .builders
             .iter_mut()
             .map(|b| Arc::new(b.finish()) as ArrayRef)
             .collect();
-        Ok(Some(RecordBatch::try_new(raw_schema(), columns)?))
+        let schema = match &mut self.raw {
+            Some(raw) => {
+                columns.push(Arc::new(raw.finish()));
+                RAW_SCHEMA_WITH_RECORDS.clone()
+            }
+            None => raw_schema(),
+        };
+        Ok(Some(RecordBatch::try_new(schema, columns)?))
     }
 }
 
@@ -282,10 +305,13 @@ pub fn parse<R: Read + Seek>(
     sink: &mut dyn RowSink,
 ) -> Result<ParseOutcome, ParseError> {
     let mut reader = csv_reader(input)?;
-    let mut columns = Columns::new(options.batch_size.max(1));
+    let mut columns = Columns::new(options.batch_size.max(1), options.keep_raw);
     let mut outcome = ParseOutcome::default();
     let mut number: u64 = 0;
     let mut trailer = false;
+    // The names `raw` keys a row's fields by: the file's header, else the language's.
+    let mut header: Vec<String> = expected_header(options.language).map(String::from).to_vec();
+    let mut json = String::new();
     reader.for_each_record(|record| {
         number += 1;
         if is_marker(record) {
@@ -293,6 +319,12 @@ pub fn parse<R: Read + Seek>(
             return Ok(ControlFlow::Break(()));
         }
         if number == 1 && matches!(classify_first(record, options), FirstRecord::Header) {
+            if options.keep_raw {
+                header = record
+                    .iter()
+                    .map(|f| String::from_utf8_lossy(f).into_owned())
+                    .collect();
+            }
             return Ok(ControlFlow::Continue(()));
         }
         let text = match check_record(record, COLUMNS.len(), &|i| COLUMNS[i], &looks_like_date) {
@@ -305,6 +337,10 @@ pub fn parse<R: Read + Seek>(
             }
         };
         columns.push(&std::array::from_fn(|i| text.get(i).unwrap_or_default()));
+        if let Some(raw) = &mut columns.raw {
+            chatlake_source_kit::parsed::row_as_json(&header, &text, &mut json);
+            raw.append_value(&json);
+        }
         outcome.rows += 1;
         if columns.is_full()
             && let Some(batch) = columns.finish()?
@@ -367,6 +403,7 @@ pub(crate) mod tests {
             batch_size,
             origin: "test".into(),
             header_warned: Arc::default(),
+            keep_raw: false,
         }
     }
 
@@ -395,6 +432,38 @@ pub(crate) mod tests {
         assert_eq!(chatlake_core::schema::record_type(&s), Some(RECORD_TYPE));
         let names: Vec<_> = s.fields().iter().map(|f| f.name().as_str()).collect();
         assert_eq!(names, COLUMNS);
+    }
+
+    /// Kept whole, a row is a JSON object of its fields keyed by the file's header (in its
+    /// language), byte for byte; a file without a header keys them by the language's header.
+    #[test]
+    fn rows_kept_whole_are_keyed_by_the_files_header() {
+        let parse_whole = |text: &str| {
+            let mut sink = Collect::default();
+            let options = ParseOptions {
+                keep_raw: true,
+                ..options(Language::EnUs, 8192)
+            };
+            parse(std::io::Cursor::new(text.as_bytes()), &options, &mut sink).unwrap();
+            let b = &sink.batches[0];
+            let raw = b.column_by_name(RAW_COLUMN).unwrap().as_string::<i32>();
+            (0..raw.len())
+                .map(|i| serde_json::from_str::<serde_json::Value>(raw.value(i)).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let row = "2025-01-01 09:00:00,[Bot]Alert(bot@x),太郎(taro@x),r1,\" line\r\nend \"";
+        let ja = parse_whole(&format!("\u{feff}{JA}\r\n{row}\r\n"));
+        assert_eq!(
+            ja,
+            [
+                serde_json::json!({"日時": "2025-01-01 09:00:00", "送信者": "[Bot]Alert(bot@x)",
+                "受信者": "太郎(taro@x)", "トークルームID": "r1", "トーク": " line\r\nend "})
+            ]
+        );
+        let headerless = parse_whole(&format!("{row}\r\n"));
+        assert_eq!(headerless[0]["Sender"], "[Bot]Alert(bot@x)");
+        let (_, plain) = run(format!("{JA}\r\n{row}\r\n").as_bytes(), Language::JaJp);
+        assert!(plain.batches[0].column_by_name(RAW_COLUMN).is_none());
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct LineworksSource {
     batch_size: usize,
     mode: Mode,
     header_warned: Arc<AtomicBool>,
+    /// Keep each row whole in a `raw` column ([`Source::keep_raw_records`]).
+    keep_raw: bool,
 }
 
 pub(crate) enum Mode {
@@ -114,6 +116,7 @@ impl LineworksSource {
             batch_size,
             mode,
             header_warned: Arc::default(),
+            keep_raw: false,
         }
     }
 
@@ -131,6 +134,7 @@ impl LineworksSource {
             batch_size: self.batch_size,
             origin,
             header_warned: self.header_warned.clone(),
+            keep_raw: self.keep_raw,
         }
     }
 
@@ -298,6 +302,12 @@ impl Source for LineworksSource {
             Mode::Api(api) => api.windows.iter().map(Window::key).collect(),
             Mode::Files(files) => files.windows_loaded_again(&self.name),
         }
+    }
+
+    /// Each row as a JSON object of its fields keyed by the file's header names.
+    fn keep_raw_records(&mut self) -> std::result::Result<(), String> {
+        self.keep_raw = true;
+        Ok(())
     }
 }
 

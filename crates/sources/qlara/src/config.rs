@@ -313,7 +313,12 @@ impl QlaraSourceConfig {
 
 impl SourceConfig for QlaraSourceConfig {
     const TYPE: &'static str = "qlara_message_history";
-    const SUMMARY: &'static str = "Qlara (Agile Telecom) SMS/RCS/WhatsApp history via the async CSV export, or export CSVs downloaded by hand";
+    const SUMMARY: &'static str = "Qlara (Agile Telecom) SMS/RCS/WhatsApp history via the async CSV \
+         export, or export CSVs downloaded by hand. What it leaves out: the export holds only \
+         messages sent through the API (seed 003), not those sent from Qlara's campaign tools or \
+         web console; a delivery report that comes after a range was exported reaches the lake \
+         only through `lookback`; the paginated `GET /messages/history` is not offered (its item \
+         fields, order, page limit and coverage are not documented well enough to archive from).";
     const EXAMPLE: &'static str = include_str!("example.toml");
 
     fn build(self, cx: &BuildContext) -> Result<Box<dyn Source>, InvalidConfig> {

@@ -48,14 +48,25 @@ const SEND_DATE: usize = 8;
 /// Columns a file must have.
 const REQUIRED: [&str; 2] = ["messageId", "sendDate"];
 
-static RAW_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-    let fields: Vec<Field> = COLUMNS
+fn schema(whole: bool) -> SchemaRef {
+    let mut fields: Vec<Field> = COLUMNS
         .iter()
         .map(|c| Field::new(*c, DataType::Utf8, true))
         .collect();
+    if whole {
+        fields.push(Field::new(RAW_COLUMN, DataType::Utf8, false));
+    }
     let metadata = [(RECORD_TYPE_KEY.to_string(), RECORD_TYPE.to_string())].into();
     Arc::new(Schema::new_with_metadata(fields, metadata))
-});
+}
+
+static RAW_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| schema(false));
+static RAW_SCHEMA_WITH_RECORDS: LazyLock<SchemaRef> = LazyLock::new(|| schema(true));
+
+/// The column that holds each row whole when the parse is asked to keep it: a JSON object of
+/// every field of the row (columns this schema does not read included) keyed by the file's
+/// header names as the file spells them, each field byte for byte.
+pub const RAW_COLUMN: &str = "raw";
 
 /// The schema of the batches this source sends: the twelve export columns as nullable `Utf8`
 /// (null only when the file has no such column), tagged
@@ -93,16 +104,19 @@ pub enum ParseError {
 
 struct Columns {
     builders: Vec<StringBuilder>,
+    /// Each row whole, when kept.
+    raw: Option<StringBuilder>,
     rows: usize,
     capacity: usize,
 }
 
 impl Columns {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity: usize, keep_raw: bool) -> Self {
         Columns {
             builders: (0..COLUMNS.len())
                 .map(|_| StringBuilder::with_capacity(capacity, capacity * 24))
                 .collect(),
+            raw: keep_raw.then(|| StringBuilder::with_capacity(capacity, capacity * 400)),
             rows: 0,
             capacity,
         }
@@ -113,12 +127,19 @@ impl Columns {
             return Ok(None);
         }
         self.rows = 0;
-        let columns: Vec<ArrayRef> = self
+        let mut columns: Vec<ArrayRef> = self
             .builders
             .iter_mut()
             .map(|b| Arc::new(b.finish()) as ArrayRef)
             .collect();
-        Ok(Some(RecordBatch::try_new(raw_schema(), columns)?))
+        let schema = match &mut self.raw {
+            Some(raw) => {
+                columns.push(Arc::new(raw.finish()));
+                RAW_SCHEMA_WITH_RECORDS.clone()
+            }
+            None => raw_schema(),
+        };
+        Ok(Some(RecordBatch::try_new(schema, columns)?))
     }
 }
 
@@ -128,7 +149,7 @@ pub fn parse<R: Read + Seek>(
     batch_size: usize,
     sink: &mut dyn RowSink,
 ) -> Result<ParseOutcome, ParseError> {
-    parse_filtered(input, batch_size, &SendDateFilter::default(), sink)
+    parse_filtered(input, batch_size, &SendDateFilter::default(), false, sink)
 }
 
 /// Keeps rows whose `sendDate` lies in `[start, end]` (either bound optional): `start`/`end` of a
@@ -154,10 +175,12 @@ impl SendDateFilter {
 }
 
 /// [`parse`], keeping only the rows `filter` keeps; `ParseOutcome::filtered` counts the others.
+/// `keep_raw` adds each row whole as a last column [`RAW_COLUMN`].
 pub fn parse_filtered<R: Read + Seek>(
     input: R,
     batch_size: usize,
     filter: &SendDateFilter,
+    keep_raw: bool,
     sink: &mut dyn RowSink,
 ) -> Result<ParseOutcome, ParseError> {
     let mut input = input;
@@ -187,7 +210,17 @@ pub fn parse_filtered<R: Read + Seek>(
             return Err(ParseError::MissingColumn(required, found.join(",")));
         }
     }
-    let mut columns = Columns::new(batch_size.max(1));
+    let mut columns = Columns::new(batch_size.max(1), keep_raw);
+    // The names `raw` keys a row's fields by: every header name as the file writes it.
+    let header: Vec<String> = if keep_raw {
+        record
+            .iter()
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut json = String::new();
     let mut number: u64 = 1;
     reader.for_each_record(|record| {
         number += 1;
@@ -215,6 +248,10 @@ pub fn parse_filtered<R: Read + Seek>(
         }
         for (builder, field) in columns.builders.iter_mut().zip(fields) {
             builder.append_option(field);
+        }
+        if let Some(raw) = &mut columns.raw {
+            chatlake_source_kit::parsed::row_as_json(&header, &text, &mut json);
+            raw.append_value(&json);
         }
         columns.rows += 1;
         outcome.rows += 1;
@@ -273,6 +310,35 @@ pub(crate) mod tests {
     }
 
     const HEADER: &str = "messageId,customerMessageId,channel,direction,sender,destination,body,status,sendDate,deliveryDate,cost,parts";
+
+    /// Kept whole, a row is every field the file has (an extra column, a header spelt another
+    /// way, `cost`, `parts`, `direction`, `customerMessageId`) keyed by the file's own header
+    /// names, byte for byte; without it the batch has no such column.
+    #[test]
+    fn rows_kept_whole_hold_every_field_by_the_files_header() {
+        let text = "MessageID,customerMessageId,channel,direction,sender,destination,body,status,\
+                    sendDate,deliveryDate,cost,parts,campaign\n\
+                    m1,c-1,SMS,OUTBOUND,ACME,+39 1,\" two\nlines \"\"q\"\" \",SENT,\
+                    2025-01-01T10:00:00+01:00,,0.045,2,spring\n";
+        let mut sink = Collect::default();
+        let filter = SendDateFilter::default();
+        parse_filtered(std::io::Cursor::new(text), 10, &filter, true, &mut sink).unwrap();
+        let raw = sink.column(RAW_COLUMN);
+        let record: serde_json::Value = serde_json::from_str(raw[0].as_deref().unwrap()).unwrap();
+        assert_eq!(
+            record,
+            serde_json::json!({
+                "MessageID": "m1", "customerMessageId": "c-1", "channel": "SMS",
+                "direction": "OUTBOUND", "sender": "ACME", "destination": "+39 1",
+                "body": " two\nlines \"q\" ", "status": "SENT",
+                "sendDate": "2025-01-01T10:00:00+01:00", "deliveryDate": "", "cost": "0.045",
+                "parts": "2", "campaign": "spring",
+            })
+        );
+        assert_eq!(sink.column("messageId"), [Some("m1".to_string())]);
+        let (_, plain) = run(text.as_bytes(), 10);
+        assert!(plain.batches[0].column_by_name(RAW_COLUMN).is_none());
+    }
 
     #[test]
     fn schema_is_tagged_with_the_record_type() {
@@ -342,6 +408,7 @@ pub(crate) mod tests {
             std::io::Cursor::new(text.as_bytes()),
             10,
             &filter,
+            false,
             &mut sink,
         )
         .unwrap();

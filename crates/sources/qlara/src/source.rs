@@ -59,6 +59,8 @@ pub struct QlaraSource {
     known_exports: HashMap<String, String>,
     checkpoints: Arc<Mutex<Vec<ExportCheckpoint>>>,
     on_accepted: Option<AcceptedHook>,
+    /// Keep each row whole in a `raw` column ([`Source::keep_raw_records`]).
+    keep_raw: bool,
 }
 
 pub(crate) enum Mode {
@@ -145,6 +147,7 @@ impl QlaraSource {
             known_exports: HashMap::new(),
             checkpoints: Arc::default(),
             on_accepted: None,
+            keep_raw: false,
         }
     }
 
@@ -291,7 +294,7 @@ impl QlaraSource {
         file: File,
         origin: String,
     ) -> Result<(), WindowError> {
-        let batch_size = self.batch_size;
+        let (batch_size, keep_raw) = (self.batch_size, self.keep_raw);
         // Exports hold exactly their window; hand-downloaded files are filtered by start/end.
         let filter = match &self.mode {
             Mode::Files(files) => parse::SendDateFilter {
@@ -301,7 +304,7 @@ impl QlaraSource {
             Mode::Api(_) => parse::SendDateFilter::default(),
         };
         let result = chatlake_source_kit::parsed::parse_to_output(cx, window, move |sink| {
-            parse::parse_filtered(file, batch_size, &filter, sink)
+            parse::parse_filtered(file, batch_size, &filter, keep_raw, sink)
         })
         .await
         .map_err(WindowError::Stop)?;
@@ -419,5 +422,12 @@ impl Source for QlaraSource {
             Mode::Api(api) => api.windows.iter().map(Window::key).collect(),
             Mode::Files(files) => files.windows_loaded_again(&self.name),
         }
+    }
+
+    /// Each row as a JSON object of every field keyed by the file's header names (`cost`,
+    /// `parts`, `direction`, `customerMessageId` and any column the export adds).
+    fn keep_raw_records(&mut self) -> std::result::Result<(), String> {
+        self.keep_raw = true;
+        Ok(())
     }
 }

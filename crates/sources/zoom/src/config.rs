@@ -748,8 +748,11 @@ impl ZoomChatReportConfig {
 
 impl SourceConfig for ZoomUserMessagesConfig {
     const TYPE: &'static str = "zoom_user_messages";
-    const SUMMARY: &'static str =
-        "Zoom Team Chat messages per user and conversation, or saved response pages";
+    const SUMMARY: &'static str = "Zoom Team Chat messages per user and conversation, or saved \
+         response pages. What it leaves out: a file's `download_url` expires, and the row keeps the \
+         URL, not the file; `users = \"all\"` lists only the statuses of `user_status` (active and \
+         inactive by default; `pending` only when listed); an edit or delete made after a range \
+         was read arrives only through `lookback`.";
     const EXAMPLE: &'static str = include_str!("example_user_messages.toml");
 
     fn build(self, cx: &BuildContext) -> Result<Box<dyn Source>, InvalidConfig> {
@@ -759,8 +762,12 @@ impl SourceConfig for ZoomUserMessagesConfig {
 
 impl SourceConfig for ZoomChatReportConfig {
     const TYPE: &'static str = "zoom_chat_report";
-    const SUMMARY: &'static str =
-        "Zoom chat message reports per session and calendar month (edited and deleted included)";
+    const SUMMARY: &'static str = "Zoom chat message reports per session and calendar month (edited \
+         and deleted included). What it leaves out: Zoom serves the report six months back only, \
+         one month per request, so a month older than that which was never loaded cannot be \
+         fetched any more (a warning, not a failure); a file's `download_url` expires, and the row \
+         keeps the URL, not the file; an edit or delete made after a range was read arrives only \
+         through `lookback`.";
     const EXAMPLE: &'static str = include_str!("example_chat_report.toml");
 
     fn build(self, cx: &BuildContext) -> Result<Box<dyn Source>, InvalidConfig> {

@@ -6,6 +6,12 @@
 //! layout; the record type in the
 //! schema metadata says which stream a batch is (`zoom.user_messages` or `zoom.chat_report`), so
 //! `normalize` can tell them apart.
+//!
+//! A builder made [`RawBuilder::keeping_raw`] also keeps each message whole in a last column
+//! `raw`: the message's JSON object as the page had it, byte for byte (what `normalize` with
+//! `raw = true` hands on, so that `rich_text`, `at_items`, `reactions`,
+//! `reply_main_message_timestamp`, `bot_message` content and any field without a column of its
+//! own are not lost). Only then is each message read twice (once as text, once into the columns).
 
 use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
@@ -56,13 +62,23 @@ fn fields() -> Vec<Field> {
     ]
 }
 
-fn schema_for(record_type: &str) -> SchemaRef {
+fn schema_for(record_type: &str, whole: bool) -> SchemaRef {
     let metadata = [(RECORD_TYPE_KEY.to_string(), record_type.to_string())].into();
-    Arc::new(Schema::new_with_metadata(fields(), metadata))
+    let mut fields = fields();
+    if whole {
+        // Each message's JSON object, byte for byte (see the module docs).
+        fields.push(Field::new(RAW_COLUMN, DataType::Utf8, true));
+    }
+    Arc::new(Schema::new_with_metadata(fields, metadata))
 }
 
-static USER_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| schema_for(USER_MESSAGES));
-static REPORT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| schema_for(CHAT_REPORT));
+/// The column that holds each message whole when the builder keeps it.
+pub const RAW_COLUMN: &str = "raw";
+
+static USER_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| schema_for(USER_MESSAGES, false));
+static REPORT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| schema_for(CHAT_REPORT, false));
+static USER_SCHEMA_WHOLE: LazyLock<SchemaRef> = LazyLock::new(|| schema_for(USER_MESSAGES, true));
+static REPORT_SCHEMA_WHOLE: LazyLock<SchemaRef> = LazyLock::new(|| schema_for(CHAT_REPORT, true));
 
 /// The raw schema of `record_type` (one of [`USER_MESSAGES`], [`CHAT_REPORT`]).
 pub fn raw_schema(record_type: &str) -> SchemaRef {
@@ -70,6 +86,15 @@ pub fn raw_schema(record_type: &str) -> SchemaRef {
         REPORT_SCHEMA.clone()
     } else {
         USER_SCHEMA.clone()
+    }
+}
+
+/// [`raw_schema`] with the [`RAW_COLUMN`] after the others.
+pub fn raw_schema_with_records(record_type: &str) -> SchemaRef {
+    if record_type == CHAT_REPORT {
+        REPORT_SCHEMA_WHOLE.clone()
+    } else {
+        USER_SCHEMA_WHOLE.clone()
     }
 }
 
@@ -542,7 +567,23 @@ impl<'de> Visitor<'de> for Items<'_, '_, 'de> {
                 builder: &mut *self.builder,
                 status: self.status,
             };
-            match seq.next_element_seed(item)? {
+            let appended = if item.builder.raw.is_some() {
+                // The message's own text first, then its columns from that text.
+                match seq.next_element::<&'de serde_json::value::RawValue>()? {
+                    None => None,
+                    Some(whole) => {
+                        let mut reader = serde_json::Deserializer::from_str(whole.get());
+                        let receiver = item.deserialize(&mut reader).map_err(de::Error::custom)?;
+                        if let Some(raw) = &mut self.builder.raw {
+                            raw.append_value(whole.get());
+                        }
+                        Some(receiver)
+                    }
+                }
+            } else {
+                seq.next_element_seed(item)?
+            };
+            match appended {
                 Some(Some(receiver)) => self.receivers.push((row, receiver)),
                 Some(None) => {}
                 None => return Ok(()),
@@ -743,6 +784,8 @@ pub struct RawBuilder {
     pub(crate) bot_message: StringBuilder,
     pub(crate) files: ListBuilder<StructBuilder>,
     pub(crate) reactions: StringBuilder,
+    /// Each message whole, when kept ([`RawBuilder::keeping_raw`]).
+    pub(crate) raw: Option<StringBuilder>,
     pub(crate) rows: usize,
     /// Rows kept from before a page that failed half-way (see [`RawBuilder::append_json`]).
     carried: Vec<RecordBatch>,
@@ -777,9 +820,25 @@ impl RawBuilder {
             bot_message: StringBuilder::new(),
             files: files_builder(),
             reactions: StringBuilder::new(),
+            raw: None,
             rows: 0,
             carried: Vec::new(),
             carried_rows: 0,
+        }
+    }
+
+    /// Also keeps each message whole in a last column [`RAW_COLUMN`] (when `whole`).
+    pub fn keeping_raw(mut self, whole: bool) -> Self {
+        self.raw = whole.then(StringBuilder::new);
+        self
+    }
+
+    /// The schema of the batches it makes.
+    pub fn schema(&self) -> SchemaRef {
+        if self.raw.is_some() {
+            raw_schema_with_records(self.record_type)
+        } else {
+            raw_schema(self.record_type)
         }
     }
 
@@ -836,7 +895,7 @@ impl RawBuilder {
             .collect();
         self.rows = 0;
         if rows > 0
-            && let Ok(batch) = RecordBatch::try_new(raw_schema(self.record_type), columns)
+            && let Ok(batch) = RecordBatch::try_new(self.schema(), columns)
         {
             self.carried.push(batch);
             self.carried_rows += rows;
@@ -902,7 +961,7 @@ impl RawBuilder {
             *b = Int64Builder::with_capacity(rows);
             Arc::new(array)
         }
-        vec![
+        let mut columns: Vec<ArrayRef> = vec![
             text(&mut self.id),
             text(&mut self.conversation_id),
             text(&mut self.conversation_name),
@@ -922,21 +981,25 @@ impl RawBuilder {
             text(&mut self.bot_message),
             Arc::new(self.files.finish()),
             text(&mut self.reactions),
-        ]
+        ];
+        if let Some(raw) = &mut self.raw {
+            columns.push(text(raw));
+        }
+        columns
     }
 
     /// The rows so far as a batch; the builder is empty afterwards.
     pub fn finish(&mut self) -> Result<RecordBatch, arrow::error::ArrowError> {
         let columns = self.finish_columns();
         self.rows = 0;
-        let batch = RecordBatch::try_new(raw_schema(self.record_type), columns)?;
+        let batch = RecordBatch::try_new(self.schema(), columns)?;
         if self.carried.is_empty() {
             return Ok(batch);
         }
         self.carried.push(batch);
         self.carried_rows = 0;
         let carried = std::mem::take(&mut self.carried);
-        arrow::compute::concat_batches(&raw_schema(self.record_type), &carried)
+        arrow::compute::concat_batches(&self.schema(), &carried)
     }
 }
 

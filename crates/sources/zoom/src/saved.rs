@@ -97,13 +97,14 @@ pub(crate) fn read_pages(
     path: &Path,
     part: Part,
     record_type: &'static str,
+    keep_raw: bool,
     sink: &mut impl RowSink,
 ) -> Result<u64, ReadError> {
     let mut file = File::open(path).map_err(ReadError::Io)?;
     file.seek(SeekFrom::Start(part.start))
         .map_err(ReadError::Io)?;
     let mut input = file.take(part.end - part.start);
-    let mut builder = RawBuilder::new(record_type);
+    let mut builder = RawBuilder::new(record_type).keeping_raw(keep_raw);
     let mut buf = vec![0u8; CHUNK];
     // `buf[from..filled]` is read and not parsed yet; it starts at file offset `offset`.
     let (mut from, mut filled, mut offset) = (0usize, 0usize, part.start);
@@ -268,6 +269,7 @@ mod tests {
                     end: w[1],
                 },
                 USER_MESSAGES,
+                false,
                 &mut sink,
             )
             .unwrap();
@@ -304,7 +306,7 @@ mod tests {
             start: 0,
             end: text.len() as u64,
         };
-        read_pages(&path, part, USER_MESSAGES, &mut sink).unwrap();
+        read_pages(&path, part, USER_MESSAGES, false, &mut sink).unwrap();
         assert_eq!(sink.dead.len(), 1);
         let bad_at = text.find(r#"{"to_channel":"c2""#).unwrap();
         let reason = format!("line 3 (byte {bad_at}): not a response page");
@@ -315,7 +317,7 @@ mod tests {
             start: text.find("\n\n").unwrap() as u64 + 1,
             end: text.len() as u64,
         };
-        read_pages(&path, part, USER_MESSAGES, &mut later).unwrap();
+        read_pages(&path, part, USER_MESSAGES, false, &mut later).unwrap();
         assert_eq!(later.dead.len(), 1);
         assert!(later.dead[0].starts_with(&reason), "{}", later.dead[0]);
         let rows: Vec<String> = sink

@@ -138,6 +138,8 @@ pub struct ZoomSource {
     /// What the plan leaves out and why (report months too old to fetch that were never
     /// loaded): shown by `plan`, logged and put in the run summary by `run`.
     notes: Vec<String>,
+    /// Keep each message whole in a `raw` column ([`Source::keep_raw_records`]).
+    keep_raw: bool,
 }
 
 /// What one window fetches.
@@ -329,6 +331,7 @@ impl ZoomSource {
             mode,
             ledger: Arc::default(),
             notes: Vec::new(),
+            keep_raw: false,
         }
     }
 
@@ -869,7 +872,8 @@ impl ZoomSource {
         cx: &SourceContext,
     ) -> Result<(), WindowError> {
         // Parsed into by the page fetch, which owns it while a batch is being sent.
-        let builder = Mutex::new(RawBuilder::new(self.record_type()));
+        let new_builder = || RawBuilder::new(self.record_type()).keeping_raw(self.keep_raw);
+        let builder = Mutex::new(new_builder());
         let fetch = |token: Option<String>| {
             let url = self.page_url(api, target, window, token.as_deref());
             let builder = &builder;
@@ -878,7 +882,7 @@ impl ZoomSource {
                 let mut builder = builder.lock().unwrap_or_else(PoisonError::into_inner);
                 if token.is_none() {
                     // The first page, perhaps again after a restart: nothing before it counts.
-                    *builder = RawBuilder::new(self.record_type());
+                    *builder = new_builder();
                 }
                 let next = builder
                     .append_json(&body, Some(&target.context()))
@@ -1016,11 +1020,11 @@ impl ZoomSource {
                 .map_err(|e| failed(std::io::Error::other(e)))?
                 .map_err(failed)?
         };
-        let record_type = self.record_type();
+        let (record_type, keep_raw) = (self.record_type(), self.keep_raw);
         let results = futures::future::join_all(parts.into_iter().map(|part| {
             let path = path.clone();
             chatlake_source_kit::parsed::parse_to_output(cx, window, move |sink| {
-                saved::read_pages(&path, part, record_type, sink)
+                saved::read_pages(&path, part, record_type, keep_raw, sink)
             })
         }))
         .await;
@@ -1153,5 +1157,12 @@ impl Source for ZoomSource {
             Mode::Api(api) => self.windows_fetched_again(api),
             Mode::Files(files) => files.windows_loaded_again(&self.name),
         }
+    }
+
+    /// Each message's JSON object as the page had it, in a last column `raw` (API pages and
+    /// saved pages alike).
+    fn keep_raw_records(&mut self) -> std::result::Result<(), String> {
+        self.keep_raw = true;
+        Ok(())
     }
 }

@@ -10,8 +10,8 @@ use arrow::array::{
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::compute::filter;
-use chatlake_core::Result;
 use chatlake_core::schema::{self, attachment_item_field};
+use chatlake_core::{Error, Result, TransformContext};
 
 /// The columns of one canonical batch (spec section 3) that come from the provider's rows, in
 /// schema order. `None` is a column the provider does not have: [`CanonicalColumns::into_batch`]
@@ -35,6 +35,8 @@ pub(crate) struct CanonicalColumns<'a> {
     pub attachments: Option<ArrayRef>,
     pub delivered_at: Option<ArrayRef>,
     pub version: Vec<i64>,
+    /// The provider's records whole (`raw = true`), after the canonical columns.
+    pub raw: Option<ArrayRef>,
 }
 
 impl CanonicalColumns<'_> {
@@ -42,7 +44,7 @@ impl CanonicalColumns<'_> {
     pub(crate) fn into_batch(self, run_id: &str) -> Result<RecordBatch> {
         let rows = self.sent_at.len();
         let dates = utc_dates(&self.sent_at);
-        let columns: Vec<ArrayRef> = vec![
+        let mut columns: Vec<ArrayRef> = vec![
             constant(self.provider, rows),
             constant(self.stream, rows),
             self.message_id,
@@ -64,8 +66,37 @@ impl CanonicalColumns<'_> {
             Arc::new(Int64Array::from(self.version)),
             constant(run_id, rows),
         ];
-        Ok(RecordBatch::try_new(schema::canonical(), columns)?)
+        let schema = match self.raw {
+            Some(raw) => {
+                columns.push(raw);
+                schema::canonical_with_raw()
+            }
+            None => schema::canonical(),
+        };
+        Ok(RecordBatch::try_new(schema, columns)?)
     }
+}
+
+/// The input's `raw` column (the records whole, which a source adds once
+/// `Source::keep_raw_records` asked for them) when `wanted`; `None` when not wanted.
+pub(crate) fn raw_input<'a>(
+    data: &'a RecordBatch,
+    wanted: bool,
+    cx: &TransformContext,
+) -> Result<Option<&'a StringArray>> {
+    if !wanted {
+        return Ok(None);
+    }
+    data.column_by_name(schema::RAW)
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .map(Some)
+        .ok_or_else(|| {
+            Error::component(
+                &cx.name,
+                "`raw = true`, but the provider records carry no Utf8 `raw` column (a `select` \
+                 between the source and normalize must keep it)",
+            )
+        })
 }
 
 /// Which input rows became output rows (the others were dead-lettered).

@@ -11,7 +11,7 @@ use arrow::array::{Array, BooleanArray, StringArray, StringBuilder};
 use chatlake_core::{Batch, Emitter, Error, Result, TransformContext, WindowRef};
 use chatlake_fingerprint::FingerprintSet;
 
-use crate::columns::{CanonicalColumns, Kept, wall_clock_seconds};
+use crate::columns::{CanonicalColumns, Kept, raw_input, wall_clock_seconds};
 use arrow::buffer::{Buffer, OffsetBuffer};
 use chrono::FixedOffset;
 use hashbrown::HashMap;
@@ -99,8 +99,15 @@ impl LineworksMapper {
         self.occurrences.remove(&window.key());
     }
 
-    pub fn map(&mut self, batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()> {
+    pub fn map(
+        &mut self,
+        batch: Batch,
+        out: &mut Emitter,
+        cx: &TransformContext,
+        raw: bool,
+    ) -> Result<()> {
         let data = &batch.data;
+        let raw = raw_input(data, raw, cx)?;
         let col = |name: &str| -> Result<&StringArray> {
             data.column_by_name(name)
                 .and_then(|c| c.as_any().downcast_ref::<StringArray>())
@@ -197,6 +204,7 @@ impl LineworksMapper {
             attachments: None,
             delivered_at: None,
             version,
+            raw: raw.map(|r| kept.pass(r)).transpose()?,
         };
         out.emit(batch.window.clone(), canonical.into_batch(&cx.run.run_id)?);
         Ok(())

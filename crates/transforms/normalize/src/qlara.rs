@@ -22,7 +22,7 @@ use chatlake_core::{Batch, Emitter, Error, Result, TransformContext};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::columns::{CanonicalColumns, Kept, utc_opt, wall_clock_seconds};
+use crate::columns::{CanonicalColumns, Kept, raw_input, utc_opt, wall_clock_seconds};
 
 /// The record type the Qlara source emits (see `chatlake-source-qlara`).
 pub const RECORD_TYPE: &str = "qlara.message_history";
@@ -116,8 +116,10 @@ pub fn map(
     out: &mut Emitter,
     cx: &TransformContext,
     version_rule: QlaraVersion,
+    raw: bool,
 ) -> Result<()> {
     let data = &batch.data;
+    let raw = raw_input(data, raw, cx)?;
     let col = |name: &str| -> Result<&StringArray> {
         data.column_by_name(name)
             .and_then(|c| c.as_any().downcast_ref::<StringArray>())
@@ -211,6 +213,7 @@ pub fn map(
         attachments: None,
         delivered_at: Some(utc_opt(delivered_at)),
         version,
+        raw: raw.map(|r| kept.pass(r)).transpose()?,
     };
     out.emit(batch.window.clone(), canonical.into_batch(&cx.run.run_id)?);
     Ok(())
@@ -423,7 +426,14 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let cx = context(&dir);
         let mut out = Emitter::default();
-        map(Batch::new(window(), raw_batch(rows)), &mut out, &cx, rule).unwrap();
+        map(
+            Batch::new(window(), raw_batch(rows)),
+            &mut out,
+            &cx,
+            rule,
+            false,
+        )
+        .unwrap();
         let b: Vec<Batch> = out.drain().collect();
         b[0].data
             .column_by_name("version")

@@ -6,6 +6,13 @@
 //! is the lowercase provider status (`normal` when absent), `is_bot` says a `bot_message` was
 //! present, `files` become `attachments` as they are. A row without an id or without a usable
 //! time is dead-lettered.
+//!
+//! **Bots.** A `bot_message` object makes a bot's message, also an empty `{}`: the seeds show `{}`
+//! only in seed 001's Postman sample, where every value is a placeholder, never on a person's
+//! message, and the shared reference job (`shared/bench/JOBS.md`) counts `{}` a bot. No other
+//! field is consulted. The content itself has no canonical column: with `raw = true` it stays in
+//! `raw`, as do mentions (`at_items`), which the schema has no place for either; a bot's
+//! `external_sender_email` becomes `sender_id` when there is no `sender`.
 
 use std::sync::Arc;
 
@@ -14,7 +21,7 @@ use chatlake_core::schema;
 use chatlake_core::{Batch, Emitter, Error, Result, TransformContext};
 use chrono::DateTime;
 
-use crate::columns::{CanonicalColumns, Kept};
+use crate::columns::{CanonicalColumns, Kept, raw_input};
 
 /// The record type of `zoom_user_messages` (see `chatlake-source-zoom`).
 pub const USER_MESSAGES: &str = "zoom.user_messages";
@@ -27,8 +34,9 @@ pub const CHAT_REPORT: &str = "zoom.chat_report";
 const WRITABLE_MS: std::ops::RangeInclusive<i64> = -62_135_596_800_000..=253_402_300_799_999;
 
 /// Maps one raw Zoom batch.
-pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()> {
+pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext, raw: bool) -> Result<()> {
     let data = &batch.data;
+    let raw = raw_input(data, raw, cx)?;
     let stream = match schema::record_type(data.schema_ref()) {
         Some(CHAT_REPORT) => "chat_report",
         _ => "user_messages",
@@ -169,6 +177,7 @@ pub fn map(batch: Batch, out: &mut Emitter, cx: &TransformContext) -> Result<()>
         attachments: Some(kept.pass(files.as_ref())?),
         delivered_at: None,
         version,
+        raw: raw.map(|r| kept.pass(r)).transpose()?,
     };
     out.emit(batch.window.clone(), canonical.into_batch(&cx.run.run_id)?);
     Ok(())
@@ -221,7 +230,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let cx = context(&dir);
         let mut out = Emitter::default();
-        map(Batch::new(window(), b.finish().unwrap()), &mut out, &cx).unwrap();
+        map(
+            Batch::new(window(), b.finish().unwrap()),
+            &mut out,
+            &cx,
+            false,
+        )
+        .unwrap();
         let batches: Vec<Batch> = out.drain().collect();
         assert_eq!(batches.len(), 1);
         let d = &batches[0].data;
@@ -281,7 +296,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let cx = context(&dir);
         let mut out = Emitter::default();
-        map(Batch::new(window(), b.finish().unwrap()), &mut out, &cx).unwrap();
+        map(
+            Batch::new(window(), b.finish().unwrap()),
+            &mut out,
+            &cx,
+            false,
+        )
+        .unwrap();
         let batches: Vec<Batch> = out.drain().collect();
         let sender = batches[0]
             .data
@@ -291,6 +312,77 @@ mod tests {
             .clone();
         let got: Vec<Option<&str>> = sender.iter().collect();
         assert_eq!(got, [Some("x@e"), Some("bot@e"), Some("m3"), None]);
+    }
+
+    /// With `raw`, each row carries its message's JSON object byte for byte, after the canonical
+    /// columns: mentions, rich text, reactions, the reply's timestamp and the bot's content, which
+    /// no canonical column holds. A dead-lettered row's record goes with it.
+    #[test]
+    fn raw_keeps_each_message_as_the_page_had_it() {
+        let first = r#"{"id":"a","message":"hi @B","sender":"x@e","timestamp":1000,
+             "rich_text":[{"start_position":0,"end_position":2,"format_type":"Bold"}],
+             "at_items":[{"at_contact":"b@e","at_type":1,"start_position":3,"end_position":5}],
+             "reactions":[{"emoji":"U+1F44D","total_count":1}],
+             "reply_main_message_timestamp":"1568751917976", "future_field" : 1.50}"#;
+        let bot = r#"{"id":"b","timestamp":2000,"bot_message":{"content":{"head":{"text":"é"}}}}"#;
+        let body = format!(
+            r#"{{"messages":[{first}, {{"timestamp":3}} ,{bot}],"edited_messages":[{bot}]}}"#
+        );
+        let mut b = RawBuilder::new(CHAT_REPORT).keeping_raw(true);
+        b.append_json(body.as_bytes(), Some(&Context::default()))
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("zoom-raw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cx = context(&dir);
+        let mut out = Emitter::default();
+        map(
+            Batch::new(window(), b.finish().unwrap()),
+            &mut out,
+            &cx,
+            true,
+        )
+        .unwrap();
+        let batches: Vec<Batch> = out.drain().collect();
+        let d = &batches[0].data;
+        assert_eq!(d.schema(), schema::canonical_with_raw());
+        let raw = d.column_by_name(schema::RAW).unwrap().as_string::<i32>();
+        let got: Vec<&str> = raw.iter().map(|v| v.unwrap()).collect();
+        assert_eq!(
+            got,
+            [first, bot, bot],
+            "the row without an id is a dead letter"
+        );
+        assert_eq!(cx.dead_letters.count(), 1);
+
+        // Without `raw` the canonical schema alone, also when the input carries the records.
+        let mut b = RawBuilder::new(CHAT_REPORT).keeping_raw(true);
+        b.append_json(body.as_bytes(), Some(&Context::default()))
+            .unwrap();
+        let mut out = Emitter::default();
+        map(
+            Batch::new(window(), b.finish().unwrap()),
+            &mut out,
+            &cx,
+            false,
+        )
+        .unwrap();
+        let batches: Vec<Batch> = out.drain().collect();
+        assert_eq!(batches[0].data.schema(), schema::canonical());
+
+        // `raw` wanted but not handed over: a clear error, not a silent loss.
+        let mut b = RawBuilder::new(CHAT_REPORT);
+        b.append_json(body.as_bytes(), Some(&Context::default()))
+            .unwrap();
+        let mut out = Emitter::default();
+        let e = map(
+            Batch::new(window(), b.finish().unwrap()),
+            &mut out,
+            &cx,
+            true,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("no Utf8 `raw` column"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
@@ -307,7 +399,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let cx = context(&dir);
         let mut out = Emitter::default();
-        map(Batch::new(window(), b.finish().unwrap()), &mut out, &cx).unwrap();
+        map(
+            Batch::new(window(), b.finish().unwrap()),
+            &mut out,
+            &cx,
+            false,
+        )
+        .unwrap();
         let batches: Vec<Batch> = out.drain().collect();
         let ids = batches[0]
             .data

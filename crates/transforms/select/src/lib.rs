@@ -175,9 +175,10 @@ impl SelectTransform {
             .is_some_and(|p| Arc::ptr_eq(&p.input, input) || p.input == *input);
         if !hit {
             let indices = self.indices(input)?;
-            let removes = indices.len() < input.fields().len();
             let mut output = input.project(&indices).map_err(|e| e.to_string())?;
-            if removes && schema::record_type(input) == Some(CANONICAL_RECORD_TYPE) {
+            if schema::record_type(input) == Some(CANONICAL_RECORD_TYPE)
+                && removes_more_than_raw(input, &output)
+            {
                 output
                     .metadata
                     .insert(RECORD_TYPE_KEY.into(), PROJECTION_RECORD_TYPE.into());
@@ -200,14 +201,22 @@ impl Transform for SelectTransform {
             // Raw records have no fixed schema here; a missing column is reported per batch.
             return Ok(input.clone());
         }
-        let canonical = schema::canonical();
+        // `raw` is there only when `normalize` was asked for it (`raw = true`); a selection
+        // that names it is checked against messages that have it, and a batch without it is
+        // refused when it comes.
+        let canonical = if self.selection.names().iter().any(|n| n == schema::RAW) {
+            schema::canonical_with_raw()
+        } else {
+            schema::canonical()
+        };
         let indices = self
             .indices(&canonical)
             .map_err(|e| e.replace("the input", "canonical messages"))?;
-        if indices.len() < canonical.fields().len() {
-            Ok(DataKind::raw(PROJECTION_RECORD_TYPE))
-        } else {
+        let output = canonical.project(&indices).map_err(|e| e.to_string())?;
+        if !removes_more_than_raw(&canonical, &output) {
             Ok(input.clone())
+        } else {
+            Ok(DataKind::raw(PROJECTION_RECORD_TYPE))
         }
     }
 
@@ -228,6 +237,15 @@ impl Transform for SelectTransform {
         out.emit(batch.window, data);
         Ok(())
     }
+}
+
+/// Whether `output` lacks a column of `input` other than `raw`: canonical messages without
+/// `normalize`'s optional `raw` column (or with their columns reordered) are still canonical.
+fn removes_more_than_raw(input: &Schema, output: &Schema) -> bool {
+    input
+        .fields()
+        .iter()
+        .any(|f| f.name() != schema::RAW && output.index_of(f.name()).is_err())
 }
 
 #[cfg(test)]
@@ -279,6 +297,26 @@ mod tests {
             label: "w".into(),
         });
         Batch::new(window, RecordBatch::try_new(schema, columns).unwrap())
+    }
+
+    /// [`batch`] of canonical messages with a last `raw` column.
+    fn batch_with_raw() -> Batch {
+        let b = batch(CANONICAL_RECORD_TYPE);
+        let mut fields: Vec<Field> = b
+            .data
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| (**f).clone())
+            .collect();
+        fields.push(Field::new(schema::RAW, DataType::Utf8, true));
+        let schema = Arc::new(Schema::new_with_metadata(
+            fields,
+            b.data.schema().metadata().clone(),
+        ));
+        let mut columns = b.data.columns().to_vec();
+        columns.push(Arc::new(StringArray::from(vec!["{}", "{}"])));
+        Batch::new(b.window, RecordBatch::try_new(schema, columns).unwrap())
     }
 
     fn context() -> TransformContext {
@@ -369,6 +407,12 @@ mod tests {
             schema::record_type(out[0].data.schema_ref()),
             Some(PROJECTION_RECORD_TYPE)
         );
+        // Without `raw` (normalize's optional last column): still canonical.
+        let out = run(Selection::Drop(names(&["raw"])), batch_with_raw()).unwrap();
+        assert_eq!(
+            schema::record_type(out[0].data.schema_ref()),
+            Some(CANONICAL_RECORD_TYPE)
+        );
         // Every column, reordered: still canonical.
         let out = run(
             Selection::Keep(names(&["c", "b", "a"])),
@@ -442,6 +486,22 @@ mod tests {
         );
         let raw = DataKind::raw("lineworks.message_contents");
         assert_eq!(keep(&["anything"]).output_kind(&raw), Ok(raw.clone()));
+        // `normalize`'s optional `raw` column: listed, or dropped, the rest stays canonical.
+        let with_raw: Vec<String> = schema::canonical_with_raw()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(
+            SelectTransform::new(Selection::Keep(with_raw)).output_kind(&canonical),
+            Ok(canonical.clone())
+        );
+        let drop_raw = SelectTransform::new(Selection::Drop(names(&[schema::RAW])));
+        assert_eq!(drop_raw.output_kind(&canonical), Ok(canonical.clone()));
+        assert_eq!(
+            keep(&["message_id", schema::RAW]).output_kind(&canonical),
+            Ok(DataKind::raw(PROJECTION_RECORD_TYPE))
+        );
         let e = keep(&["message_id", "txt"])
             .output_kind(&canonical)
             .unwrap_err();
