@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use chatlake_core::removal::Removal;
 use chatlake_store::{ObjectLocation, ObjectPath, StorageOptions, Store};
+use futures::StreamExt;
 
 use crate::error::{Error, Result};
 use crate::format::FileFormat;
@@ -43,6 +44,11 @@ pub const SPOOL_DIR: &str = "chatlake-spool";
 const STALE_PROBE_AGE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A sink's object store, opened and cleaned at the start of a run, with its spool.
+/// Files of one window uploaded at once. Each holds at most a part of
+/// [`chatlake_store::PART_BYTES`] × (parts in flight + 1) in memory, so this bounds what a
+/// window's upload holds.
+const UPLOADS_IN_FLIGHT: usize = 4;
+
 pub(crate) struct ObjectLake {
     store: Store,
     spool: Spool,
@@ -111,32 +117,44 @@ impl ObjectLake {
         window: &str,
         listed: bool,
     ) -> Result<()> {
+        // Several files of the window go at once: each is a round trip or more to the store,
+        // and a window spans a file per partition (31 for a month by day).
+        let sent: Vec<Result<(u64, ObjectPath)>> = block_on(
+            futures::stream::iter(files.iter().map(|path| async move {
+                let key = self.key_of(path)?;
+                let size = self.store.upload(path, &key).await?;
+                remove_quietly(path);
+                Ok((size, key))
+            }))
+            .buffered(UPLOADS_IN_FLIGHT)
+            .collect(),
+        )?;
         let mut uploaded = Vec::with_capacity(files.len());
         let mut bytes = 0;
-        for (i, path) in files.iter().enumerate() {
-            let sent = self
-                .key_of(path)
-                .and_then(|key| Ok((block_on(self.store.upload(path, &key))??, key)));
-            match sent {
+        let mut first_error = None;
+        for result in sent {
+            match result {
                 Ok((size, key)) => {
                     bytes += size;
                     uploaded.push(key);
-                    remove_quietly(path);
                 }
                 Err(e) => {
-                    for key in uploaded.iter().filter(|_| !listed) {
-                        if let Ok(Err(e)) = block_on(self.store.delete(key)) {
-                            tracing::warn!(
-                                sink,
-                                window,
-                                "could not delete an uploaded object of a failed window: {e}"
-                            );
-                        }
-                    }
-                    files[i..].iter().for_each(|p| remove_quietly(p));
-                    return Err(e);
+                    first_error.get_or_insert(e);
                 }
             }
+        }
+        if let Some(e) = first_error {
+            for key in uploaded.iter().filter(|_| !listed) {
+                if let Ok(Err(e)) = block_on(self.store.delete(key)) {
+                    tracing::warn!(
+                        sink,
+                        window,
+                        "could not delete an uploaded object of a failed window: {e}"
+                    );
+                }
+            }
+            files.iter().for_each(|p| remove_quietly(p));
+            return Err(e);
         }
         tracing::info!(
             sink,
