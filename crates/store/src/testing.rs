@@ -93,8 +93,25 @@ fn free_ports(n: usize) -> Vec<u16> {
 }
 
 impl SeaweedFs {
-    /// Starts a server and waits until it answers signed S3 requests (about 1–2 s).
+    /// Starts a server and waits until it answers signed S3 requests (about 1–2 s). The free
+    /// ports are picked, released, then bound by weed: another process may take one in between
+    /// (tests start servers side by side), and weed then exits; it is started again on other
+    /// ports, up to three times.
     pub fn start() -> SeaweedFs {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Self::start_once() {
+                Ok(server) => return server,
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!(
+            "SeaweedFS did not start in three tries:\n{}",
+            failures.join("\n---\n")
+        );
+    }
+
+    fn start_once() -> Result<SeaweedFs, String> {
         let weed = weed_binary();
         assert!(
             weed.is_file(),
@@ -162,16 +179,17 @@ impl SeaweedFs {
             .stdin(Stdio::null())
             .spawn()
             .expect("start sh for SeaweedFS");
-        let server = SeaweedFs {
+        let mut server = SeaweedFs {
             watchdog,
             port: p[0],
             _dir: dir,
         };
-        server.wait_until_ready();
-        server
+        server.wait_until_ready()?;
+        Ok(server)
     }
 
-    fn wait_until_ready(&self) {
+    /// `Err` with weed's last log lines if it exited or did not answer within 60 s.
+    fn wait_until_ready(&mut self) -> Result<(), String> {
         let started = Instant::now();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -186,15 +204,21 @@ impl SeaweedFs {
                 crate::PutMode::Overwrite,
             ));
             if answered.is_ok() {
-                return;
+                return Ok(());
             }
-            if started.elapsed() > Duration::from_secs(60) {
+            let exited = self.watchdog.try_wait().ok().flatten().is_some();
+            if exited || started.elapsed() > Duration::from_secs(60) {
                 let log =
                     std::fs::read_to_string(self._dir.path().join("weed.log")).unwrap_or_default();
                 let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().join("\n");
-                panic!(
-                    "SeaweedFS did not answer within 60 s: {answered:?}\nlog (last lines, newest first):\n{tail}"
-                );
+                return Err(format!(
+                    "SeaweedFS {}: {answered:?}\nlog (last lines, newest first):\n{tail}",
+                    if exited {
+                        "exited"
+                    } else {
+                        "did not answer within 60 s"
+                    }
+                ));
             }
             std::thread::sleep(Duration::from_millis(150));
         }
