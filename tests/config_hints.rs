@@ -247,3 +247,22 @@ fn a_variable_that_expanded_to_nothing_is_named_where_its_value_fails() {
         out.stderr()
     );
 }
+
+#[test]
+fn validate_warns_of_a_files_glob_that_matches_nothing() {
+    let s = Scratch::new();
+    let p = s.pipeline("p.toml", GOOD);
+    let out = s.run(&["validate", p.to_str().unwrap()]).expect_code(0);
+    assert!(
+        out.stderr()
+            .contains("p.toml: sources.lw: a run would fail at its start:")
+            && out.stderr().contains("no file matches \"in/*.csv\""),
+        "{}",
+        out.stderr()
+    );
+    // A file that matches: no warning.
+    std::fs::create_dir_all(s.path("in")).unwrap();
+    std::fs::write(s.path("in/a.csv"), "x\n").unwrap();
+    let out = s.run(&["validate", p.to_str().unwrap()]).expect_code(0);
+    assert!(!out.stderr().contains("would fail"), "{}", out.stderr());
+}

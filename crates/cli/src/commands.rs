@@ -160,6 +160,19 @@ pub async fn validate(paths: &[PathBuf], emulate: bool) -> u8 {
                 for warning in p.warnings() {
                     crate::print_warning(format_args!("{warning}"));
                 }
+                // What a run would fail on at its start without the network: a files glob that
+                // matches nothing (the run fails then, naming the pattern).
+                for node in &p.nodes {
+                    if let Stage::Source(source) = &node.stage
+                        && let Err(e) = source.plan()
+                    {
+                        crate::print_warning(format_args!(
+                            "{}: sources.{}: a run would fail at its start: {e}",
+                            path.display(),
+                            node.spec.name
+                        ));
+                    }
+                }
                 println!(
                     "{}: ok (pipeline `{}`, {} components)",
                     path.display(),
