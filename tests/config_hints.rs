@@ -233,13 +233,15 @@ fn a_variable_that_expanded_to_nothing_is_named_where_its_value_fails() {
             ),
         "{err}"
     );
-    // Where the empty value is valid, a warning still names the variable.
+    // Where the empty value is valid, the debug log still names the variable.
     let body = GOOD.replace(
         "language = \"ja_JP\"",
         "language = \"ja_JP${CHATLAKE_TEST_UNSET_SUFFIX:-}\"",
     );
     let p = s.pipeline("q.toml", &body);
-    let out = s.run(&["validate", p.to_str().unwrap()]).expect_code(0);
+    let out = s
+        .run_env(&["validate", p.to_str().unwrap()], &[("RUST_LOG", "debug")])
+        .expect_code(0);
     assert!(
         out.stderr()
             .contains("`${CHATLAKE_TEST_UNSET_SUFFIX:-}` expanded to nothing"),

@@ -284,8 +284,10 @@ impl PipelineFile {
             &mut |key, msg| errors.push(path, key, msg),
             &mut |key, var| emptied.push((key, var)),
         );
+        // Not a warning: shipped pipelines leave credentials `${VAR:-}` for `--emulate`, where
+        // an empty value is what is meant. Any error about the key names the variable.
         for (key, var) in &emptied {
-            tracing::warn!(
+            tracing::debug!(
                 file = %path.display(),
                 key = %key,
                 "`${{{var}:-}}` expanded to nothing: {var} is not set or empty"
