@@ -591,3 +591,208 @@ fn a_reset_keeps_the_objects_through_a_failed_refetch_and_the_reload_replaces_th
     b.run_to(&p, END).expect_code(0);
     assert!(b.lake() == want, "one clean run's lake after the reload");
 }
+
+/// A Qlara export, a window a day, into two sinks in the bucket with nothing held back (no
+/// `keep = "latest"`), so windows commit one by one all through the run, each once both sinks
+/// have committed it.
+const STREAMING: &str = r#"
+[pipeline]
+name = "sampled"
+state_dir = "./lake/_state"
+
+[sources.sms]
+type = "qlara_message_history"
+start = "2025-01-01T00:00:00Z"
+window_days = 1
+poll_interval = "20ms"
+requests_per_minute = 2400
+retry = { max_attempts = 5, initial_backoff = "10ms", max_backoff = "50ms" }
+
+[transforms.canonical]
+type = "normalize"
+inputs = ["sms"]
+
+[sinks.lake]
+type = "parquet"
+inputs = ["canonical"]
+path = "s3://lake/chat/messages"
+partition_by = ["provider", "sent_date"]
+
+[sinks.archive]
+type = "jsonl"
+inputs = ["canonical"]
+path = "s3://lake/chat/archive"
+partition_by = ["sent_date"]
+"#;
+
+/// Keys of the windows a source's ledger lists as committed (none before its first commit).
+fn committed_windows(ledger: &Path) -> std::collections::HashSet<String> {
+    let Ok(bytes) = std::fs::read(ledger) else {
+        return Default::default();
+    };
+    // The ledger is replaced atomically (rename), so a read sees a whole version.
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    v["windows"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, w)| w["status"] == "committed")
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+/// The window key in the name of a data file or journal of `pipeline`'s sinks `sinks`.
+fn window_of<'k>(key: &'k str, pipeline: &str, sinks: &[&str]) -> Option<&'k str> {
+    let name = key.rsplit('/').next()?;
+    let rest = sinks
+        .iter()
+        .find_map(|s| name.strip_prefix(&format!("part-{pipeline}.{s}.")))?;
+    if let Some(journal) = rest.strip_suffix(".json") {
+        return Some(journal);
+    }
+    // Window keys (`<source>-<hex>`) hold no dot; the part number and extension follow one.
+    let (window, _part_and_extension) = rest.split_once('.')?;
+    Some(window)
+}
+
+#[test]
+fn a_reader_sampling_the_bucket_mid_run_sees_only_whole_objects_of_committed_windows() {
+    let b = Bucket::new();
+    let p = b.scratch.pipeline("sampled.toml", STREAMING);
+    let ledger = b.scratch.path("lake/_state/sampled/sources/sms.json");
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "run",
+        "--emulate",
+        "--faults",
+        "qlara.slow_jobs_ms=20",
+        "--end",
+        "2025-01-25T23:59:59Z",
+        p.to_str().unwrap(),
+    ])
+    .current_dir(b.scratch.dir.path())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    for (k, v) in b.env() {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut checked: std::collections::HashSet<(String, u64)> = Default::default();
+    let (mut samples, mut seen_mid_run) = (0, 0);
+    let mut violations = Vec::new();
+    let status = loop {
+        let done = child.try_wait().unwrap();
+        // What a glob sees at this moment: `**/*.parquet` and `**/*.jsonl`.
+        let visible: Vec<(String, u64)> = b
+            .objects()
+            .into_iter()
+            .filter(|(k, _)| k.ends_with(".parquet") || k.ends_with(".jsonl"))
+            .collect();
+        // Read after the listing: every window committed when the listing was made is here.
+        let committed = committed_windows(&ledger);
+        samples += 1;
+        for (key, size) in &visible {
+            let window = window_of(key, "sampled", &["lake", "archive"])
+                .unwrap_or_else(|| panic!("not a data file of the run: {key}"));
+            if !committed.contains(window) {
+                violations.push(format!("{key}: its window is not in the ledger"));
+            }
+            if checked.insert((key.clone(), *size)) {
+                if done.is_none() {
+                    seen_mid_run += 1;
+                }
+                // Whole: it reads to its end as its format.
+                let (bytes, _) =
+                    b.rt.block_on(b.store.read(&b.store.key(key)))
+                        .unwrap()
+                        .unwrap();
+                assert_eq!(bytes.len() as u64, *size, "{key}");
+                if key.ends_with(".parquet") {
+                    let reader =
+                        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                            bytes,
+                        )
+                        .unwrap_or_else(|e| panic!("{key} is not a whole Parquet file: {e}"))
+                        .build()
+                        .unwrap();
+                    for batch in reader {
+                        batch.unwrap_or_else(|e| panic!("{key}: {e}"));
+                    }
+                } else {
+                    let text = std::str::from_utf8(&bytes).unwrap();
+                    assert!(text.ends_with('\n'), "{key} ends with a whole line");
+                    for line in text.lines() {
+                        serde_json::from_str::<serde_json::Value>(line)
+                            .unwrap_or_else(|e| panic!("{key}: {e}"));
+                    }
+                }
+            }
+        }
+        if let Some(status) = done {
+            break status;
+        }
+        if !violations.is_empty() || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "after {samples} samples: {:?}",
+                violations.iter().take(5).collect::<Vec<_>>()
+            );
+        }
+    };
+    assert!(status.success(), "the run succeeds");
+    eprintln!("samples: {samples}, objects seen while the run went on: {seen_mid_run}");
+    assert!(
+        samples >= 20,
+        "the bucket was sampled all through the run: {samples}"
+    );
+    assert!(
+        seen_mid_run > 0,
+        "objects appeared while the run went on, not only at its end"
+    );
+    // At its end: every window's objects, and nothing staged left.
+    let committed = committed_windows(&ledger);
+    assert_eq!(committed.len(), 25);
+    assert!(b.keys().iter().all(|k| !k.contains("/_chatlake_staged/")));
+}
+
+#[test]
+fn a_run_killed_after_a_window_is_in_the_ledger_but_before_its_publish_is_rolled_forward() {
+    let want = clean_local_lake();
+    let ledger_of = |b: &Bucket| b.scratch.path("lake/_state/objects/sources/sms.json");
+    let sinks = ["lake", "archive", "sheet"];
+    // Journals of windows the ledger lists: committed, not yet published.
+    let unpublished = |b: &Bucket| -> Vec<String> {
+        let committed = committed_windows(&ledger_of(b));
+        b.keys()
+            .into_iter()
+            .filter(|k| k.contains("/_chatlake_staged/"))
+            .filter(|k| window_of(k, "objects", &sinks).is_some_and(|w| committed.contains(w)))
+            .collect()
+    };
+    // The moment is short (a publish follows its ledger entry at once): try a few runs.
+    for attempt in 1..=8 {
+        let b = Bucket::new();
+        let p = s3_pipeline(&b);
+        let killed = kill_when(&b, &p, END, || !unpublished(&b).is_empty());
+        let left = unpublished(&b);
+        if !killed || left.is_empty() {
+            eprintln!("attempt {attempt}: the kill missed the moment");
+            continue;
+        }
+        eprintln!(
+            "attempt {attempt}: killed with {} windows unpublished",
+            left.len()
+        );
+        b.run_to(&p, END).expect_code(0);
+        // `lake` asserts that only data files are left: no journal, no upload note.
+        let got = b.lake();
+        assert_eq!(got.parquet.len(), want.parquet.len());
+        assert_eq!(got.jsonl.len(), want.jsonl.len());
+        assert_eq!(got.csv.len(), want.csv.len());
+        assert!(got == want, "the re-run leaves the lake of one clean run");
+        return;
+    }
+    panic!("no attempt was killed between a window's ledger entry and its publish");
+}

@@ -6,28 +6,32 @@
 //! protocol:
 //!
 //! 1. a window's rows go to `.tmp` files in the spool; nothing of it is in the store;
-//! 2. the window's commit finishes its files and uploads each to `<prefix>/<partition
-//!    directories>/<the same file name>` ([`chatlake_store::Store::upload`]: one PUT, or a
-//!    multipart upload completed only at its end, so an object appears whole or not at all),
-//!    then deletes the spool file;
+//! 2. the window's commit finishes its files and stages each as a multipart upload of its
+//!    final key, `<prefix>/<partition directories>/<the same file name>`, whose parts are all
+//!    sent but which is not completed, so no reader sees it ([`chatlake_store::Store::stage`]);
+//!    the window's journal, `_chatlake_staged/<file prefix><window key>.json`, lists the upload
+//!    ids before the parts go and the parts' ids once they are in;
 //! 3. the ledger stays the commit point: the window is listed once every sink committed it;
-//! 4. a run killed before that leaves objects of a window the ledger does not list, and maybe an
-//!    unfinished multipart upload: the next run's start aborts the upload and deletes those
-//!    objects, as a local lake's start removes the renamed files of uncommitted windows (the
-//!    same names, the same rule: [`window_key_of`]);
-//! 5. rows a later run replaces: each object is downloaded to the spool, filtered by the format,
+//! 4. then the runtime calls `publish`, which completes the window's uploads (each object
+//!    appears whole, at once) and deletes its journal;
+//! 5. a run killed before its ledger commit leaves journals of windows the ledger does not
+//!    list: the next start aborts their uploads; killed after it, journals of committed windows:
+//!    the next start completes them (roll forward). Objects of uncommitted windows can no
+//!    longer appear, but a start still deletes any (the same names, the same rule:
+//!    [`window_key_of`]), as a local lake's start removes files of uncommitted windows;
+//! 6. rows a later run replaces: each object is downloaded to the spool, filtered by the format,
 //!    and uploaded over its own key (a PUT replaces an object atomically) or deleted.
 //!
 //! The sink's state runs on tokio's blocking pool, so the store's requests are driven from
 //! there with [`block_on`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
 use chatlake_core::removal::Removal;
-use chatlake_store::{ObjectLocation, ObjectPath, StorageOptions, Store};
+use chatlake_store::{ObjectLocation, ObjectPath, PutMode, StagedUpload, StorageOptions, Store};
 use futures::StreamExt;
 
 use crate::error::{Error, Result};
@@ -43,18 +47,44 @@ pub const SPOOL_DIR: &str = "chatlake-spool";
 /// (well beyond object_store's default retry timeout of three minutes).
 const STALE_PROBE_AGE: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// A sink's object store, opened and cleaned at the start of a run, with its spool.
+/// Below a sink's location: the journals of staged windows (see the module's protocol). No
+/// data extension, so no reader's glob sees them.
+pub const STAGED_DIR: &str = "_chatlake_staged";
+
 /// Files of one window uploaded at once. Each holds at most a part of
 /// [`chatlake_store::PART_BYTES`] × (parts in flight + 1) in memory, so this bounds what a
 /// window's upload holds.
 const UPLOADS_IN_FLIGHT: usize = 4;
 
+/// A sink's object store, opened and cleaned at the start of a run, with its spool.
 pub(crate) struct ObjectLake {
     store: Store,
     spool: Spool,
     /// This sink's file names start with it and end with `extension`.
     prefix: String,
     extension: String,
+    /// Windows committed (staged) and not yet published, by key.
+    staged: HashMap<String, StagedWindow>,
+}
+
+/// The staged uploads of one window, and its journal.
+struct StagedWindow {
+    journal: ObjectPath,
+    uploads: Vec<StagedUpload>,
+    /// Its objects replace every earlier object of the window (it was committed before).
+    replaces: bool,
+}
+
+/// A window's journal (`_chatlake_staged/…json`): what a later run needs to finish or undo the
+/// window's uploads.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Journal {
+    window: String,
+    replaces: bool,
+    /// Every upload started, `(key, upload id)`; written before any part is sent.
+    started: Vec<(String, String)>,
+    /// Written once every part is in: the uploads, ready to complete.
+    staged: Option<Vec<StagedUpload>>,
 }
 
 impl ObjectLake {
@@ -64,6 +94,10 @@ impl ObjectLake {
     /// here, naming the URL and what the store answered, not in the middle of a window); aborts
     /// the multipart uploads a killed run left; when `committed` is given, deletes this sink's
     /// objects of windows it does not list; and makes the spool.
+    /// `ledger`: the windows whose objects belong in the lake (committed or waiting to be
+    /// reloaded) and those of them waiting to be loaded again. Staged windows (journals) the
+    /// ledger lists as committed and not waiting are published (roll forward), the others'
+    /// uploads aborted.
     pub(crate) fn start(
         location: &ObjectLocation,
         storage: &StorageOptions,
@@ -71,7 +105,7 @@ impl ObjectLake {
         sink: &str,
         prefix: &str,
         extension: &str,
-        committed: Option<&HashSet<String>>,
+        ledger: Option<(&HashSet<String>, &HashSet<String>)>,
     ) -> Result<ObjectLake> {
         let store = Store::open(location, storage)?;
         block_on(store.check())??;
@@ -86,16 +120,89 @@ impl ObjectLake {
             );
         }
         block_on(store.remove_stale_probes(STALE_PROBE_AGE))??;
-        if let Some(committed) = committed {
-            remove_uncommitted(&store, sink, prefix, extension, committed)?;
-        }
         let spool = Spool::create(pipeline, sink)?;
-        Ok(ObjectLake {
+        let lake = ObjectLake {
             store,
             spool,
             prefix: prefix.to_string(),
             extension: extension.to_string(),
-        })
+            staged: HashMap::new(),
+        };
+        if let Some((committed, reloading)) = ledger {
+            lake.settle_journals(sink, committed, reloading)?;
+            remove_uncommitted(&lake.store, sink, prefix, extension, committed)?;
+        }
+        Ok(lake)
+    }
+
+    /// The journal of `window`'s staged uploads.
+    fn journal_key(&self, window: &str) -> ObjectPath {
+        self.store
+            .key(&format!("{STAGED_DIR}/{}{window}.json", self.prefix))
+    }
+
+    /// What an interrupted run left staged: windows the ledger lists as committed (and not
+    /// waiting to be loaded again) are published, every other journal's uploads are aborted.
+    fn settle_journals(
+        &self,
+        sink: &str,
+        committed: &HashSet<String>,
+        reloading: &HashSet<String>,
+    ) -> Result<()> {
+        for meta in block_on(self.store.list(STAGED_DIR))?? {
+            let owned = meta
+                .location
+                .filename()
+                .is_some_and(|n| n.starts_with(&self.prefix) && n.ends_with(".json"));
+            if !owned {
+                continue;
+            }
+            let Some((bytes, _)) = block_on(self.store.read(&meta.location))?? else {
+                continue;
+            };
+            let journal: Journal = match serde_json::from_slice(&bytes) {
+                Ok(j) => j,
+                Err(e) => {
+                    // Journals are written whole (one PUT), so this is not ours to read.
+                    tracing::warn!(sink, journal = %meta.location, "ignoring an unreadable journal: {e}");
+                    continue;
+                }
+            };
+            let listed =
+                committed.contains(&journal.window) && !reloading.contains(&journal.window);
+            match journal.staged {
+                Some(uploads) if listed => {
+                    let staged = StagedWindow {
+                        journal: meta.location.clone(),
+                        uploads,
+                        // Whatever else of the window is there belongs to an earlier load.
+                        replaces: true,
+                    };
+                    self.publish_staged(sink, &journal.window, &staged)?;
+                    tracing::warn!(
+                        sink,
+                        window = %journal.window,
+                        "published a committed window an interrupted run had not published"
+                    );
+                }
+                _ => {
+                    let aborted = journal.started.len();
+                    for (key, id) in &journal.started {
+                        let key = ObjectPath::parse(key.as_str())
+                            .unwrap_or_else(|_| ObjectPath::from(key.as_str()));
+                        block_on(self.store.abort_staged(&key, id))??;
+                    }
+                    block_on(self.store.delete(&meta.location))??;
+                    tracing::warn!(
+                        sink,
+                        window = %journal.window,
+                        uploads = aborted,
+                        "aborted the staged uploads of a window the ledger does not list (an interrupted run staged them)"
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The local directory the sink writes its files in before they are uploaded.
@@ -103,71 +210,184 @@ impl ObjectLake {
         &self.spool.dir
     }
 
-    /// Uploads the committed files of one window from the spool to their keys, deleting each
-    /// spool file once its object is complete. If one fails, the window's objects already
-    /// uploaded are deleted again (best effort: the next run's start deletes what is left, as
-    /// the ledger will not list the window) and so are its spool files.
-    /// `listed`: the window is in the ledger already (loaded again, or reset for reloading):
-    /// its uploaded objects then replace every earlier object of the window, and on a failure
-    /// the ones already uploaded stay (they overwrote the window's own earlier objects).
-    pub(crate) fn upload(
-        &self,
+    /// Stages the committed files of one window from the spool (step 2 of the protocol):
+    /// starts a multipart upload per file, journals their ids, sends every part, journals the
+    /// parts, and deletes the spool files. Nothing is visible until [`ObjectLake::publish`]. If
+    /// anything fails, the window's uploads are aborted and its journal deleted (best effort: the
+    /// next run's start aborts what a journal still lists, as the ledger will not list the
+    /// window), and its spool files deleted.
+    /// `replaces`: the window is in the ledger already (loaded again, or reset for reloading):
+    /// its objects then replace every earlier object of the window when it is published.
+    pub(crate) fn stage(
+        &mut self,
         files: &[PathBuf],
         sink: &str,
         window: &str,
-        listed: bool,
+        replaces: bool,
     ) -> Result<()> {
+        let staged = self.stage_files(files, window, replaces);
+        files.iter().for_each(|p| remove_quietly(p));
+        let (journal, uploads) = staged?;
+        let bytes: u64 = uploads.iter().map(|u| u.bytes).sum();
+        tracing::debug!(
+            sink,
+            window,
+            url = %self.store.location(),
+            objects = uploads.len(),
+            bytes,
+            "staged window"
+        );
+        self.staged.insert(
+            window.to_string(),
+            StagedWindow {
+                journal,
+                uploads,
+                replaces,
+            },
+        );
+        Ok(())
+    }
+
+    fn stage_files(
+        &self,
+        files: &[PathBuf],
+        window: &str,
+        replaces: bool,
+    ) -> Result<(ObjectPath, Vec<StagedUpload>)> {
+        let journal = self.journal_key(window);
+        if files.is_empty() && !replaces {
+            return Ok((journal, Vec::new()));
+        }
+        let keys = files
+            .iter()
+            .map(|path| self.key_of(path))
+            .collect::<Result<Vec<ObjectPath>>>()?;
         // Several files of the window go at once: each is a round trip or more to the store,
         // and a window spans a file per partition (31 for a month by day).
-        let sent: Vec<Result<(u64, ObjectPath)>> = block_on(
-            futures::stream::iter(files.iter().map(|path| async move {
-                let key = self.key_of(path)?;
-                let size = self.store.upload(path, &key).await?;
-                remove_quietly(path);
-                Ok((size, key))
-            }))
-            .buffered(UPLOADS_IN_FLIGHT)
-            .collect(),
+        let ids: Vec<std::result::Result<String, chatlake_store::StoreError>> = block_on(
+            futures::stream::iter(keys.iter().map(|key| self.store.start_staged(key)))
+                .buffered(UPLOADS_IN_FLIGHT)
+                .collect(),
         )?;
-        let mut uploaded = Vec::with_capacity(files.len());
-        let mut bytes = 0;
+        let mut started = Vec::with_capacity(keys.len());
         let mut first_error = None;
-        for result in sent {
-            match result {
-                Ok((size, key)) => {
-                    bytes += size;
-                    uploaded.push(key);
-                }
+        for (key, id) in keys.iter().zip(ids) {
+            match id {
+                Ok(id) => started.push((key.clone(), id)),
                 Err(e) => {
-                    first_error.get_or_insert(e);
+                    first_error.get_or_insert(Error::from(e));
                 }
             }
         }
-        if let Some(e) = first_error {
-            for key in uploaded.iter().filter(|_| !listed) {
-                if let Ok(Err(e)) = block_on(self.store.delete(key)) {
-                    tracing::warn!(
-                        sink,
-                        window,
-                        "could not delete an uploaded object of a failed window: {e}"
-                    );
+        let write_journal = |staged: Option<Vec<StagedUpload>>| -> Result<()> {
+            let body = Journal {
+                window: window.to_string(),
+                replaces,
+                started: started
+                    .iter()
+                    .map(|(k, id)| (k.as_ref().to_string(), id.clone()))
+                    .collect(),
+                staged,
+            };
+            let bytes = serde_json::to_vec(&body).map_err(|e| Error::ObjectKey {
+                path: PathBuf::from(journal.as_ref()),
+                message: e.to_string(),
+            })?;
+            block_on(self.store.write(&journal, bytes.into(), PutMode::Overwrite))??;
+            Ok(())
+        };
+        let abort_all = || {
+            for (key, id) in &started {
+                if let Ok(Err(e)) = block_on(self.store.abort_staged(key, id)) {
+                    tracing::warn!(window, "could not abort an upload of a failed window: {e}");
                 }
             }
-            files.iter().for_each(|p| remove_quietly(p));
+            let _ = block_on(self.store.delete(&journal));
+        };
+        if first_error.is_none()
+            && let Err(e) = write_journal(None)
+        {
+            first_error = Some(e);
+        }
+        if let Some(e) = first_error {
+            abort_all();
             return Err(e);
+        }
+        let sent: Vec<std::result::Result<StagedUpload, chatlake_store::StoreError>> = block_on(
+            futures::stream::iter(
+                files
+                    .iter()
+                    .zip(&started)
+                    .map(|(path, (key, id))| self.store.stage(path, key, id)),
+            )
+            .buffered(UPLOADS_IN_FLIGHT)
+            .collect(),
+        )?;
+        let mut uploads = Vec::with_capacity(sent.len());
+        for result in sent {
+            match result {
+                Ok(upload) => uploads.push(upload),
+                Err(e) => {
+                    first_error.get_or_insert(Error::from(e));
+                }
+            }
+        }
+        if first_error.is_none()
+            && let Err(e) = write_journal(Some(uploads.clone()))
+        {
+            first_error = Some(e);
+        }
+        if let Some(e) = first_error {
+            abort_all();
+            return Err(e);
+        }
+        Ok((journal, uploads))
+    }
+
+    /// Publishes a staged window (step 4 of the protocol): completes its uploads, then, when it
+    /// replaces an earlier load, deletes the window's other objects, then forgets its journal.
+    /// A window not staged here (no rows reached the sink, or published already) has nothing
+    /// to publish. On failure the journal stays, and the next run's start publishes it.
+    pub(crate) fn publish(&mut self, sink: &str, window: &str) -> Result<()> {
+        let Some(staged) = self.staged.remove(window) else {
+            return Ok(());
+        };
+        if staged.uploads.is_empty() && !staged.replaces {
+            return Ok(());
+        }
+        self.publish_staged(sink, window, &staged)
+    }
+
+    fn publish_staged(&self, sink: &str, window: &str, staged: &StagedWindow) -> Result<()> {
+        let completed: Vec<std::result::Result<bool, chatlake_store::StoreError>> = block_on(
+            futures::stream::iter(staged.uploads.iter().map(|u| self.store.complete_staged(u)))
+                .buffered(UPLOADS_IN_FLIGHT)
+                .collect(),
+        )?;
+        let mut bytes = 0;
+        for (upload, done) in staged.uploads.iter().zip(completed) {
+            if !done? {
+                tracing::warn!(
+                    sink,
+                    window,
+                    object = %upload.key,
+                    "a staged upload of a committed window is gone (aborted from outside); its rows are missing"
+                );
+            }
+            bytes += upload.bytes;
         }
         tracing::info!(
             sink,
             window,
             url = %self.store.location(),
-            objects = uploaded.len(),
+            objects = staged.uploads.len(),
             bytes,
-            "uploaded window"
+            "published window"
         );
-        if listed {
-            let uploaded: HashSet<&str> = uploaded.iter().map(|k| k.as_ref()).collect();
+        if staged.replaces {
+            let published: HashSet<&str> = staged.uploads.iter().map(|u| u.key.as_str()).collect();
             let stale = self.delete_windows(&HashSet::from([window.to_string()]), |key| {
-                !uploaded.contains(key.as_ref())
+                !published.contains(key.as_ref())
             })?;
             if stale > 0 {
                 tracing::info!(
@@ -178,7 +398,28 @@ impl ObjectLake {
                 );
             }
         }
+        block_on(self.store.delete(&staged.journal))??;
         Ok(())
+    }
+
+    /// Aborts what is staged of the windows `keys` (committed by this sink, never listed by the
+    /// ledger); returns how many uploads went.
+    pub(crate) fn abort_staged(&mut self, keys: &HashSet<String>) -> Result<u64> {
+        let mut aborted = 0;
+        for key in keys {
+            let Some(staged) = self.staged.remove(key) else {
+                continue;
+            };
+            for upload in &staged.uploads {
+                block_on(
+                    self.store
+                        .abort_staged(&upload.object_key(), &upload.upload_id),
+                )??;
+                aborted += 1;
+            }
+            block_on(self.store.delete(&staged.journal))??;
+        }
+        Ok(aborted)
     }
 
     /// Deletes this sink's objects of the windows `keys` that `also` accepts; returns how many.

@@ -7,7 +7,8 @@
 //! that move batches between stages never wait on a disk.
 //!
 //! A `path` in an object store is written the same way into a local spool; `commit` then
-//! uploads the window's files and `remove_rows` rewrites objects (see [`crate::object`]).
+//! stages the window's files as uploads no reader sees, `publish` (once the ledger lists the
+//! window) completes them, and `remove_rows` rewrites objects (see [`crate::object`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
@@ -144,6 +145,12 @@ impl<F: FileFormat> Sink for FileSink<F> {
     async fn commit(&mut self, window: &WindowRef, cx: &SinkContext) -> chatlake_core::Result<()> {
         let window = window.clone();
         self.run(cx, move |state, run| state.commit(&window, run))
+            .await
+    }
+
+    async fn publish(&mut self, window: &WindowRef, cx: &SinkContext) -> chatlake_core::Result<()> {
+        let window = window.clone();
+        self.run(cx, move |state, run| state.publish(&window, run))
             .await
     }
 
@@ -327,7 +334,7 @@ impl<F: FileFormat> State<F> {
                 &cx.sink,
                 &prefix,
                 self.format.extension(),
-                keep.as_ref(),
+                keep.as_ref().zip(ledger.map(|l| &*l.reloading)),
             )?;
             // From here on the sink writes as into a local lake, in the spool.
             self.options.path = lake.spool().to_path_buf();
@@ -380,7 +387,15 @@ impl<F: FileFormat> State<F> {
 
     /// Deletes the committed files of windows `keys`; see [`Sink::drop_windows`].
     fn drop_windows(&mut self, keys: &HashSet<String>, cx: &RunCx) -> Result<u64> {
-        if let Some(lake) = &self.object {
+        if let Some(lake) = &mut self.object {
+            let aborted = lake.abort_staged(keys)?;
+            if aborted > 0 {
+                tracing::warn!(
+                    sink = %cx.sink,
+                    uploads = aborted,
+                    "aborted the staged uploads of windows the ledger does not list"
+                );
+            }
             let removed = lake.delete_windows(keys, |_| true)?;
             if removed > 0 {
                 tracing::warn!(
@@ -551,13 +566,23 @@ impl<F: FileFormat> State<F> {
                 "a window reset for reloading is committed again; its earlier files are replaced"
             );
         }
-        match &self.object {
-            // In the store, the window's objects replace all its earlier ones when it was in
-            // the ledger already (loaded again, or reset for reloading).
+        match &mut self.object {
+            // In the store, the window is staged, invisible, until `publish`; its objects
+            // replace all its earlier ones when it was in the ledger already (loaded again, or
+            // reset for reloading).
             Some(lake) => {
                 let replaces = listed || self.reload_object_windows.remove(&key);
-                lake.upload(&committed, &cx.sink, &key, replaces)
+                lake.stage(&committed, &cx.sink, &key, replaces)
             }
+            None => Ok(()),
+        }
+    }
+
+    /// Makes a committed window's staged objects visible; see [`Sink::publish`]. A local lake
+    /// renamed its files into place at the commit already.
+    fn publish(&mut self, window: &Window, cx: &RunCx) -> Result<()> {
+        match &mut self.object {
+            Some(lake) => lake.publish(&cx.sink, &window.key()),
             None => Ok(()),
         }
     }

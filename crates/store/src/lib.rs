@@ -14,4 +14,6 @@ pub use location::{Location, LocationError, ObjectLocation, StoreKind};
 pub use object_store::path::Path as ObjectPath;
 pub use object_store::{ObjectMeta, PutMode, UpdateVersion};
 pub use options::StorageOptions;
-pub use store::{PART_BYTES, PARTS_IN_FLIGHT, RequestFailure, Store, StoreError, UPLOADS_DIR};
+pub use store::{
+    PART_BYTES, PARTS_IN_FLIGHT, RequestFailure, StagedUpload, Store, StoreError, UPLOADS_DIR,
+};

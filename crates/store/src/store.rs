@@ -427,6 +427,99 @@ impl Store {
         }
     }
 
+    /// Uploads the local file `local` as the parts of the multipart upload `upload_id` of `key`
+    /// ([`Store::start_staged`]) without completing it: no reader sees anything of it until
+    /// [`Store::complete_staged`]. The caller journals the upload id before calling this (so a
+    /// killed run's upload can be aborted) and the returned [`StagedUpload`] after (so it can be
+    /// completed). On failure the upload is aborted (best effort).
+    pub async fn stage(
+        &self,
+        local: &Path,
+        key: &ObjectPath,
+        upload_id: &str,
+    ) -> Result<StagedUpload, StoreError> {
+        let local_error = |e| StoreError::Local {
+            path: local.to_path_buf(),
+            source: e,
+        };
+        let mut file = tokio::fs::File::open(local).await.map_err(local_error)?;
+        let bytes = file.metadata().await.map_err(local_error)?.len();
+        let mut uploaded = self.upload_parts(&mut file, key, upload_id).await;
+        if let Ok(parts) = &mut uploaded
+            && parts.is_empty()
+        {
+            // An upload needs a part to complete; an empty file is one empty part.
+            match self
+                .multipart
+                .put_part(key, &upload_id.to_string(), 0, PutPayload::default())
+                .await
+            {
+                Ok(part) => parts.push(part),
+                Err(e) => uploaded = Err(self.failed("uploading a part", key, e)),
+            }
+        }
+        match uploaded {
+            Ok(parts) => Ok(StagedUpload {
+                key: key.as_ref().to_string(),
+                upload_id: upload_id.to_string(),
+                parts: parts.into_iter().map(|p| p.content_id).collect(),
+                bytes,
+            }),
+            Err(e) => {
+                let _ = self.abort_staged(key, upload_id).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts a multipart upload of `key` (see [`Store::stage`]); returns its id.
+    pub async fn start_staged(&self, key: &ObjectPath) -> Result<String, StoreError> {
+        self.multipart
+            .create_multipart(key)
+            .await
+            .map_err(|e| self.failed("starting a multipart upload", key, e))
+    }
+
+    /// Completes a staged upload: its object appears whole, at once. Idempotent: an upload the
+    /// store no longer knows whose object is there was completed before (a run killed between
+    /// completing it and forgetting it). Returns false if neither the upload nor the object is
+    /// there (something else aborted it).
+    pub async fn complete_staged(&self, staged: &StagedUpload) -> Result<bool, StoreError> {
+        let key = stored_key(&staged.key);
+        let parts = staged
+            .parts
+            .iter()
+            .map(|id| PartId {
+                content_id: id.clone(),
+            })
+            .collect();
+        match self
+            .multipart
+            .complete_multipart(&key, &staged.upload_id, parts)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => match self.inner.head(&key).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(self.failed("reading", &key, e)),
+            },
+            Err(e) => Err(self.failed("completing a multipart upload", &key, e)),
+        }
+    }
+
+    /// Aborts a staged (or started) upload; one the store no longer knows is gone already.
+    pub async fn abort_staged(&self, key: &ObjectPath, upload_id: &str) -> Result<(), StoreError> {
+        match self
+            .multipart
+            .abort_multipart(key, &upload_id.to_string())
+            .await
+        {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.failed("aborting a multipart upload", key, e)),
+        }
+    }
+
     fn upload_note(&self, key: &ObjectPath) -> ObjectPath {
         let name = key.as_ref().replace('/', "~");
         self.key(&format!("{UPLOADS_DIR}/{name}"))
@@ -533,6 +626,26 @@ impl Store {
             }
         }
         Ok(removed)
+    }
+}
+
+/// A multipart upload whose parts are all in the store but that is not completed, so no reader
+/// sees it ([`Store::stage`]); what a journal keeps to complete it later.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StagedUpload {
+    /// The object's key, as stored (its raw text).
+    pub key: String,
+    pub upload_id: String,
+    /// The parts' ids (ETags), in order.
+    pub parts: Vec<String>,
+    /// The file's size.
+    pub bytes: u64,
+}
+
+impl StagedUpload {
+    /// The object's key.
+    pub fn object_key(&self) -> ObjectPath {
+        stored_key(&self.key)
     }
 }
 

@@ -164,6 +164,7 @@ fn keys_keep_hive_escapes_and_give_back_partition_directories() {
         },
         prefix: "part-p.s.".into(),
         extension: "lines".into(),
+        staged: Default::default(),
     };
     let file = spool
         .path()
@@ -267,6 +268,16 @@ async fn uploads_at_commit(s3: &SeaweedFs) {
     );
 
     s.commit(&w0, &cx).await.unwrap();
+    let journal = format!("chat/{STAGED_DIR}/part-test.upload.{}.json", w0.key());
+    let mut staged: Vec<String> = foreign.to_vec();
+    staged.push(journal.clone());
+    staged.sort();
+    assert_eq!(
+        keys(&store).await,
+        staged,
+        "a committed window is staged, invisible, until it is published"
+    );
+    s.publish(&w0, &cx).await.unwrap();
     let w0_keys = [
         format!(
             "chat/provider=lineworks/sent_date=2025-05-01/part-test.upload.{}.0000.lines",
@@ -315,12 +326,33 @@ async fn uploads_at_commit(s3: &SeaweedFs) {
         .await
         .unwrap();
     s.commit(&w0, &cx).await.unwrap();
+    // Killed after the ledger listed w0, before its publish; w1 staged, never listed.
+    s.write(
+        Batch::new(
+            w1.clone(),
+            canonical_batch(&[message("zoom", "zm-1", "2025-05-01T00:00:00Z")]),
+        ),
+        &cx,
+    )
+    .await
+    .unwrap();
+    s.commit(&w1, &cx).await.unwrap();
     drop(s);
+    assert!(
+        keys(&store)
+            .await
+            .iter()
+            .all(|k| !k.ends_with(".lines") || foreign.contains(k))
+    );
     let mut kept = sink(url, s3);
     kept.start(&committed(sink_context("upload", dir.path()), &[&w0.key()]))
         .await
         .unwrap();
-    assert_eq!(keys(&store).await.len(), foreign.len() + 2);
+    // The next start publishes w0 (roll forward) and aborts w1's uploads; no journal is left.
+    let mut want: Vec<String> = foreign.iter().cloned().chain(w0_keys.clone()).collect();
+    want.sort();
+    assert_eq!(keys(&store).await, want);
+    assert_eq!(ids(&store, &w0_keys[0]).await, ["lw-1"]);
 }
 
 #[test]
@@ -347,6 +379,7 @@ async fn removes_rows(s3: &SeaweedFs) {
         .await
         .unwrap();
     s.commit(&w0, &cx).await.unwrap();
+    s.publish(&w0, &cx).await.unwrap();
     drop(s);
     let lw = format!(
         "replace/provider=lineworks/sent_date=2025-05-01/part-test.replace.{}.0000.lines",
