@@ -92,9 +92,9 @@ impl ObjectLake {
     /// files' names start with `prefix` and end with `extension`: checks that the bucket is
     /// there and the credentials may list, write and delete (a missing bucket fails the run
     /// here, naming the URL and what the store answered, not in the middle of a window); aborts
-    /// the multipart uploads a killed run left; when `committed` is given, deletes this sink's
-    /// objects of windows it does not list; and makes the spool.
-    /// `ledger`: the windows whose objects belong in the lake (committed or waiting to be
+    /// the multipart uploads a killed run left; makes the spool; and when `ledger` is given,
+    /// settles what a killed run left staged and deletes this sink's objects of windows it does
+    /// not list. `ledger`: the windows whose objects belong in the lake (committed or waiting to be
     /// reloaded) and those of them waiting to be loaded again. Staged windows (journals) the
     /// ledger lists as committed and not waiting are published (roll forward), the others'
     /// uploads aborted.
