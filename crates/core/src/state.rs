@@ -124,12 +124,7 @@ impl SourceState {
     }
 
     /// Committed windows, and the first start and last end among them.
-    pub fn committed_summary(
-        &self,
-    ) -> (
-        usize,
-        Option<(DateTime<FixedOffset>, DateTime<FixedOffset>)>,
-    ) {
+    pub fn committed_summary(&self) -> (usize, Option<TimeRange>) {
         let committed: Vec<&WindowRecord> = self
             .windows
             .values()
@@ -172,6 +167,9 @@ pub fn uncovered(
     }
     gaps
 }
+
+/// The first start and last end of some windows.
+pub type TimeRange = (DateTime<FixedOffset>, DateTime<FixedOffset>);
 
 /// Where [`StateStore::forget_source`] keeps the ledgers of retired sources, below the
 /// pipeline's state directory.
@@ -556,7 +554,7 @@ pub struct OrphanLedger {
     /// Committed windows (their files are in the lake).
     pub committed: usize,
     /// The first start and last end of the committed windows.
-    pub range: Option<(DateTime<FixedOffset>, DateTime<FixedOffset>)>,
+    pub range: Option<TimeRange>,
 }
 
 impl fmt::Display for OrphanLedger {
@@ -672,7 +670,8 @@ impl StateStore {
                 .windows
                 .keys()
                 .all(|k| existing.windows.contains_key(k));
-        if !finishing && !(existing.windows.is_empty() && existing.checkpoints.is_empty()) {
+        let has_own_state = !(existing.windows.is_empty() && existing.checkpoints.is_empty());
+        if !finishing && has_own_state {
             return Err(SourceStateError::TargetHasState {
                 old: old.to_string(),
                 new: new.to_string(),
