@@ -1,7 +1,8 @@
 //! A `state_dir` in object storage (issue 14 item 3), through the binary against a real S3 server
 //! (SeaweedFS on loopback, started by the test; a test that cannot start it fails): incremental
 //! runs from a fresh working copy, the run lock (held, taken over, lost), a ledger another writer
-//! changed, `state show` / `state reset`, and a store that refuses the credentials.
+//! changed, `state show` / `state reset` / `state rename-source`, and a store that refuses the
+//! credentials.
 
 // Test helpers outside `#[test]` functions may unwrap too.
 #![allow(clippy::unwrap_used)]
@@ -687,4 +688,66 @@ fn dead_letters_summaries_and_file_checkpoints_live_in_the_store() {
         "the loaded file is not read again"
     );
     assert_eq!(common::read_jsonl(&w.scratch.path("out")).len(), 2);
+}
+
+#[test]
+fn a_source_renamed_with_its_state_in_s3_goes_on_from_the_store() {
+    let w = World::new();
+    let clean = Scratch::new();
+    let local = clean.pipeline("daily.toml", &DAILY.replace("STATE_DIR", "./lake/_state"));
+    let end = "2025-01-20T23:59:59+09:00";
+    clean
+        .run(&["run", "--emulate", "--end", end, local.to_str().unwrap()])
+        .expect_code(0);
+    let want = read_parquet(&clean.path("lake/messages"));
+
+    let p = w.pipeline(DAILY, STATE_URL);
+    w.run(
+        &[
+            "run",
+            "--emulate",
+            "--end",
+            "2025-01-10T23:59:59+09:00",
+            p.to_str().unwrap(),
+        ],
+        "cache",
+        &[],
+    )
+    .expect_code(0);
+    // Renamed in the file, then in the state: the store's ledger object moves to the new name.
+    let renamed = DAILY
+        .replace("[sources.lw]", "[sources.line]")
+        .replace(r#"inputs = ["lw"]"#, r#"inputs = ["line"]"#);
+    let p = w.pipeline(&renamed, STATE_URL);
+    let p = p.to_str().unwrap();
+    let shown = w
+        .run(&["state", "show", p], "other-cache", &[])
+        .expect_code(0);
+    assert!(
+        shown
+            .stdout()
+            .contains("state of sources no longer in the pipeline file")
+            && shown.stdout().contains("source `lw`: "),
+        "{}",
+        shown.stdout()
+    );
+    w.run(&["state", "rename-source", p, "lw", "line"], "cache", &[])
+        .expect_code(0);
+    let objects = w.objects("daily");
+    assert!(
+        objects.iter().any(|o| o == "sources/line.json")
+            && !objects
+                .iter()
+                .any(|o| o == "sources/lw.json" || o == "lock.json"),
+        "{objects:?}"
+    );
+    // From a fresh working copy, the renamed source goes on where `lw` stopped.
+    remove_cache(&w, "cache");
+    let ran = w
+        .run(&["run", "--emulate", "--end", end, p], "cache", &[])
+        .expect_code(0);
+    assert!(!ran.stderr().contains("no longer has"), "{}", ran.stderr());
+    let got = read_parquet(&w.scratch.path("lake/messages"));
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "nothing is loaded twice");
 }

@@ -156,9 +156,22 @@ pub async fn validate(paths: &[PathBuf], emulate: bool) -> u8 {
             continue;
         }
         match load(path, &opts) {
-            Ok((p, _)) => {
+            Ok((p, offline)) => {
                 for warning in p.warnings() {
                     crate::print_warning(format_args!("{warning}"));
+                }
+                // State of sources the file no longer has; an object-store state_dir is not
+                // read (validate makes no request): `run` and `state show` tell.
+                if offline.is_none() {
+                    let clashes = check_ledgers(&p.file, &p.state(), |w| {
+                        crate::print_warning(format_args!("{}: {w}", path.display()))
+                    });
+                    for clash in clashes {
+                        crate::print_warning(format_args!(
+                            "{}: a run would refuse to start: {clash}",
+                            path.display()
+                        ));
+                    }
                 }
                 // What a run would fail on at its start without the network: a files glob that
                 // matches nothing (the run fails then, naming the pattern).
@@ -607,6 +620,13 @@ async fn run_locked(
     for warning in pipeline.warnings() {
         tracing::warn!("{warning}");
     }
+    let clashes = check_ledgers(&pipeline.file, store, |w| tracing::warn!("{w}"));
+    if !clashes.is_empty() {
+        for clash in clashes {
+            error_line!("{}: {clash}", args.pipeline.display());
+        }
+        return exit::BAD_INPUT;
+    }
     let run = Run::new(pipeline, run_id);
     let show_progress = args
         .progress
@@ -769,6 +789,53 @@ pub async fn state_show(path: &Path, json: bool) -> u8 {
             println!("  open checkpoints: {}", ledger.checkpoints.len());
         }
     }
+    // State of sources the file no longer has (renamed or removed): a renamed source would
+    // load their range again; `rename-source` or `forget-source` settles them.
+    let orphans: Vec<_> = ledgers
+        .iter()
+        .filter(|(name, _)| !pipeline_sources(&file).any(|s| s == name.as_str()))
+        .collect();
+    if !orphans.is_empty() {
+        println!();
+        println!("state of sources no longer in the pipeline file (renamed or removed):");
+        for (name, ledger) in orphans {
+            let (committed, range) = ledger.committed_summary();
+            let range = range
+                .map(|(s, e)| format!(" ({} .. {})", s.to_rfc3339(), e.to_rfc3339()))
+                .unwrap_or_default();
+            println!(
+                "  source `{name}`: {committed} window(s) committed{range}, last run {}",
+                ledger.last_run.as_deref().unwrap_or("-")
+            );
+        }
+        println!(
+            "  A source renamed from one of them loads its range again: `chatlake state \
+             rename-source PIPELINE OLD NEW` continues it; `chatlake state forget-source PIPELINE \
+             NAME` retires a removed one (its files stay in the lake)."
+        );
+    }
+    match store.retired() {
+        Ok(retired) if !retired.is_empty() => {
+            println!();
+            println!("retired sources (forgotten; their files stay in the lake):");
+            for (name, ledger) in retired {
+                println!(
+                    "  source `{name}`: {} window(s) in the lake",
+                    ledger.windows.len()
+                );
+            }
+        }
+        Ok(_) => {}
+        Err(e) => crate::print_warning(format_args!("cannot list retired sources: {e}")),
+    }
+    for (name, ledger) in &ledgers {
+        if let Some(keys) = &ledger.keys_from {
+            println!();
+            println!(
+                "source `{name}` was renamed from `{keys}`: its windows' keys (and the lake's file names) keep `{keys}`"
+            );
+        }
+    }
     // A run that stopped after committing rows that replace earlier ones, before the sinks took
     // the earlier versions out: the next run's start does it.
     match chatlake_core::removal::RemovalLog::new(store.dir()).logs() {
@@ -799,7 +866,7 @@ pub async fn state_show(path: &Path, json: bool) -> u8 {
 /// object-store `state_dir` the state is fetched (taking the lock object, also for `--dry-run`)
 /// and what changed is put back.
 pub async fn state_reset(path: &Path, source: Option<&str>, yes: bool, dry_run: bool) -> u8 {
-    let mut file = match PipelineFile::load(path) {
+    let file = match PipelineFile::load(path) {
         Ok(f) => f,
         Err(errors) => {
             print_config_errors(&errors);
@@ -807,14 +874,35 @@ pub async fn state_reset(path: &Path, source: Option<&str>, yes: bool, dry_run: 
         }
     };
     if let Some(name) = source
-        && !file
-            .components
-            .iter()
-            .any(|c| c.role == chatlake_core::config::Role::Source && c.name == name)
+        && !pipeline_sources(&file).any(|s| s == name)
     {
         error_line!("{}: no source named `{name}`", path.display());
         return exit::BAD_INPUT;
     }
+    change_state(path, file, dry_run, |file, store| {
+        reset_locked(file, store, source, yes, dry_run)
+    })
+    .await
+}
+
+/// The names of a pipeline file's sources.
+fn pipeline_sources(file: &PipelineFile) -> impl Iterator<Item = &str> {
+    file.components
+        .iter()
+        .filter(|c| c.role == chatlake_core::config::Role::Source)
+        .map(|c| c.name.as_str())
+}
+
+/// Runs `change` on a pipeline's state for a `state` command that changes it: the pipeline's
+/// lock is taken first (not for a dry run), so what is listed is what is changed and no run
+/// writes in between; an object-store `state_dir` is fetched as a working copy (taking its lock
+/// object, also for a dry run) and what changed is put back, deleted ledgers included.
+async fn change_state(
+    path: &Path,
+    mut file: PipelineFile,
+    dry_run: bool,
+    change: impl FnOnce(&PipelineFile, &StateStore) -> u8,
+) -> u8 {
     let object_state = match ObjectState::open(&mut file, None).await {
         Ok(state) => state,
         Err(e) => {
@@ -822,7 +910,6 @@ pub async fn state_reset(path: &Path, source: Option<&str>, yes: bool, dry_run: 
         }
     };
     let store = StateStore::new(file.pipeline_state_dir());
-    // Taken before listing, so what is listed is what is forgotten.
     let _lock = if dry_run {
         None
     } else {
@@ -843,7 +930,7 @@ pub async fn state_reset(path: &Path, source: Option<&str>, yes: bool, dry_run: 
         },
         None => None,
     };
-    let code = reset_locked(&file, &store, source, yes, dry_run);
+    let code = change(&file, &store);
     match session.map(remote_state::Session::finish) {
         Some(finished) => match finished.await {
             Ok(()) => code,
@@ -856,6 +943,192 @@ pub async fn state_reset(path: &Path, source: Option<&str>, yes: bool, dry_run: 
     }
 }
 
+/// Asks `question` on a terminal. `Err(code)` when standard input is not a terminal (`command`
+/// then needs `--yes` or `--dry-run`); `Ok(false)` for any answer but yes.
+fn confirm(command: &str, question: &str) -> Result<bool, u8> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        error_line!(
+            "standard input is not a terminal, so `{command}` cannot ask: \
+             pass --yes to go ahead, or --dry-run to only list"
+        );
+        return Err(exit::BAD_INPUT);
+    }
+    print!("{question} [y/N] ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    Ok(std::io::stdin().lock().read_line(&mut answer).is_ok()
+        && matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+}
+
+/// `state rename-source`: the state of `old` (a source renamed in the pipeline file) becomes
+/// `new`'s, which goes on from where `old` stopped. The windows keep their keys, so the lake's
+/// files, the dedupe history and the removal logs stay as they are and nothing is loaded twice.
+pub async fn state_rename_source(path: &Path, old: &str, new: &str) -> u8 {
+    let file = match PipelineFile::load(path) {
+        Ok(f) => f,
+        Err(errors) => {
+            print_config_errors(&errors);
+            return exit::BAD_INPUT;
+        }
+    };
+    if !pipeline_sources(&file).any(|s| s == new) {
+        error_line!(
+            "{}: no source named `{new}`: rename the source in the pipeline file first",
+            path.display()
+        );
+        return exit::BAD_INPUT;
+    }
+    if pipeline_sources(&file).any(|s| s == old) {
+        error_line!(
+            "{}: source `{old}` is still in the pipeline file: its state stays its own",
+            path.display()
+        );
+        return exit::BAD_INPUT;
+    }
+    change_state(path, file, false, |file, store| {
+        match store.rename_source(old, new) {
+            Ok(renamed) => {
+                println!(
+                    "pipeline `{}`: source `{new}` took over the state of `{old}` ({} window(s)); \
+                     the next run goes on from where `{old}` stopped",
+                    file.pipeline.name, renamed.windows
+                );
+                if renamed.key_name != new {
+                    println!(
+                        "Its windows keep the keys of `{}`: the lake's file names still carry \
+                         that name, and files of windows loaded from now on do too.",
+                        renamed.key_name
+                    );
+                }
+                exit::OK
+            }
+            Err(e @ chatlake_core::state::SourceStateError::State(_)) => {
+                error_line!("{}: {e}", path.display());
+                exit::RUN_FAILED
+            }
+            Err(e) => {
+                error_line!("{}: {e}", path.display());
+                exit::BAD_INPUT
+            }
+        }
+    })
+    .await
+}
+
+/// `state forget-source`: retires the state of a source removed from the pipeline file. Lists
+/// what it forgets and asks first on a terminal; deletes nothing in the lake.
+pub async fn state_forget_source(path: &Path, source: &str, yes: bool, dry_run: bool) -> u8 {
+    let file = match PipelineFile::load(path) {
+        Ok(f) => f,
+        Err(errors) => {
+            print_config_errors(&errors);
+            return exit::BAD_INPUT;
+        }
+    };
+    if pipeline_sources(&file).any(|s| s == source) {
+        error_line!(
+            "{}: source `{source}` is still in the pipeline file: remove it first, or use \
+             `state reset --source {source}` to load it again",
+            path.display()
+        );
+        return exit::BAD_INPUT;
+    }
+    change_state(path, file, dry_run, |file, store| {
+        let ledgers = match store.all() {
+            Ok(l) => l,
+            Err(e) => {
+                error_line!("{e}");
+                return exit::RUN_FAILED;
+            }
+        };
+        let Some(ledger) = ledgers.get(source) else {
+            error_line!(
+                "{}: there is no state of a source `{source}` (nothing was changed)",
+                path.display()
+            );
+            return exit::BAD_INPUT;
+        };
+        let (committed, range) = ledger.committed_summary();
+        let failed = ledger
+            .windows
+            .values()
+            .filter(|w| w.status == WindowStatus::Failed)
+            .count();
+        println!(
+            "pipeline `{}` (state in {}): {} source `{source}`",
+            file.pipeline.name,
+            store.dir().display(),
+            if dry_run { "would forget" } else { "forgets" }
+        );
+        let range = range
+            .map(|(s, e)| format!(" ({} .. {})", s.to_rfc3339(), e.to_rfc3339()))
+            .unwrap_or_default();
+        println!(
+            "  {committed} committed window(s){range}, {} waiting to be reloaded, {failed} failed \
+             window(s), {} open checkpoint(s)",
+            ledger.reloading().count(),
+            ledger.checkpoints.len()
+        );
+        println!(
+            "Nothing is deleted from the lake: the files of its committed windows stay, and later \
+             runs keep them. Its windows are kept in {}/ so they do.",
+            store
+                .dir()
+                .join(chatlake_core::state::RETIRED_DIR)
+                .display()
+        );
+        if dry_run {
+            return exit::OK;
+        }
+        if !yes {
+            match confirm("state forget-source", "Forget it?") {
+                Ok(true) => {}
+                Ok(false) => {
+                    println!("nothing was forgotten");
+                    return exit::OK;
+                }
+                Err(code) => return code,
+            }
+        }
+        match store.forget_source(source) {
+            Ok(_) => {
+                println!("forgot source `{source}`; its files stay in the lake");
+                exit::OK
+            }
+            Err(e) => {
+                error_line!("{}: {e}", path.display());
+                exit::RUN_FAILED
+            }
+        }
+    })
+    .await
+}
+
+/// Warns of the state of sources the pipeline file no longer has (`validate`, `run`), and
+/// returns the sources that cannot run beside the ledgers (their windows would share keys with
+/// a renamed source's), each as a message.
+pub(crate) fn check_ledgers(
+    file: &PipelineFile,
+    store: &StateStore,
+    warn: impl Fn(String),
+) -> Vec<String> {
+    match store.check_sources(pipeline_sources(file)) {
+        Ok(check) => {
+            for orphan in &check.orphans {
+                warn(format!("{}: {orphan}", file.pipeline.name));
+            }
+            check.clashes.iter().map(ToString::to_string).collect()
+        }
+        Err(e) => {
+            warn(format!(
+                "cannot check the state for sources no longer in the pipeline file: {e}"
+            ));
+            Vec::new()
+        }
+    }
+}
+
 /// `state reset` once the state is at hand and locked: list, ask, forget.
 fn reset_locked(
     file: &PipelineFile,
@@ -864,7 +1137,6 @@ fn reset_locked(
     yes: bool,
     dry_run: bool,
 ) -> u8 {
-    use std::io::{BufRead, IsTerminal, Write};
     let preview = match store.reset_preview(source) {
         Ok(p) => p,
         Err(e) => {
@@ -905,21 +1177,13 @@ fn reset_locked(
         return exit::OK;
     }
     if !yes {
-        if !std::io::stdin().is_terminal() {
-            error_line!(
-                "standard input is not a terminal, so `state reset` cannot ask: \
-                 pass --yes to reset, or --dry-run to only list"
-            );
-            return exit::BAD_INPUT;
-        }
-        print!("Forget them? [y/N] ");
-        let _ = std::io::stdout().flush();
-        let mut answer = String::new();
-        if std::io::stdin().lock().read_line(&mut answer).is_err()
-            || !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes")
-        {
-            println!("nothing was reset");
-            return exit::OK;
+        match confirm("state reset", "Forget them?") {
+            Ok(true) => {}
+            Ok(false) => {
+                println!("nothing was reset");
+                return exit::OK;
+            }
+            Err(code) => return code,
         }
     }
     match store.reset(source) {

@@ -186,6 +186,28 @@ enum StateCommand {
         #[arg(long, conflicts_with = "yes")]
         dry_run: bool,
     },
+    /// Give a renamed source the state of its old name: it goes on from where the old name
+    /// stopped, with nothing loaded twice (the lake's files keep their names).
+    RenameSource {
+        pipeline: PathBuf,
+        /// The name the state holds, no longer in the pipeline file.
+        old: String,
+        /// The source's name in the pipeline file now.
+        new: String,
+    },
+    /// Retire the state of a source removed from the pipeline file: no warning of it any more.
+    /// Its files stay in the lake (chatlake never deletes them).
+    ForgetSource {
+        pipeline: PathBuf,
+        /// The source, no longer in the pipeline file.
+        source: String,
+        /// Do not ask for confirmation (required when standard input is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Only list what would be forgotten.
+        #[arg(long, conflicts_with = "yes")]
+        dry_run: bool,
+    },
 }
 
 /// Entry point of the `chatlake` binary.
@@ -251,6 +273,18 @@ pub fn main() -> ExitCode {
                         dry_run,
                     },
             } => commands::state_reset(&pipeline, source.as_deref(), yes, dry_run).await,
+            Command::State {
+                command: StateCommand::RenameSource { pipeline, old, new },
+            } => commands::state_rename_source(&pipeline, &old, &new).await,
+            Command::State {
+                command:
+                    StateCommand::ForgetSource {
+                        pipeline,
+                        source,
+                        yes,
+                        dry_run,
+                    },
+            } => commands::state_forget_source(&pipeline, &source, yes, dry_run).await,
         }
     });
     ExitCode::from(code)

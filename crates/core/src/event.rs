@@ -33,6 +33,14 @@ pub struct Window {
     /// none for a source with one stream of ranges) with no space in the range: windows of one
     /// scope replace each other after a reset ([`crate::state::window_scope`]).
     pub label: String,
+    /// The name this window's key carries when it is not `source`: a source renamed with
+    /// `chatlake state rename-source` goes on under the keys its windows had before (its
+    /// ledger's [`crate::state::SourceState::keys_from`]), so the lake files, dedupe history
+    /// and removal logs that name those keys stay this source's, and a window fetched again
+    /// (a lookback, a changed file) replaces its own files instead of adding a second copy.
+    /// `None` for a source that was never renamed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_name: Option<String>,
 }
 
 fn offset_string<S: serde::Serializer>(o: &FixedOffset, s: S) -> Result<S::Ok, S::Error> {
@@ -46,6 +54,8 @@ impl Window {
     /// A stable, file-name-safe key: `<source>-<16 hex digits>`, a hash of the stream, the
     /// range and the label (which names the file, user or conversation). The same window of a
     /// later run has the same key, so its files get the same names and the ledger knows it.
+    /// A renamed source's windows keep the name they were first loaded under
+    /// ([`Window::key_name`]).
     pub fn key(&self) -> String {
         let mut identity = Vec::with_capacity(128);
         for part in [
@@ -59,7 +69,7 @@ impl Window {
         }
         format!(
             "{}-{:016x}",
-            self.source,
+            self.key_name.as_deref().unwrap_or(&self.source),
             xxhash_rust::xxh3::xxh3_64(&identity)
         )
     }

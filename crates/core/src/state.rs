@@ -16,6 +16,7 @@
 //! keeps its files.
 
 use std::collections::{BTreeMap, HashSet};
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Duration, FixedOffset, Utc};
@@ -67,6 +68,11 @@ pub struct SourceState {
     pub checkpoints: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     pub last_run: Option<String>,
+    /// The name this source's window keys carry when it is not `source`: the source was renamed
+    /// ([`StateStore::rename_source`]) and goes on under the keys of the windows it loaded
+    /// before (see [`Window::key_name`]). Absent for a source never renamed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys_from: Option<String>,
 }
 
 impl SourceState {
@@ -112,6 +118,23 @@ impl SourceState {
             .filter(|(_, w)| w.status == WindowStatus::Reload)
     }
 
+    /// The name this source's window keys begin with.
+    pub fn key_name(&self) -> &str {
+        self.keys_from.as_deref().unwrap_or(&self.source)
+    }
+
+    /// Committed windows, and the first start and last end among them.
+    pub fn committed_summary(&self) -> (usize, Option<TimeRange>) {
+        let committed: Vec<&WindowRecord> = self
+            .windows
+            .values()
+            .filter(|w| w.status == WindowStatus::Committed)
+            .collect();
+        let start = committed.iter().filter_map(|w| w.start).min();
+        let end = committed.iter().filter_map(|w| w.end).max();
+        (committed.len(), start.zip(end))
+    }
+
     /// The end of the latest committed window of `stream`.
     pub fn cursor(&self, stream: &str) -> Option<DateTime<Utc>> {
         self.committed_ranges(stream).last().map(|r| r.1)
@@ -143,6 +166,33 @@ pub fn uncovered(
         gaps.push((from, end));
     }
     gaps
+}
+
+/// The first start and last end of some windows.
+pub type TimeRange = (DateTime<FixedOffset>, DateTime<FixedOffset>);
+
+/// Where [`StateStore::forget_source`] keeps the ledgers of retired sources, below the
+/// pipeline's state directory.
+pub const RETIRED_DIR: &str = "retired";
+
+/// Reads the ledger at `path` (of `source`; empty if there is none).
+fn read_ledger(path: &Path, source: &str) -> Result<SourceState> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            Error::component(
+                "state",
+                UnreadableLedger {
+                    path: path.to_path_buf(),
+                    source: e,
+                },
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SourceState {
+            source: source.to_string(),
+            ..SourceState::default()
+        }),
+        Err(e) => Err(Error::io(path, e)),
+    }
 }
 
 /// A ledger file that is not a ledger (edited by hand, or written by another version).
@@ -273,16 +323,7 @@ impl StateStore {
 
     /// The ledger of `source` (empty if it has none yet).
     pub fn load(&self, source: &str) -> Result<SourceState> {
-        let path = self.path(source);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|source| Error::component("state", UnreadableLedger { path, source })),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SourceState {
-                source: source.to_string(),
-                ..SourceState::default()
-            }),
-            Err(e) => Err(Error::io(path, e)),
-        }
+        read_ledger(&self.path(source), source)
     }
 
     /// Writes the ledger of `state.source` atomically (temporary file, fsync, rename, fsync dir).
@@ -297,9 +338,18 @@ impl StateStore {
 
     /// Every ledger of the pipeline, by source name.
     pub fn all(&self) -> Result<BTreeMap<String, SourceState>> {
-        let dir = self.dir.join("sources");
+        self.ledgers_in(&self.dir.join("sources"))
+    }
+
+    /// The ledgers of sources retired with [`StateStore::forget_source`], by source name: they
+    /// are planned by no source, and their windows' files stay in the lake.
+    pub fn retired(&self) -> Result<BTreeMap<String, SourceState>> {
+        self.ledgers_in(&self.dir.join(RETIRED_DIR))
+    }
+
+    fn ledgers_in(&self, dir: &Path) -> Result<BTreeMap<String, SourceState>> {
         let mut out = BTreeMap::new();
-        let entries = match std::fs::read_dir(&dir) {
+        let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
             Err(e) => return Err(Error::io(dir, e)),
@@ -307,7 +357,7 @@ impl StateStore {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some(source) = name.strip_suffix(".json") {
-                out.insert(source.to_string(), self.load(source)?);
+                out.insert(source.to_string(), read_ledger(&entry.path(), source)?);
             }
         }
         Ok(out)
@@ -318,11 +368,14 @@ impl StateStore {
         Ok(self.committed_runs()?.into_keys().collect())
     }
 
-    /// Every committed window of every source, with the run that committed it.
+    /// Every committed window of every source, with the run that committed it. Retired sources'
+    /// windows count: their files are still the lake's, and a later replacement of one of their
+    /// rows (`dedupe keep = "latest"`) must still find it.
     pub fn committed_runs(&self) -> Result<std::collections::HashMap<String, String>> {
         Ok(self
             .all()?
             .into_values()
+            .chain(self.retired()?.into_values())
             .flat_map(|s| {
                 s.windows
                     .into_iter()
@@ -410,7 +463,12 @@ impl StateStore {
     /// Keys of the windows whose files the lake holds: committed, and waiting to be reloaded.
     pub fn lake_keys(&self) -> Result<LakeWindows> {
         let mut lake = LakeWindows::default();
-        for state in self.all()?.into_values() {
+        // A retired source's files stay in the lake: sinks must not take them for leftovers.
+        for state in self
+            .all()?
+            .into_values()
+            .chain(self.retired()?.into_values())
+        {
             for (key, w) in state.windows {
                 match w.status {
                     WindowStatus::Committed => {
@@ -458,6 +516,226 @@ impl StateStore {
             },
         );
         self.save(&state)
+    }
+}
+
+/// Why a source's state could not be renamed or forgotten.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceStateError {
+    #[error("there is no state of a source `{0}` (nothing was changed)")]
+    NoState(String),
+    #[error(
+        "source `{new}` already has state of its own ({windows} window(s)): a run loaded it under \
+         its new name, so renaming `{old}` onto it could list rows twice. Nothing was changed; \
+         see `chatlake state show`"
+    )]
+    TargetHasState {
+        old: String,
+        new: String,
+        windows: usize,
+    },
+    #[error(transparent)]
+    State(#[from] Error),
+}
+
+/// What [`StateStore::rename_source`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenamedSource {
+    /// Windows (of any status) the new name took over.
+    pub windows: usize,
+    /// The name the windows' keys (and so the lake's file names) keep.
+    pub key_name: String,
+}
+
+/// A ledger of a source the pipeline file does not have (renamed or removed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrphanLedger {
+    pub source: String,
+    /// Committed windows (their files are in the lake).
+    pub committed: usize,
+    /// The first start and last end of the committed windows.
+    pub range: Option<TimeRange>,
+}
+
+impl fmt::Display for OrphanLedger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the state holds source `{}`, which the pipeline file no longer has: {} window(s) \
+             committed",
+            self.source, self.committed
+        )?;
+        if let Some((start, end)) = self.range {
+            write!(f, " ({} .. {})", start.to_rfc3339(), end.to_rfc3339())?;
+        }
+        write!(
+            f,
+            "; a source renamed from it loads that range again (rows twice): run `chatlake state \
+             rename-source PIPELINE {0} NEW_NAME` if it was renamed, or `chatlake state \
+             forget-source PIPELINE {0}` if it was removed (its files stay in the lake)",
+            self.source
+        )
+    }
+}
+
+/// Two sources whose windows would get the same keys: `source` (in the pipeline file) is the
+/// name `ledger`'s windows keep after a rename.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyClash {
+    pub source: String,
+    pub ledger: String,
+}
+
+impl fmt::Display for KeyClash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "source `{0}` would write its windows under the same keys as source `{1}`, which was \
+             renamed from `{0}` and keeps its keys: name the new source differently",
+            self.source, self.ledger
+        )
+    }
+}
+
+/// How the pipeline file's sources match the ledgers in the state directory.
+#[derive(Debug, Clone, Default)]
+pub struct LedgerCheck {
+    /// Ledgers of sources the file does not have.
+    pub orphans: Vec<OrphanLedger>,
+    /// Sources that cannot run beside the ledgers (see [`KeyClash`]).
+    pub clashes: Vec<KeyClash>,
+}
+
+impl StateStore {
+    fn retired_path(&self, source: &str) -> PathBuf {
+        self.dir.join(RETIRED_DIR).join(format!("{source}.json"))
+    }
+
+    /// Compares the ledgers with the pipeline file's `sources`: ledgers no source has (a
+    /// renamed or removed source, whose range a renamed one would load again), and sources
+    /// whose windows would share keys with a renamed source's.
+    pub fn check_sources<'a>(
+        &self,
+        sources: impl IntoIterator<Item = &'a str>,
+    ) -> Result<LedgerCheck> {
+        let sources: Vec<&str> = sources.into_iter().collect();
+        let ledgers = self.all()?;
+        let mut check = LedgerCheck::default();
+        for (name, ledger) in &ledgers {
+            if !sources.contains(&name.as_str()) {
+                let (committed, range) = ledger.committed_summary();
+                check.orphans.push(OrphanLedger {
+                    source: name.clone(),
+                    committed,
+                    range,
+                });
+            }
+        }
+        for source in &sources {
+            let own = ledgers.get(*source).map_or(*source, SourceState::key_name);
+            for (name, ledger) in &ledgers {
+                if name != source && ledger.key_name() == own {
+                    check.clashes.push(KeyClash {
+                        source: source.to_string(),
+                        ledger: name.clone(),
+                    });
+                }
+            }
+        }
+        Ok(check)
+    }
+
+    /// Gives source `old`'s ledger to `new` (a source renamed in the pipeline file): `new`
+    /// goes on from where `old` stopped. The windows keep their keys (`keys_from`), which the
+    /// lake's file names, dedupe history and removal logs carry, so nothing is renamed in the
+    /// lake and a window `new` fetches again replaces `old`'s files of it.
+    ///
+    /// Safe against a kill: the new ledger is made durable before the old one is deleted; a
+    /// kill in between leaves both with the same windows (the lake keeps the same files), and
+    /// running the rename again finishes it.
+    pub fn rename_source(
+        &self,
+        old: &str,
+        new: &str,
+    ) -> std::result::Result<RenamedSource, SourceStateError> {
+        let old_path = self.path(old);
+        if !old_path.exists() {
+            return Err(SourceStateError::NoState(old.to_string()));
+        }
+        let from = self.load(old)?;
+        let key_name = from.key_name().to_string();
+        let existing = self.load(new)?;
+        let finishing = existing.keys_from.as_deref().unwrap_or(new) == key_name
+            && from
+                .windows
+                .keys()
+                .all(|k| existing.windows.contains_key(k));
+        let has_own_state = !(existing.windows.is_empty() && existing.checkpoints.is_empty());
+        if !finishing && has_own_state {
+            return Err(SourceStateError::TargetHasState {
+                old: old.to_string(),
+                new: new.to_string(),
+                windows: existing.windows.len(),
+            });
+        }
+        if !finishing {
+            let mut renamed = from.clone();
+            renamed.source = new.to_string();
+            // Renamed back to the name its keys carry: no alias is needed.
+            renamed.keys_from = (key_name != new).then(|| key_name.clone());
+            self.save(&renamed)?;
+        }
+        self.remove_ledger(&old_path)?;
+        Ok(RenamedSource {
+            windows: from.windows.len(),
+            key_name,
+        })
+    }
+
+    /// Retires source `name` (removed from the pipeline file): its ledger moves to
+    /// `<pipeline>/retired/`, so no source plans from it and nothing warns of it, while its
+    /// committed windows' files stay in the lake (sinks keep them as the lake's; nothing is
+    /// deleted). Failed windows and open checkpoints are dropped: nothing of them is in the
+    /// lake. Returns the ledger as it was.
+    ///
+    /// Safe against a kill: the retired copy is made durable before the ledger is deleted; a
+    /// kill in between leaves both listing the same windows, and forgetting again finishes.
+    pub fn forget_source(&self, name: &str) -> std::result::Result<SourceState, SourceStateError> {
+        let path = self.path(name);
+        if !path.exists() {
+            return Err(SourceStateError::NoState(name.to_string()));
+        }
+        let state = self.load(name)?;
+        let retired_path = self.retired_path(name);
+        let mut retired = read_ledger(&retired_path, name)?;
+        // A source forgotten before, added again and forgotten again: both loads' files stay.
+        retired.windows.extend(
+            state
+                .windows
+                .iter()
+                .filter(|(_, w)| w.status != WindowStatus::Failed)
+                .map(|(k, w)| (k.clone(), w.clone())),
+        );
+        retired.checkpoints.clear();
+        retired.last_run = state.last_run.clone().or(retired.last_run);
+        retired.keys_from = state.keys_from.clone();
+        let dir = self.dir.join(RETIRED_DIR);
+        durable::create_private_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let json = serde_json::to_vec_pretty(&retired).map_err(|e| Error::component("state", e))?;
+        durable::write_atomic(&retired_path, &json).map_err(Error::from)?;
+        durable::sync_dir(&dir).map_err(Error::from)?;
+        self.remove_ledger(&path)?;
+        Ok(state)
+    }
+
+    fn remove_ledger(&self, path: &Path) -> Result<()> {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(path, e)),
+        }
+        let dir = path.parent().expect("ledger files live in a directory");
+        Ok(durable::sync_dir(dir)?)
     }
 }
 
@@ -621,6 +899,7 @@ mod tests {
             end: Some(DateTime::parse_from_rfc3339(e).unwrap()),
             utc_offset: offset,
             label: format!("{s}..{e}"),
+            key_name: None,
         };
         let a = w(0, "2025-01-01T00:00:00+09:00", "2025-01-31T23:59:59+09:00");
         let b = w(1, "2025-02-01T00:00:00+09:00", "2025-02-10T23:59:59+09:00");
@@ -692,6 +971,7 @@ mod tests {
             end: Some(DateTime::parse_from_rfc3339("2025-01-31T23:59:59Z").unwrap()),
             utc_offset: FixedOffset::east_opt(0).unwrap(),
             label: label.into(),
+            key_name: None,
         };
         let one = w("user u1 channel c1 2025-01-01..2025-01-31");
         store.record(&one, WindowStatus::Committed, "r1").unwrap();
@@ -713,5 +993,92 @@ mod tests {
             store.identity().unwrap(),
             StateStore::new(dir.join("other")).identity().unwrap()
         );
+    }
+
+    #[test]
+    fn a_renamed_source_keeps_its_keys_and_a_removed_one_keeps_its_files() {
+        let dir = crate::config::tests::tempdir();
+        let store = StateStore::new(&dir);
+        let w = |source: &str, keys: Option<&str>, day: u32| Window {
+            source: source.into(),
+            stream: "message_contents".into(),
+            index: 0,
+            start: Some(
+                DateTime::parse_from_rfc3339(&format!("2025-01-{day:02}T00:00:00Z")).unwrap(),
+            ),
+            end: Some(
+                DateTime::parse_from_rfc3339(&format!("2025-01-{day:02}T23:59:59Z")).unwrap(),
+            ),
+            utc_offset: FixedOffset::east_opt(0).unwrap(),
+            label: format!("2025-01-{day:02}..2025-01-{day:02}"),
+            key_name: keys.map(str::to_string),
+        };
+        store
+            .record(&w("old", None, 1), WindowStatus::Committed, "r1")
+            .unwrap();
+        store
+            .record(&w("old", None, 2), WindowStatus::Failed, "r1")
+            .unwrap();
+        let check = store.check_sources(["new"]).unwrap();
+        assert_eq!(
+            (check.orphans[0].source.as_str(), check.orphans[0].committed),
+            ("old", 1)
+        );
+        assert!(check.clashes.is_empty());
+
+        // A kill after the new ledger was written and before the old one went: both list the
+        // same windows, and renaming again finishes.
+        let mut half = store.load("old").unwrap();
+        half.source = "new".into();
+        half.keys_from = Some("old".into());
+        store.save(&half).unwrap();
+        let renamed = store.rename_source("old", "new").unwrap();
+        assert_eq!((renamed.windows, renamed.key_name.as_str()), (2, "old"));
+        assert!(store.all().unwrap().keys().eq(["new"]));
+        let ledger = store.load("new").unwrap();
+        assert_eq!(ledger.key_name(), "old");
+        // The same window of the renamed source has the key it had: its files are the same.
+        let again = w("new", ledger.keys_from.as_deref(), 1);
+        assert!(ledger.is_committed(&again.key()));
+        assert_eq!(again.key(), w("old", None, 1).key());
+        assert!(matches!(
+            store.rename_source("old", "new"),
+            Err(SourceStateError::NoState(_))
+        ));
+        // A new source under the old name would write the same keys.
+        let check = store.check_sources(["new", "old"]).unwrap();
+        assert_eq!(check.clashes.len(), 1);
+        assert!(check.orphans.is_empty());
+        // Onto a source with state of its own, nothing changes.
+        store
+            .record(&w("other", None, 3), WindowStatus::Committed, "r2")
+            .unwrap();
+        assert!(matches!(
+            store.rename_source("new", "other"),
+            Err(SourceStateError::TargetHasState { windows: 1, .. })
+        ));
+        // Renamed back, no alias is left.
+        store.rename_source("new", "old").unwrap();
+        assert_eq!(store.load("old").unwrap().keys_from, None);
+
+        // Forgotten: no longer a ledger, its committed windows still the lake's.
+        let forgot = store.forget_source("old").unwrap();
+        assert_eq!(forgot.windows.len(), 2);
+        assert!(!store.all().unwrap().contains_key("old"));
+        let retired = store.retired().unwrap();
+        assert_eq!(
+            retired["old"].windows.len(),
+            1,
+            "the failed window is dropped"
+        );
+        let lake = store.lake_keys().unwrap();
+        assert!(lake.committed.contains(&w("old", None, 1).key()));
+        assert!(
+            store
+                .committed_runs()
+                .unwrap()
+                .contains_key(&w("old", None, 1).key())
+        );
+        assert!(store.check_sources(["other"]).unwrap().orphans.is_empty());
     }
 }

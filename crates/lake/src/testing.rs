@@ -31,6 +31,7 @@ pub fn window(source: &str, index: u32) -> WindowRef {
         end: None,
         utc_offset: FixedOffset::east_opt(0).expect("zero is a valid offset"),
         label: format!("{source} test window {index}"),
+        key_name: None,
     })
 }
 

@@ -143,6 +143,7 @@ impl FilesMode {
                 end: self.end,
                 utc_offset: self.utc_offset,
                 label: path.display().to_string(),
+                key_name: self.ledger.keys_from.clone(),
             };
             let identity = FileIdentity::of(&path)?;
             let key = window.key();

@@ -35,6 +35,7 @@ pub fn split(
             end: Some(to),
             utc_offset: offset,
             label: format!("{}..{}", format_time(&from), format_time(&to)),
+            key_name: None,
         });
         from = to + Duration::seconds(1);
     }
@@ -87,6 +88,8 @@ pub fn split_uncovered(
             days,
         ) {
             w.index = windows.len() as u32;
+            // A renamed source goes on under its windows' earlier keys.
+            w.key_name = ledger.keys_from.clone();
             windows.push(w);
         }
     }

@@ -126,6 +126,7 @@ impl Source for TestSource {
                 end: None,
                 utc_offset: chrono::FixedOffset::east_opt(0).unwrap(),
                 label: format!("w{w}"),
+                key_name: None,
             });
             cx.out
                 .save_checkpoint(&window, serde_json::json!({"note": w}))
@@ -725,6 +726,7 @@ async fn replicated_windows_stay_whole_and_in_order() {
             end: None,
             utc_offset: chrono::FixedOffset::east_opt(0).unwrap(),
             label: format!("w{index}"),
+            key_name: None,
         })
     };
     let numbered = |n: i64| {

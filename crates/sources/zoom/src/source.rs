@@ -381,6 +381,8 @@ impl ZoomSource {
             end: range.map(|r| r.1),
             utc_offset: FixedOffset::east_opt(0).expect("zero is a valid offset"),
             label,
+            // A renamed source goes on under its windows' earlier keys.
+            key_name: self.ledger.keys_from.clone(),
         }
     }
 

@@ -114,6 +114,7 @@ mod tests {
             end: None,
             utc_offset: chrono::FixedOffset::east_opt(0).unwrap(),
             label: "w".into(),
+            key_name: None,
         });
         let cx = TransformContext {
             name: "humans".into(),

@@ -36,6 +36,7 @@ fn window(i: u32) -> WindowRef {
         end: None,
         utc_offset: chrono::FixedOffset::east_opt(0).unwrap(),
         label: format!("w{i}"),
+        key_name: None,
     })
 }
 

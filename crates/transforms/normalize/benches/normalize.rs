@@ -76,6 +76,7 @@ fn lineworks_mapping(c: &mut Criterion) {
         end: None,
         utc_offset: chrono::FixedOffset::east_opt(9 * 3600).expect("+09:00"),
         label: "bench".into(),
+        key_name: None,
     });
     let cx = TransformContext {
         name: "canonical".into(),

@@ -372,6 +372,7 @@ mod tests {
             end: None,
             utc_offset: jst(),
             label: format!("w{index}"),
+            key_name: None,
         })
     }
 

@@ -257,6 +257,7 @@ mod tests {
             end: None,
             utc_offset: FixedOffset::east_opt(3600).unwrap(),
             label: "w0".into(),
+            key_name: None,
         })
     }
 

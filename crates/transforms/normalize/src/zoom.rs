@@ -208,6 +208,7 @@ mod tests {
             end: None,
             utc_offset: chrono::FixedOffset::east_opt(0).unwrap(),
             label: "w".into(),
+            key_name: None,
         })
     }
 

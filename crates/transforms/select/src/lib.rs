@@ -295,6 +295,7 @@ mod tests {
             end: None,
             utc_offset: chrono::FixedOffset::east_opt(0).unwrap(),
             label: "w".into(),
+            key_name: None,
         });
         Batch::new(window, RecordBatch::try_new(schema, columns).unwrap())
     }
