@@ -29,11 +29,13 @@ state_dir = "{state_dir}"
 
 [sources.lw]
 type = "lineworks_message_contents"
+auth = {{ type = "bearer", token = "x" }}
 start = "2025-01-01T00:00:00+09:00"
 end = "2025-02-28T23:59:59+09:00"
 
 [sources.sms]
 type = "qlara_message_history"
+auth = {{ type = "api_key", key = "x" }}
 start = "2025-01-01T00:00:00Z"
 end = "2025-01-12T23:59:59Z"
 window_days = 1

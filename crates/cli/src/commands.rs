@@ -265,21 +265,38 @@ pub async fn plan(
     {
         return code;
     }
-    // The windows of all workers together, to show this worker's share of them.
-    let all_workers = match pipeline.file.worker() {
-        Some(_) => match load_shard(path, &opts, None) {
-            Ok((whole, _)) => Some(whole),
-            Err(errors) => {
-                print_config_errors(&errors);
-                return exit::BAD_INPUT;
+    // Every worker's share, to show this one's among them: each worker's plan, by source.
+    let mut shares: std::collections::HashMap<String, Vec<usize>> = Default::default();
+    if let Some(worker) = pipeline.file.worker() {
+        for k in 0..worker.count() {
+            let Ok(other) = Shard::new(k, worker.count()) else {
+                continue;
+            };
+            let built = match load_shard(path, &opts, Some(other)) {
+                Ok((built, _)) => built,
+                Err(errors) => {
+                    print_config_errors(&errors);
+                    return exit::BAD_INPUT;
+                }
+            };
+            for node in &built.nodes {
+                // Windows found at run time (discovered conversations) are split then.
+                if let Stage::Source(s) = &node.stage
+                    && s.plan_is_complete()
+                {
+                    shares
+                        .entry(node.spec.name.clone())
+                        .or_default()
+                        .push(s.plan().map_or(0, |w| w.len()));
+                }
             }
-        },
-        None => None,
-    };
+        }
+    }
     println!("pipeline `{}` ({})", pipeline.name(), path.display());
     if let Some(worker) = pipeline.file.worker() {
         println!(
-            "worker {worker}: its share of every source's windows (`--shard`); the other {}              workers load the rest",
+            "worker {worker}: its share of every source's windows (`--shard`); the other {} \
+             workers load the rest",
             worker.count() - 1
         );
     }
@@ -322,19 +339,16 @@ pub async fn plan(
             .count();
         match source.plan() {
             Ok(windows) => {
-                let of_all = all_workers.as_ref().and_then(|whole| {
-                    whole.nodes.iter().find_map(|n| match &n.stage {
-                        Stage::Source(s) if n.spec.name == node.spec.name => {
-                            s.plan().ok().map(|w| w.len())
-                        }
-                        _ => None,
-                    })
-                });
-                match of_all {
-                    Some(total) => println!(
-                        "source `{}`: {} window(s) to fetch, of {total} for all workers",
+                match shares.get(&node.spec.name) {
+                    Some(each) => println!(
+                        "source `{}`: {} window(s) to fetch, of {} for all workers (by worker: {})",
                         node.spec.name,
-                        windows.len()
+                        windows.len(),
+                        each.iter().sum::<usize>(),
+                        each.iter()
+                            .map(usize::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                     None => println!(
                         "source `{}`: {} window(s) to fetch",
@@ -989,7 +1003,8 @@ pub async fn state_reset(path: &Path, source: Option<&str>, yes: bool, dry_run: 
     match state_layout(path, &file).await {
         Ok(layout) if !layout.shards.is_empty() => {
             error_line!(
-                "{}: the state holds the ledgers of sharded workers (--shard), which `state reset`                  does not reset yet; run the workers with --full-refresh instead",
+                "{}: the state holds the ledgers of sharded workers (--shard), which `state reset` \
+                 does not reset yet; run the workers with --full-refresh instead",
                 path.display()
             );
             return exit::BAD_INPUT;

@@ -29,6 +29,10 @@
 //!    forgotten ledgers, dedupe history of uncommitted windows) are deleted, and the lock is
 //!    released.
 //!
+//! A worker of a sharded run (`--shard K/N`) does all of this below its own
+//! `<pipeline>/shard-K-of-N/` (its own lock object and ledgers), and reads copies of the other
+//! workers' ledgers for planning ([`ObjectState::fetch_peer_ledgers`]); see `chatlake_core::shard`.
+//!
 //! The lock object holds `{run_id, host, pid, started, lease_until}`; it is created create-only,
 //! renewed every lease/3 by a conditional update on its version, and deleted at the end. A run
 //! that finds it held exits 1 naming the holder, unless the holder is known to be gone (same

@@ -793,6 +793,44 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_plans_from_every_workers_ledger_and_knows_its_unfinished_windows() {
+        let dir = crate::config::tests::tempdir();
+        let worker = |k| StateStore::new(dir.join(format!("shard-{k}-of-3")));
+        let w = |i: u32, label: &str| Window {
+            source: "q".into(),
+            stream: "messages".into(),
+            index: i,
+            start: Some(DateTime::parse_from_rfc3339("2025-01-01T00:00:00Z").unwrap()),
+            end: Some(DateTime::parse_from_rfc3339("2025-01-01T23:59:59Z").unwrap()),
+            utc_offset: FixedOffset::east_opt(0).unwrap(),
+            label: label.into(),
+        };
+        let (mine, theirs, open) = (w(0, "a"), w(1, "b"), w(2, "c"));
+        assert_eq!(worker(0).shard().map(|s| s.to_string()), Some("0/3".into()));
+        worker(0).record(&mine, WindowStatus::Committed, "r0").unwrap();
+        worker(1).record(&theirs, WindowStatus::Committed, "r1").unwrap();
+        worker(0).start_window(&open).unwrap();
+        let planned = worker(0).load_with_peers("q").unwrap();
+        assert!(planned.is_committed(&mine.key()) && planned.is_committed(&theirs.key()));
+        // What the worker itself commits and cleans is its own.
+        assert_eq!(worker(0).committed_keys().unwrap().len(), 1);
+        assert_eq!(
+            worker(0).started_unfinished().unwrap(),
+            HashSet::from([open.key()])
+        );
+        worker(0).record(&open, WindowStatus::Failed, "r0").unwrap();
+        assert!(worker(0).started_unfinished().unwrap().is_empty());
+        // One state directory to the lake: every worker has the pipeline's identity.
+        assert_eq!(worker(0).identity().unwrap(), worker(2).identity().unwrap());
+        assert_eq!(
+            worker(1).identity().unwrap(),
+            std::fs::read_to_string(dir.join("identity")).unwrap()
+        );
+        // A store of a run without --shard reads only its own ledger.
+        assert!(StateStore::new(&dir).load_with_peers("q").unwrap().windows.is_empty());
+    }
+
+    #[test]
     fn a_reloaded_window_is_replaced_only_within_its_scope() {
         let dir = crate::config::tests::tempdir();
         let store = StateStore::new(&dir);
