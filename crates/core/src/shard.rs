@@ -342,8 +342,8 @@ mod tests {
         assert!(taken.iter().all(|n| *n == 1));
     }
 
-    const EXPECTED_WINDOWS: [u32; 6] = [0, 0, 0, 0, 0, 0];
-    const EXPECTED_OTHERS: [u32; 3] = [0, 0, 0];
+    const EXPECTED_WINDOWS: [u32; 6] = [0, 2, 0, 0, 2, 1];
+    const EXPECTED_OTHERS: [u32; 3] = [3, 1, 2];
 
     #[test]
     fn a_run_with_another_split_than_the_state_is_refused() {
