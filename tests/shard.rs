@@ -317,7 +317,6 @@ fn four_workers_on_seaweedfs_leave_the_lake_of_one() {
     s3.create_bucket("lake");
     let s = Scratch::new();
     std::fs::create_dir(s.path("tmp")).unwrap();
-    std::fs::create_dir(s.path("cache")).unwrap();
     let p = s.pipeline("workers.toml", &pipeline("s3://lake/chat", "s3://lake/state"));
     let mut env = s3.env();
     env.push(("TMPDIR", s.path("tmp").display().to_string()));
