@@ -169,11 +169,15 @@ fn four_workers_started_together_leave_the_lake_of_one() {
     let state = s.path("lake/_state/workers");
     let mut shares = Vec::new();
     for k in 0..WORKERS {
-        let ledgers = files(&state.join(format!("shard-{k}-of-{WORKERS}/sources")), ".json");
+        let ledgers = files(
+            &state.join(format!("shard-{k}-of-{WORKERS}/sources")),
+            ".json",
+        );
         let windows: usize = ledgers
             .iter()
             .map(|l| {
-                let v: serde_json::Value = serde_json::from_slice(&std::fs::read(l).unwrap()).unwrap();
+                let v: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(l).unwrap()).unwrap();
                 v["windows"].as_object().unwrap().len()
             })
             .sum();
@@ -193,14 +197,31 @@ fn four_workers_started_together_leave_the_lake_of_one() {
         .run(&["state", "show", p.to_str().unwrap()])
         .expect_code(0);
     for k in 0..WORKERS {
-        assert!(show.stdout().contains(&format!("worker {k}/{WORKERS}")), "{}", show.stdout());
+        assert!(
+            show.stdout().contains(&format!("worker {k}/{WORKERS}")),
+            "{}",
+            show.stdout()
+        );
     }
     let other_n = s
-        .run_env(&["run", "--emulate", p.to_str().unwrap()], &[("CHATLAKE_SHARD", "0/3")])
+        .run_env(
+            &["run", "--emulate", p.to_str().unwrap()],
+            &[("CHATLAKE_SHARD", "0/3")],
+        )
         .expect_code(2);
-    assert!(other_n.stderr().contains("--shard K/4"), "{}", other_n.stderr());
-    let unsharded = s.run(&["run", "--emulate", p.to_str().unwrap()]).expect_code(2);
-    assert!(unsharded.stderr().contains("--shard K/4"), "{}", unsharded.stderr());
+    assert!(
+        other_n.stderr().contains("--shard K/4"),
+        "{}",
+        other_n.stderr()
+    );
+    let unsharded = s
+        .run(&["run", "--emulate", p.to_str().unwrap()])
+        .expect_code(2);
+    assert!(
+        unsharded.stderr().contains("--shard K/4"),
+        "{}",
+        unsharded.stderr()
+    );
     assert!(lake(&s.path("lake")) == want, "refused runs change nothing");
 }
 
@@ -234,9 +255,9 @@ fn a_worker_killed_mid_run_and_run_again_alone_completes_the_job() {
         if worker0.try_wait().unwrap().is_some() {
             break false;
         }
-        let started = files(&ledger_dir, ".json").iter().any(|l| {
-            std::fs::read_to_string(l).is_ok_and(|t| t.contains("\"started\""))
-        });
+        let started = files(&ledger_dir, ".json")
+            .iter()
+            .any(|l| std::fs::read_to_string(l).is_ok_and(|t| t.contains("\"started\"")));
         if started {
             worker0.kill().unwrap();
             let _ = worker0.wait();
@@ -248,15 +269,26 @@ fn a_worker_killed_mid_run_and_run_again_alone_completes_the_job() {
     assert!(killed, "worker 0 was killed mid-run");
     for (k, child) in others.into_iter().enumerate() {
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "worker {}: {}", k + 1, String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "worker {}: {}",
+            k + 1,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    assert!(lake(&s.path("lake")) != want, "the killed worker's share is missing");
+    assert!(
+        lake(&s.path("lake")) != want,
+        "the killed worker's share is missing"
+    );
     s.run_env(
         &["run", "--emulate", p.to_str().unwrap()],
         &[("CHATLAKE_SHARD", "0/4")],
     )
     .expect_code(0);
-    assert!(lake(&s.path("lake")) == want, "worker 0 run again completes the job");
+    assert!(
+        lake(&s.path("lake")) == want,
+        "worker 0 run again completes the job"
+    );
 }
 
 #[test]
@@ -292,7 +324,13 @@ fn a_wrong_shard_is_exit_2_and_plan_shows_a_workers_share() {
     let mut lineworks_on = Vec::new();
     for k in 0..WORKERS {
         let plan = s
-            .run(&["plan", "--emulate", "--shard", &format!("{k}/{WORKERS}"), path])
+            .run(&[
+                "plan",
+                "--emulate",
+                "--shard",
+                &format!("{k}/{WORKERS}"),
+                path,
+            ])
             .expect_code(0)
             .stdout();
         assert!(plan.contains(&format!("worker {k}/{WORKERS}")), "{plan}");
@@ -307,7 +345,11 @@ fn a_wrong_shard_is_exit_2_and_plan_shows_a_workers_share() {
     all.sort();
     assert_eq!(all.len(), 12, "{all:?}");
     assert_eq!(all, want, "the workers' shares are every window once");
-    assert_eq!(lineworks_on.len(), 1, "LINE WORKS is on one worker: {lineworks_on:?}");
+    assert_eq!(
+        lineworks_on.len(),
+        1,
+        "LINE WORKS is on one worker: {lineworks_on:?}"
+    );
 }
 
 #[test]
@@ -317,10 +359,16 @@ fn four_workers_on_seaweedfs_leave_the_lake_of_one() {
     s3.create_bucket("lake");
     let s = Scratch::new();
     std::fs::create_dir(s.path("tmp")).unwrap();
-    let p = s.pipeline("workers.toml", &pipeline("s3://lake/chat", "s3://lake/state"));
+    let p = s.pipeline(
+        "workers.toml",
+        &pipeline("s3://lake/chat", "s3://lake/state"),
+    );
     let mut env = s3.env();
     env.push(("TMPDIR", s.path("tmp").display().to_string()));
-    env.push(("CHATLAKE_STATE_CACHE", s.path("cache").display().to_string()));
+    env.push((
+        "CHATLAKE_STATE_CACHE",
+        s.path("cache").display().to_string(),
+    ));
     run_workers(&s, &p, WORKERS, &env);
 
     let store = s3.store("lake");
@@ -349,9 +397,13 @@ fn four_workers_on_seaweedfs_leave_the_lake_of_one() {
     for key in keys.iter().filter(|k| k.starts_with("chat/")) {
         let local = mirror.join(key);
         std::fs::create_dir_all(local.parent().unwrap()).unwrap();
-        rt.block_on(store.download(&store.key(key), &local)).unwrap();
+        rt.block_on(store.download(&store.key(key), &local))
+            .unwrap();
     }
     let got = lake(&mirror.join("chat"));
     assert_eq!(got.parquet.len(), want.parquet.len());
-    assert!(got == want, "four workers on S3 load what one does, row for row");
+    assert!(
+        got == want,
+        "four workers on S3 load what one does, row for row"
+    );
 }

@@ -150,9 +150,9 @@ async fn check_shard_layout(path: &Path, file: &PipelineFile) -> Result<(), u8> 
 /// store; exit 1 if it cannot be read.
 async fn state_layout(path: &Path, file: &PipelineFile) -> Result<StateLayout, u8> {
     Ok(match remote_state::object_state_dir(file) {
-        Ok(Some(_)) => remote_state::shard_layout(file).await.map_err(|e| {
-            remote_state::report(path, &e)
-        })?,
+        Ok(Some(_)) => remote_state::shard_layout(file)
+            .await
+            .map_err(|e| remote_state::report(path, &e))?,
         Ok(None) => StateLayout::of_dir(&file.shared_state_dir()).map_err(|e| {
             error_line!(
                 "{}: cannot read the state directory {}: {e}",

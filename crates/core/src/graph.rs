@@ -10,8 +10,8 @@ use indexmap::IndexMap;
 
 use crate::config::{ComponentSpec, ConfigError, ConfigErrors, PipelineFile, Role};
 use crate::registry::Registry;
-use crate::stage::{BuildContext, DataKind, EmulatorProfile, Sink, Source, Transform};
 use crate::shard::{Shard, Share, ShareTaken};
+use crate::stage::{BuildContext, DataKind, EmulatorProfile, Sink, Source, Transform};
 use crate::state::StateStore;
 
 /// What the command line adds to building.

@@ -288,10 +288,19 @@ mod tests {
     fn shards_parse_and_bad_ones_say_why() {
         assert_eq!("2/4".parse::<Shard>().unwrap(), Shard::new(2, 4).unwrap());
         assert_eq!(" 0/1 ".parse::<Shard>().unwrap().to_string(), "0/1");
-        assert!(matches!("4/4".parse::<Shard>(), Err(ShardError::OutOfRange { last: 3, .. })));
-        assert!(matches!("0/0".parse::<Shard>(), Err(ShardError::NoWorkers(_))));
+        assert!(matches!(
+            "4/4".parse::<Shard>(),
+            Err(ShardError::OutOfRange { last: 3, .. })
+        ));
+        assert!(matches!(
+            "0/0".parse::<Shard>(),
+            Err(ShardError::NoWorkers(_))
+        ));
         for bad in ["", "1", "a/4", "1/b", "-1/4", "1/4/2"] {
-            assert!(matches!(bad.parse::<Shard>(), Err(ShardError::Form(_))), "{bad}");
+            assert!(
+                matches!(bad.parse::<Shard>(), Err(ShardError::Form(_))),
+                "{bad}"
+            );
         }
         let s = Shard::new(3, 8).unwrap();
         assert_eq!(s.dir_name(), "shard-3-of-8");
@@ -360,7 +369,10 @@ mod tests {
             check_layout(&four, Some(s(0, 3))),
             Err(LayoutMismatch::OtherCount { .. })
         ));
-        assert!(matches!(check_layout(&four, None), Err(LayoutMismatch::Sharded(_))));
+        assert!(matches!(
+            check_layout(&four, None),
+            Err(LayoutMismatch::Sharded(_))
+        ));
         assert!(matches!(
             check_layout(&four, Some(s(0, 1))),
             Err(LayoutMismatch::Sharded(_))

@@ -807,8 +807,12 @@ mod tests {
         };
         let (mine, theirs, open) = (w(0, "a"), w(1, "b"), w(2, "c"));
         assert_eq!(worker(0).shard().map(|s| s.to_string()), Some("0/3".into()));
-        worker(0).record(&mine, WindowStatus::Committed, "r0").unwrap();
-        worker(1).record(&theirs, WindowStatus::Committed, "r1").unwrap();
+        worker(0)
+            .record(&mine, WindowStatus::Committed, "r0")
+            .unwrap();
+        worker(1)
+            .record(&theirs, WindowStatus::Committed, "r1")
+            .unwrap();
         worker(0).start_window(&open).unwrap();
         let planned = worker(0).load_with_peers("q").unwrap();
         assert!(planned.is_committed(&mine.key()) && planned.is_committed(&theirs.key()));
@@ -827,7 +831,13 @@ mod tests {
             std::fs::read_to_string(dir.join("identity")).unwrap()
         );
         // A store of a run without --shard reads only its own ledger.
-        assert!(StateStore::new(&dir).load_with_peers("q").unwrap().windows.is_empty());
+        assert!(
+            StateStore::new(&dir)
+                .load_with_peers("q")
+                .unwrap()
+                .windows
+                .is_empty()
+        );
     }
 
     #[test]

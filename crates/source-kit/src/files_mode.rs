@@ -18,8 +18,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::UNIX_EPOCH;
 
 use crate::files::FilesError;
-use chatlake_core::shard::{Share, ShareTaken};
 use chatlake_core::config::InvalidConfig;
+use chatlake_core::shard::{Share, ShareTaken};
 use chatlake_core::stage::WindowError;
 use chatlake_core::state::SourceState;
 use chatlake_core::{PlannedWindow, SourceContext, Window, WindowRef};

@@ -236,8 +236,14 @@ async fn a_worker_removes_only_its_own_unfinished_windows_files() {
     let d = root.join("sent_date=2025-05-01");
     std::fs::create_dir_all(&d).unwrap();
     let committed = name("lw-w00001", 0);
-    let (own, own_tmp) = (name("lw-w00002", 0), format!("{}.tmp", name("lw-w00002", 1)));
-    let (theirs, theirs_tmp) = (name("lw-w00003", 0), format!("{}.tmp", name("lw-w00003", 1)));
+    let (own, own_tmp) = (
+        name("lw-w00002", 0),
+        format!("{}.tmp", name("lw-w00002", 1)),
+    );
+    let (theirs, theirs_tmp) = (
+        name("lw-w00003", 0),
+        format!("{}.tmp", name("lw-w00003", 1)),
+    );
     for f in [&committed, &own, &own_tmp, &theirs, &theirs_tmp] {
         std::fs::write(d.join(f), "{}\n").unwrap();
     }

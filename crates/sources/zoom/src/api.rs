@@ -58,7 +58,8 @@ impl Budgets {
     /// each rate and daily cap divided by `workers`, rounded down, at least 1 per second (a
     /// cap that small would stop a worker altogether).
     pub fn divided(self, workers: u32) -> Budgets {
-        let part = |n: NonZeroU32| NonZeroU32::new(n.get() / workers.max(1)).unwrap_or(NonZeroU32::MIN);
+        let part =
+            |n: NonZeroU32| NonZeroU32::new(n.get() / workers.max(1)).unwrap_or(NonZeroU32::MIN);
         Budgets {
             medium_per_second: part(self.medium_per_second),
             heavy_per_second: part(self.heavy_per_second),

@@ -37,10 +37,10 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::api::{ApiError, Budgets, Credentials, Label, ZoomApi};
-use chatlake_core::shard::{Share, ShareTaken, ShareUnit};
 use crate::config::{ConversationList, UserStatus};
 use crate::parse::{CHAT_REPORT, Context, RawBuilder, USER_MESSAGES};
 use crate::saved;
+use chatlake_core::shard::{Share, ShareTaken, ShareUnit};
 
 /// Rows collected before a batch goes downstream.
 const BATCH_ROWS: usize = 4096;
