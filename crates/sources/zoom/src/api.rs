@@ -401,4 +401,26 @@ mod tests {
         ));
         assert!(e.to_string().contains("freshly fetched access token"));
     }
+
+    #[test]
+    fn workers_share_the_accounts_budgets() {
+        let n = |v| NonZeroU32::new(v).unwrap();
+        let budgets = Budgets {
+            medium_per_second: n(20),
+            heavy_per_second: n(3),
+            medium_per_day: Some(n(2_000)),
+            heavy_per_day: None,
+        };
+        assert_eq!(
+            budgets.divided(4),
+            Budgets {
+                medium_per_second: n(5),
+                // Never below one request a second: a worker must still make progress.
+                heavy_per_second: n(1),
+                medium_per_day: Some(n(500)),
+                heavy_per_day: None,
+            }
+        );
+        assert_eq!(budgets.divided(1), budgets);
+    }
 }
