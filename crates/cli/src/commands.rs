@@ -8,6 +8,7 @@ use chatlake_core::config::{ConfigErrors, PipelineFile};
 use chatlake_core::graph::{BuildOptions, Pipeline, Stage};
 use chatlake_core::metrics::RunSummary;
 use chatlake_core::runtime::Run;
+use chatlake_core::shard::{Shard, StateLayout, check_layout};
 use chatlake_core::stage::EmulatorProfile;
 use chatlake_core::state::{StateStore, WindowStatus};
 use chatlake_emulator::{Emulator, EmulatorConfig, Faults};
@@ -46,6 +47,10 @@ pub struct RunArgs {
     /// textfile collector), atomically, also when the run fails.
     #[arg(long, value_name = "PATH")]
     metrics_file: Option<PathBuf>,
+    /// Run worker K of N (K from 0): N workers together load what one run would, each its own
+    /// share of every source's windows, with its own ledger and lock in the shared state_dir.
+    #[arg(long, value_name = "K/N", env = chatlake_core::shard::SHARD_VARIABLE)]
+    shard: Option<Shard>,
 }
 
 /// Options of the emulator, for `emulate` and `run --emulate`.
@@ -105,7 +110,17 @@ fn load(
     path: &Path,
     opts: &BuildOptions,
 ) -> Result<(Pipeline, Option<remote_state::Offline>), ConfigErrors> {
+    load_shard(path, opts, None)
+}
+
+/// [`load`] as worker `shard` of a sharded run would build it.
+fn load_shard(
+    path: &Path,
+    opts: &BuildOptions,
+    shard: Option<Shard>,
+) -> Result<(Pipeline, Option<remote_state::Offline>), ConfigErrors> {
     let mut file = PipelineFile::load(path)?;
+    file.shard = shard;
     let mut errors = ConfigErrors::default();
     let offline = remote_state::offline(&mut file).unwrap_or_else(|e| {
         errors.0.push(e);
@@ -119,6 +134,36 @@ fn load(
             Err(errors)
         }
     }
+}
+
+/// Refuses (exit 2) a run or plan whose `--shard` does not match the state it would continue
+/// (see [`chatlake_core::shard::check_layout`]); exit 1 if the state cannot be read.
+async fn check_shard_layout(path: &Path, file: &PipelineFile) -> Result<(), u8> {
+    let layout = state_layout(path, file).await?;
+    check_layout(&layout, file.shard).map_err(|e| {
+        error_line!("{}: {e}", path.display());
+        exit::BAD_INPUT
+    })
+}
+
+/// The shards (and unsharded ledgers) of `file`'s state directory, local or in an object
+/// store; exit 1 if it cannot be read.
+async fn state_layout(path: &Path, file: &PipelineFile) -> Result<StateLayout, u8> {
+    Ok(match remote_state::object_state_dir(file) {
+        Ok(Some(_)) => remote_state::shard_layout(file)
+            .await
+            .map_err(|e| remote_state::report(path, &e))?,
+        Ok(None) => StateLayout::of_dir(&file.shared_state_dir()).map_err(|e| {
+            error_line!(
+                "{}: cannot read the state directory {}: {e}",
+                path.display(),
+                file.shared_state_dir().display()
+            );
+            exit::RUN_FAILED
+        })?,
+        // Reported where the file is checked.
+        Err(_) => StateLayout::default(),
+    })
 }
 
 /// Starts an emulator for `validate --emulate` and `plan --emulate`: it binds loopback only and
@@ -207,6 +252,7 @@ pub async fn plan(
     start: Option<DateTime<FixedOffset>>,
     end: Option<DateTime<FixedOffset>>,
     emulate: bool,
+    shard: Option<Shard>,
 ) -> u8 {
     let emulator = match offline_emulator(emulate).await {
         Ok(e) => e,
@@ -220,14 +266,53 @@ pub async fn plan(
         use_state: true,
         ..Default::default()
     };
-    let (pipeline, offline) = match load(path, &opts) {
+    let (pipeline, offline) = match load_shard(path, &opts, shard) {
         Ok(loaded) => loaded,
         Err(errors) => {
             print_config_errors(&errors);
             return exit::BAD_INPUT;
         }
     };
+    if offline.is_none()
+        && let Err(code) = check_shard_layout(path, &pipeline.file).await
+    {
+        return code;
+    }
+    // Every worker's share, to show this one's among them: each worker's plan, by source.
+    let mut shares: std::collections::HashMap<String, Vec<usize>> = Default::default();
+    if let Some(worker) = pipeline.file.worker() {
+        for k in 0..worker.count() {
+            let Ok(other) = Shard::new(k, worker.count()) else {
+                continue;
+            };
+            let built = match load_shard(path, &opts, Some(other)) {
+                Ok((built, _)) => built,
+                Err(errors) => {
+                    print_config_errors(&errors);
+                    return exit::BAD_INPUT;
+                }
+            };
+            for node in &built.nodes {
+                // Windows found at run time (discovered conversations) are split then.
+                if let Stage::Source(s) = &node.stage
+                    && s.plan_is_complete()
+                {
+                    shares
+                        .entry(node.spec.name.clone())
+                        .or_default()
+                        .push(s.plan().map_or(0, |w| w.len()));
+                }
+            }
+        }
+    }
     println!("pipeline `{}` ({})", pipeline.name(), path.display());
+    if let Some(worker) = pipeline.file.worker() {
+        println!(
+            "worker {worker}: its share of every source's windows (`--shard`); the other {} \
+             workers load the rest",
+            worker.count() - 1
+        );
+    }
     match &offline {
         Some(state) => println!(
             "state: {} (object storage, not read by plan: windows committed there are listed too)",
@@ -267,11 +352,23 @@ pub async fn plan(
             .count();
         match source.plan() {
             Ok(windows) => {
-                println!(
-                    "source `{}`: {} window(s) to fetch",
-                    node.spec.name,
-                    windows.len()
-                );
+                match shares.get(&node.spec.name) {
+                    Some(each) => println!(
+                        "source `{}`: {} window(s) to fetch, of {} for all workers (by worker: {})",
+                        node.spec.name,
+                        windows.len(),
+                        each.iter().sum::<usize>(),
+                        each.iter()
+                            .map(usize::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    None => println!(
+                        "source `{}`: {} window(s) to fetch",
+                        node.spec.name,
+                        windows.len()
+                    ),
+                }
                 if committed > 0 {
                     println!(
                         "  {committed} window(s) committed by earlier runs are skipped (`chatlake state show`); \
@@ -503,6 +600,10 @@ async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
             return exit::BAD_INPUT;
         }
     };
+    file.shard = args.shard;
+    if let Err(code) = check_shard_layout(&args.pipeline, &file).await {
+        return code;
+    }
     facts.pipeline = Some(file.pipeline.name.clone());
     facts.sources = file
         .components
@@ -537,7 +638,30 @@ async fn run_pipeline(args: &RunArgs, facts: &mut RunFacts) -> u8 {
         },
         None => None,
     };
-    let code = run_locked(args, file, &store, session.as_ref(), run_id, facts).await;
+    // A worker plans from every worker's ledger: with the state in an object store, copies of
+    // the others' are fetched (read only) once this worker holds its lock.
+    let peers = match &object_state {
+        Some(state) if file.worker().is_some() => match state.fetch_peer_ledgers().await {
+            Ok(peers) => Some(peers),
+            Err(e) => {
+                if let Some(session) = session {
+                    let _ = session.finish().await;
+                }
+                return remote_state::report(&args.pipeline, &e);
+            }
+        },
+        _ => None,
+    };
+    let code = run_locked(
+        args,
+        file,
+        &store,
+        session.as_ref(),
+        run_id,
+        peers.as_ref().map(|p| p.path().to_path_buf()),
+        facts,
+    )
+    .await;
     match session.map(remote_state::Session::finish) {
         Some(finished) => match finished.await {
             Ok(()) => code,
@@ -561,6 +685,7 @@ async fn run_locked(
     store: &StateStore,
     session: Option<&remote_state::Session>,
     run_id: String,
+    peer_ledgers: Option<PathBuf>,
     facts: &mut RunFacts,
 ) -> u8 {
     if args.full_refresh {
@@ -609,6 +734,7 @@ async fn run_locked(
         end: args.end,
         now: None,
         use_state: true,
+        peer_ledgers,
     };
     let pipeline = match Pipeline::build(file, &registry(), &opts) {
         Ok(p) => p,
@@ -714,6 +840,41 @@ pub async fn state_show(path: &Path, json: bool) -> u8 {
             return exit::RUN_FAILED;
         }
     };
+    // The workers of sharded runs, each with its own ledgers (see `chatlake_core::shard`).
+    let mut workers = std::collections::BTreeMap::new();
+    match StateLayout::of_dir(store.dir()) {
+        Ok(layout) => {
+            for shard in layout.shards {
+                match StateStore::new(store.dir().join(shard.dir_name())).all() {
+                    Ok(l) => {
+                        workers.insert(shard.to_string(), l);
+                    }
+                    Err(e) => {
+                        error_line!("{e}");
+                        return exit::RUN_FAILED;
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            error_line!("{}: {e}", store.dir().display());
+            return exit::RUN_FAILED;
+        }
+    }
+    if json && !workers.is_empty() {
+        let shards: std::collections::BTreeMap<String, _> = workers
+            .iter()
+            .map(|(shard, l)| (format!("shard {shard}"), l))
+            .collect();
+        match serde_json::to_string_pretty(&shards) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                error_line!("{e}");
+                return exit::RUN_FAILED;
+            }
+        }
+        return exit::OK;
+    }
     if json {
         match serde_json::to_string_pretty(&ledgers) {
             Ok(s) => println!("{s}"),
@@ -742,13 +903,7 @@ pub async fn state_show(path: &Path, json: bool) -> u8 {
             last["finished_at"].as_str().unwrap_or("?")
         );
     }
-    let sources: Vec<&str> = file
-        .components
-        .iter()
-        .filter(|c| c.role == chatlake_core::config::Role::Source)
-        .map(|c| c.name.as_str())
-        .collect();
-    for source in sources {
+    for source in pipeline_sources(&file) {
         let ledger = ledgers.get(source).cloned().unwrap_or_default();
         let committed = ledger
             .windows
@@ -836,6 +991,27 @@ pub async fn state_show(path: &Path, json: bool) -> u8 {
             );
         }
     }
+    for (shard, ledgers) in &workers {
+        println!();
+        println!("worker {shard} (run with --shard {shard}):");
+        for source in pipeline_sources(&file) {
+            let ledger = ledgers.get(source).cloned().unwrap_or_default();
+            let count = |status| {
+                ledger
+                    .windows
+                    .values()
+                    .filter(|w| w.status == status)
+                    .count()
+            };
+            println!(
+                "  source `{source}`: {} window(s) committed, {} failed, {} unfinished, last run {}",
+                count(WindowStatus::Committed),
+                count(WindowStatus::Failed),
+                ledger.started.len(),
+                ledger.last_run.as_deref().unwrap_or("-")
+            );
+        }
+    }
     // A run that stopped after committing rows that replace earlier ones, before the sinks took
     // the earlier versions out: the next run's start does it.
     match chatlake_core::removal::RemovalLog::new(store.dir()).logs() {
@@ -903,6 +1079,18 @@ async fn change_state(
     dry_run: bool,
     change: impl FnOnce(&PipelineFile, &StateStore) -> u8,
 ) -> u8 {
+    match state_layout(path, &file).await {
+        Ok(layout) if !layout.shards.is_empty() => {
+            error_line!(
+                "{}: the state holds the ledgers of sharded workers (--shard), which the `state` \
+                 commands do not change yet (a reset: run the workers with --full-refresh)",
+                path.display()
+            );
+            return exit::BAD_INPUT;
+        }
+        Ok(_) => {}
+        Err(code) => return code,
+    }
     let object_state = match ObjectState::open(&mut file, None).await {
         Ok(state) => state,
         Err(e) => {

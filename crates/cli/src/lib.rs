@@ -115,6 +115,9 @@ enum Command {
         /// Plan as `run --emulate` would run (emulator URLs and credentials).
         #[arg(long)]
         emulate: bool,
+        /// Plan worker K of N (K from 0): its share of the windows, as `run --shard` loads it.
+        #[arg(long, value_name = "K/N", env = chatlake_core::shard::SHARD_VARIABLE)]
+        shard: Option<chatlake_core::shard::Shard>,
     },
     /// List every registered source, transform and sink with its options and defaults.
     Components {
@@ -254,7 +257,8 @@ pub fn main() -> ExitCode {
                 start,
                 end,
                 emulate,
-            } => commands::plan(&pipeline, start, end, emulate).await,
+                shard,
+            } => commands::plan(&pipeline, start, end, emulate, shard).await,
             Command::Components { json } => commands::components(json),
             Command::Test { pipelines, keep } => pipeline_test::test(&pipelines, keep).await,
             Command::Schema => commands::schema(),

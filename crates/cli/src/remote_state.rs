@@ -29,6 +29,10 @@
 //!    forgotten ledgers, dedupe history of uncommitted windows) are deleted, and the lock is
 //!    released.
 //!
+//! A worker of a sharded run (`--shard K/N`) does all of this below its own
+//! `<pipeline>/shard-K-of-N/` (its own lock object and ledgers), and reads copies of the other
+//! workers' ledgers for planning ([`ObjectState::fetch_peer_ledgers`]); see `chatlake_core::shard`.
+//!
 //! The lock object holds `{run_id, host, pid, started, lease_until}`; it is created create-only,
 //! renewed every lease/3 by a conditional update on its version, and deleted at the end. A run
 //! that finds it held exits 1 naming the holder, unless the holder is known to be gone (same
@@ -224,8 +228,11 @@ pub struct ObjectState {
 
 struct Shared {
     pipeline: String,
-    /// At `<state_dir>/<pipeline>`.
+    /// At `<state_dir>/<pipeline>` (`<state_dir>/<pipeline>/shard-K-of-N` for a worker of a
+    /// sharded run).
     store: Store,
+    /// For a worker of a sharded run: `<state_dir>/<pipeline>`, where the other workers' state is.
+    peers: Option<Store>,
     /// The working copy of `<state_dir>/<pipeline>`.
     dir: PathBuf,
     /// What the store holds of each file, as far as this run knows, by its relative path.
@@ -274,7 +281,16 @@ impl ObjectState {
         let Some(root) = object_state_dir(file).map_err(RemoteStateError::Config)? else {
             return Ok(None);
         };
-        let location = root.join(&file.pipeline.name);
+        // A worker of a sharded run keeps its state (and lock object) below its own
+        // `shard-K-of-N/`, and reads the others' ledgers from the pipeline's prefix.
+        let shared_location = root.join(&file.pipeline.name);
+        let (location, peers) = match file.worker() {
+            Some(shard) => (
+                shared_location.join(&shard.dir_name()),
+                Some(Store::open(&shared_location, &file.pipeline.storage)?),
+            ),
+            None => (shared_location, None),
+        };
         let store = Store::open(&location, &file.pipeline.storage)?;
         let working_root = match working_root {
             Some(dir) => dir.to_path_buf(),
@@ -286,6 +302,7 @@ impl ObjectState {
             shared: Arc::new(Shared {
                 pipeline: file.pipeline.name.clone(),
                 store,
+                peers,
                 dir,
                 known: Mutex::default(),
             }),
@@ -378,6 +395,69 @@ impl ObjectState {
         *shared.known.lock().unwrap_or_else(|e| e.into_inner()) = known;
         Ok(count)
     }
+}
+
+impl ObjectState {
+    /// For a worker of a sharded run: copies of the other workers' ledgers
+    /// (`shard-J-of-N/sources/*.json`), read only, in a scratch directory that
+    /// [`chatlake_core::state::StateStore::with_peers_in`] takes. Sources plan from them
+    /// together with this worker's own.
+    pub async fn fetch_peer_ledgers(&self) -> Result<tempfile::TempDir> {
+        let scratch = tempfile::Builder::new()
+            .prefix("chatlake-peers-")
+            .tempdir()
+            .map_err(local(&std::env::temp_dir()))?;
+        let Some(peers) = &self.shared.peers else {
+            return Ok(scratch);
+        };
+        let own = self
+            .shared
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        let prefix = peers.location().prefix().as_ref().to_string();
+        for meta in peers.list("").await? {
+            let Some(rel) = relative_key(&prefix, meta.location.as_ref()) else {
+                continue;
+            };
+            let mut parts = rel.splitn(2, '/');
+            let (Some(shard_dir), Some(below)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            if chatlake_core::shard::Shard::from_dir_name(shard_dir).is_none()
+                || Some(shard_dir) == own.as_deref()
+                || !is_ledger(below)
+            {
+                continue;
+            }
+            let path = scratch.path().join(&rel);
+            if let Some(parent) = path.parent() {
+                durable::create_private_dir_all(parent).map_err(local(parent))?;
+            }
+            peers.download(&meta.location, &path).await?;
+        }
+        Ok(scratch)
+    }
+}
+
+/// The shards (and ledgers of runs without `--shard`) an object-store state directory holds,
+/// read from the keys below `<state_dir>/<pipeline>/`; see [`chatlake_core::shard::check_layout`].
+pub async fn shard_layout(file: &PipelineFile) -> Result<chatlake_core::shard::StateLayout> {
+    let mut layout = chatlake_core::shard::StateLayout::default();
+    let Some(root) = object_state_dir(file).map_err(RemoteStateError::Config)? else {
+        return Ok(layout);
+    };
+    let location = root.join(&file.pipeline.name);
+    let store = Store::open(&location, &file.pipeline.storage)?;
+    let prefix = store.location().prefix().as_ref().to_string();
+    for meta in store.list("").await? {
+        let Some(rel) = relative_key(&prefix, meta.location.as_ref()) else {
+            continue;
+        };
+        let first = rel.split('/').next().unwrap_or_default();
+        layout.note(first, || is_ledger(&rel));
+    }
+    Ok(layout)
 }
 
 /// A run (or `state reset`) holding the lock of an object-store state directory.

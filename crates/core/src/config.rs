@@ -232,6 +232,9 @@ pub struct PipelineFile {
     /// Keys whose value lost a `${VAR:-}` that expanded to nothing, with the variable: named in
     /// any error about that key.
     emptied: Vec<(String, String)>,
+    /// `--shard K/N` (or `CHATLAKE_SHARD`) of the command line: this worker's state lives in its
+    /// own directory ([`PipelineFile::pipeline_state_dir`]). `None` (and `0/1`) for one worker.
+    pub shard: Option<crate::shard::Shard>,
 }
 
 impl PipelineFile {
@@ -391,6 +394,7 @@ impl PipelineFile {
                 components,
                 figment,
                 emptied,
+                shard: None,
             }),
             _ => Err(errors),
         }
@@ -409,7 +413,22 @@ impl PipelineFile {
     /// and lock, run summaries, dead letters, removal logs and transforms' state. The one place
     /// that rule is written.
     pub fn pipeline_state_dir(&self) -> PathBuf {
+        let shared = self.shared_state_dir();
+        match self.worker() {
+            Some(shard) => shared.join(shard.dir_name()),
+            None => shared,
+        }
+    }
+
+    /// `<state_root>/<pipeline name>`: the state directory of a run without `--shard`, and the
+    /// directory that holds every worker's own (`shard-K-of-N`) for a sharded run.
+    pub fn shared_state_dir(&self) -> PathBuf {
         self.state_root().join(&self.pipeline.name)
+    }
+
+    /// The shard of a run split among more than one worker (`--shard 0/1` is one worker).
+    pub fn worker(&self) -> Option<crate::shard::Shard> {
+        self.shard.filter(|s| s.count() > 1)
     }
 
     /// Where a key's value came from, when an environment variable set it.

@@ -10,6 +10,7 @@ use indexmap::IndexMap;
 
 use crate::config::{ComponentSpec, ConfigError, ConfigErrors, PipelineFile, Role};
 use crate::registry::Registry;
+use crate::shard::{Shard, Share, ShareTaken};
 use crate::stage::{BuildContext, DataKind, EmulatorProfile, Sink, Source, Transform};
 use crate::state::StateStore;
 
@@ -23,6 +24,9 @@ pub struct BuildOptions {
     pub start: Option<chrono::DateTime<chrono::FixedOffset>>,
     pub end: Option<chrono::DateTime<chrono::FixedOffset>>,
     pub now: Option<chrono::DateTime<chrono::Utc>>,
+    /// For a worker of a sharded run whose state is in an object store: where copies of the
+    /// other workers' ledgers were fetched to (see [`StateStore::with_peers_in`]).
+    pub peer_ledgers: Option<PathBuf>,
 }
 
 pub enum Stage {
@@ -84,7 +88,10 @@ impl Pipeline {
             }
         }
 
-        let store = StateStore::new(file.pipeline_state_dir());
+        let mut store = StateStore::new(file.pipeline_state_dir());
+        if let Some(peers) = &opts.peer_ledgers {
+            store = store.with_peers_in(peers);
+        }
         let committed_by = if opts.use_state {
             match store.committed_runs() {
                 Ok(keys) => Arc::new(keys),
@@ -103,7 +110,7 @@ impl Pipeline {
         let mut built: IndexMap<String, Node> = IndexMap::new();
         for spec in &file.components {
             let state = if opts.use_state && spec.role == Role::Source {
-                match store.load(&spec.name) {
+                match store.load_with_peers(&spec.name) {
                     Ok(s) => Arc::new(s),
                     Err(e) => {
                         errors
@@ -290,11 +297,77 @@ impl Pipeline {
 
         check_sink_paths(&file, &nodes, &mut errors);
 
+        if let Some(shard) = file.worker() {
+            take_shares(&mut nodes, shard);
+        }
+
         if errors.is_empty() {
             Ok(Pipeline { file, nodes })
         } else {
             Err(errors)
         }
+    }
+}
+
+/// Tells every source which share of its windows this worker loads (see [`crate::shard`]). A
+/// source feeding a transform that compares windows (dedupe), through any transform between,
+/// keeps a message's copies together. A source that keeps all of its windows together is
+/// replaced, on every worker but its own, by one that loads nothing.
+fn take_shares(nodes: &mut [Node], shard: Shard) {
+    let mut compared_below: HashSet<String> = HashSet::new();
+    for node in nodes.iter().rev() {
+        let compares = compared_below.contains(&node.spec.name)
+            || matches!(&node.stage, Stage::Transform(t) if t.compares_windows());
+        if compares {
+            compared_below.extend(node.spec.inputs.iter().cloned());
+        }
+    }
+    for node in nodes.iter_mut() {
+        let Stage::Source(source) = &mut node.stage else {
+            continue;
+        };
+        let share = Share {
+            shard,
+            keep_copies_together: compared_below.contains(&node.spec.name),
+        };
+        let taken = source.share(&share);
+        if taken == ShareTaken::Whole && !shard.takes_source(&node.spec.name) {
+            let worker = Shard::worker_of_source(&node.spec.name, shard.count());
+            node.stage = Stage::Source(Box::new(IdleSource {
+                kind: source.output_kind(),
+                note: format!(
+                    "every window of `{}` is loaded by worker {worker}/{} (they stay on one worker);                      this worker loads none",
+                    node.spec.name,
+                    shard.count()
+                ),
+            }));
+        }
+    }
+}
+
+/// A source on a worker that does not load it: sends nothing, so its sinks commit nothing of it.
+struct IdleSource {
+    kind: DataKind,
+    note: String,
+}
+
+#[async_trait::async_trait]
+impl Source for IdleSource {
+    fn output_kind(&self) -> DataKind {
+        self.kind.clone()
+    }
+
+    fn plan(&self) -> crate::Result<Vec<crate::PlannedWindow>> {
+        Ok(Vec::new())
+    }
+
+    fn plan_notes(&self) -> Vec<String> {
+        vec![self.note.clone()]
+    }
+
+    async fn run(self: Box<Self>, _cx: crate::SourceContext) -> crate::Result<()> {
+        tracing::info!("{}", self.note);
+        Ok(())
     }
 }
 

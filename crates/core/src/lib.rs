@@ -16,6 +16,7 @@ pub mod removal;
 pub mod runtime;
 pub mod schema;
 pub mod secret;
+pub mod shard;
 pub mod stage;
 pub mod state;
 

@@ -136,6 +136,17 @@ impl Run {
                 .cloned()
                 .collect::<HashSet<String>>(),
         );
+        // A worker of a sharded run removes leftovers of its own windows only (see
+        // `SinkContext::leftovers_only_of`).
+        let sharded = store.shard().is_some();
+        let leftovers_only_of = if sharded {
+            match store.started_unfinished() {
+                Ok(keys) => Some(Arc::new(keys)),
+                Err(e) => return failed_before_start(&info, &metrics, started, &state_dir, e),
+            }
+        } else {
+            None
+        };
         let owner = match store.identity() {
             Ok(id) => Arc::new(StateOwner {
                 id,
@@ -179,6 +190,7 @@ impl Run {
             committed: committed.clone(),
             reloading: reloading.clone(),
             owner: owner.clone(),
+            leftovers_only_of: leftovers_only_of.clone(),
         };
 
         // Sinks start before anything runs: each clears what an interrupted run left, then the
@@ -241,14 +253,18 @@ impl Run {
             };
             let task: tokio::task::JoinHandle<(f64, Result<()>)> = match stage {
                 Stage::Source(source) => {
+                    let mut out = Output::new(
+                        name.clone(),
+                        senders_of.remove(&name).unwrap_or_default(),
+                        m.clone(),
+                    )
+                    .with_ledger(ledger_tx.clone());
+                    if sharded {
+                        out = out.recording_starts();
+                    }
                     let cx = SourceContext {
                         name: name.clone(),
-                        out: Output::new(
-                            name.clone(),
-                            senders_of.remove(&name).unwrap_or_default(),
-                            m.clone(),
-                        )
-                        .with_ledger(ledger_tx.clone()),
+                        out,
                         metrics: m,
                         dead_letters: dead_letters.clone(),
                         run: info.clone(),
@@ -555,6 +571,15 @@ async fn coordinate_commits(
                 window,
                 committed,
             } => (sink, window, committed),
+            LedgerEvent::Started { window, ack } => {
+                let store = store.clone();
+                let saved = tokio::task::spawn_blocking(move || store.start_window(&window))
+                    .await
+                    .map_err(|e| Error::component("ledger", e))
+                    .and_then(|r| r);
+                let _ = ack.send(saved);
+                continue;
+            }
             LedgerEvent::Checkpoint { window, value, ack } => {
                 let store = store.clone();
                 let saved = tokio::task::spawn_blocking(move || store.checkpoint(&window, value))

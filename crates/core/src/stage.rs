@@ -239,6 +239,9 @@ pub struct Output {
     senders: Vec<mpsc::Sender<Event>>,
     metrics: Arc<ComponentMetrics>,
     ledger: Option<mpsc::UnboundedSender<crate::state::LedgerEvent>>,
+    /// Windows whose start is in the ledger already, when starts are recorded (a worker of a
+    /// sharded run: see [`crate::state::SourceState::started`]).
+    started: Option<Arc<std::sync::Mutex<HashSet<String>>>>,
 }
 
 impl Output {
@@ -252,6 +255,7 @@ impl Output {
             senders,
             metrics,
             ledger: None,
+            started: None,
         }
     }
 
@@ -261,6 +265,41 @@ impl Output {
     ) -> Self {
         self.ledger = Some(ledger);
         self
+    }
+
+    /// Records in the ledger that a window's rows are about to go out, before the first of them
+    /// does (see [`crate::state::SourceState::started`]).
+    pub(crate) fn recording_starts(mut self) -> Self {
+        self.started = Some(Arc::default());
+        self
+    }
+
+    async fn record_start(&self, window: &WindowRef) -> Result<()> {
+        let (Some(started), Some(ledger)) = (&self.started, &self.ledger) else {
+            return Ok(());
+        };
+        let key = window.key();
+        if started
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&key)
+        {
+            return Ok(());
+        }
+        let (ack, done) = tokio::sync::oneshot::channel();
+        ledger
+            .send(crate::state::LedgerEvent::Started {
+                window: window.clone(),
+                ack,
+            })
+            .map_err(|_| Error::component(&self.component, "the ledger is closed"))?;
+        done.await
+            .map_err(|_| Error::component(&self.component, "the ledger stopped"))??;
+        started
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key);
+        Ok(())
     }
 
     /// Saves a note about an open window in the source's ledger (a Qlara export id), durably,
@@ -310,6 +349,7 @@ impl Output {
         if batch.num_rows() == 0 {
             return Ok(());
         }
+        self.record_start(&batch.window).await?;
         self.metrics.add_records_out(batch.num_rows() as u64);
         self.send_event(Event::Batch(batch)).await
     }
@@ -444,6 +484,18 @@ pub trait Source: Send {
     fn keep_raw_records(&mut self) -> std::result::Result<(), String> {
         Err("this source cannot hand over its records whole".into())
     }
+
+    /// Keeps only this worker's share of the windows, for `run --shard K/N` (see
+    /// [`crate::shard`]): what it keeps from [`Source::plan`] on, and at run time of what it
+    /// finds then (conversations discovered through the API). Split with
+    /// [`crate::shard::Share::takes`] by a unit that keeps together what
+    /// [`Share::keep_copies_together`](crate::shard::Share) asks for, and divide a rate budget
+    /// that is per account among the workers. The default keeps every window together: the
+    /// runtime runs the source on one worker ([`crate::shard::Shard::takes_source`]) and not
+    /// on the others.
+    fn share(&mut self, _share: &crate::shard::Share) -> crate::shard::ShareTaken {
+        crate::shard::ShareTaken::Whole
+    }
 }
 
 /// Collects what a transform emits for one input event.
@@ -548,6 +600,14 @@ pub trait Transform: Send {
     fn wants_raw_records(&self) -> bool {
         false
     }
+
+    /// True if what it emits for one window depends on rows of other windows (dedupe drops a
+    /// row another window holds too): with `run --shard`, sources above it split their windows
+    /// only so that a message's copies and versions reach one worker (see
+    /// [`crate::shard::Share::keep_copies_together`]). Default: false.
+    fn compares_windows(&self) -> bool {
+        false
+    }
 }
 
 /// What a running sink gets.
@@ -568,6 +628,12 @@ pub struct SinkContext {
     /// The state directory this run's ledger is in: a sink marks its path as written by it and
     /// refuses a path another state directory writes (see [`Sink::start`]).
     pub owner: Arc<StateOwner>,
+    /// For a worker of a sharded run (`--shard`), which share the lake with the other workers:
+    /// the only windows whose uncommitted files [`Sink::start`] may remove (this worker's
+    /// windows that an earlier run of it began and did not finish). Files of other uncommitted
+    /// windows may be another worker's, being written right now. `None`: one worker, which
+    /// removes every uncommitted window's files.
+    pub leftovers_only_of: Option<Arc<HashSet<String>>>,
 }
 
 /// A pipeline's state directory, as the owner of the paths its sinks write.

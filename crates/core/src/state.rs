@@ -73,6 +73,12 @@ pub struct SourceState {
     /// before (see [`Window::key_name`]). Absent for a source never renamed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys_from: Option<String>,
+    /// Windows a worker of a sharded run (`--shard`) began sending rows of, until they are
+    /// committed or failed: files of these, and of no other uncommitted window, are its own
+    /// leftovers when it starts again. Workers share the lake, so a worker must not delete what
+    /// another is writing right now (see [`crate::shard`]). Empty for runs without `--shard`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub started: std::collections::BTreeSet<String>,
 }
 
 impl SourceState {
@@ -208,6 +214,9 @@ pub struct UnreadableLedger {
 #[derive(Debug, Clone)]
 pub struct StateStore {
     dir: PathBuf,
+    /// For a worker of a sharded run: the directory holding every worker's `shard-K-of-N`
+    /// directory (or copies of their ledgers), whose ledgers sources plan from together.
+    peers: Option<PathBuf>,
 }
 
 /// Holds a pipeline's run lock until dropped (see [`StateStore::lock`]).
@@ -230,9 +239,78 @@ pub enum LockError {
 impl StateStore {
     /// The store under `<state_dir>/<pipeline>`; nothing is created until the first save.
     pub fn new(pipeline_dir: impl Into<PathBuf>) -> Self {
-        StateStore {
-            dir: pipeline_dir.into(),
+        let dir: PathBuf = pipeline_dir.into();
+        // A worker's directory sits beside its peers' (see `crate::shard`).
+        let peers = dir
+            .file_name()
+            .and_then(|n| crate::shard::Shard::from_dir_name(&n.to_string_lossy()))
+            .and_then(|_| dir.parent().map(Path::to_path_buf));
+        StateStore { dir, peers }
+    }
+
+    /// Reads the peers' ledgers from `root` (holding their `shard-K-of-N/sources/`) instead of
+    /// beside this store: copies fetched from an object-store state directory.
+    pub fn with_peers_in(mut self, root: impl Into<PathBuf>) -> Self {
+        if self.shard().is_some() {
+            self.peers = Some(root.into());
         }
+        self
+    }
+
+    /// The worker of a sharded run this store belongs to, if it does.
+    pub fn shard(&self) -> Option<crate::shard::Shard> {
+        crate::shard::Shard::from_dir_name(&self.dir.file_name()?.to_string_lossy())
+    }
+
+    /// The ledger of `source` as sources plan from it: for a worker of a sharded run, the
+    /// windows every worker of the same N committed (its own record wins), so that all of them
+    /// cut the same windows and each takes its share; otherwise [`StateStore::load`].
+    pub fn load_with_peers(&self, source: &str) -> Result<SourceState> {
+        let mut state = self.load(source)?;
+        let (Some(shard), Some(peers)) = (self.shard(), &self.peers) else {
+            return Ok(state);
+        };
+        for other in 0..shard.count() {
+            let Ok(peer) = crate::shard::Shard::new(other, shard.count()) else {
+                continue;
+            };
+            if peer == shard {
+                continue;
+            }
+            let theirs = StateStore {
+                dir: peers.join(peer.dir_name()),
+                peers: None,
+            }
+            .load(source)?;
+            for (key, record) in theirs.windows {
+                state.windows.entry(key).or_insert(record);
+            }
+            for (key, note) in theirs.checkpoints {
+                state.checkpoints.entry(key).or_insert(note);
+            }
+        }
+        Ok(state)
+    }
+
+    /// Notes that rows of `window` are about to be sent (see [`SourceState::started`]).
+    pub fn start_window(&self, window: &Window) -> Result<()> {
+        let mut state = self.load(&window.source)?;
+        if state.started.insert(window.key()) {
+            self.save(&state)?;
+        }
+        Ok(())
+    }
+
+    /// Windows this store's runs began and did not finish (see [`SourceState::started`]),
+    /// without those the lake holds (committed or waiting to be reloaded).
+    pub fn started_unfinished(&self) -> Result<HashSet<String>> {
+        let lake = self.lake_keys()?.all();
+        Ok(self
+            .all()?
+            .into_values()
+            .flat_map(|s| s.started.into_iter())
+            .filter(|k| !lake.contains(k))
+            .collect())
     }
 
     pub fn dir(&self) -> &Path {
@@ -293,14 +371,23 @@ impl StateStore {
     /// directories (a copied pipeline file, another `state_dir`) never clean up each other's
     /// files. A copy of the directory keeps the id; a deleted and recreated one gets a new id.
     pub fn identity(&self) -> Result<String> {
-        let path = self.dir.join("identity");
-        match std::fs::read_to_string(&path) {
-            Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(path, e)),
+        // The workers of a sharded run are one state directory to the lake: they share the id
+        // of the pipeline's directory.
+        let dir = match (self.shard(), self.dir.parent()) {
+            (Some(_), Some(parent)) => parent,
+            _ => self.dir.as_path(),
+        };
+        let path = dir.join("identity");
+        let read = |path: &Path| match std::fs::read_to_string(path) {
+            Ok(id) if !id.trim().is_empty() => Ok(Some(id.trim().to_string())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path, e)),
+        };
+        if let Some(id) = read(&path)? {
+            return Ok(id);
         }
-        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         // RandomState is seeded from the operating system's randomness: with the time and the
         // process id, two directories never draw the same id.
         let seed = {
@@ -316,9 +403,29 @@ impl StateStore {
                 &[seed.to_le_bytes(), seed.rotate_left(17).to_le_bytes()].concat()
             )
         );
-        durable::write_atomic(&path, id.as_bytes())?;
-        durable::sync_dir(&self.dir)?;
-        Ok(id)
+        if self.shard().is_none() {
+            durable::write_atomic(&path, id.as_bytes())?;
+            durable::sync_dir(dir)?;
+            return Ok(id);
+        }
+        // Written whole under a name of this process, then linked into place: a link fails if
+        // the file exists, so of workers starting together exactly one id wins and all read it.
+        let tmp = dir.join(format!("identity.{}.tmp", std::process::id()));
+        durable::write_atomic(&tmp, id.as_bytes())?;
+        let linked = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+        durable::sync_dir(dir)?;
+        read(&path)?.ok_or_else(|| {
+            Error::io(
+                &path,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "empty identity file"),
+            )
+        })
     }
 
     /// The ledger of `source` (empty if it has none yet).
@@ -494,6 +601,7 @@ impl StateStore {
         let mut state = self.load(&window.source)?;
         let key = window.key();
         let checkpoint = state.checkpoints.remove(&key);
+        state.started.remove(&key);
         state.last_run = Some(run_id.to_string());
         let keeps_earlier_files = state
             .windows
@@ -817,6 +925,12 @@ pub enum LedgerEvent {
         window: crate::WindowRef,
         committed: bool,
     },
+    /// A source is about to send the first rows of a window (a worker of a sharded run only);
+    /// `ack` answers once the ledger says so durably.
+    Started {
+        window: crate::WindowRef,
+        ack: tokio::sync::oneshot::Sender<Result<()>>,
+    },
     /// A source saves a note about an open window; `ack` answers once it is durable.
     Checkpoint {
         window: crate::WindowRef,
@@ -957,6 +1071,55 @@ mod tests {
         store.record(&ab, WindowStatus::Committed, "r2").unwrap();
         assert_eq!(store.supersede_reloads().unwrap(), vec![b.key()]);
         assert_eq!(store.load("lw").unwrap().reloading().count(), 0);
+    }
+
+    #[test]
+    fn a_worker_plans_from_every_workers_ledger_and_knows_its_unfinished_windows() {
+        let dir = crate::config::tests::tempdir();
+        let worker = |k| StateStore::new(dir.join(format!("shard-{k}-of-3")));
+        let w = |i: u32, label: &str| Window {
+            source: "q".into(),
+            stream: "messages".into(),
+            index: i,
+            start: Some(DateTime::parse_from_rfc3339("2025-01-01T00:00:00Z").unwrap()),
+            end: Some(DateTime::parse_from_rfc3339("2025-01-01T23:59:59Z").unwrap()),
+            utc_offset: FixedOffset::east_opt(0).unwrap(),
+            label: label.into(),
+            key_name: None,
+        };
+        let (mine, theirs, open) = (w(0, "a"), w(1, "b"), w(2, "c"));
+        assert_eq!(worker(0).shard().map(|s| s.to_string()), Some("0/3".into()));
+        worker(0)
+            .record(&mine, WindowStatus::Committed, "r0")
+            .unwrap();
+        worker(1)
+            .record(&theirs, WindowStatus::Committed, "r1")
+            .unwrap();
+        worker(0).start_window(&open).unwrap();
+        let planned = worker(0).load_with_peers("q").unwrap();
+        assert!(planned.is_committed(&mine.key()) && planned.is_committed(&theirs.key()));
+        // What the worker itself commits and cleans is its own.
+        assert_eq!(worker(0).committed_keys().unwrap().len(), 1);
+        assert_eq!(
+            worker(0).started_unfinished().unwrap(),
+            HashSet::from([open.key()])
+        );
+        worker(0).record(&open, WindowStatus::Failed, "r0").unwrap();
+        assert!(worker(0).started_unfinished().unwrap().is_empty());
+        // One state directory to the lake: every worker has the pipeline's identity.
+        assert_eq!(worker(0).identity().unwrap(), worker(2).identity().unwrap());
+        assert_eq!(
+            worker(1).identity().unwrap(),
+            std::fs::read_to_string(dir.join("identity")).unwrap()
+        );
+        // A store of a run without --shard reads only its own ledger.
+        assert!(
+            StateStore::new(&dir)
+                .load_with_peers("q")
+                .unwrap()
+                .windows
+                .is_empty()
+        );
     }
 
     #[test]

@@ -106,6 +106,7 @@ impl ObjectLake {
         prefix: &str,
         extension: &str,
         ledger: Option<(&HashSet<String>, &HashSet<String>)>,
+        worker_leftovers: Option<&HashSet<String>>,
     ) -> Result<ObjectLake> {
         let store = Store::open(location, storage)?;
         block_on(store.check())??;
@@ -129,8 +130,12 @@ impl ObjectLake {
             staged: HashMap::new(),
         };
         if let Some((committed, reloading)) = ledger {
-            lake.settle_journals(sink, committed, reloading)?;
-            remove_uncommitted(&lake.store, sink, prefix, extension, committed)?;
+            lake.settle_journals(sink, committed, reloading, worker_leftovers)?;
+            // A worker of a sharded run deletes only its own leftovers (its caller does):
+            // objects of windows no ledger of its lists may be another worker's, just published.
+            if worker_leftovers.is_none() {
+                remove_uncommitted(&lake.store, sink, prefix, extension, committed)?;
+            }
         }
         Ok(lake)
     }
@@ -142,12 +147,15 @@ impl ObjectLake {
     }
 
     /// What an interrupted run left staged: windows the ledger lists as committed (and not
-    /// waiting to be loaded again) are published, every other journal's uploads are aborted.
+    /// waiting to be loaded again) are published, every other journal's uploads are aborted —
+    /// for a worker of a sharded run (`worker_leftovers`: the windows it began and did not
+    /// finish) only its own: another worker's journal may be a window it is committing now.
     fn settle_journals(
         &self,
         sink: &str,
         committed: &HashSet<String>,
         reloading: &HashSet<String>,
+        worker_leftovers: Option<&HashSet<String>>,
     ) -> Result<()> {
         for meta in block_on(self.store.list(STAGED_DIR))?? {
             let owned = meta
@@ -185,6 +193,7 @@ impl ObjectLake {
                         "published a committed window an interrupted run had not published"
                     );
                 }
+                _ if worker_leftovers.is_some_and(|own| !own.contains(&journal.window)) => {}
                 _ => {
                     let aborted = journal.started.len();
                     for (key, id) in &journal.started {

@@ -119,6 +119,7 @@ impl<F: FileFormat> Sink for FileSink<F> {
             committed: cx.committed.clone(),
             reloading: cx.reloading.clone(),
             owner: cx.owner.clone(),
+            leftovers_only_of: cx.leftovers_only_of.clone(),
         };
         self.run(cx, move |state, run| state.start(run, Some(&ledger)))
             .await
@@ -201,6 +202,8 @@ struct Ledger {
     committed: Arc<HashSet<String>>,
     reloading: Arc<HashSet<String>>,
     owner: Arc<StateOwner>,
+    /// See [`SinkContext::leftovers_only_of`].
+    leftovers_only_of: Option<Arc<HashSet<String>>>,
 }
 
 /// What the blocking work needs of the [`SinkContext`].
@@ -319,7 +322,10 @@ impl<F: FileFormat> State<F> {
         if self.object.is_none()
             && let Location::Object(location) = self.options.location()?
         {
-            // Objects of windows waiting to be loaded again stay, as files do.
+            // Objects of windows waiting to be loaded again stay, as files do. A worker of a
+            // sharded run deletes only its own leftovers, below: the other workers' windows
+            // the ledger does not list may be theirs, in flight.
+            let shared = ledger.and_then(|l| l.leftovers_only_of.clone());
             let keep: Option<HashSet<String>> = ledger.map(|l| {
                 l.committed
                     .iter()
@@ -335,7 +341,19 @@ impl<F: FileFormat> State<F> {
                 &prefix,
                 self.format.extension(),
                 keep.as_ref().zip(ledger.map(|l| &*l.reloading)),
+                shared.as_deref(),
             )?;
+            if let Some(own) = shared.filter(|own| !own.is_empty()) {
+                let removed = lake.delete_windows(&own, |_| true)?;
+                if removed > 0 {
+                    tracing::warn!(
+                        sink = %cx.sink,
+                        url = %lake.url(),
+                        removed,
+                        "removed objects of windows this worker began and did not commit (left by an interrupted run)"
+                    );
+                }
+            }
             // From here on the sink writes as into a local lake, in the spool.
             self.options.path = lake.spool().to_path_buf();
             self.object = Some(lake);
@@ -359,6 +377,7 @@ impl<F: FileFormat> State<F> {
             &prefix,
             self.format.extension(),
             ledger.map(|l| (&*l.committed, &*l.reloading)),
+            ledger.and_then(|l| l.leftovers_only_of.as_deref()),
         )?;
         if !found.temporary.is_empty() || !found.uncommitted.is_empty() {
             let sample: Vec<&str> = found
@@ -968,18 +987,37 @@ struct Reconciled {
 /// `(committed, reloading)` windows are given, its data files of windows it lists as neither:
 /// both are leftovers of a run that stopped before its commit point. Files of windows waiting
 /// to be loaded again are kept (and listed). Files of other sinks and pipelines (other prefixes)
-/// are never touched.
+/// are never touched. `only_of` (a worker of a sharded run) limits both removals to the files of
+/// those windows: the lake's other uncommitted files may be other workers', being written.
 fn reconcile(
     root: &Path,
     prefix: &str,
     extension: &str,
     ledger: Option<(&HashSet<String>, &HashSet<String>)>,
+    only_of: Option<&HashSet<String>>,
 ) -> Result<Reconciled> {
     let tmp_suffix = format!(".{extension}.tmp");
     let mut found = Reconciled::default();
     for_each_file(root, |path, name| {
         if !name.starts_with(prefix) {
             return Ok(());
+        }
+        if let Some(own) = only_of {
+            let data_name = name.strip_suffix(".tmp").unwrap_or(name);
+            if !window_key_of(data_name, prefix, extension).is_some_and(|w| own.contains(w)) {
+                // Another worker's, or a committed window's: only reloading files are listed.
+                if let (Some((_, reloading)), Some(window)) =
+                    (ledger, window_key_of(name, prefix, extension))
+                    && reloading.contains(window)
+                {
+                    found
+                        .reloading
+                        .entry(window.to_string())
+                        .or_default()
+                        .push(path);
+                }
+                return Ok(());
+            }
         }
         if name.ends_with(&tmp_suffix) {
             remove_file(&path)?;

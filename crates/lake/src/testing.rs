@@ -52,6 +52,7 @@ pub fn sink_context(name: &str, dead_letter_dir: &Path) -> SinkContext {
             id: "test-state".into(),
             dir: dead_letter_dir.join("state"),
         }),
+        leftovers_only_of: None,
     }
 }
 

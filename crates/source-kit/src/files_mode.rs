@@ -19,6 +19,7 @@ use std::time::UNIX_EPOCH;
 
 use crate::files::FilesError;
 use chatlake_core::config::InvalidConfig;
+use chatlake_core::shard::{Share, ShareTaken};
 use chatlake_core::stage::WindowError;
 use chatlake_core::state::SourceState;
 use chatlake_core::{PlannedWindow, SourceContext, Window, WindowRef};
@@ -95,6 +96,8 @@ pub struct FilesMode {
     /// The files found the first time they were looked for: what `windows_loaded_again` names
     /// before the run is what the run loads, even if a file changes in between.
     found: OnceLock<Vec<FileWindow>>,
+    /// This worker's share of the files, for `run --shard` ([`FilesMode::take_share`]).
+    share: Option<Share>,
 }
 
 impl FilesMode {
@@ -116,6 +119,7 @@ impl FilesMode {
             ledger,
             windows_at_once: None,
             found: OnceLock::new(),
+            share: None,
         })
     }
 
@@ -124,6 +128,18 @@ impl FilesMode {
     pub fn with_windows_at_once(mut self, n: usize) -> Self {
         self.windows_at_once = Some(n.max(1));
         self
+    }
+
+    /// Loads only this worker's files (`run --shard`, see [`chatlake_core::Source::share`]):
+    /// split by file, each file's window its own unit. When a transform below compares windows
+    /// (dedupe), one file may hold a later version of a message another file holds, so the
+    /// files stay together on one worker.
+    pub fn take_share(&mut self, share: &Share) -> ShareTaken {
+        if share.keep_copies_together {
+            return ShareTaken::Whole;
+        }
+        self.share = Some(*share);
+        ShareTaken::Split
     }
 
     /// One window per file the globs match, in path order, without the committed ones that did
@@ -175,6 +191,9 @@ impl FilesMode {
                 identity,
                 loaded_again,
             });
+        }
+        if let Some(share) = &self.share {
+            share.retain_windows(&mut found, |f| &f.window);
         }
         Ok(self.found.get_or_init(|| found).clone())
     }

@@ -227,6 +227,41 @@ async fn start_removes_files_of_windows_the_ledger_does_not_list() {
     assert_eq!(files(&root), want);
 }
 
+/// A worker of a sharded run shares the lake with workers writing right now: it removes the
+/// leftovers of its own unfinished windows only, never another window's uncommitted files.
+#[tokio::test]
+async fn a_worker_removes_only_its_own_unfinished_windows_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lake");
+    let d = root.join("sent_date=2025-05-01");
+    std::fs::create_dir_all(&d).unwrap();
+    let committed = name("lw-w00001", 0);
+    let (own, own_tmp) = (
+        name("lw-w00002", 0),
+        format!("{}.tmp", name("lw-w00002", 1)),
+    );
+    let (theirs, theirs_tmp) = (
+        name("lw-w00003", 0),
+        format!("{}.tmp", name("lw-w00003", 1)),
+    );
+    for f in [&committed, &own, &own_tmp, &theirs, &theirs_tmp] {
+        std::fs::write(d.join(f), "{}\n").unwrap();
+    }
+    let mut cx = sink_context("lake", dir.path());
+    cx.committed = std::sync::Arc::new([window("lw", 1).key()].into_iter().collect());
+    cx.leftovers_only_of = Some(std::sync::Arc::new(
+        [window("lw", 2).key()].into_iter().collect(),
+    ));
+    let mut s = sink(&root, &["sent_date"], None);
+    s.start(&cx).await.unwrap();
+    let mut want: Vec<String> = [&committed, &theirs, &theirs_tmp]
+        .iter()
+        .map(|f| format!("sent_date=2025-05-01/{f}"))
+        .collect();
+    want.sort();
+    assert_eq!(files(&root), want);
+}
+
 #[tokio::test]
 async fn a_reloaded_window_keeps_its_files_until_committed_again_which_replaces_them_all() {
     let dir = tempfile::tempdir().unwrap();

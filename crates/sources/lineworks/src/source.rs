@@ -294,6 +294,15 @@ impl Source for LineworksSource {
         result.map_err(|e| e.into_run_error(&self.name))
     }
 
+    /// API windows stay on one worker: LINE WORKS serves one download at a time per domain,
+    /// so a second worker would only wait (or be refused). Files split by file.
+    fn share(&mut self, share: &chatlake_core::shard::Share) -> chatlake_core::shard::ShareTaken {
+        match &mut self.mode {
+            Mode::Api(_) => chatlake_core::shard::ShareTaken::Whole,
+            Mode::Files(files) => files.take_share(share),
+        }
+    }
+
     fn windows_loaded_again(&self) -> Vec<String> {
         match &self.mode {
             // A planned window with a committed window's key is that window fetched again

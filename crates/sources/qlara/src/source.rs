@@ -414,6 +414,21 @@ impl Source for QlaraSource {
         result.map_err(|e| e.into_run_error(&self.name))
     }
 
+    /// Windows are independent exports, split by window, unless a transform below compares
+    /// windows: a late delivery report arrives in a later window's export as a newer version of
+    /// a message an earlier window holds, and only one worker seeing both keeps the latest, so
+    /// then every window stays on one worker. Files split by file (or stay together likewise).
+    fn share(&mut self, share: &chatlake_core::shard::Share) -> chatlake_core::shard::ShareTaken {
+        match &mut self.mode {
+            Mode::Api(_) if share.keep_copies_together => chatlake_core::shard::ShareTaken::Whole,
+            Mode::Api(api) => {
+                share.retain_windows(&mut api.windows, |w| w);
+                chatlake_core::shard::ShareTaken::Split
+            }
+            Mode::Files(files) => files.take_share(share),
+        }
+    }
+
     fn windows_loaded_again(&self) -> Vec<String> {
         match &self.mode {
             // A planned window with a committed window's key is that window fetched again

@@ -44,13 +44,29 @@ pub struct Credentials {
 }
 
 /// The per-second budgets of one source.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budgets {
     pub medium_per_second: NonZeroU32,
     pub heavy_per_second: NonZeroU32,
     /// Daily caps (Free: 2,000 Medium; Heavy and Resource-intensive share 30,000 on Pro).
     pub medium_per_day: Option<NonZeroU32>,
     pub heavy_per_day: Option<NonZeroU32>,
+}
+
+impl Budgets {
+    /// This worker's part of the account's budgets when `workers` run at once (`run --shard`):
+    /// each rate and daily cap divided by `workers`, rounded down, at least 1 per second (a
+    /// cap that small would stop a worker altogether).
+    pub fn divided(self, workers: u32) -> Budgets {
+        let part =
+            |n: NonZeroU32| NonZeroU32::new(n.get() / workers.max(1)).unwrap_or(NonZeroU32::MIN);
+        Budgets {
+            medium_per_second: part(self.medium_per_second),
+            heavy_per_second: part(self.heavy_per_second),
+            medium_per_day: self.medium_per_day.map(part),
+            heavy_per_day: self.heavy_per_day.map(part),
+        }
+    }
 }
 
 /// The budget of `(account, label)`, shared by every Zoom source of the process. The first
@@ -384,5 +400,27 @@ mod tests {
             ErrorKind::Protocol("HTTP 401 124".into()),
         ));
         assert!(e.to_string().contains("freshly fetched access token"));
+    }
+
+    #[test]
+    fn workers_share_the_accounts_budgets() {
+        let n = |v| NonZeroU32::new(v).unwrap();
+        let budgets = Budgets {
+            medium_per_second: n(20),
+            heavy_per_second: n(3),
+            medium_per_day: Some(n(2_000)),
+            heavy_per_day: None,
+        };
+        assert_eq!(
+            budgets.divided(4),
+            Budgets {
+                medium_per_second: n(5),
+                // Never below one request a second: a worker must still make progress.
+                heavy_per_second: n(1),
+                medium_per_day: Some(n(500)),
+                heavy_per_day: None,
+            }
+        );
+        assert_eq!(budgets.divided(1), budgets);
     }
 }

@@ -40,6 +40,7 @@ use crate::api::{ApiError, Budgets, Credentials, Label, ZoomApi};
 use crate::config::{ConversationList, UserStatus};
 use crate::parse::{CHAT_REPORT, Context, RawBuilder, USER_MESSAGES};
 use crate::saved;
+use chatlake_core::shard::{Share, ShareTaken, ShareUnit};
 
 /// Rows collected before a batch goes downstream.
 const BATCH_ROWS: usize = 4096;
@@ -140,6 +141,8 @@ pub struct ZoomSource {
     notes: Vec<String>,
     /// Keep each message whole in a `raw` column ([`Source::keep_raw_records`]).
     keep_raw: bool,
+    /// This worker's share of the windows, for `run --shard` ([`Source::share`]).
+    share: Option<Share>,
 }
 
 /// What one window fetches.
@@ -332,6 +335,7 @@ impl ZoomSource {
             ledger: Arc::default(),
             notes: Vec::new(),
             keep_raw: false,
+            share: None,
         }
     }
 
@@ -422,7 +426,41 @@ impl ZoomSource {
                 }
             }
         }
+        if let Some(share) = &self.share {
+            out.retain(|(window, target)| {
+                let key = window.key();
+                share.takes(&self.share_unit(share, &key, target))
+            });
+        }
         out
+    }
+
+    /// What stays on one worker with `run --shard`: each window (user × conversation × range)
+    /// on its own, unless a transform below compares windows. Then a conversation's windows
+    /// stay together over every range and every user who sees it: a channel message is in the
+    /// windows of each member, a 1:1 message in both people's, and an edit in a later range.
+    fn share_unit<'a>(&'a self, share: &Share, key: &'a str, target: &Target) -> ShareUnit<'a> {
+        if !share.keep_copies_together {
+            return ShareUnit::Window(key);
+        }
+        let scope = match target {
+            Target::Channel { channel, .. } => format!("channel {channel}"),
+            Target::Contact { user, contact } => {
+                let (a, b) = if user <= contact {
+                    (user, contact)
+                } else {
+                    (contact, user)
+                };
+                format!("contact {a} {b}")
+            }
+            Target::Session { id, .. } => format!("session {id}"),
+            // A user's search results span conversations that other users' results hold too.
+            Target::Search { .. } => return ShareUnit::Source(&self.name),
+        };
+        ShareUnit::Scope {
+            source: &self.name,
+            scope,
+        }
     }
 
     /// Committed windows this run fetches again whole (a `lookback` reopened them, or a run
@@ -1158,6 +1196,20 @@ impl Source for ZoomSource {
         match &self.mode {
             Mode::Api(api) => self.windows_fetched_again(api),
             Mode::Files(files) => files.windows_loaded_again(&self.name),
+        }
+    }
+
+    /// API windows split by [`ZoomSource::share_unit`] (conversations are found at run time and
+    /// split then); the account's rate budgets and daily caps are divided among the workers, as
+    /// Zoom counts them per account, not per process. Saved pages split by file.
+    fn share(&mut self, share: &Share) -> ShareTaken {
+        match &mut self.mode {
+            Mode::Files(files) => files.take_share(share),
+            Mode::Api(settings) => {
+                settings.budgets = settings.budgets.divided(share.shard.count());
+                self.share = Some(*share);
+                ShareTaken::Split
+            }
         }
     }
 

@@ -429,6 +429,11 @@ impl Transform for DedupeTransform {
         }
     }
 
+    /// A row is dropped because another window held it too (or an older version of it).
+    fn compares_windows(&self) -> bool {
+        true
+    }
+
     fn holds_rows_until_finish(&self) -> bool {
         self.config.keep == Keep::Latest
     }
