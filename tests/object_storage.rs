@@ -339,7 +339,18 @@ fn runs_every_few_hours_replace_rows_in_earlier_runs_objects() {
 
 /// Runs the pipeline to `end` as a child and kills it with SIGKILL the moment `ready` first
 /// holds (or lets it finish). Returns whether it was killed.
-fn kill_when(b: &Bucket, p: &Path, end: &str, mut ready: impl FnMut() -> bool) -> bool {
+fn kill_when(b: &Bucket, p: &Path, end: &str, ready: impl FnMut() -> bool) -> bool {
+    kill_when_env(b, p, end, &[], ready)
+}
+
+/// [`kill_when`] with more environment variables (`CHATLAKE_SHARD`).
+fn kill_when_env(
+    b: &Bucket,
+    p: &Path,
+    end: &str,
+    extra: &[(&str, String)],
+    mut ready: impl FnMut() -> bool,
+) -> bool {
     let mut cmd = Command::new(BIN);
     cmd.args([
         "run",
@@ -355,6 +366,9 @@ fn kill_when(b: &Bucket, p: &Path, end: &str, mut ready: impl FnMut() -> bool) -
     .stdout(Stdio::null())
     .stderr(Stdio::null());
     for (k, v) in b.env() {
+        cmd.env(k, v);
+    }
+    for (k, v) in extra {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap();
@@ -792,6 +806,73 @@ fn a_run_killed_after_a_window_is_in_the_ledger_but_before_its_publish_is_rolled
         assert_eq!(got.jsonl.len(), want.jsonl.len());
         assert_eq!(got.csv.len(), want.csv.len());
         assert!(got == want, "the re-run leaves the lake of one clean run");
+        return;
+    }
+    panic!("no attempt was killed between a window's ledger entry and its publish");
+}
+
+/// A worker of a sharded run (`--shard`) killed after a window is in its ledger but before the
+/// window's publish: its next run alone publishes it (a worker settles its own staged windows,
+/// never another worker's), and the lake ends equal to one clean unsharded run's.
+#[test]
+fn a_sharded_worker_killed_before_its_publish_publishes_at_its_next_start() {
+    let want = clean_local_lake();
+    let sinks = ["lake", "archive", "sheet"];
+    let shard = |k: u32| ("CHATLAKE_SHARD", format!("{k}/2"));
+    let unpublished = |b: &Bucket, k: u32| -> Vec<String> {
+        let ledger = b.scratch.path(&format!(
+            "lake/_state/objects/shard-{k}-of-2/sources/sms.json"
+        ));
+        let committed = committed_windows(&ledger);
+        b.keys()
+            .into_iter()
+            .filter(|key| key.contains("/_chatlake_staged/"))
+            .filter(|key| window_of(key, "objects", &sinks).is_some_and(|w| committed.contains(w)))
+            .collect()
+    };
+    for attempt in 1..=8 {
+        let b = Bucket::new();
+        // Without a lookback, which would load the killed run's last windows again (and so
+        // replace their staged objects) instead of leaving them to the start's roll-forward.
+        let p = b.scratch.pipeline(
+            "objects.toml",
+            &pipeline(&format!("s3://{BUCKET}/chat"))
+                .replace("window_days = 1\n", "window_days = 1\nlookback = \"0s\"\n"),
+        );
+        // The Qlara source (below a dedupe across runs) is whole on one of the two workers.
+        let Some(k) = (0..2).find(|&k| {
+            kill_when_env(&b, &p, END, &[shard(k)], || !unpublished(&b, k).is_empty())
+                && !unpublished(&b, k).is_empty()
+        }) else {
+            eprintln!("attempt {attempt}: the kill missed the moment");
+            continue;
+        };
+        eprintln!(
+            "attempt {attempt}: worker {k} killed with {} windows unpublished",
+            unpublished(&b, k).len()
+        );
+        let args = ["run", "--emulate", "--end", END, p.to_str().unwrap()];
+        let mut env = b.env();
+        env.push(shard(k));
+        let with = |env: &Vec<(&'static str, String)>| -> Vec<(&str, String)> {
+            env.iter().map(|(a, v)| (*a, v.clone())).collect()
+        };
+        let env_k = with(&env);
+        let env_k: Vec<(&str, &str)> = env_k.iter().map(|(a, v)| (*a, v.as_str())).collect();
+        // The killed worker alone first: it must publish its own committed windows.
+        b.scratch.run_env(&args, &env_k).expect_code(0);
+        assert!(
+            unpublished(&b, k).is_empty(),
+            "worker {k}'s next start published its committed windows"
+        );
+        let mut env_other = b.env();
+        env_other.push(shard(1 - k));
+        let env_other: Vec<(&str, &str)> =
+            env_other.iter().map(|(a, v)| (*a, v.as_str())).collect();
+        b.scratch.run_env(&args, &env_other).expect_code(0);
+        let got = b.lake();
+        assert_eq!(got.parquet.len(), want.parquet.len());
+        assert!(got == want, "the workers leave the lake of one clean run");
         return;
     }
     panic!("no attempt was killed between a window's ledger entry and its publish");
