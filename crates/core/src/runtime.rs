@@ -9,6 +9,9 @@
 //!   window before all of its rows are in. A window that failed on any path counts as failed.
 //! * A sink commits a window when its marker arrives; windows still open when input ends (a stage
 //!   upstream failed) are aborted, never committed.
+//! * Once the ledger lists a window (every sink committed it), each sink publishes it
+//!   ([`Sink::publish`]), between its writes, and before it finishes: a sink that stages its
+//!   commits (object storage) makes them visible only then.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -207,8 +210,17 @@ impl Run {
         }
 
         let (ledger_tx, ledger_rx) = mpsc::unbounded_channel();
+        // Per sink: the ledger's word on each window it committed, for its publish.
+        let mut recorded_txs = HashMap::new();
+        let mut recorded_rxs = HashMap::new();
+        for name in sinks.keys() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            recorded_txs.insert(name.clone(), tx);
+            recorded_rxs.insert(name.clone(), rx);
+        }
         let coordinator = tokio::spawn(coordinate_commits(
             ledger_rx,
+            recorded_txs,
             topology.sinks_per_source.clone(),
             store.clone(),
             info.run_id.clone(),
@@ -275,11 +287,14 @@ impl Run {
                         .expect("every consumer has a channel");
                     let cx = sink_cx(&name);
                     let ledger = ledger_tx.clone();
+                    let recorded = recorded_rxs
+                        .remove(&name)
+                        .expect("every sink has a ledger channel");
                     let finished = finished_sinks.clone();
                     let failed = failed_sinks.clone();
                     tokio::spawn(timed(async move {
                         let (sink, result) =
-                            run_sink(s, rx, MarkerMerge::new(expected), cx, ledger).await;
+                            run_sink(s, rx, MarkerMerge::new(expected), cx, ledger, recorded).await;
                         let into = if result.is_ok() { finished } else { failed };
                         into.lock()
                             .expect("no task panics holding it")
@@ -509,22 +524,37 @@ fn failed_before_start(
     summary
 }
 
+/// The ledger's word on a window a sink committed, sent to that sink.
+#[derive(Debug)]
+struct Recorded {
+    window: WindowRef,
+    /// Listed as committed: the sink publishes it. Otherwise another sink dropped it and it is
+    /// never published (its staged files go with the run's `drop_windows`).
+    committed: bool,
+}
+
 /// Writes a window into the ledger once every sink it reaches has committed it (or as failed
-/// once every sink has dropped it). This is the run's commit point: see [`crate::state`].
-/// Returns the keys of windows some sinks committed but that never reached the ledger (another
-/// sink failed first): their files must not stay visible.
+/// once every sink has dropped it). This is the run's commit point: see [`crate::state`]. Then
+/// tells each sink that committed the window (`recorded`, by sink name), so it publishes it only
+/// after the ledger lists it. Returns the keys of windows some sinks committed but that never
+/// reached the ledger (another sink failed first): their files must not stay visible.
 async fn coordinate_commits(
     mut rx: mpsc::UnboundedReceiver<LedgerEvent>,
+    recorded: HashMap<String, mpsc::UnboundedSender<Recorded>>,
     sinks_per_source: HashMap<String, usize>,
     store: StateStore,
     run_id: String,
 ) -> Result<HashSet<String>> {
-    // Per window: sinks heard from, whether all of them committed it, whether any did.
-    let mut pending: HashMap<String, (usize, bool, bool)> = HashMap::new();
+    // Per window: sinks heard from, whether all of them committed it, the sinks that did.
+    let mut pending: HashMap<String, (usize, bool, Vec<String>)> = HashMap::new();
     let mut unlisted = HashSet::new();
     while let Some(event) = rx.recv().await {
-        let (window, committed) = match event {
-            LedgerEvent::Sink { window, committed } => (window, committed),
+        let (sink, window, committed) = match event {
+            LedgerEvent::Sink {
+                sink,
+                window,
+                committed,
+            } => (sink, window, committed),
             LedgerEvent::Checkpoint { window, value, ack } => {
                 let store = store.clone();
                 let saved = tokio::task::spawn_blocking(move || store.checkpoint(&window, value))
@@ -537,32 +567,43 @@ async fn coordinate_commits(
         };
         let need = sinks_per_source.get(&window.source).copied().unwrap_or(1);
         let key = window.key();
-        let entry = pending.entry(key.clone()).or_insert((0, true, false));
+        let entry = pending.entry(key.clone()).or_insert((0, true, Vec::new()));
         entry.0 += 1;
         entry.1 &= committed;
-        entry.2 |= committed;
+        if committed {
+            entry.2.push(sink);
+        }
         if entry.0 < need {
             continue;
         }
-        let (_, all_committed, any_committed) = pending.remove(&key).expect("just updated");
+        let (_, all_committed, committed_by) = pending.remove(&key).expect("just updated");
         let status = if all_committed {
             WindowStatus::Committed
         } else {
-            if any_committed {
+            if !committed_by.is_empty() {
                 // Another path failed it: the sinks that committed it must drop its files.
                 unlisted.insert(key);
             }
             WindowStatus::Failed
         };
-        let (store, run_id) = (store.clone(), run_id.clone());
-        tokio::task::spawn_blocking(move || store.record(&window, status, &run_id))
+        let (store, run_id, w) = (store.clone(), run_id.clone(), window.clone());
+        tokio::task::spawn_blocking(move || store.record(&w, status, &run_id))
             .await
             .map_err(|e| Error::component("ledger", e))??;
+        for sink in committed_by {
+            if let Some(tx) = recorded.get(&sink) {
+                // A sink that stopped has dropped its receiver; the next run's start publishes.
+                let _ = tx.send(Recorded {
+                    window: window.clone(),
+                    committed: all_committed,
+                });
+            }
+        }
     }
     unlisted.extend(
         pending
             .into_iter()
-            .filter(|(_, (_, _, any_committed))| *any_committed)
+            .filter(|(_, (_, _, committed_by))| !committed_by.is_empty())
             .map(|(key, _)| key),
     );
     Ok(unlisted)
@@ -916,17 +957,89 @@ async fn apply_removals(
     Ok(())
 }
 
-/// Runs a started sink to the end of its input; hands it back for the removals that follow
-/// the run's commits.
+/// Runs a started sink to the end of its input, publishing each window it committed once the
+/// ledger lists it; hands it back for the removals that follow the run's commits.
 async fn run_sink(
     mut sink: Box<dyn Sink>,
     rx: mpsc::Receiver<Event>,
     merge: MarkerMerge,
     cx: SinkContext,
     ledger: mpsc::UnboundedSender<LedgerEvent>,
+    recorded: mpsc::UnboundedReceiver<Recorded>,
 ) -> (Box<dyn Sink>, Result<()>) {
-    let result = drive_sink(&mut sink, rx, merge, &cx, ledger).await;
+    let mut publisher = Publisher {
+        recorded: Some(recorded),
+        awaiting: HashSet::new(),
+    };
+    let mut result = drive_sink(&mut sink, rx, merge, &cx, ledger, &mut publisher).await;
+    // The ledger sender went with `drive_sink`, so the ledger task ends once every other stage
+    // has, and the wait below ends with it. Windows the ledger listed are published even after
+    // an error (the first error stays the run's); `finish` only after a clean run, as before.
+    let published = publisher.publish_rest(&mut sink, &cx).await;
+    if result.is_ok() {
+        result = published;
+    } else if let Err(e) = published {
+        tracing::warn!(sink = %cx.name, "a publish failed after the sink had failed: {e}");
+    }
+    if result.is_ok() {
+        result = sink.finish(&cx).await;
+    }
     (sink, result)
+}
+
+/// A sink's windows committed but not yet listed by the ledger, and the ledger's answers.
+struct Publisher {
+    /// `None` once the ledger task has ended.
+    recorded: Option<mpsc::UnboundedReceiver<Recorded>>,
+    awaiting: HashSet<String>,
+}
+
+impl Publisher {
+    /// The ledger's next answer, or never once it has ended (for `select!`).
+    async fn next(&mut self) -> Option<Recorded> {
+        match &mut self.recorded {
+            Some(rx) => {
+                let next = rx.recv().await;
+                if next.is_none() {
+                    self.recorded = None;
+                }
+                next
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Publishes `answer.window` if the ledger lists it as committed.
+    async fn settle(
+        &mut self,
+        answer: Recorded,
+        sink: &mut Box<dyn Sink>,
+        cx: &SinkContext,
+    ) -> Result<()> {
+        self.awaiting.remove(&answer.window.key());
+        if answer.committed {
+            sink.publish(&answer.window, cx).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the ledger's answer on every window still awaited and publishes the committed
+    /// ones; returns at once when the ledger task has ended.
+    async fn publish_rest(&mut self, sink: &mut Box<dyn Sink>, cx: &SinkContext) -> Result<()> {
+        while !self.awaiting.is_empty() && self.recorded.is_some() {
+            if let Some(answer) = self.next().await {
+                self.settle(answer, sink, cx).await?;
+            }
+        }
+        if !self.awaiting.is_empty() {
+            tracing::debug!(
+                sink = %cx.name,
+                windows = self.awaiting.len(),
+                "committed windows the ledger never listed are not published"
+            );
+        }
+        Ok(())
+    }
 }
 
 async fn drive_sink(
@@ -935,9 +1048,22 @@ async fn drive_sink(
     mut merge: MarkerMerge,
     cx: &SinkContext,
     ledger: mpsc::UnboundedSender<LedgerEvent>,
+    publisher: &mut Publisher,
 ) -> Result<()> {
     let mut open: IndexMap<String, WindowRef> = IndexMap::new();
-    while let Some(event) = rx.recv().await {
+    loop {
+        // The ledger's answers first: a window is published as soon as it is listed.
+        let event = tokio::select! {
+            biased;
+            Some(answer) = publisher.next() => {
+                publisher.settle(answer, sink, cx).await?;
+                continue;
+            }
+            event = rx.recv() => match event {
+                Some(event) => event,
+                None => break,
+            },
+        };
         match event {
             Event::Batch(batch) => {
                 cx.metrics.add_records_in(batch.num_rows() as u64);
@@ -953,8 +1079,10 @@ async fn drive_sink(
                     } else {
                         sink.commit(&w, cx).await?;
                         cx.metrics.add_window_done();
+                        publisher.awaiting.insert(w.key());
                     }
                     let _ = ledger.send(LedgerEvent::Sink {
+                        sink: cx.name.clone(),
                         window: w,
                         committed: !failed,
                     });
@@ -965,6 +1093,7 @@ async fn drive_sink(
                     open.shift_remove(&w.key());
                     sink.abort(&w, cx).await?;
                     let _ = ledger.send(LedgerEvent::Sink {
+                        sink: cx.name.clone(),
                         window: w,
                         committed: false,
                     });
@@ -977,7 +1106,6 @@ async fn drive_sink(
         tracing::warn!(sink = %cx.name, window = %w, "input ended before the window was complete; not committing it");
         sink.abort(&w, cx).await?;
     }
-    sink.finish(cx).await?;
     Ok(())
 }
 

@@ -590,7 +590,8 @@ pub struct SinkLocation {
 }
 
 /// A destination. The runtime guarantees, per input path: batches of a window arrive before its
-/// `commit`; a window is committed or aborted at most once; `finish` comes last. Batches of
+/// `commit`; a window is committed or aborted at most once; a committed window is published
+/// once the ledger lists it; `finish` comes last. Batches of
 /// different windows may interleave (fan-in).
 #[async_trait]
 pub trait Sink: Send {
@@ -610,7 +611,8 @@ pub trait Sink: Send {
     }
 
     /// Called once before any input: refuse a path another state directory writes, then remove
-    /// what an interrupted run left (files of windows not in `cx.committed`, temporary files).
+    /// what an interrupted run left (files of windows not in `cx.committed`, temporary files)
+    /// and publish what it left staged of windows in `cx.committed` (see [`Sink::publish`]).
     /// Default: nothing to clean.
     async fn start(&mut self, _cx: &SinkContext) -> Result<()> {
         Ok(())
@@ -619,8 +621,19 @@ pub trait Sink: Send {
     /// Writes one batch; it need not be visible until `commit`.
     async fn write(&mut self, batch: Batch, cx: &SinkContext) -> Result<()>;
 
-    /// Makes every row of `window` durable and visible (rename into place).
+    /// Makes every row of `window` durable (a local lake also renames its files into place).
+    /// A sink whose store cannot hide a finished object from readers (object storage) stages
+    /// the window here, under names no reader sees, and makes it visible in [`Sink::publish`].
     async fn commit(&mut self, _window: &WindowRef, _cx: &SinkContext) -> Result<()> {
+        Ok(())
+    }
+
+    /// Makes visible what [`Sink::commit`] staged of `window`. Called once the ledger records
+    /// `window` as committed (never for a window the ledger does not list), soon after, before
+    /// [`Sink::finish`]. A failure fails the run, but the window stays committed: the next run's
+    /// [`Sink::start`] must publish what is still staged of the windows in `cx.committed`. So it
+    /// must be idempotent. Default: nothing to do (`commit` made the window visible).
+    async fn publish(&mut self, _window: &WindowRef, _cx: &SinkContext) -> Result<()> {
         Ok(())
     }
 

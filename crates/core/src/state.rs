@@ -534,6 +534,8 @@ impl ResetSource {
 pub enum LedgerEvent {
     /// A sink committed (or dropped) a window.
     Sink {
+        /// The sink's name: it publishes the window once the ledger lists it.
+        sink: String,
         window: crate::WindowRef,
         committed: bool,
     },

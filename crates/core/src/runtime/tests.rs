@@ -195,11 +195,15 @@ struct MemSinkConfig {
     id: String,
     #[serde(default)]
     delay_ms: u64,
+    /// Its commit of this window fails (the sink stops).
+    #[serde(default)]
+    fail_commit: Option<u32>,
 }
 
 struct MemSink {
     id: String,
     delay_ms: u64,
+    fail_commit: Option<u32>,
 }
 
 impl SinkConfig for MemSinkConfig {
@@ -209,6 +213,7 @@ impl SinkConfig for MemSinkConfig {
         Ok(Box::new(MemSink {
             id: self.id,
             delay_ms: self.delay_ms,
+            fail_commit: self.fail_commit,
         }))
     }
 }
@@ -231,7 +236,24 @@ impl Sink for MemSink {
         Ok(())
     }
     async fn commit(&mut self, w: &WindowRef, _: &SinkContext) -> Result<()> {
+        if self.fail_commit == Some(w.index) {
+            return Err(crate::Error::component(&self.id, "commit refused"));
+        }
         record(&self.id, "commit", w.index, 0);
+        Ok(())
+    }
+    /// Records ("publish", window, 1 if the ledger listed it as committed at that moment).
+    async fn publish(&mut self, w: &WindowRef, cx: &SinkContext) -> Result<()> {
+        let ledger = crate::state::StateStore::new(&cx.owner.dir).load(&w.source)?;
+        let listed = ledger
+            .windows
+            .values()
+            .any(|l| l.label == w.label && l.status == crate::state::WindowStatus::Committed);
+        record(&self.id, "publish", w.index, listed as usize);
+        Ok(())
+    }
+    async fn finish(&mut self, _: &SinkContext) -> Result<()> {
+        record(&self.id, "finish", 0, 0);
         Ok(())
     }
     async fn abort(&mut self, w: &WindowRef, _: &SinkContext) -> Result<()> {
@@ -593,6 +615,62 @@ inputs = ["a"]
     // Window 3 never ended: its checkpoint is still there for the next run; the others' are gone.
     assert_eq!(ledger.checkpoints.len(), 1);
     assert_eq!(ledger.checkpoints.values().next().unwrap()["note"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_publish_each_window_after_the_ledger_lists_it_and_never_a_dropped_one() {
+    // x and y both get every window; window 1 fails at the source (both abort it); y's commit
+    // of window 3 fails, so x's commit of it never reaches the ledger. The writes are slowed so
+    // that the ledger lists window 0 long before the last window arrives.
+    let s = run(r#"
+[sources.a]
+type = "test_source"
+windows = 6
+batches = 3
+fail_window = 1
+[sinks.x]
+type = "mem"
+id = "publish-x"
+delay_ms = 30
+inputs = ["a"]
+[sinks.y]
+type = "mem"
+id = "publish-y"
+fail_commit = 3
+inputs = ["a"]
+"#)
+    .await;
+    assert_eq!(s.status, RunStatus::Failed);
+    let ev = events("publish-x");
+    let at = |what: &str, w: u32| ev.iter().position(|e| e.0 == what && e.1 == w);
+    let published: Vec<u32> = ev
+        .iter()
+        .filter(|e| e.0 == "publish")
+        .map(|e| e.1)
+        .collect();
+    assert_eq!(published, vec![0, 2], "{ev:?}");
+    for e in ev.iter().filter(|e| e.0 == "publish") {
+        assert_eq!(
+            e.2, 1,
+            "window {} published before the ledger listed it",
+            e.1
+        );
+        assert!(at("commit", e.1).unwrap() < at("publish", e.1).unwrap());
+    }
+    // Aborted (1) and committed by x but never listed (3): never published.
+    assert!(at("abort", 1).is_some() && at("publish", 1).is_none());
+    assert!(at("commit", 3).is_some() && at("publish", 3).is_none());
+    // Published soon after its commit, not at the end of the run.
+    assert!(
+        at("publish", 0).unwrap() < at("commit", 3).unwrap(),
+        "{ev:?}"
+    );
+    // `finish` comes after every publish.
+    assert_eq!(ev.last().unwrap().0, "finish", "{ev:?}");
+    // The failed sink publishes the window the ledger listed before its failure.
+    let ev = events("publish-y");
+    assert!(ev.contains(&("publish".into(), 0, 1)), "{ev:?}");
+    assert!(!ev.iter().any(|e| e.0 == "finish"));
 }
 
 /// Records (instance, event, window) for `replicated_windows_stay_whole_and_in_order`.
