@@ -19,7 +19,7 @@ pub(crate) const WINDOW_TAG: &str = "chatlake.window";
 /// A data file in the loaded table version.
 #[derive(Debug, Clone)]
 pub(crate) struct TableFile {
-    /// As the log has it: relative to the table root, percent-encoded.
+    /// Relative to the table root, as deltalake gives it (percent-decoded).
     pub path: String,
     pub partition_values: HashMap<String, Option<String>>,
     pub tags: Option<HashMap<String, Option<String>>>,
@@ -28,7 +28,8 @@ pub(crate) struct TableFile {
 impl TableFile {
     /// The object key, relative to the table root.
     pub fn object_path(&self) -> Path {
-        Path::from_url_path(&self.path).unwrap_or_else(|_| Path::from(self.path.as_str()))
+        // As deltalake's own `object_store_path`: keep what parses, encode the rest.
+        Path::parse(&self.path).unwrap_or_else(|_| Path::from(self.path.as_str()))
     }
 
     /// A path in the same directory as this file.
