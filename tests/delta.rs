@@ -98,9 +98,15 @@ fn read_delta(root: &Path, version: Option<u64>) -> Vec<Row> {
 fn version(root: &Path) -> u64 {
     let rt = runtime();
     let url = url::Url::from_directory_path(std::fs::canonicalize(root).unwrap()).unwrap();
-    rt.block_on(async { DeltaTableBuilder::from_url(url).unwrap().load().await.unwrap() })
-        .version()
-        .unwrap()
+    rt.block_on(async {
+        DeltaTableBuilder::from_url(url)
+            .unwrap()
+            .load()
+            .await
+            .unwrap()
+    })
+    .version()
+    .unwrap()
 }
 
 /// How many protocol and metaData actions the log holds over all its commits.
@@ -184,11 +190,17 @@ fn a_local_table_equals_the_parquet_lake_and_replacements_travel_in_time() {
     let mut replaced = 0;
     for v in &versions[..versions.len() - 1] {
         for r in read_delta(&table, Some(*v)) {
-            if newest.get(r.message_id.as_str()).is_some_and(|n| *n > r.version) {
+            if newest
+                .get(r.message_id.as_str())
+                .is_some_and(|n| *n > r.version)
+            {
                 replaced += 1;
             }
         }
-        assert_eq!(duplicates(&read_delta(&table, Some(*v))), Vec::<String>::new());
+        assert_eq!(
+            duplicates(&read_delta(&table, Some(*v))),
+            Vec::<String>::new()
+        );
     }
     assert!(replaced > 0, "earlier versions hold replaced rows");
 
@@ -306,7 +318,9 @@ fn an_s3_table_killed_at_any_moment_ends_as_the_parquet_lake_with_one_protocol()
             // While fetching, before anything is written.
             0 => {
                 let started = Instant::now();
-                kill_when(&b, &p, end, || started.elapsed() > Duration::from_millis(150))
+                kill_when(&b, &p, end, || {
+                    started.elapsed() > Duration::from_millis(150)
+                })
             }
             // The moment a window's journal exists: its files are written, the ledger may or
             // may not have it, the table does not.
@@ -316,7 +330,9 @@ fn an_s3_table_killed_at_any_moment_ends_as_the_parquet_lake_with_one_protocol()
             // A while into the run.
             _ => {
                 let started = Instant::now();
-                kill_when(&b, &p, end, || started.elapsed() > Duration::from_millis(400))
+                kill_when(&b, &p, end, || {
+                    started.elapsed() > Duration::from_millis(400)
+                })
             }
         };
         killed += usize::from(was_killed);
@@ -329,9 +345,15 @@ fn an_s3_table_killed_at_any_moment_ends_as_the_parquet_lake_with_one_protocol()
     let got = read_delta(&table, None);
     assert_eq!(duplicates(&got), Vec::<String>::new());
     assert_eq!(got.len(), lake.len());
-    assert!(got == lake, "killed runs, run again, leave the table of one clean run");
+    assert!(
+        got == lake,
+        "killed runs, run again, leave the table of one clean run"
+    );
     assert_eq!(protocol_and_metadata(&table), (1, 1));
-    assert!(b.keys(journals).is_empty(), "every journal is published or gone");
+    assert!(
+        b.keys(journals).is_empty(),
+        "every journal is published or gone"
+    );
 }
 
 /// Three pipelines (three workers with state of their own) load the same export into one S3
@@ -354,7 +376,11 @@ fn concurrent_workers_commit_to_one_s3_table_exactly_once() {
         .collect();
     for child in children {
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let got = read_delta(&b.download("chat/shared"), None);
     let lake = read_parquet(&b.scratch.path("w0/messages"));

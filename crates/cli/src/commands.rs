@@ -989,7 +989,11 @@ pub async fn lake_vacuum(
         .await
         {
             Ok(done) => {
-                let verb = if done.dry_run { "would delete" } else { "deleted" };
+                let verb = if done.dry_run {
+                    "would delete"
+                } else {
+                    "deleted"
+                };
                 println!(
                     "{}: {verb} {} files of {}",
                     spec.name,

@@ -9,8 +9,9 @@ pub enum Error {
     #[error("{table}: {source}")]
     Delta {
         table: String,
+        // Boxed: deltalake's error is large, and every Result of this crate carries its size.
         #[source]
-        source: DeltaTableError,
+        source: Box<DeltaTableError>,
     },
     #[error("{table}: {source}")]
     Store {
@@ -54,7 +55,7 @@ pub enum Error {
         window: String,
         attempts: u32,
         #[source]
-        source: DeltaTableError,
+        source: Box<DeltaTableError>,
     },
 }
 

@@ -38,11 +38,10 @@ pub async fn vacuum(
     dry_run: bool,
 ) -> Result<Vacuumed> {
     let shown = config.path.display().to_string();
-    let location =
-        Location::parse(&config.path.to_string_lossy()).map_err(|e| Error::Table {
-            table: shown.clone(),
-            message: e.to_string(),
-        })?;
+    let location = Location::parse(&config.path.to_string_lossy()).map_err(|e| Error::Table {
+        table: shown.clone(),
+        message: e.to_string(),
+    })?;
     let table = table::open(&location, &config.storage.or(storage), &shown).await?;
     if table.version().is_none() {
         return Err(Error::Table {
@@ -64,7 +63,7 @@ pub async fn vacuum(
         .await
         .map_err(|source| Error::Delta {
             table: shown,
-            source,
+            source: Box::new(source),
         })?;
     Ok(Vacuumed {
         files: metrics.files_deleted,

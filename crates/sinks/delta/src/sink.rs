@@ -103,7 +103,7 @@ impl DeltaSink {
     fn delta(&self, source: deltalake::DeltaTableError) -> Error {
         Error::Delta {
             table: self.shown.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -126,10 +126,13 @@ impl DeltaSink {
             self.open.insert(key.clone(), writer);
         }
         let writer = self.open.get_mut(&key).expect("inserted above");
-        writer.write(batch.data).await.map_err(|source| Error::Delta {
-            table: self.shown.clone(),
-            source,
-        })
+        writer
+            .write(batch.data)
+            .await
+            .map_err(|source| Error::Delta {
+                table: self.shown.clone(),
+                source: Box::new(source),
+            })
     }
 
     async fn commit_window(&mut self, window: &WindowRef, cx: &SinkContext) -> Result<()> {
@@ -186,18 +189,15 @@ impl DeltaSink {
         let removals = self.removals_by(journal)?;
         let partition_by = self.options.partition_by.clone();
         let table = self.table()?;
-        table
-            .update_state()
-            .await
-            .map_err(|source| Error::Delta {
-                table: shown.clone(),
-                source,
-            })?;
+        table.update_state().await.map_err(|source| Error::Delta {
+            table: shown.clone(),
+            source: Box::new(source),
+        })?;
         if table::txn_version(table, &app_id)
             .await
             .map_err(|source| Error::Delta {
                 table: shown.clone(),
-                source,
+                source: Box::new(source),
             })?
             .is_some_and(|v| v >= journal.version)
         {
@@ -205,28 +205,32 @@ impl DeltaSink {
         }
         // The window's files of an earlier load leave in the same commit.
         let added: HashSet<&str> = journal.adds.iter().map(|a| a.path.as_str()).collect();
-        let mut removes: HashSet<String> =
-            files_of(table, &writer, Some(&HashSet::from([journal.window.clone()])))
-                .map_err(|source| Error::Delta {
-                    table: shown.clone(),
-                    source,
-                })?
-                .into_iter()
-                .map(|f| f.path)
-                .filter(|p| !added.contains(p.as_str()))
-                .collect();
+        let mut removes: HashSet<String> = files_of(
+            table,
+            &writer,
+            Some(&HashSet::from([journal.window.clone()])),
+        )
+        .map_err(|source| Error::Delta {
+            table: shown.clone(),
+            source: Box::new(source),
+        })?
+        .into_iter()
+        .map(|f| f.path)
+        .filter(|p| !added.contains(p.as_str()))
+        .collect();
         // Rows this window replaces leave their earlier windows' files in the same commit.
         let mut adds = journal.adds.clone();
         let mut must_remove = HashSet::new();
-        for removal in removals
-            .iter()
-            .filter(|r| r.window != journal.window)
-        {
-            let files = files_of(table, &writer, Some(&HashSet::from([removal.window.clone()])))
-                .map_err(|source| Error::Delta {
-                    table: shown.clone(),
-                    source,
-                })?;
+        for removal in removals.iter().filter(|r| r.window != journal.window) {
+            let files = files_of(
+                table,
+                &writer,
+                Some(&HashSet::from([removal.window.clone()])),
+            )
+            .map_err(|source| Error::Delta {
+                table: shown.clone(),
+                source: Box::new(source),
+            })?;
             let rewrite =
                 rewrite::without_rows(table, &files, &removal.keys, &properties, &shown).await?;
             adds.extend(rewrite.adds);
@@ -241,7 +245,8 @@ impl DeltaSink {
             must_remove,
             operation: Operation::Append,
         };
-        let committed = table::commit(table, &change, &partition_by, &shown, &journal.window).await?;
+        let committed =
+            table::commit(table, &change, &partition_by, &shown, &journal.window).await?;
         if let Committed::Version(version) = committed {
             tracing::debug!(table = %shown, window = %journal.window, version, "window committed to the table");
         }
@@ -270,8 +275,7 @@ impl DeltaSink {
 
     async fn start_table(&mut self, cx: &SinkContext) -> Result<()> {
         self.pipeline_dir = Some(cx.owner.dir.clone());
-        let table =
-            table::open(&self.options.location, &self.options.storage, &self.shown).await?;
+        let table = table::open(&self.options.location, &self.options.storage, &self.shown).await?;
         self.table = Some(table);
         if self.table()?.version().is_none() {
             return Ok(());
@@ -330,11 +334,11 @@ impl DeltaSink {
         }
         table.update_state().await.map_err(|source| Error::Delta {
             table: shown.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let files = files_of(table, &writer, Some(windows)).map_err(|source| Error::Delta {
             table: shown.clone(),
-            source,
+            source: Box::new(source),
         })?;
         if files.is_empty() {
             return Ok(0);
@@ -363,13 +367,17 @@ impl DeltaSink {
         }
         table.update_state().await.map_err(|source| Error::Delta {
             table: shown.clone(),
-            source,
+            source: Box::new(source),
         })?;
-        let files = files_of(table, &writer, Some(&HashSet::from([removal.window.clone()])))
-            .map_err(|source| Error::Delta {
-                table: shown.clone(),
-                source,
-            })?;
+        let files = files_of(
+            table,
+            &writer,
+            Some(&HashSet::from([removal.window.clone()])),
+        )
+        .map_err(|source| Error::Delta {
+            table: shown.clone(),
+            source: Box::new(source),
+        })?;
         // Rows already gone (taken out when the replacing window was published) are not found:
         // nothing is written.
         let rewrite =

@@ -20,8 +20,7 @@ use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
 use deltalake::kernel::{Action, Add, Remove, StructType, Transaction};
 use deltalake::logstore::{
-    LogStore, LogStoreFactory, ObjectStoreRef, StorageConfig, default_logstore,
-    logstore_factories,
+    LogStore, LogStoreFactory, ObjectStoreRef, StorageConfig, default_logstore, logstore_factories,
 };
 use deltalake::operations::create::CreateBuilder;
 use deltalake::protocol::{DeltaOperation, SaveMode};
@@ -76,7 +75,7 @@ pub(crate) async fn open(
 ) -> Result<DeltaTable> {
     let delta = |source| Error::Delta {
         table: shown.to_string(),
-        source,
+        source: Box::new(source),
     };
     let mut table = match location {
         Location::Local(dir) => {
@@ -136,15 +135,16 @@ pub(crate) async fn ensure_created(
 ) -> Result<()> {
     let delta = |source| Error::Delta {
         table: shown.to_string(),
-        source,
+        source: Box::new(source),
     };
     if table.version().is_none() {
-        let columns: StructType = schema.as_ref().try_into_kernel().map_err(|e| {
-            Error::Table {
+        let columns: StructType = schema
+            .as_ref()
+            .try_into_kernel()
+            .map_err(|e| Error::Table {
                 table: shown.to_string(),
                 message: format!("its rows cannot be a Delta table: {e}"),
-            }
-        })?;
+            })?;
         let created = CreateBuilder::new()
             .with_log_store(table.log_store())
             .with_columns(columns.fields().cloned())
@@ -161,7 +161,11 @@ pub(crate) async fn ensure_created(
         }
         table.update_state().await.map_err(delta)?;
     }
-    let existing = table.snapshot().map_err(delta)?.metadata().partition_columns();
+    let existing = table
+        .snapshot()
+        .map_err(delta)?
+        .metadata()
+        .partition_columns();
     if existing.to_vec() != partition_by {
         return Err(Error::Table {
             table: shown.to_string(),
@@ -239,7 +243,7 @@ pub(crate) async fn commit(
 ) -> Result<Committed> {
     let delta = |source| Error::Delta {
         table: shown.to_string(),
-        source,
+        source: Box::new(source),
     };
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 0;
@@ -295,7 +299,7 @@ pub(crate) async fn commit(
                     table: shown.to_string(),
                     window: window.to_string(),
                     attempts: attempt,
-                    source: e,
+                    source: Box::new(e),
                 });
             }
             Err(e) => return Err(delta(e)),

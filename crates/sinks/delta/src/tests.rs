@@ -49,7 +49,10 @@ async fn rows(path: &Path, version: Option<u64>) -> (BTreeMap<String, String>, u
             .unwrap();
         for batch in reader {
             let batch = batch.unwrap();
-            let ids = batch.column_by_name("message_id").unwrap().as_string::<i32>();
+            let ids = batch
+                .column_by_name("message_id")
+                .unwrap()
+                .as_string::<i32>();
             let text = batch.column_by_name("text").unwrap().as_string::<i32>();
             for i in 0..batch.num_rows() {
                 n += 1;
@@ -120,7 +123,10 @@ fn example_config_builds() {
     assert!(config.build(&build_context("table")).is_ok());
     let bad: DeltaSinkConfig =
         serde_json::from_value(json!({"path": "x", "partition_by": ["a", "a"]})).unwrap();
-    assert_eq!(bad.build(&build_context("t")).err().unwrap().key, "partition_by[1]");
+    assert_eq!(
+        bad.build(&build_context("t")).err().unwrap().key,
+        "partition_by[1]"
+    );
 }
 
 #[tokio::test]
@@ -214,7 +220,11 @@ async fn a_reloaded_window_replaces_its_rows_in_one_commit() {
 
 fn keys(ids: &[&str]) -> RecordBatch {
     RecordBatch::try_new(
-        Arc::new(Schema::new(vec![Field::new("message_id", DataType::Utf8, false)])),
+        Arc::new(Schema::new(vec![Field::new(
+            "message_id",
+            DataType::Utf8,
+            false,
+        )])),
         vec![Arc::new(StringArray::from(ids.to_vec()))],
     )
     .unwrap()
@@ -294,9 +304,12 @@ async fn concurrent_writers_commit_every_window_once() {
             for i in 0..5 {
                 let w = window("zoom", i);
                 let id = format!("w{writer}-{i}");
-                sink.write(Batch::new(w.clone(), canonical_batch(&[msg(&id, &id)])), &cx)
-                    .await
-                    .unwrap();
+                sink.write(
+                    Batch::new(w.clone(), canonical_batch(&[msg(&id, &id)])),
+                    &cx,
+                )
+                .await
+                .unwrap();
                 sink.commit(&w, &cx).await.unwrap();
                 sink.publish(&w, &cx).await.unwrap();
             }
