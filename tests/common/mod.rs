@@ -147,55 +147,62 @@ fn str_col(b: &RecordBatch, name: &str, i: usize) -> Option<String> {
 pub fn read_parquet(dir: &Path) -> Vec<Row> {
     let mut rows = Vec::new();
     for path in files(dir, ".parquet") {
-        let part = partitions(path.strip_prefix(dir).expect("under dir"));
-        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).expect("open"))
-            .expect("parquet")
-            .build()
-            .expect("reader");
-        for batch in reader {
-            let b = batch.expect("batch");
-            for key in part.keys() {
-                assert!(
-                    b.column_by_name(key).is_none(),
-                    "partition column {key} must not be in {path:?}"
-                );
-            }
-            let sent = b.column_by_name("sent_at").expect("sent_at");
-            assert_eq!(
-                sent.data_type(),
-                &arrow::datatypes::DataType::Timestamp(
-                    arrow::datatypes::TimeUnit::Microsecond,
-                    Some("UTC".into())
-                )
-            );
-            let sent = sent.as_primitive::<TimestampMicrosecondType>();
-            let bot = b
-                .column_by_name("is_bot")
-                .expect("is_bot")
-                .as_boolean()
-                .clone();
-            let version = b
-                .column_by_name("version")
-                .expect("version")
-                .as_primitive::<Int64Type>()
-                .clone();
-            for i in 0..b.num_rows() {
-                rows.push(Row {
-                    sent_at_us: sent.value(i),
-                    text: str_col(&b, "text", i),
-                    message_id: str_col(&b, "message_id", i).expect("message_id"),
-                    sender_id: str_col(&b, "sender_id", i),
-                    sender_name: str_col(&b, "sender_name", i),
-                    recipient: str_col(&b, "recipient", i),
-                    conversation_id: str_col(&b, "conversation_id", i),
-                    is_bot: bot.value(i),
-                    version: version.value(i),
-                    partition: part.clone(),
-                });
-            }
-        }
+        rows.extend(read_parquet_file(dir, &path));
     }
     rows.sort();
+    rows
+}
+
+/// Reads one Parquet file below the lake root `dir` (its Hive directories are its partition).
+pub fn read_parquet_file(dir: &Path, path: &Path) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let part = partitions(path.strip_prefix(dir).expect("under dir"));
+    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).expect("open"))
+        .expect("parquet")
+        .build()
+        .expect("reader");
+    for batch in reader {
+        let b = batch.expect("batch");
+        for key in part.keys() {
+            assert!(
+                b.column_by_name(key).is_none(),
+                "partition column {key} must not be in {path:?}"
+            );
+        }
+        let sent = b.column_by_name("sent_at").expect("sent_at");
+        assert_eq!(
+            sent.data_type(),
+            &arrow::datatypes::DataType::Timestamp(
+                arrow::datatypes::TimeUnit::Microsecond,
+                Some("UTC".into())
+            )
+        );
+        let sent = sent.as_primitive::<TimestampMicrosecondType>();
+        let bot = b
+            .column_by_name("is_bot")
+            .expect("is_bot")
+            .as_boolean()
+            .clone();
+        let version = b
+            .column_by_name("version")
+            .expect("version")
+            .as_primitive::<Int64Type>()
+            .clone();
+        for i in 0..b.num_rows() {
+            rows.push(Row {
+                sent_at_us: sent.value(i),
+                text: str_col(&b, "text", i),
+                message_id: str_col(&b, "message_id", i).expect("message_id"),
+                sender_id: str_col(&b, "sender_id", i),
+                sender_name: str_col(&b, "sender_name", i),
+                recipient: str_col(&b, "recipient", i),
+                conversation_id: str_col(&b, "conversation_id", i),
+                is_bot: bot.value(i),
+                version: version.value(i),
+                partition: part.clone(),
+            });
+        }
+    }
     rows
 }
 

@@ -1391,3 +1391,76 @@ fn reset_locked(
     }
     exit::OK
 }
+
+/// `chatlake lake vacuum`: vacuums the table of every `delta` sink of the pipeline (or of
+/// `only`), printing what was (or would be) deleted.
+pub async fn lake_vacuum(
+    path: &Path,
+    only: Option<&str>,
+    retention: std::time::Duration,
+    dry_run: bool,
+) -> u8 {
+    use chatlake_core::SinkConfig as _;
+    use chatlake_sink_delta::DeltaSinkConfig;
+    let file = match PipelineFile::load(path) {
+        Ok(f) => f,
+        Err(errors) => {
+            print_config_errors(&errors);
+            return exit::BAD_INPUT;
+        }
+    };
+    let sinks: Vec<_> = file
+        .components
+        .iter()
+        .filter(|c| c.role == chatlake_core::config::Role::Sink)
+        .filter(|c| c.type_name == DeltaSinkConfig::TYPE)
+        .filter(|c| only.is_none_or(|name| c.name == name))
+        .collect();
+    if sinks.is_empty() {
+        match only {
+            Some(name) => error_line!("{}: no delta sink named `{name}`", path.display()),
+            None => error_line!("{}: the pipeline has no delta sink", path.display()),
+        }
+        return exit::BAD_INPUT;
+    }
+    let mut code = exit::OK;
+    for spec in sinks {
+        let config: DeltaSinkConfig = match serde_json::from_value(spec.options.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                error_line!("{}: {}: {e}", path.display(), spec.key());
+                return exit::BAD_INPUT;
+            }
+        };
+        match chatlake_sink_delta::maintenance::vacuum(
+            &config,
+            &file.pipeline.storage,
+            retention,
+            dry_run,
+        )
+        .await
+        {
+            Ok(done) => {
+                let verb = if done.dry_run {
+                    "would delete"
+                } else {
+                    "deleted"
+                };
+                println!(
+                    "{}: {verb} {} files of {}",
+                    spec.name,
+                    done.files.len(),
+                    config.path.display()
+                );
+                for f in &done.files {
+                    println!("  {f}");
+                }
+            }
+            Err(e) => {
+                error_line!("{}: {e}", spec.key());
+                code = exit::RUN_FAILED;
+            }
+        }
+    }
+    code
+}

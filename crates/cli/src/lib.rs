@@ -139,6 +139,11 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Maintain the Delta tables a pipeline's `delta` sinks write.
+    Lake {
+        #[command(subcommand)]
+        command: LakeCommand,
+    },
     /// Show or clear the incremental state (window ledger) of a pipeline.
     State {
         #[command(subcommand)]
@@ -163,6 +168,26 @@ enum Command {
         addr: SocketAddr,
         #[command(flatten)]
         emulator: commands::EmulatorArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LakeCommand {
+    /// Delete data files no table version within the retention needs: files of replaced rows
+    /// and dropped or reloaded windows, and files a killed run wrote but never committed.
+    /// Time travel reaches back only as far as the retention. (Compaction, `optimize`, is not
+    /// offered: see the README's "Tables and workers".)
+    Vacuum {
+        pipeline: PathBuf,
+        /// Only this sink (default: every `delta` sink of the pipeline).
+        #[arg(long)]
+        sink: Option<String>,
+        /// Keep files that left the table less than this long ago (e.g. `7days`, `24h`).
+        #[arg(long, default_value = "7days", value_parser = humantime::parse_duration)]
+        retention: std::time::Duration,
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -265,6 +290,15 @@ pub fn main() -> ExitCode {
             Command::Completions { shell } => commands::completions(shell),
             Command::Man { dir } => commands::man(dir.as_deref()),
             Command::Emulate { addr, emulator } => commands::emulate(addr, emulator).await,
+            Command::Lake {
+                command:
+                    LakeCommand::Vacuum {
+                        pipeline,
+                        sink,
+                        retention,
+                        dry_run,
+                    },
+            } => commands::lake_vacuum(&pipeline, sink.as_deref(), retention, dry_run).await,
             Command::State {
                 command: StateCommand::Show { pipeline, json },
             } => commands::state_show(&pipeline, json).await,
@@ -296,7 +330,15 @@ pub fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // deltalake logs every commit at info and its kernel an ERROR ("No files in log segment")
+    // whenever a table is created; a lost commit race is a warning there and routine here.
+    // Unless the filter names them, they say only what goes wrong.
+    let level = if level.contains("deltalake") || level.contains("kernel") {
+        level.to_string()
+    } else {
+        format!("{level},deltalake_core=error,buoyant_kernel=off")
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&level));
     // Colour only for a person at a terminal (and never with NO_COLOR set): a scheduler's log
     // file gets plain text.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())

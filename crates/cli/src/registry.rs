@@ -16,5 +16,6 @@ pub fn registry() -> Registry {
     r.register_sink::<chatlake_sink_parquet::ParquetSinkConfig>();
     r.register_sink::<chatlake_sink_csv::CsvSinkConfig>();
     r.register_sink::<chatlake_sink_jsonl::JsonlSinkConfig>();
+    r.register_sink::<chatlake_sink_delta::DeltaSinkConfig>();
     r
 }

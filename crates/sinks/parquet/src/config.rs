@@ -74,13 +74,15 @@ pub struct ParquetSinkConfig {
     pub storage: StorageOptions,
 }
 
-fn default_no_statistics() -> Vec<String> {
+/// `no_statistics` when not given.
+pub fn default_no_statistics() -> Vec<String> {
     ["message_id", "text", "reply_to_id", "recipient"]
         .map(String::from)
         .to_vec()
 }
 
-fn default_no_dictionary() -> Vec<String> {
+/// `no_dictionary` when not given.
+pub fn default_no_dictionary() -> Vec<String> {
     [
         "message_id",
         "text",
@@ -112,7 +114,8 @@ pub enum ParquetCompression {
 /// buffer per open file.
 pub const DEFAULT_ROW_GROUP_SIZE: usize = 122_880;
 
-fn default_row_group_size() -> usize {
+/// `row_group_size` when not given.
+pub fn default_row_group_size() -> usize {
     DEFAULT_ROW_GROUP_SIZE
 }
 
@@ -123,6 +126,32 @@ fn default_row_group_size() -> usize {
 const DEFAULT_ZSTD_LEVEL: i32 = 1;
 
 impl ParquetSinkConfig {
+    /// Writer properties, checked without I/O.
+    pub fn properties(&self) -> Result<WriterProperties, InvalidConfig> {
+        ParquetEncoding {
+            compression: self.compression,
+            compression_level: self.compression_level,
+            row_group_size: self.row_group_size,
+            no_dictionary: &self.no_dictionary,
+            no_statistics: &self.no_statistics,
+        }
+        .properties()
+    }
+}
+
+/// How Parquet files are encoded: the settings every sink that writes Parquet takes with the
+/// same keys, defaults and checks (the `parquet` sink, and the `delta` sink, whose data files
+/// are Parquet). Config keys are the field names.
+#[derive(Debug, Clone, Copy)]
+pub struct ParquetEncoding<'a> {
+    pub compression: ParquetCompression,
+    pub compression_level: Option<i32>,
+    pub row_group_size: usize,
+    pub no_dictionary: &'a [String],
+    pub no_statistics: &'a [String],
+}
+
+impl ParquetEncoding<'_> {
     /// The codec with its level, or why the level does not fit it.
     fn codec(&self) -> Result<Compression, InvalidConfig> {
         let bad = |range: &str| {
@@ -166,11 +195,11 @@ impl ParquetSinkConfig {
         let mut builder = WriterProperties::builder()
             .set_compression(self.codec()?)
             .set_max_row_group_row_count(Some(self.row_group_size));
-        for column in &self.no_dictionary {
+        for column in self.no_dictionary {
             builder =
                 builder.set_column_dictionary_enabled(ColumnPath::from(column.as_str()), false);
         }
-        for column in &self.no_statistics {
+        for column in self.no_statistics {
             builder = builder.set_column_statistics_enabled(
                 ColumnPath::from(column.as_str()),
                 EnabledStatistics::None,

@@ -12,7 +12,10 @@ mod config;
 mod filter;
 mod format;
 
-pub use config::{ParquetCompression, ParquetSinkConfig};
+pub use config::{
+    DEFAULT_ROW_GROUP_SIZE, ParquetCompression, ParquetEncoding, ParquetSinkConfig,
+    default_no_dictionary, default_no_statistics, default_row_group_size,
+};
 pub use format::ParquetFormat;
 
 /// The sink `ParquetSinkConfig` builds.
