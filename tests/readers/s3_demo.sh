@@ -44,6 +44,7 @@ done
 export CHATLAKE__SINKS__LAKE__PATH=s3://ci-lake/lake/messages
 export CHATLAKE__SINKS__ARCHIVE__PATH=s3://ci-lake/lake/archive
 export CHATLAKE__SINKS__REPORT__PATH=s3://ci-lake/lake/csv
+export CHATLAKE__SINKS__TABLE__PATH=s3://ci-lake/lake/delta
 export CHATLAKE__PIPELINE__STATE_DIR="$work/state"
 "$bin" run --emulate pipelines/demo.toml
 "$venv/bin/python" tests/readers/check_s3_lake.py "$local_lake" s3://ci-lake/lake
