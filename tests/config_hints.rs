@@ -86,7 +86,7 @@ fn an_unknown_component_type_gets_the_closest_registered_one() {
     );
     let err = validate_err(&s, "p.toml", &GOOD.replace("\"parquet\"", "\"Parquett\""));
     assert!(
-        err.contains("p.toml: sinks.lake.type: unknown sink type `Parquett`, expected one of csv, jsonl, parquet; did you mean `parquet`?"),
+        err.contains("p.toml: sinks.lake.type: unknown sink type `Parquett`, expected one of csv, delta, jsonl, parquet; did you mean `parquet`?"),
         "{err}"
     );
 }

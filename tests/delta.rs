@@ -526,3 +526,68 @@ fn four_shard_workers_load_one_s3_table_as_one_worker_does() {
     assert_eq!(protocol_and_metadata(&mirror), (1, 1), "created once");
     assert!(read_parquet(&b.scratch.path("lake/messages")) == want);
 }
+
+/// Issue 15 item 4: `chatlake lake vacuum` deletes the files replaced rows left behind (after a
+/// dry run that only lists them), leaves the latest version whole, and refuses while a window
+/// is written and not yet in the table.
+#[test]
+fn vacuum_deletes_replaced_files_keeps_the_latest_version_and_waits_for_pending_windows() {
+    let s = Scratch::new();
+    let p = s.pipeline("tables.toml", &pipeline("./lake/delta"));
+    for end in ends() {
+        s.run(&["run", "--emulate", "--end", &end, p.to_str().unwrap()])
+            .expect_code(0);
+    }
+    let table = s.path("lake/delta");
+    let lake = read_parquet(&s.path("lake/messages"));
+    let parquet_files = |dir: &Path| common::files(dir, ".parquet").len();
+    let before = parquet_files(&table);
+    let in_table = rt_file_count(&table);
+    assert!(before > in_table, "replacements left files the latest version does not list");
+
+    let dry = s.run(&[
+        "lake",
+        "vacuum",
+        p.to_str().unwrap(),
+        "--retention",
+        "0s",
+        "--dry-run",
+    ])
+    .expect_code(0);
+    assert!(dry.stdout().contains("would delete"), "{}", dry.stdout());
+    assert_eq!(parquet_files(&table), before, "a dry run deletes nothing");
+
+    s.run(&["lake", "vacuum", p.to_str().unwrap(), "--retention", "0s"])
+        .expect_code(0);
+    assert_eq!(parquet_files(&table), in_table, "only the listed files are left");
+    assert!(read_delta(&table, None) == lake, "the latest version is whole");
+
+    // A window written and not yet committed to the table (its journal): vacuum waits.
+    let journal = table.join("_chatlake/tables.table/sms-0000.json");
+    std::fs::create_dir_all(journal.parent().unwrap()).unwrap();
+    std::fs::write(&journal, b"{}").unwrap();
+    let refused = s
+        .run(&["lake", "vacuum", p.to_str().unwrap(), "--retention", "0s"])
+        .expect_code(1);
+    assert!(
+        refused.stderr().contains("not yet in the table"),
+        "{}",
+        refused.stderr()
+    );
+}
+
+/// How many data files the table's latest version lists.
+fn rt_file_count(root: &Path) -> usize {
+    let rt = runtime();
+    let url = url::Url::from_directory_path(std::fs::canonicalize(root).unwrap()).unwrap();
+    rt.block_on(async {
+        DeltaTableBuilder::from_url(url)
+            .unwrap()
+            .load()
+            .await
+            .unwrap()
+    })
+    .get_file_uris()
+    .unwrap()
+    .count()
+}

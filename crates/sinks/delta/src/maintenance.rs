@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use chatlake_core::config::StorageOptions;
 use chatlake_store::Location;
+use deltalake::ObjectStore as _;
 use deltalake::operations::vacuum::VacuumMode;
+use futures::TryStreamExt as _;
 
 use crate::config::DeltaSinkConfig;
 use crate::error::{Error, Result};
@@ -47,6 +49,35 @@ pub async fn vacuum(
         return Err(Error::Table {
             table: shown,
             message: "there is no Delta table here yet".into(),
+        });
+    }
+    // A window the ledger committed and no run has published yet has its data files in the
+    // table directory, listed by no version: a full vacuum would take them for a killed run's
+    // leftovers once older than the retention, and the window's rows would be lost when its
+    // journal is rolled forward. The next run publishes them; vacuum only after it.
+    let pending: Vec<String> = table
+        .object_store()
+        .list(Some(&deltalake::Path::from(crate::journal::JOURNAL_DIR)))
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(|source| Error::Object {
+            table: shown.clone(),
+            source,
+        })?
+        .into_iter()
+        .map(|meta| meta.location.to_string())
+        .filter(|key| key.ends_with(".json"))
+        .collect();
+    if !pending.is_empty() {
+        return Err(Error::Table {
+            table: shown,
+            message: format!(
+                "{} window(s) are written and not yet in the table (e.g. {}): a run was \
+                 stopped between its ledger and its Delta commit, or one is running now; run \
+                 the pipeline again (its start commits them), then vacuum",
+                pending.len(),
+                pending[0]
+            ),
         });
     }
     let retention = chrono::Duration::from_std(retention).map_err(|e| Error::Table {
