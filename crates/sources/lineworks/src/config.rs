@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::auth::{Auth, ServiceAccount, SigningKey};
-use crate::download_hosts::{DEFAULT_DOWNLOAD_HOST, DownloadHosts};
+use crate::DEFAULT_DOWNLOAD_HOST;
+use chatlake_http::DownloadHosts;
 use crate::source::{ApiMode, LineworksSource, Mode};
 use crate::window::{self, DownloadQuery, STREAM};
 
@@ -418,7 +419,7 @@ impl LineworksSourceConfig {
                 }
                 None => (self.configured_auth()?, None),
             };
-            let mut download_hosts = DownloadHosts::new(&base_url, &self.download_hosts)?;
+            let mut download_hosts = DownloadHosts::new("LINE WORKS", &base_url, &self.download_hosts)?;
             if let Some(host) = download_host {
                 download_hosts = download_hosts.also(host.expose())?;
             }

@@ -38,7 +38,7 @@ use url::Url;
 
 use crate::auth::{Auth, Authenticator};
 use crate::config::Language;
-use crate::download_hosts::{DownloadHostRefused, DownloadHosts};
+use chatlake_http::{DownloadHostRefused, DownloadHosts};
 use crate::error::Error;
 use crate::parse::{self, ParseError, ParseOptions, ParseOutcome, RECORD_TYPE};
 use crate::window::DownloadQuery;
