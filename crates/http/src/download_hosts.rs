@@ -64,7 +64,7 @@ pub enum DownloadHostRefused {
     #[error(
         "the {provider} file at {url}, on host `{host}`, is neither on the API's host nor on one \
          listed in `download_hosts`: the access token is not sent there and the file is not \
-         fetched. If `{host}` is {provider}'s file host, add it to `download_hosts`"
+         fetched. If `{host}` is the {provider} file host, add it to `download_hosts`"
     )]
     Unlisted {
         provider: &'static str,
@@ -201,7 +201,7 @@ mod tests {
             .to_string();
         assert!(e.contains("`evil.example.com`"), "{e}");
         assert!(e.contains("`download_hosts`"), "{e}");
-        assert!(e.contains("LINE WORKS' file host"), "the provider is named: {e}");
+        assert!(e.contains("the LINE WORKS file host"), "the provider is named: {e}");
         assert!(!e.contains("secret"), "no query in errors: {e}");
         assert!(
             h.token_may_go_to(&url("https://apis-storage.worksmobile.com:8443/k"))
