@@ -886,7 +886,7 @@ impl SourceConfig for ZoomUserMessagesConfig {
     const TYPE: &'static str = "zoom_user_messages";
     const SUMMARY: &'static str = "Zoom Team Chat messages per user and conversation, or saved \
          response pages. What it leaves out: a file's `download_url` expires, and the row keeps the \
-         URL, not the file; `users = \"all\"` lists only the statuses of `user_status` (active and \
+         URL, not the file, unless `download_attachments` saves it; `users = \"all\"` lists only the statuses of `user_status` (active and \
          inactive by default; `pending` only when listed); an edit or delete made after a range \
          was read arrives only through `lookback`.";
     const EXAMPLE: &'static str = include_str!("example_user_messages.toml");
@@ -902,7 +902,7 @@ impl SourceConfig for ZoomChatReportConfig {
          and deleted included). What it leaves out: Zoom serves the report six months back only, \
          one month per request, so a month older than that which was never loaded cannot be \
          fetched any more (a warning, not a failure); a file's `download_url` expires, and the row \
-         keeps the URL, not the file; an edit or delete made after a range was read arrives only \
+         keeps the URL, not the file, unless `download_attachments` saves it; an edit or delete made after a range was read arrives only \
          through `lookback`.";
     const EXAMPLE: &'static str = include_str!("example_chat_report.toml");
 
@@ -1029,6 +1029,43 @@ mod tests {
         .err()
         .unwrap();
         assert_eq!(err.key, "auth");
+    }
+
+    #[test]
+    fn attachment_options_are_checked() {
+        let key = |extra: serde_json::Value| {
+            let mut b = json!({"auth": auth(), "start": "2026-11-01T00:00:00Z"});
+            for (k, v) in extra.as_object().unwrap() {
+                b[k] = v.clone();
+            }
+            serde_json::from_value::<ZoomUserMessagesConfig>(b)
+                .unwrap()
+                .check(&cx())
+                .err()
+                .map(|e| e.key)
+        };
+        assert_eq!(key(json!({})), None, "off by default");
+        assert_eq!(
+            key(json!({"download_attachments": true})).as_deref(),
+            Some("attachments_path")
+        );
+        let on = json!({"download_attachments": true, "attachments_path": "./files"});
+        assert_eq!(key(on.clone()), None);
+        let mut zero = on.clone();
+        zero["max_attachment_bytes"] = json!(0);
+        assert_eq!(key(zero).as_deref(), Some("max_attachment_bytes"));
+        let mut bad_host = on.clone();
+        bad_host["download_hosts"] = json!(["file.zoom.us", "https://x"]);
+        assert_eq!(key(bad_host).as_deref(), Some("download_hosts[1]"));
+        let mut bad_url = on.clone();
+        bad_url["attachments_path"] = json!("ftp://x/y");
+        assert_eq!(key(bad_url).as_deref(), Some("attachments_path"));
+        let mut s3 = on.clone();
+        s3["attachments_path"] = json!("s3://bucket/files");
+        assert_eq!(key(s3), None, "opening a store does no I/O");
+        let mut saved = on;
+        saved["files"] = json!(["pages/*.jsonl"]);
+        assert_eq!(key(saved).as_deref(), Some("download_attachments"));
     }
 
     #[test]
