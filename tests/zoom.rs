@@ -884,9 +884,7 @@ fn run_blocking(s: &Scratch, pipeline: &std::path::Path) -> common::Outcome {
 }
 
 /// Every attachment of `rows`: (file_id, file_size, download_url, stored_at).
-fn attachments_of(
-    rows: &[serde_json::Value],
-) -> Vec<(String, i64, String, Option<String>)> {
+fn attachments_of(rows: &[serde_json::Value]) -> Vec<(String, i64, String, Option<String>)> {
     rows.iter()
         .flat_map(|r| r["attachments"].as_array().cloned().unwrap_or_default())
         .map(|a| {
@@ -932,16 +930,26 @@ async fn attachments_are_stored_once_by_content_and_rows_point_to_them() {
             "content-addressed"
         );
         assert_eq!(std::fs::read(stored_at).unwrap(), want, "{file_id}'s bytes");
-        assert!(url.starts_with(&em.zoom_files_url()), "the row keeps its URL");
+        assert!(
+            url.starts_with(&em.zoom_files_url()),
+            "the row keeps its URL"
+        );
         ids.insert(file_id.clone());
     }
     let stats = em.stats().zoom;
-    assert_eq!(stats.files_served as usize, ids.len(), "each file downloaded once");
+    assert_eq!(
+        stats.files_served as usize,
+        ids.len(),
+        "each file downloaded once"
+    );
     assert!(stats.server_errors > 0, "the file host's 500s were retried");
     assert!(temp_files(&files).is_empty());
 
     // Another run that fetches every window again (fresh state) downloads nothing.
-    let p = s.pipeline("b.toml", &attachment_pipeline(&em, &files, "second", &hosts));
+    let p = s.pipeline(
+        "b.toml",
+        &attachment_pipeline(&em, &files, "second", &hosts),
+    );
     run_blocking(&s, &p).expect_code(0);
     assert_eq!(
         em.stats().zoom.file_requests,
@@ -970,8 +978,14 @@ async fn a_file_over_the_size_limit_is_not_downloaded_and_is_counted() {
     let out = run_blocking(&s, &p).expect_code(0);
     let all = attachments_of(&read_jsonl(&s.path("run/lake")));
     let (large, small): (Vec<_>, Vec<_>) = all.iter().partition(|a| a.1 > limit);
-    assert!(!large.is_empty() && !small.is_empty(), "both kinds in the range");
-    assert!(large.iter().all(|a| a.3.is_none()), "no stored_at over the limit");
+    assert!(
+        !large.is_empty() && !small.is_empty(),
+        "both kinds in the range"
+    );
+    assert!(
+        large.iter().all(|a| a.3.is_none()),
+        "no stored_at over the limit"
+    );
     assert!(small.iter().all(|a| a.3.is_some()));
     let served = em.stats().zoom.files_served as usize;
     assert_eq!(
@@ -1015,7 +1029,10 @@ async fn an_unlisted_file_host_never_receives_the_token() {
     let out = run_blocking(&s, &p).expect_code(0);
     let all = attachments_of(&read_jsonl(&s.path("run/lake")));
     assert!(!all.is_empty());
-    assert!(all.iter().all(|a| a.2.starts_with(&origin) && a.3.is_none()));
+    assert!(
+        all.iter()
+            .all(|a| a.2.starts_with(&origin) && a.3.is_none())
+    );
     let headers = seen.lock().unwrap().clone();
     assert!(
         !headers
@@ -1023,7 +1040,10 @@ async fn an_unlisted_file_host_never_receives_the_token() {
             .any(|h| h.to_ascii_lowercase().starts_with("authorization")),
         "{headers:?}"
     );
-    assert!(headers.is_empty(), "nothing was requested there: {headers:?}");
+    assert!(
+        headers.is_empty(),
+        "nothing was requested there: {headers:?}"
+    );
     let all_output = format!("{}{}", out.stdout(), out.stderr());
     assert!(all_output.contains("`download_hosts`"), "{all_output}");
     assert!(!files.exists() || temp_files(&files).is_empty());

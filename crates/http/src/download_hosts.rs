@@ -201,7 +201,10 @@ mod tests {
             .to_string();
         assert!(e.contains("`evil.example.com`"), "{e}");
         assert!(e.contains("`download_hosts`"), "{e}");
-        assert!(e.contains("the LINE WORKS file host"), "the provider is named: {e}");
+        assert!(
+            e.contains("the LINE WORKS file host"),
+            "the provider is named: {e}"
+        );
         assert!(!e.contains("secret"), "no query in errors: {e}");
         assert!(
             h.token_may_go_to(&url("https://apis-storage.worksmobile.com:8443/k"))

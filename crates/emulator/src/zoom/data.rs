@@ -211,10 +211,7 @@ impl File {
     /// Where the file host serves it: `{files_url}/file/{file_id}?size={file_size}`. The size
     /// rides in the URL so the file host needs no index of every message's files.
     pub fn download_url(&self, files_url: &str) -> String {
-        format!(
-            "{files_url}/file/{}?size={}",
-            self.file_id, self.file_size
-        )
+        format!("{files_url}/file/{}?size={}", self.file_id, self.file_size)
     }
 }
 

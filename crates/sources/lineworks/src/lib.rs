@@ -17,12 +17,12 @@ pub mod parse;
 mod source;
 pub mod window;
 
+/// Where the token may follow the download's `302`: shared with other sources in chatlake-http.
+pub use chatlake_http::DownloadHostRefused;
 pub use config::{BotMessages, Language, LineworksAuth, LineworksSourceConfig};
 pub use error::{Error, Result};
 pub use parse::{RECORD_TYPE, raw_schema};
 pub use source::LineworksSource;
-/// Where the token may follow the download's `302`: shared with other sources in chatlake-http.
-pub use chatlake_http::DownloadHostRefused;
 
 /// The default of `download_hosts`: LINE WORKS' file host (providers.md §1, "following the 302").
 pub const DEFAULT_DOWNLOAD_HOST: &str = "apis-storage.worksmobile.com";

@@ -135,7 +135,7 @@ impl Attachments {
                 stored_at.push(None);
                 continue;
             }
-            let file_id = ids.is_valid(i).then(|| ids.value(i)).unwrap_or_default();
+            let file_id = if ids.is_valid(i) { ids.value(i) } else { "" };
             let name = names.is_valid(i).then(|| names.value(i));
             let size = sizes.is_valid(i).then(|| sizes.value(i));
             match self
@@ -161,8 +161,8 @@ impl Attachments {
         columns[at] = stored_at;
         let items = StructArray::try_new(fields, columns, nulls).map_err(|e| column(&e))?;
         let (field, offsets, _, nulls) = list.clone().into_parts();
-        let list = ListArray::try_new(field, offsets, Arc::new(items), nulls)
-            .map_err(|e| column(&e))?;
+        let list =
+            ListArray::try_new(field, offsets, Arc::new(items), nulls).map_err(|e| column(&e))?;
         let mut columns = batch.columns().to_vec();
         columns[index] = Arc::new(list);
         RecordBatch::try_new(batch.schema(), columns).map_err(|e| column(&e))
@@ -356,7 +356,8 @@ fn write_local(
         .map_err(at)?;
     temp.write_all(content).map_err(at)?;
     temp.as_file().sync_all().map_err(at)?;
-    temp.persist(path).map_err(|e| (path.to_path_buf(), e.error))?;
+    temp.persist(path)
+        .map_err(|e| (path.to_path_buf(), e.error))?;
     Ok(())
 }
 
