@@ -1048,3 +1048,36 @@ async fn an_unlisted_file_host_never_receives_the_token() {
     assert!(all_output.contains("`download_hosts`"), "{all_output}");
     assert!(!files.exists() || temp_files(&files).is_empty());
 }
+
+#[test]
+fn attachments_go_to_object_storage_whole_and_rows_name_their_objects() {
+    use chatlake_store::testing::SeaweedFs;
+    let s3 = SeaweedFs::start();
+    s3.create_bucket("files");
+    let s = Scratch::new();
+    let extra = "users = [\"zu00\"]\ndownload_attachments = true\nattachments_path = \"s3://files/zoom\"";
+    let p = s.pipeline("zoom.toml", &pipeline(extra));
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    s.run_env(&["run", "--emulate", p.to_str().unwrap()], &env)
+        .expect_code(0);
+    let all = attachments_of(&read_jsonl(&s.path("lake/zoom")));
+    assert!(!all.is_empty());
+    let store = s3.store("files");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (file_id, size, _, stored_at) in &all {
+        let stored_at = stored_at.as_deref().unwrap();
+        let relative = stored_at.strip_prefix("s3://files/").unwrap();
+        let want = data::file_content(file_id, *size as usize);
+        let hash = sha256_hex(&want);
+        assert_eq!(relative, format!("zoom/{}/{hash}.png", &hash[..2]));
+        let (got, _) = rt
+            .block_on(store.read(&store.key(relative)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.as_ref(), want.as_slice(), "{file_id}'s object");
+    }
+}
