@@ -1055,7 +1055,8 @@ fn attachments_go_to_object_storage_whole_and_rows_name_their_objects() {
     let s3 = SeaweedFs::start();
     s3.create_bucket("files");
     let s = Scratch::new();
-    let extra = "users = [\"zu00\"]\ndownload_attachments = true\nattachments_path = \"s3://files/zoom\"";
+    let extra =
+        "users = [\"zu00\"]\ndownload_attachments = true\nattachments_path = \"s3://files/zoom\"";
     let p = s.pipeline("zoom.toml", &pipeline(extra));
     let env = s3.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -1080,4 +1081,40 @@ fn attachments_go_to_object_storage_whole_and_rows_name_their_objects() {
             .unwrap();
         assert_eq!(got.as_ref(), want.as_slice(), "{file_id}'s object");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_longer_than_the_limit_stops_being_read_there() {
+    use std::io::{BufRead, BufReader, Write};
+    // A listed file host that answers more than any listed size, with no length announced, so
+    // only reading can tell the file is too large.
+    let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = format!("http://{}", host.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in host.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n");
+            let _ = stream.write_all(&vec![b'x'; 300_000]);
+        }
+    });
+    let em = attachment_emulator(&format!("zoom.files_url={origin}")).await;
+    let s = Scratch::new();
+    let files = s.path("files");
+    let extra = format!(
+        "download_hosts = [\"{}\"]\nmax_attachment_bytes = 100001",
+        origin.trim_start_matches("http://")
+    );
+    let p = s.pipeline("a.toml", &attachment_pipeline(&em, &files, "run", &extra));
+    let out = run_blocking(&s, &p).expect_code(0);
+    let all = attachments_of(&read_jsonl(&s.path("run/lake")));
+    assert!(!all.is_empty());
+    assert!(all.iter().all(|a| a.1 <= 100_001 && a.3.is_none()));
+    let all_output = format!("{}{}", out.stdout(), out.stderr());
+    assert!(all_output.contains("reading stopped"), "{all_output}");
+    assert!(!files.exists() || temp_files(&files).is_empty());
 }
