@@ -911,7 +911,13 @@ async fn attachments_are_stored_once_by_content_and_rows_point_to_them() {
     let em = attachment_emulator("zoom.file_server_error=3").await;
     let s = Scratch::new();
     let files = s.path("files");
-    let hosts = format!("download_hosts = [\"{}\"]", em.zoom_download_host());
+    // One window at a time: the fault counts every file request, so with concurrent windows a
+    // file's retries could all land on failing counts; one at a time, the retry right after a
+    // 500 succeeds.
+    let hosts = format!(
+        "download_hosts = [\"{}\"]\nconcurrency = 1",
+        em.zoom_download_host()
+    );
     let p = s.pipeline("a.toml", &attachment_pipeline(&em, &files, "first", &hosts));
     run_blocking(&s, &p).expect_code(0);
     let rows = read_jsonl(&s.path("first/lake"));
