@@ -818,3 +818,309 @@ compression = "none"
     assert_eq!(rows[1]["raw"], bot);
     assert_eq!(rows[1]["is_bot"], true);
 }
+
+// ---- download_attachments ----------------------------------------------------------------
+
+/// An emulator started by the test (its counters are what the tests read), with `faults`.
+async fn attachment_emulator(faults: &str) -> chatlake_emulator::Emulator {
+    let config = chatlake_emulator::EmulatorConfig {
+        faults: faults.parse().unwrap(),
+        ..chatlake_emulator::EmulatorConfig::default()
+    };
+    chatlake_emulator::Emulator::start(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), config)
+        .await
+        .unwrap()
+}
+
+/// A pipeline downloading the attachments of the test's range from `em` into `files`, its
+/// state and lake under `run` (so a second run with another `run` fetches every window again).
+fn attachment_pipeline(
+    em: &chatlake_emulator::Emulator,
+    files: &std::path::Path,
+    run: &str,
+    extra: &str,
+) -> String {
+    let creds: BTreeMap<String, String> = em.credentials().into_iter().collect();
+    format!(
+        r#"
+[pipeline]
+name = "zoom_files"
+state_dir = "./{run}/_state"
+
+[sources.zoom_dm]
+type = "zoom_user_messages"
+base_url = "{base}/v2"
+auth = {{ type = "zoom_server_to_server", account_id = "{account}", client_id = "{client}", client_secret = "{secret}", token_url = "{base}/oauth/token" }}
+start = "{START}"
+end = "{END}"
+window_days = 1
+page_size = 20
+retry = {{ initial_backoff = "10ms", max_backoff = "100ms" }}
+download_attachments = true
+attachments_path = "{files}"
+{extra}
+
+[transforms.canonical]
+type = "normalize"
+inputs = ["zoom_dm"]
+
+[sinks.out]
+type = "jsonl"
+inputs = ["canonical"]
+path = "./{run}/lake"
+compression = "none"
+"#,
+        base = em.base_url(),
+        account = creds["zoom.account_id"],
+        client = creds["zoom.client_id"],
+        secret = creds["zoom.client_secret"],
+        files = files.display(),
+    )
+}
+
+/// Runs the binary from async code (the emulator serves on the runtime's other threads).
+fn run_blocking(s: &Scratch, pipeline: &std::path::Path) -> common::Outcome {
+    tokio::task::block_in_place(|| s.run(&["run", pipeline.to_str().unwrap()]))
+}
+
+/// Every attachment of `rows`: (file_id, file_size, download_url, stored_at).
+fn attachments_of(rows: &[serde_json::Value]) -> Vec<(String, i64, String, Option<String>)> {
+    rows.iter()
+        .flat_map(|r| r["attachments"].as_array().cloned().unwrap_or_default())
+        .map(|a| {
+            (
+                a["file_id"].as_str().unwrap().to_owned(),
+                a["file_size"].as_i64().unwrap(),
+                a["download_url"].as_str().unwrap().to_owned(),
+                a["stored_at"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_are_stored_once_by_content_and_rows_point_to_them() {
+    let em = attachment_emulator("zoom.file_server_error=3").await;
+    let s = Scratch::new();
+    let files = s.path("files");
+    // One window at a time: the fault counts every file request, so with concurrent windows a
+    // file's retries could all land on failing counts; one at a time, the retry right after a
+    // 500 succeeds.
+    let hosts = format!(
+        "download_hosts = [\"{}\"]\nconcurrency = 1",
+        em.zoom_download_host()
+    );
+    let p = s.pipeline("a.toml", &attachment_pipeline(&em, &files, "first", &hosts));
+    run_blocking(&s, &p).expect_code(0);
+    let rows = read_jsonl(&s.path("first/lake"));
+    let all = attachments_of(&rows);
+    assert!(all.len() >= 3, "the range has files: {}", all.len());
+    let mut ids = BTreeSet::new();
+    for (file_id, size, url, stored_at) in &all {
+        let stored_at = stored_at
+            .as_deref()
+            .unwrap_or_else(|| panic!("{file_id} not stored"));
+        let want = data::file_content(file_id, *size as usize);
+        let hash = sha256_hex(&want);
+        assert_eq!(
+            std::path::Path::new(stored_at),
+            files.join(&hash[..2]).join(format!("{hash}.png")),
+            "content-addressed"
+        );
+        assert_eq!(std::fs::read(stored_at).unwrap(), want, "{file_id}'s bytes");
+        assert!(
+            url.starts_with(&em.zoom_files_url()),
+            "the row keeps its URL"
+        );
+        ids.insert(file_id.clone());
+    }
+    let stats = em.stats().zoom;
+    assert_eq!(
+        stats.files_served as usize,
+        ids.len(),
+        "each file downloaded once"
+    );
+    assert!(stats.server_errors > 0, "the file host's 500s were retried");
+    assert!(temp_files(&files).is_empty());
+
+    // Another run that fetches every window again (fresh state) downloads nothing.
+    let p = s.pipeline(
+        "b.toml",
+        &attachment_pipeline(&em, &files, "second", &hosts),
+    );
+    run_blocking(&s, &p).expect_code(0);
+    assert_eq!(
+        em.stats().zoom.file_requests,
+        stats.file_requests,
+        "no request to the file host on the second run"
+    );
+    let again = attachments_of(&read_jsonl(&s.path("second/lake")));
+    assert_eq!(
+        again.iter().map(|a| &a.3).collect::<BTreeSet<_>>(),
+        all.iter().map(|a| &a.3).collect::<BTreeSet<_>>(),
+        "the second run's rows point to the same files"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_over_the_size_limit_is_not_downloaded_and_is_counted() {
+    let em = attachment_emulator("").await;
+    let s = Scratch::new();
+    let files = s.path("files");
+    let limit = 50_000;
+    let extra = format!(
+        "download_hosts = [\"{}\"]\nmax_attachment_bytes = {limit}",
+        em.zoom_download_host()
+    );
+    let p = s.pipeline("a.toml", &attachment_pipeline(&em, &files, "run", &extra));
+    let out = run_blocking(&s, &p).expect_code(0);
+    let all = attachments_of(&read_jsonl(&s.path("run/lake")));
+    let (large, small): (Vec<_>, Vec<_>) = all.iter().partition(|a| a.1 > limit);
+    assert!(
+        !large.is_empty() && !small.is_empty(),
+        "both kinds in the range"
+    );
+    assert!(
+        large.iter().all(|a| a.3.is_none()),
+        "no stored_at over the limit"
+    );
+    assert!(small.iter().all(|a| a.3.is_some()));
+    let served = em.stats().zoom.files_served as usize;
+    assert_eq!(
+        served,
+        small.iter().map(|a| &a.0).collect::<BTreeSet<_>>().len(),
+        "nothing over the limit was downloaded"
+    );
+    let all_output = format!("{}{}", out.stdout(), out.stderr());
+    assert!(
+        all_output.contains("max_attachment_bytes"),
+        "warned and counted: {all_output}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlisted_file_host_never_receives_the_token() {
+    use std::io::{BufRead, BufReader, Write};
+    // A foreign host on loopback that records the headers of whatever reaches it.
+    let foreign = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = format!("http://{}", foreign.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen_by_host = seen.clone();
+    std::thread::spawn(move || {
+        for stream in foreign.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                seen_by_host.lock().unwrap().push(line.clone());
+                line.clear();
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nx");
+        }
+    });
+    let em = attachment_emulator(&format!("zoom.files_url={origin}")).await;
+    let s = Scratch::new();
+    let files = s.path("files");
+    // Only the emulator's own file host is listed; the files are on the foreign host.
+    let hosts = format!("download_hosts = [\"{}\"]", em.zoom_download_host());
+    let p = s.pipeline("a.toml", &attachment_pipeline(&em, &files, "run", &hosts));
+    let out = run_blocking(&s, &p).expect_code(0);
+    let all = attachments_of(&read_jsonl(&s.path("run/lake")));
+    assert!(!all.is_empty());
+    assert!(
+        all.iter()
+            .all(|a| a.2.starts_with(&origin) && a.3.is_none())
+    );
+    let headers = seen.lock().unwrap().clone();
+    assert!(
+        !headers
+            .iter()
+            .any(|h| h.to_ascii_lowercase().starts_with("authorization")),
+        "{headers:?}"
+    );
+    assert!(
+        headers.is_empty(),
+        "nothing was requested there: {headers:?}"
+    );
+    let all_output = format!("{}{}", out.stdout(), out.stderr());
+    assert!(all_output.contains("`download_hosts`"), "{all_output}");
+    assert!(!files.exists() || temp_files(&files).is_empty());
+}
+
+#[test]
+fn attachments_go_to_object_storage_whole_and_rows_name_their_objects() {
+    use chatlake_store::testing::SeaweedFs;
+    let s3 = SeaweedFs::start();
+    s3.create_bucket("files");
+    let s = Scratch::new();
+    let extra =
+        "users = [\"zu00\"]\ndownload_attachments = true\nattachments_path = \"s3://files/zoom\"";
+    let p = s.pipeline("zoom.toml", &pipeline(extra));
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    s.run_env(&["run", "--emulate", p.to_str().unwrap()], &env)
+        .expect_code(0);
+    let all = attachments_of(&read_jsonl(&s.path("lake/zoom")));
+    assert!(!all.is_empty());
+    let store = s3.store("files");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (file_id, size, _, stored_at) in &all {
+        let stored_at = stored_at.as_deref().unwrap();
+        let relative = stored_at.strip_prefix("s3://files/").unwrap();
+        let want = data::file_content(file_id, *size as usize);
+        let hash = sha256_hex(&want);
+        assert_eq!(relative, format!("zoom/{}/{hash}.png", &hash[..2]));
+        let (got, _) = rt
+            .block_on(store.read(&store.key(relative)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.as_ref(), want.as_slice(), "{file_id}'s object");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_longer_than_the_limit_stops_being_read_there() {
+    use std::io::{BufRead, BufReader, Write};
+    // A listed file host that answers more than any listed size, with no length announced, so
+    // only reading can tell the file is too large.
+    let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = format!("http://{}", host.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in host.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n");
+            let _ = stream.write_all(&vec![b'x'; 300_000]);
+        }
+    });
+    let em = attachment_emulator(&format!("zoom.files_url={origin}")).await;
+    let s = Scratch::new();
+    let files = s.path("files");
+    let extra = format!(
+        "download_hosts = [\"{}\"]\nmax_attachment_bytes = 100001",
+        origin.trim_start_matches("http://")
+    );
+    let p = s.pipeline("a.toml", &attachment_pipeline(&em, &files, "run", &extra));
+    let out = run_blocking(&s, &p).expect_code(0);
+    let all = attachments_of(&read_jsonl(&s.path("run/lake")));
+    assert!(!all.is_empty());
+    assert!(all.iter().all(|a| a.1 <= 100_001 && a.3.is_none()));
+    let all_output = format!("{}{}", out.stdout(), out.stderr());
+    assert!(all_output.contains("reading stopped"), "{all_output}");
+    assert!(!files.exists() || temp_files(&files).is_empty());
+}

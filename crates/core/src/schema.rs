@@ -38,13 +38,19 @@ pub fn utc_timestamp() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-/// The fields of one attachment.
+/// The field of an attachment that says where chatlake stored the file's content.
+pub const ATTACHMENT_STORED_AT: &str = "stored_at";
+
+/// The fields of one attachment. `stored_at` is where a source that downloads attachments
+/// (Zoom's `download_attachments`) saved the file, content-addressed: a local path or an
+/// object-store URL; null when the file was not downloaded.
 pub fn attachment_fields() -> Fields {
     Fields::from(vec![
         Field::new("file_id", DataType::Utf8, true),
         Field::new("file_name", DataType::Utf8, true),
         Field::new("file_size", DataType::Int64, true),
         Field::new("download_url", DataType::Utf8, true),
+        Field::new(ATTACHMENT_STORED_AT, DataType::Utf8, true),
     ])
 }
 

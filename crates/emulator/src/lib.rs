@@ -121,6 +121,8 @@ pub struct Emulator {
     base_url: String,
     /// The origin of LINE WORKS' file host (`http://127.0.0.1:PORT`): another port than the API.
     lineworks_files_url: String,
+    /// The origin of Zoom's file host: a third port.
+    zoom_files_url: String,
     lineworks: Arc<lineworks::Lineworks>,
     qlara: Arc<qlara::Qlara>,
     zoom: Arc<zoom::Zoom>,
@@ -148,31 +150,44 @@ impl Emulator {
             &config,
             lineworks_files_url.clone(),
         )?);
+        // Zoom's file host: another port again, as `file.zoom.us` is another host than the API.
+        let zoom_files_listener =
+            tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0)).await?;
+        let zoom_files_url = crate::base_url(zoom_files_listener.local_addr()?);
         let files_router = lineworks::file_router(lineworks.clone());
-        let zoom = Arc::new(zoom::Zoom::new(&config, base_url.clone()));
+        let zoom = Arc::new(zoom::Zoom::new(
+            &config,
+            base_url.clone(),
+            zoom_files_url.clone(),
+        ));
+        let zoom_files_router = zoom::file_router(zoom.clone());
         let router = axum::Router::new().merge(lineworks::router(lineworks.clone()));
         let qlara = Arc::new(qlara::Qlara::new(&config, base_url.clone()));
         let router = router.merge(qlara::router(qlara.clone()));
         let router = router.merge(zoom::router(zoom.clone()));
         let (stop, stopped) = watch::channel(());
         let stopped_too = stopped.clone();
+        let stopped_zoom = stopped.clone();
         // Either an explicit shutdown or the `Emulator` being dropped (the sender goes away).
         let until_stopped = |mut stopped: watch::Receiver<()>| async move {
             let _ = stopped.changed().await;
         };
         let server = tokio::spawn(async move {
-            let (api, files) = tokio::join!(
+            let (api, files, zoom_files) = tokio::join!(
                 axum::serve(listener, router).with_graceful_shutdown(until_stopped(stopped)),
                 axum::serve(files_listener, files_router)
                     .with_graceful_shutdown(until_stopped(stopped_too)),
+                axum::serve(zoom_files_listener, zoom_files_router)
+                    .with_graceful_shutdown(until_stopped(stopped_zoom)),
             );
-            api.and(files)
+            api.and(files).and(zoom_files)
         });
         tracing::info!(%base_url, %lineworks_files_url, seed = config.seed, scale = config.scale, "Emulator started.");
         Ok(Emulator {
             local_addr,
             base_url,
             lineworks_files_url,
+            zoom_files_url,
             lineworks,
             qlara,
             zoom,
@@ -199,6 +214,17 @@ impl Emulator {
             .to_owned()
     }
 
+    /// The origin Zoom files are served from, `http://127.0.0.1:PORT` (another port than
+    /// [`Emulator::base_url`]).
+    pub fn zoom_files_url(&self) -> String {
+        self.zoom_files_url.clone()
+    }
+
+    /// The `host:port` of Zoom's file host, as the source's `download_hosts` lists it.
+    pub fn zoom_download_host(&self) -> String {
+        self.zoom_files_url.trim_start_matches("http://").to_owned()
+    }
+
     /// The socket address the server is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -210,13 +236,15 @@ impl Emulator {
     /// `zoom.client_id` and `zoom.client_secret` (Server-to-Server OAuth); `qlara.api_key`
     /// (`X-Api-Key`), `qlara.username` and `qlara.password` (Basic). With them, not a secret,
     /// `lineworks.download_host`: the `host:port` the LINE WORKS files come from, which a source
-    /// must list in `download_hosts` to send its token there (`--emulate` does it).
+    /// must list in `download_hosts` to send its token there (`--emulate` does it), and
+    /// `zoom.download_host`, the same for Zoom's files.
     pub fn credentials(&self) -> Vec<(String, String)> {
         let mut all = lineworks::credentials();
         all.push((
             "lineworks.download_host".to_owned(),
             self.lineworks_download_host(),
         ));
+        all.push(("zoom.download_host".to_owned(), self.zoom_download_host()));
         all.extend(zoom::credentials());
         all.extend(qlara::credentials());
         all

@@ -13,6 +13,7 @@
 //! * [`HttpClient`]: reqwest with rustls, chatlake's user agent, timeouts and **no redirects**,
 //!   so a source follows a `302` itself and decides with [`CredentialScope`] whether the next host
 //!   may see its token.
+//! * [`DownloadHosts`]: which other hosts (a provider's file host) may receive the token.
 //! * [`RetryPolicy`]: the `retry` table of a source config, and the backoff it implies;
 //!   [`server_wait`] reads how long the server asked us to wait.
 //! * [`RateLimiter`]: "N requests per period", shared by clones.
@@ -21,6 +22,7 @@
 //! * [`export`]: submit → poll → download of asynchronous provider exports.
 
 mod client;
+mod download_hosts;
 mod error;
 pub mod export;
 mod paging;
@@ -34,6 +36,7 @@ pub use client::{
     CredentialScope, HttpClient, HttpClientBuilder, USER_AGENT, redact_url, resolve_location,
     same_origin,
 };
+pub use download_hosts::{DownloadHostRefused, DownloadHosts};
 pub use error::{ErrorKind, ProviderError, RequestError};
 pub use paging::{PageEvent, Paging, pages};
 pub use rate::RateLimiter;

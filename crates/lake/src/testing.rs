@@ -167,6 +167,7 @@ pub fn attachment(id: &str, name: &str, size: i64) -> Value {
         "file_name": name,
         "file_size": size,
         "download_url": format!("https://files.example.com/{id}?sig=a%2Fb&x=1"),
+        "stored_at": null,
     })
 }
 
@@ -193,7 +194,8 @@ pub fn sample_messages() -> Vec<Value> {
     rows[2]["status"] = json!("deleted");
     rows[2]["delivered_at"] = json!("2025-05-02T00:00:00.5Z");
     rows[2]["attachments"] = json!([{
-        "file_id": "f3", "file_name": null, "file_size": null, "download_url": null
+        "file_id": "f3", "file_name": null, "file_size": null, "download_url": null,
+        "stored_at": null
     }]);
     rows[3]["text"] = json!("  leading and trailing  ");
     rows[3]["reply_to_id"] = json!("zm-1");

@@ -205,7 +205,26 @@ pub struct File {
     pub file_id: String,
     pub file_name: String,
     pub file_size: i64,
-    pub download_url: String,
+}
+
+impl File {
+    /// Where the file host serves it: `{files_url}/file/{file_id}?size={file_size}`. The size
+    /// rides in the URL so the file host needs no index of every message's files.
+    pub fn download_url(&self, files_url: &str) -> String {
+        format!("{files_url}/file/{}?size={}", self.file_id, self.file_size)
+    }
+}
+
+/// The content the file host serves for `file_id`: `size` bytes, the same on every run.
+pub fn file_content(file_id: &str, size: usize) -> Vec<u8> {
+    let mut state = hash_str(file_id);
+    let mut content = Vec::with_capacity(size);
+    while content.len() < size {
+        state = mix(state);
+        let take = (size - content.len()).min(8);
+        content.extend_from_slice(&state.to_le_bytes()[..take]);
+    }
+    content
 }
 
 /// One version of one message.
@@ -300,7 +319,6 @@ fn slot(seed: u64, scale: f64, conv: &Conversation, k: i64) -> Option<(Message, 
             file_id: format!("f-{:x}-{f}", h & 0xFFFF_FFFF),
             file_name: format!("file{k}_{f}.png"),
             file_size: ((h >> 40) % 100_000) as i64 + 1,
-            download_url: format!("https://file.zoom.example/{:x}/{f}", h & 0xFFFF_FFFF),
         })
         .collect::<Vec<_>>();
     let reply_to =

@@ -76,6 +76,11 @@ pub struct ZoomFaults {
     /// `edits_by=own_time|original_time`: an edit or delete is in the range of its own time
     /// (default) or, once made, in its original message's range (see [`data::VersionsBy`]).
     pub edits_by: data::VersionsBy,
+    /// `files_url=ORIGIN`: the listed `download_url`s point at this origin instead of the
+    /// emulator's file host (a test's own listener, to see what a foreign host receives).
+    pub files_url: Option<String>,
+    /// `file_server_error=EVERY`: those file-host downloads answer 500.
+    pub file_server_error: Option<NonZeroU64>,
 }
 
 impl Default for ZoomFaults {
@@ -96,13 +101,15 @@ impl Default for ZoomFaults {
             paid: true,
             list_page_max: None,
             edits_by: data::VersionsBy::OwnTime,
+            files_url: None,
+            file_server_error: None,
         }
     }
 }
 
 impl ZoomFaults {
     /// Every key the spec accepts, fully qualified.
-    pub const KEYS: [&str; 15] = [
+    pub const KEYS: [&str; 17] = [
         "zoom.page_token_expiry",
         "zoom.rate_limit",
         "zoom.daily_limit",
@@ -118,6 +125,8 @@ impl ZoomFaults {
         "zoom.paid",
         "zoom.list_page_max",
         "zoom.edits_by",
+        "zoom.files_url",
+        "zoom.file_server_error",
     ];
 
     /// Sets one key (without its `zoom.` prefix) from its spec value.
@@ -146,6 +155,14 @@ impl ZoomFaults {
             "token_invalidate" => self.token_invalidate = every()?,
             "token_invalidate_once" => self.token_invalidate_once = every()?,
             "list_page_max" => self.list_page_max = every()?,
+            "file_server_error" => self.file_server_error = every()?,
+            "files_url" => {
+                let origin = value.trim_end_matches('/');
+                if !origin.starts_with("http://") && !origin.starts_with("https://") {
+                    return Err("expected an origin like http://127.0.0.1:PORT".to_owned());
+                }
+                self.files_url = Some(origin.to_owned());
+            }
             "slow_ms" => self.slow = Duration::from_millis(number()?),
             "token_ttl_s" => self.token_ttl = Duration::from_secs(number()?),
             "page_token_ttl_s" => self.page_token_ttl = Duration::from_secs(number()?),
@@ -208,6 +225,10 @@ pub struct ZoomStats {
     pub pages_served: u64,
     /// Most API requests in flight at once.
     pub max_in_flight: u64,
+    /// Requests to the file host (`GET /file/{id}`), answered or not.
+    pub file_requests: u64,
+    /// Files the file host served whole (200).
+    pub files_served: u64,
     /// When the first and the latest API request arrived, in µs since the emulator started:
     /// `(api requests - 1) / (last - first)` is the rate a client sustained.
     pub first_request_us: u64,
@@ -236,6 +257,14 @@ pub(crate) fn router(zoom: Arc<Zoom>) -> Router {
         .route("/v2/chat/users/{user}/sessions", get(user_sessions))
         .route("/v2/report/chat/sessions", get(report_sessions))
         .route("/v2/report/chat/sessions/{id}", get(report_messages))
+        .with_state(zoom)
+}
+
+/// Zoom's file host (`file.zoom.us` on the real service): served on an origin of its own, so
+/// that a download always goes to another host than the API, with the same Bearer token.
+pub(crate) fn file_router(zoom: Arc<Zoom>) -> Router {
+    Router::new()
+        .route("/file/{id}", get(file))
         .with_state(zoom)
 }
 
@@ -290,12 +319,68 @@ struct Inner {
     stats: ZoomStats,
 }
 
+/// `GET /file/{id}?size=N`: the file's deterministic content ([`data::file_content`]) for a
+/// valid Bearer token; 401 code 124 without one, 500 under the `file_server_error` fault.
+async fn file(
+    State(zoom): State<Arc<Zoom>>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let q = parse_query(raw);
+    let now = clock::now();
+    let size = {
+        let mut inner = zoom.lock();
+        inner.stats.file_requests += 1;
+        let n = inner.stats.file_requests;
+        let token = headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if inner.tokens.get(token).is_none_or(|exp| *exp <= now) {
+            inner.stats.unauthorized += 1;
+            return ApiError::new(StatusCode::UNAUTHORIZED, 124, "Invalid access token.")
+                .into_response();
+        }
+        if fires(zoom.faults.file_server_error, n) {
+            inner.stats.server_errors += 1;
+            return ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                500,
+                "Internal server error.",
+            )
+            .into_response();
+        }
+        let Some(size) = param(&q, "size").and_then(|s| s.parse::<usize>().ok()) else {
+            inner.stats.not_found += 1;
+            return ApiError::new(StatusCode::NOT_FOUND, 1001, "File does not exist.")
+                .into_response();
+        };
+        inner.stats.files_served += 1;
+        size
+    };
+    if !zoom.faults.slow.is_zero() {
+        tokio::time::sleep(zoom.faults.slow).await;
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        )],
+        data::file_content(&id, size),
+    )
+        .into_response()
+}
+
 /// Shared state of the Zoom emulator.
 pub(crate) struct Zoom {
     seed: u64,
     scale: f64,
     faults: ZoomFaults,
     base_url: String,
+    /// The origin the listed `download_url`s point at: the file host, or the `files_url` fault.
+    files_url: String,
     state: Mutex<Inner>,
 }
 
@@ -404,12 +489,13 @@ fn day_ms(d: NaiveDate) -> i64 {
 }
 
 impl Zoom {
-    pub(crate) fn new(config: &EmulatorConfig, base_url: String) -> Zoom {
+    pub(crate) fn new(config: &EmulatorConfig, base_url: String, files_url: String) -> Zoom {
         Zoom {
             seed: config.seed,
             scale: config.scale,
             faults: config.faults.zoom.clone(),
             base_url,
+            files_url: config.faults.zoom.files_url.clone().unwrap_or(files_url),
             state: Mutex::new(Inner {
                 started: clock::now(),
                 tokens: HashMap::new(),
@@ -739,7 +825,7 @@ impl Zoom {
         let end = (offset + size).min(all.len());
         let items: Vec<Value> = all[offset.min(end)..end]
             .iter()
-            .map(|m| user_message_json(m, versions))
+            .map(|m| user_message_json(m, versions, &self.files_url))
             .collect();
         let path = format!("/v2/chat/users/{user}/messages");
         let next = self.next_token(&path, q, end, all.len());
@@ -865,7 +951,7 @@ impl Zoom {
         let mut edits = Vec::new();
         let mut deletes = Vec::new();
         for m in &all[offset.min(end)..end] {
-            let item = report_message_json(m, &conv, bots, reactions);
+            let item = report_message_json(m, &conv, bots, reactions, &self.files_url);
             match m.status {
                 Status::Normal => messages.push(item),
                 Status::Edited => edits.push(item),
@@ -921,13 +1007,13 @@ fn rate_limited(category: &str, per_s: u32, daily: bool) -> ApiError {
     e
 }
 
-fn files_json(m: &Message) -> Value {
+fn files_json(m: &Message, files_url: &str) -> Value {
     Value::Array(
         m.files
             .iter()
             .map(|f| {
                 json!({"file_id": f.file_id, "file_name": f.file_name,
-                       "file_size": f.file_size, "download_url": f.download_url})
+                       "file_size": f.file_size, "download_url": f.download_url(files_url)})
             })
             .collect(),
     )
@@ -938,7 +1024,7 @@ fn bot_json(m: &Message) -> Value {
            "content": {"head": {"text": "Bot"}, "body": [{"type": "message", "text": m.text}]}})
 }
 
-fn user_message_json(m: &Message, versions: bool) -> Value {
+fn user_message_json(m: &Message, versions: bool, files_url: &str) -> Value {
     let sender = m.sender();
     let mut v = json!({
         "id": m.id,
@@ -950,7 +1036,7 @@ fn user_message_json(m: &Message, versions: bool) -> Value {
         "sender_display_name": sender.display_name,
         "date_time": rfc3339(m.timestamp),
         "timestamp": m.timestamp,
-        "files": files_json(m),
+        "files": files_json(m, files_url),
         "rich_text": [],
         "at_items": [],
     });
@@ -966,7 +1052,7 @@ fn user_message_json(m: &Message, versions: bool) -> Value {
         v["file_id"] = json!(f.file_id);
         v["file_name"] = json!(f.file_name);
         v["file_size"] = json!(f.file_size);
-        v["download_url"] = json!(f.download_url);
+        v["download_url"] = json!(f.download_url(files_url));
     }
     if m.is_bot {
         v["bot_message"] = bot_json(m);
@@ -974,7 +1060,13 @@ fn user_message_json(m: &Message, versions: bool) -> Value {
     v
 }
 
-fn report_message_json(m: &Message, conv: &Conversation, bots: bool, reactions: bool) -> Value {
+fn report_message_json(
+    m: &Message,
+    conv: &Conversation,
+    bots: bool,
+    reactions: bool,
+    files_url: &str,
+) -> Value {
     let sender = m.sender();
     let receiver = match conv {
         Conversation::Channel { id, .. } => id.clone(),
@@ -993,7 +1085,7 @@ fn report_message_json(m: &Message, conv: &Conversation, bots: bool, reactions: 
         "is_sender_external": false,
         "date_time": rfc3339(m.timestamp),
         "timestamp": m.timestamp,
-        "files": files_json(m),
+        "files": files_json(m, files_url),
         "rich_text": [],
     });
     if m.status != Status::Normal {

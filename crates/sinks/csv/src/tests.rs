@@ -142,7 +142,7 @@ async fn writes_partitioned_csv_with_json_attachments_and_utc_times() {
     // needed, newlines kept inside quotes.
     let text = read_text(&root.join(&files[0]));
     assert!(text.contains(
-        r#""[{""file_id"":""f1"",""file_name"":""報告書.pdf"",""file_size"":1024,""download_url"":""https://files.example.com/f1?sig=a%2Fb&x=1""},"#
+        r#""[{""file_id"":""f1"",""file_name"":""報告書.pdf"",""file_size"":1024,""download_url"":""https://files.example.com/f1?sig=a%2Fb&x=1"",""stored_at"":null},"#
     ), "{text}");
     assert!(
         text.contains("\"line one\nline two\r\nline three\t  \""),

@@ -22,10 +22,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::DEFAULT_DOWNLOAD_HOST;
 use crate::auth::{Auth, ServiceAccount, SigningKey};
-use crate::download_hosts::{DEFAULT_DOWNLOAD_HOST, DownloadHosts};
 use crate::source::{ApiMode, LineworksSource, Mode};
 use crate::window::{self, DownloadQuery, STREAM};
+use chatlake_http::DownloadHosts;
 
 pub const DEFAULT_BASE_URL: &str = "https://www.worksapis.com/v1.0";
 pub const DEFAULT_TOKEN_URL: &str = "https://auth.worksmobile.com/oauth2/v2.0/token";
@@ -418,7 +419,8 @@ impl LineworksSourceConfig {
                 }
                 None => (self.configured_auth()?, None),
             };
-            let mut download_hosts = DownloadHosts::new(&base_url, &self.download_hosts)?;
+            let mut download_hosts =
+                DownloadHosts::new("LINE WORKS", &base_url, &self.download_hosts)?;
             if let Some(host) = download_host {
                 download_hosts = download_hosts.also(host.expose())?;
             }

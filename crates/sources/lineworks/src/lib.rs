@@ -7,23 +7,25 @@
 //! into canonical messages.
 //!
 //! Layout: [`config`] (the table, its checks, `build`), [`window`] (range splitting and the
-//! request URL), `auth` (service-account JWT and token cache), `download_hosts` (where the
-//! token may follow the `302`), [`parse`] (the CSV), and
+//! request URL), `auth` (service-account JWT and token cache), [`parse`] (the CSV), and
 //! `source` (the fetch loop).
 
 mod auth;
 pub mod config;
-mod download_hosts;
 mod error;
 pub mod parse;
 mod source;
 pub mod window;
 
+/// Where the token may follow the download's `302`: shared with other sources in chatlake-http.
+pub use chatlake_http::DownloadHostRefused;
 pub use config::{BotMessages, Language, LineworksAuth, LineworksSourceConfig};
-pub use download_hosts::{DEFAULT_DOWNLOAD_HOST, DownloadHostRefused};
 pub use error::{Error, Result};
 pub use parse::{RECORD_TYPE, raw_schema};
 pub use source::LineworksSource;
+
+/// The default of `download_hosts`: LINE WORKS' file host (providers.md §1, "following the 302").
+pub const DEFAULT_DOWNLOAD_HOST: &str = "apis-storage.worksmobile.com";
 
 use chatlake_core::DataKind;
 

@@ -38,10 +38,10 @@ use url::Url;
 
 use crate::auth::{Auth, Authenticator};
 use crate::config::Language;
-use crate::download_hosts::{DownloadHostRefused, DownloadHosts};
 use crate::error::Error;
 use crate::parse::{self, ParseError, ParseOptions, ParseOutcome, RECORD_TYPE};
 use crate::window::DownloadQuery;
+use chatlake_http::{DownloadHostRefused, DownloadHosts};
 
 /// Redirects followed from the download request to the file, at most.
 const MAX_REDIRECTS: u32 = 5;

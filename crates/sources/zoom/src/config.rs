@@ -8,9 +8,9 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use chatlake_core::config::InvalidConfig;
+use chatlake_core::config::{InvalidConfig, StorageOptions};
 use chatlake_core::{BuildContext, Secret, Source, SourceConfig};
-use chatlake_http::RetryPolicy;
+use chatlake_http::{DownloadHosts, RetryPolicy};
 use chatlake_source_kit::options::{
     at_least_one, auth_required, check_retry, emulator_url, longer_than_zero, non_empty,
     non_empty_secret, parse_http_url,
@@ -22,6 +22,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use url::Url;
 
 use crate::api::{Budgets, Credentials};
+use crate::attachments::{Attachments, Place};
 use crate::source::{
     ApiSettings, Conversations, Mode, ReportOptions, Stream, UserOptions, ZoomSource, saved_pages,
 };
@@ -215,6 +216,30 @@ pub struct ZoomUserMessagesConfig {
     #[serde(default = "default_lookback", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub lookback: Duration,
+    /// Download each file of a message and save it once, by its content, under
+    /// `attachments_path` (`<sha256[..2]>/<sha256>.<ext>`); the row's attachment gets the place
+    /// in `stored_at`. Zoom's `download_url`s expire: an archive that keeps only the URL loses
+    /// the file. Off by default. Downloads use this source's retries and rate budget, and the
+    /// token goes only to the API's host and the hosts of `download_hosts`.
+    #[serde(default)]
+    pub download_attachments: bool,
+    /// Where downloaded files go: a local directory or an object-store URL (`s3://bucket/prefix`,
+    /// `gs://`, `az://`). Required with `download_attachments`.
+    #[serde(default)]
+    pub attachments_path: Option<String>,
+    /// How to reach the object store of `attachments_path` (as a sink's `storage` table).
+    #[serde(default)]
+    pub attachments_storage: StorageOptions,
+    /// A file larger than this (as listed, or once reading passes it) is not downloaded: a
+    /// warning, counted in the run summary, and the row keeps its URL without `stored_at`.
+    /// Default 104857600 (100 MiB); a file is held in memory while it is hashed.
+    #[serde(default = "default_max_attachment_bytes")]
+    pub max_attachment_bytes: u64,
+    /// The hosts besides the API's that may receive the access token for a file download
+    /// (`host` or `host:port`, https only, http only on loopback). Default: Zoom's file host,
+    /// `file.zoom.us`. A file elsewhere is not downloaded (a warning, counted).
+    #[serde(default = "default_download_hosts")]
+    pub download_hosts: Vec<String>,
     /// Load saved response pages (JSON Lines, one page per line with `user_id` and
     /// `to_channel`/`to_contact` added at the top level) instead of calling the API.
     #[serde(default)]
@@ -296,6 +321,30 @@ pub struct ZoomChatReportConfig {
     #[serde(default = "default_lookback", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub lookback: Duration,
+    /// Download each file of a message and save it once, by its content, under
+    /// `attachments_path` (`<sha256[..2]>/<sha256>.<ext>`); the row's attachment gets the place
+    /// in `stored_at`. Zoom's `download_url`s expire: an archive that keeps only the URL loses
+    /// the file. Off by default. Downloads use this source's retries and rate budget, and the
+    /// token goes only to the API's host and the hosts of `download_hosts`.
+    #[serde(default)]
+    pub download_attachments: bool,
+    /// Where downloaded files go: a local directory or an object-store URL (`s3://bucket/prefix`,
+    /// `gs://`, `az://`). Required with `download_attachments`.
+    #[serde(default)]
+    pub attachments_path: Option<String>,
+    /// How to reach the object store of `attachments_path` (as a sink's `storage` table).
+    #[serde(default)]
+    pub attachments_storage: StorageOptions,
+    /// A file larger than this (as listed, or once reading passes it) is not downloaded: a
+    /// warning, counted in the run summary, and the row keeps its URL without `stored_at`.
+    /// Default 104857600 (100 MiB); a file is held in memory while it is hashed.
+    #[serde(default = "default_max_attachment_bytes")]
+    pub max_attachment_bytes: u64,
+    /// The hosts besides the API's that may receive the access token for a file download
+    /// (`host` or `host:port`, https only, http only on loopback). Default: Zoom's file host,
+    /// `file.zoom.us`. A file elsewhere is not downloaded (a warning, counted).
+    #[serde(default = "default_download_hosts")]
+    pub download_hosts: Vec<String>,
     /// Load saved report pages (JSON Lines, one page per line with `session_id` added).
     #[serde(default)]
     pub files: Option<Vec<String>>,
@@ -306,6 +355,15 @@ fn default_base_url() -> String {
 }
 fn default_token_url() -> String {
     DEFAULT_TOKEN_URL.into()
+}
+/// Zoom's file host, where `download_url`s point (providers.md §3).
+pub const DEFAULT_DOWNLOAD_HOST: &str = "file.zoom.us";
+
+fn default_download_hosts() -> Vec<String> {
+    vec![DEFAULT_DOWNLOAD_HOST.to_owned()]
+}
+fn default_max_attachment_bytes() -> u64 {
+    100 * 1024 * 1024
 }
 fn default_true() -> bool {
     true
@@ -362,6 +420,64 @@ fn deserialize_day<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NaiveDate>,
 
 fn utc() -> FixedOffset {
     FixedOffset::east_opt(0).expect("zero is a valid offset")
+}
+
+/// The table's attachment keys, checked.
+struct AttachmentKeys<'a> {
+    download: bool,
+    path: &'a Option<String>,
+    storage: &'a StorageOptions,
+    max_bytes: u64,
+    hosts: &'a [String],
+}
+
+impl AttachmentKeys<'_> {
+    /// `None` unless `download_attachments`; the store is opened (no I/O) here so a bad URL
+    /// or storage table is a config error.
+    fn check(&self, base: &Url, cx: &BuildContext) -> Result<Option<Attachments>, InvalidConfig> {
+        if !self.download {
+            return Ok(None);
+        }
+        let Some(path) = self.path.as_deref() else {
+            return Err(InvalidConfig::new(
+                "attachments_path",
+                "required with `download_attachments`: a local directory or an object-store URL",
+            ));
+        };
+        if self.max_bytes == 0 {
+            return Err(InvalidConfig::new(
+                "max_attachment_bytes",
+                "must be at least 1",
+            ));
+        }
+        let place = match chatlake_store::Location::parse(path)
+            .map_err(|e| InvalidConfig::new("attachments_path", e.to_string()))?
+        {
+            chatlake_store::Location::Local(dir) => Place::Local(dir),
+            chatlake_store::Location::Object(location) => {
+                let store = chatlake_store::Store::open(&location, self.storage)
+                    .map_err(|e| InvalidConfig::new("attachments_storage", e.to_string()))?;
+                Place::Object(Box::new((location, store)))
+            }
+        };
+        let mut hosts = DownloadHosts::new("Zoom", base, self.hosts)?;
+        if let Some(profile) = &cx.emulator {
+            hosts = hosts.also(profile.credential("zoom.download_host")?.expose())?;
+        }
+        Ok(Some(Attachments::new(place, self.max_bytes, hosts)))
+    }
+}
+
+/// Saved pages come without an access token to download their files with.
+fn no_downloads_from_files(download_attachments: bool) -> Result<(), InvalidConfig> {
+    if download_attachments {
+        return Err(InvalidConfig::new(
+            "download_attachments",
+            "needs the API (saved pages come without an access token to download with); remove \
+             `files` or `download_attachments`",
+        ));
+    }
+    Ok(())
 }
 
 /// Base URL and credentials: the emulator's under `--emulate`, else the table's.
@@ -577,6 +693,7 @@ impl ZoomUserMessagesConfig {
             search: self.search_type.clone().zip(self.search_key.clone()),
         };
         if let Some(patterns) = files {
+            no_downloads_from_files(self.download_attachments)?;
             let stream = Stream::UserMessages(options);
             let files = saved_pages(&patterns, &stream, cx.state.clone())?;
             return Ok(ZoomSource::new(cx.name.clone(), stream, Mode::Files(files)));
@@ -625,6 +742,14 @@ impl ZoomUserMessagesConfig {
             }
         };
         let (base, credentials) = api_settings(&self.base_url, &self.auth, cx)?;
+        let attachments = AttachmentKeys {
+            download: self.download_attachments,
+            path: &self.attachments_path,
+            storage: &self.attachments_storage,
+            max_bytes: self.max_attachment_bytes,
+            hosts: &self.download_hosts,
+        }
+        .check(&base, cx)?;
         Ok(ZoomSource::new(
             cx.name.clone(),
             Stream::UserMessages(options),
@@ -637,6 +762,7 @@ impl ZoomUserMessagesConfig {
                 concurrency: self.concurrency,
                 ranges: split_days(start, end, self.window_days),
                 lookback: self.lookback,
+                attachments,
                 users,
                 user_statuses,
                 conversations,
@@ -671,6 +797,7 @@ impl ZoomChatReportConfig {
             query_all_modifications: self.query_all_modifications,
         };
         if let Some(patterns) = files {
+            no_downloads_from_files(self.download_attachments)?;
             let stream = Stream::ChatReport(options);
             let files = saved_pages(&patterns, &stream, cx.state.clone())?;
             return Ok(ZoomSource::new(cx.name.clone(), stream, Mode::Files(files)));
@@ -710,6 +837,14 @@ impl ZoomChatReportConfig {
             }
         };
         let (base, credentials) = api_settings(&self.base_url, &self.auth, cx)?;
+        let attachments = AttachmentKeys {
+            download: self.download_attachments,
+            path: &self.attachments_path,
+            storage: &self.attachments_storage,
+            max_bytes: self.max_attachment_bytes,
+            hosts: &self.download_hosts,
+        }
+        .check(&base, cx)?;
         let now = cx.now.trunc_subsecs(0).fixed_offset();
         let day = |d: NaiveDate, end: bool| {
             let t = if end {
@@ -736,6 +871,7 @@ impl ZoomChatReportConfig {
                     .map(|(f, t)| (day(f, false), day(t, true).min(now)))
                     .collect(),
                 lookback: self.lookback,
+                attachments,
                 users: None,
                 user_statuses: Vec::new(),
                 conversations: Conversations::All,
@@ -750,7 +886,7 @@ impl SourceConfig for ZoomUserMessagesConfig {
     const TYPE: &'static str = "zoom_user_messages";
     const SUMMARY: &'static str = "Zoom Team Chat messages per user and conversation, or saved \
          response pages. What it leaves out: a file's `download_url` expires, and the row keeps the \
-         URL, not the file; `users = \"all\"` lists only the statuses of `user_status` (active and \
+         URL, not the file, unless `download_attachments` saves it; `users = \"all\"` lists only the statuses of `user_status` (active and \
          inactive by default; `pending` only when listed); an edit or delete made after a range \
          was read arrives only through `lookback`.";
     const EXAMPLE: &'static str = include_str!("example_user_messages.toml");
@@ -766,7 +902,7 @@ impl SourceConfig for ZoomChatReportConfig {
          and deleted included). What it leaves out: Zoom serves the report six months back only, \
          one month per request, so a month older than that which was never loaded cannot be \
          fetched any more (a warning, not a failure); a file's `download_url` expires, and the row \
-         keeps the URL, not the file; an edit or delete made after a range was read arrives only \
+         keeps the URL, not the file, unless `download_attachments` saves it; an edit or delete made after a range was read arrives only \
          through `lookback`.";
     const EXAMPLE: &'static str = include_str!("example_chat_report.toml");
 
@@ -893,6 +1029,43 @@ mod tests {
         .err()
         .unwrap();
         assert_eq!(err.key, "auth");
+    }
+
+    #[test]
+    fn attachment_options_are_checked() {
+        let key = |extra: serde_json::Value| {
+            let mut b = json!({"auth": auth(), "start": "2026-11-01T00:00:00Z"});
+            for (k, v) in extra.as_object().unwrap() {
+                b[k] = v.clone();
+            }
+            serde_json::from_value::<ZoomUserMessagesConfig>(b)
+                .unwrap()
+                .check(&cx())
+                .err()
+                .map(|e| e.key)
+        };
+        assert_eq!(key(json!({})), None, "off by default");
+        assert_eq!(
+            key(json!({"download_attachments": true})).as_deref(),
+            Some("attachments_path")
+        );
+        let on = json!({"download_attachments": true, "attachments_path": "./files"});
+        assert_eq!(key(on.clone()), None);
+        let mut zero = on.clone();
+        zero["max_attachment_bytes"] = json!(0);
+        assert_eq!(key(zero).as_deref(), Some("max_attachment_bytes"));
+        let mut bad_host = on.clone();
+        bad_host["download_hosts"] = json!(["file.zoom.us", "https://x"]);
+        assert_eq!(key(bad_host).as_deref(), Some("download_hosts[1]"));
+        let mut bad_url = on.clone();
+        bad_url["attachments_path"] = json!("ftp://x/y");
+        assert_eq!(key(bad_url).as_deref(), Some("attachments_path"));
+        let mut s3 = on.clone();
+        s3["attachments_path"] = json!("s3://bucket/files");
+        assert_eq!(key(s3), None, "opening a store does no I/O");
+        let mut saved = on;
+        saved["files"] = json!(["pages/*.jsonl"]);
+        assert_eq!(key(saved).as_deref(), Some("download_attachments"));
     }
 
     #[test]

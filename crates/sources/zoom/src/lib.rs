@@ -11,9 +11,10 @@
 //! Layout: [`config`] (the tables, their checks, `build`), `api` (tokens, the shared rate
 //! budgets, one `GET` with retries), [`parse`] (pages → Arrow), `saved` (files of saved pages, parsed on parallel blocking
 //! threads), `report_plan` (the report's months, planned from the ledger), `source` (discovery,
-//! windows, paging).
+//! windows, paging), `attachments` (`download_attachments`: files saved by content).
 
 mod api;
+mod attachments;
 pub mod config;
 pub mod parse;
 mod report_plan;

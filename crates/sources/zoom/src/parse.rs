@@ -943,6 +943,10 @@ impl RawBuilder {
         if let Some(b) = item.field_builder::<StringBuilder>(3) {
             b.append_option(url);
         }
+        // `stored_at`: filled in by the attachment download, if it is on, before rows go out.
+        if let Some(b) = item.field_builder::<StringBuilder>(4) {
+            b.append_null();
+        }
         item.append(true);
     }
 

@@ -37,6 +37,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::api::{ApiError, Budgets, Credentials, Label, ZoomApi};
+use crate::attachments::Attachments;
 use crate::config::{ConversationList, UserStatus};
 use crate::parse::{CHAT_REPORT, Context, RawBuilder, USER_MESSAGES};
 use crate::saved;
@@ -94,6 +95,8 @@ pub(crate) struct ApiSettings {
     pub conversations: Conversations,
     /// Report: `Some(None)` to discover sessions, `Some(Some(ids))` for a list.
     pub sessions: Option<Option<Vec<String>>>,
+    /// `download_attachments`: where files go, their size limit and hosts.
+    pub attachments: Option<Attachments>,
 }
 
 pub(crate) enum Mode {
@@ -907,6 +910,7 @@ impl ZoomSource {
     async fn run_window(
         &self,
         api: &ZoomApi,
+        attachments: Option<&Attachments>,
         target: &Target,
         window: &WindowRef,
         cx: &SourceContext,
@@ -963,14 +967,24 @@ impl ZoomSource {
                 Some(Ok(PageEvent::Page(page))) => page.ready,
             };
             let send = async {
-                match ready {
-                    Some(data) => cx.out.send(Batch::new(window.clone(), data)).await,
-                    None => Ok(()),
+                let Some(mut data) = ready else {
+                    return Ok(());
+                };
+                // Every file a row names is complete in its place before the row goes out.
+                if let Some(attachments) = attachments {
+                    data = attachments
+                        .store_files(api, data, &window.label, &cx.metrics, &self.name)
+                        .await
+                        .map_err(|e| WindowError::Failed(e.to_string()))?;
                 }
+                cx.out
+                    .send(Batch::new(window.clone(), data))
+                    .await
+                    .map_err(WindowError::Stop)
             };
             // The next page is on its way while this one goes downstream.
             let (sent, next) = tokio::join!(send, pages.next());
-            sent.map_err(WindowError::Stop)?;
+            sent?;
             event = next;
         }
     }
@@ -1028,7 +1042,9 @@ impl ZoomSource {
         let mut results = futures::stream::iter(windows)
             .map(|(window, target)| async move {
                 let window = Arc::new(window);
-                let result = self.run_window(api, &target, &window, cx).await;
+                let result = self
+                    .run_window(api, settings.attachments.as_ref(), &target, &window, cx)
+                    .await;
                 self.finish_window(cx, window, result, skipped_ref).await
             })
             .buffer_unordered(settings.concurrency);
@@ -1106,6 +1122,8 @@ impl ApiSettings {
                 Conversations::List(l) => Conversations::List(l.clone()),
             },
             sessions: None,
+            // Only for listing targets: nothing is downloaded through this view.
+            attachments: None,
         }
     }
 }

@@ -1,19 +1,19 @@
-//! Which hosts may receive the access token when the download's `302` leads elsewhere.
+//! Which hosts may receive a source's access token when a file lives on another host than the
+//! API.
 //!
-//! LINE WORKS answers the download request with a `302` to its file host
-//! (`apis-storage.worksmobile.com`), which wants the same Bearer token. The token goes to the
-//! API's own origin and to the hosts of `download_hosts`, over https (http only on loopback, for
-//! the emulator and tests); a redirect to any other host is refused before anything is sent
-//! there, naming the host and the key to change.
+//! Providers serve files from a host of their own that wants the API's Bearer token: LINE WORKS
+//! answers a download request with a `302` to `apis-storage.worksmobile.com`, Zoom lists files
+//! at `file.zoom.us`. The token goes to the API's own origin and to the hosts of the source's
+//! `download_hosts`, over https (http only on loopback, for the emulator and tests); any other
+//! host is refused before anything is sent there, naming the host, the provider and the key to
+//! change.
 
 use std::net::IpAddr;
 
 use chatlake_core::config::InvalidConfig;
-use chatlake_http::{CredentialScope, redact_url};
 use url::{Host, Url};
 
-/// The default of `download_hosts`: LINE WORKS' file host (providers.md §1, "following the 302").
-pub const DEFAULT_DOWNLOAD_HOST: &str = "apis-storage.worksmobile.com";
+use crate::{CredentialScope, redact_url};
 
 /// One entry of `download_hosts`: a host, and a port if one was given.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,8 +50,10 @@ impl HostPattern {
     }
 }
 
-/// The hosts an access token may be sent to when following a download's redirect.
-pub(crate) struct DownloadHosts {
+/// The hosts an access token may be sent to for a file: the API's origin and the listed hosts.
+pub struct DownloadHosts {
+    /// The provider's name, as messages say it (`LINE WORKS`, `Zoom`).
+    provider: &'static str,
     api: CredentialScope,
     listed: Vec<HostPattern>,
 }
@@ -60,17 +62,22 @@ pub(crate) struct DownloadHosts {
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadHostRefused {
     #[error(
-        "the download redirects to {url}, on host `{host}`, which is neither the API's host nor \
+        "the {provider} file at {url}, on host `{host}`, is neither on the API's host nor on one \
          listed in `download_hosts`: the access token is not sent there and the file is not \
-         fetched. If `{host}` is LINE WORKS' file host, add it to `download_hosts`"
+         fetched. If `{host}` is the {provider} file host, add it to `download_hosts`"
     )]
-    Unlisted { url: String, host: String },
+    Unlisted {
+        provider: &'static str,
+        url: String,
+        host: String,
+    },
     #[error(
-        "the download redirects to {url}, on host `{host}` (listed in `download_hosts`) over \
-         {scheme}: the access token goes only over https (http only to loopback), so the file \
-         is not fetched"
+        "the {provider} file at {url}, on host `{host}` (listed in `download_hosts`), is served \
+         over {scheme}: the access token goes only over https (http only to loopback), so the \
+         file is not fetched"
     )]
     Insecure {
+        provider: &'static str,
         url: String,
         host: String,
         scheme: String,
@@ -78,9 +85,13 @@ pub enum DownloadHostRefused {
 }
 
 impl DownloadHosts {
-    /// The API at `base` and the `download_hosts` entries; a bad entry is an error at
+    /// `provider`'s API at `base` and the `download_hosts` entries; a bad entry is an error at
     /// `download_hosts[i]`.
-    pub(crate) fn new(base: &Url, entries: &[String]) -> Result<DownloadHosts, InvalidConfig> {
+    pub fn new(
+        provider: &'static str,
+        base: &Url,
+        entries: &[String],
+    ) -> Result<DownloadHosts, InvalidConfig> {
         let listed = entries
             .iter()
             .enumerate()
@@ -90,13 +101,14 @@ impl DownloadHosts {
             })
             .collect::<Result<_, _>>()?;
         Ok(DownloadHosts {
+            provider,
             api: CredentialScope::new(base),
             listed,
         })
     }
 
     /// Adds a host (the emulator's file host under `--emulate`).
-    pub(crate) fn also(mut self, entry: &str) -> Result<DownloadHosts, InvalidConfig> {
+    pub fn also(mut self, entry: &str) -> Result<DownloadHosts, InvalidConfig> {
         let pattern = HostPattern::parse(entry).map_err(|message| {
             InvalidConfig::new(
                 "download_hosts",
@@ -109,7 +121,7 @@ impl DownloadHosts {
 
     /// Whether the token may be sent to `url`: the API's own origin, or a listed host over https
     /// (http only on loopback).
-    pub(crate) fn token_may_go_to(&self, url: &Url) -> Result<(), DownloadHostRefused> {
+    pub fn token_may_go_to(&self, url: &Url) -> Result<(), DownloadHostRefused> {
         if self.api.allows(url) {
             return Ok(());
         }
@@ -120,6 +132,7 @@ impl DownloadHosts {
         };
         if !self.listed.iter().any(|p| p.matches(url)) {
             return Err(DownloadHostRefused::Unlisted {
+                provider: self.provider,
                 url: redact_url(url),
                 host,
             });
@@ -127,6 +140,7 @@ impl DownloadHosts {
         let secure = url.scheme() == "https" || (url.scheme() == "http" && is_loopback(url));
         if !secure {
             return Err(DownloadHostRefused::Insecure {
+                provider: self.provider,
                 url: redact_url(url),
                 host,
                 scheme: url.scheme().to_owned(),
@@ -149,13 +163,15 @@ fn is_loopback(url: &Url) -> bool {
 mod tests {
     use super::*;
 
+    const DEFAULT_DOWNLOAD_HOST: &str = "apis-storage.worksmobile.com";
+
     fn url(s: &str) -> Url {
         Url::parse(s).unwrap()
     }
 
     fn hosts(base: &str, entries: &[&str]) -> DownloadHosts {
         let entries: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
-        DownloadHosts::new(&url(base), &entries).unwrap()
+        DownloadHosts::new("LINE WORKS", &url(base), &entries).unwrap()
     }
 
     #[test]
@@ -185,6 +201,10 @@ mod tests {
             .to_string();
         assert!(e.contains("`evil.example.com`"), "{e}");
         assert!(e.contains("`download_hosts`"), "{e}");
+        assert!(
+            e.contains("the LINE WORKS file host"),
+            "the provider is named: {e}"
+        );
         assert!(!e.contains("secret"), "no query in errors: {e}");
         assert!(
             h.token_may_go_to(&url("https://apis-storage.worksmobile.com:8443/k"))
@@ -234,7 +254,7 @@ mod tests {
             "x.com:notaport",
             "x.com:99999",
         ] {
-            let e = DownloadHosts::new(&base, &["ok.com".into(), bad.into()])
+            let e = DownloadHosts::new("LINE WORKS", &base, &["ok.com".into(), bad.into()])
                 .err()
                 .unwrap_or_else(|| panic!("{bad:?} should be refused"));
             assert_eq!(e.key, "download_hosts[1]", "{bad:?}");
