@@ -543,24 +543,35 @@ fn vacuum_deletes_replaced_files_keeps_the_latest_version_and_waits_for_pending_
     let parquet_files = |dir: &Path| common::files(dir, ".parquet").len();
     let before = parquet_files(&table);
     let in_table = rt_file_count(&table);
-    assert!(before > in_table, "replacements left files the latest version does not list");
+    assert!(
+        before > in_table,
+        "replacements left files the latest version does not list"
+    );
 
-    let dry = s.run(&[
-        "lake",
-        "vacuum",
-        p.to_str().unwrap(),
-        "--retention",
-        "0s",
-        "--dry-run",
-    ])
-    .expect_code(0);
+    let dry = s
+        .run(&[
+            "lake",
+            "vacuum",
+            p.to_str().unwrap(),
+            "--retention",
+            "0s",
+            "--dry-run",
+        ])
+        .expect_code(0);
     assert!(dry.stdout().contains("would delete"), "{}", dry.stdout());
     assert_eq!(parquet_files(&table), before, "a dry run deletes nothing");
 
     s.run(&["lake", "vacuum", p.to_str().unwrap(), "--retention", "0s"])
         .expect_code(0);
-    assert_eq!(parquet_files(&table), in_table, "only the listed files are left");
-    assert!(read_delta(&table, None) == lake, "the latest version is whole");
+    assert_eq!(
+        parquet_files(&table),
+        in_table,
+        "only the listed files are left"
+    );
+    assert!(
+        read_delta(&table, None) == lake,
+        "the latest version is whole"
+    );
 
     // A window written and not yet committed to the table (its journal): vacuum waits.
     let journal = table.join("_chatlake/tables.table/sms-0000.json");

@@ -17,6 +17,10 @@ use common::{BIN, Scratch, files, read_jsonl, read_parquet, temp_files};
 
 const WORKERS: u32 = 4;
 
+/// Zoom file URLs at a fixed origin: each worker's emulator serves its files on a port of its
+/// own, which would make the rows' `download_url` differ between processes.
+const FILES: &str = "zoom.files_url=https://file.zoom.example";
+
 /// Three sources split three ways: LINE WORKS stays on one worker (one download at a time per
 /// domain); Qlara, with nothing below comparing windows, splits by window (a day each); Zoom,
 /// below a keep-latest dedupe across runs, splits by conversation.
@@ -120,7 +124,7 @@ fn read_lake(dir: &Path) -> Lake {
 fn one_worker() -> Lake {
     let one = Scratch::new();
     let p = one.pipeline("workers.toml", &pipeline("./lake", "./lake/_state"));
-    one.run(&["run", "--emulate", p.to_str().unwrap()])
+    one.run(&["run", "--emulate", "--faults", FILES, p.to_str().unwrap()])
         .expect_code(0);
     let want = lake(&one.path("lake"));
     let providers: std::collections::BTreeSet<&str> = want
@@ -135,7 +139,7 @@ fn one_worker() -> Lake {
 /// Starts worker `k` of `n` as a child process.
 fn spawn(scratch: &Scratch, p: &Path, k: u32, n: u32, env: &[(&str, String)]) -> Child {
     let mut cmd = Command::new(BIN);
-    cmd.args(["run", "--emulate", p.to_str().unwrap()])
+    cmd.args(["run", "--emulate", "--faults", FILES, p.to_str().unwrap()])
         .current_dir(scratch.dir.path())
         .env("RUST_LOG", "warn")
         .env("CHATLAKE_SHARD", format!("{k}/{n}"))
@@ -246,7 +250,7 @@ fn a_worker_killed_mid_run_and_run_again_alone_completes_the_job() {
         "run",
         "--emulate",
         "--faults",
-        "qlara.slow_jobs_ms=200",
+        &format!("qlara.slow_jobs_ms=200,{FILES}"),
         p.to_str().unwrap(),
     ])
     .current_dir(s.dir.path())
@@ -287,7 +291,7 @@ fn a_worker_killed_mid_run_and_run_again_alone_completes_the_job() {
         "the killed worker's share is missing"
     );
     s.run_env(
-        &["run", "--emulate", p.to_str().unwrap()],
+        &["run", "--emulate", "--faults", FILES, p.to_str().unwrap()],
         &[("CHATLAKE_SHARD", "0/4")],
     )
     .expect_code(0);
