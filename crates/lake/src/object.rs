@@ -87,6 +87,17 @@ struct Journal {
     staged: Option<Vec<StagedUpload>>,
 }
 
+/// What a sink's start knows of the ledger (see [`ObjectLake::start`]).
+pub(crate) struct LedgerView<'a> {
+    /// The windows whose objects belong in the lake: committed or waiting to be reloaded.
+    pub committed: &'a HashSet<String>,
+    /// Those of them waiting to be loaded again.
+    pub reloading: &'a HashSet<String>,
+    /// For a worker of a sharded run: the windows it began and did not finish, the only ones
+    /// whose leftovers it may remove.
+    pub worker_leftovers: Option<&'a HashSet<String>>,
+}
+
 impl ObjectLake {
     /// Opens the store at `location` and makes it ready for this run of sink `sink`, whose
     /// files' names start with `prefix` and end with `extension`: checks that the bucket is
@@ -97,7 +108,7 @@ impl ObjectLake {
     /// not list. `ledger`: the windows whose objects belong in the lake (committed or waiting to be
     /// reloaded) and those of them waiting to be loaded again. Staged windows (journals) the
     /// ledger lists as committed and not waiting are published (roll forward), the others'
-    /// uploads aborted.
+    /// uploads aborted — only those of `ledger.worker_leftovers` for a worker of a sharded run.
     pub(crate) fn start(
         location: &ObjectLocation,
         storage: &StorageOptions,
@@ -105,8 +116,7 @@ impl ObjectLake {
         sink: &str,
         prefix: &str,
         extension: &str,
-        ledger: Option<(&HashSet<String>, &HashSet<String>)>,
-        worker_leftovers: Option<&HashSet<String>>,
+        ledger: Option<LedgerView<'_>>,
     ) -> Result<ObjectLake> {
         let store = Store::open(location, storage)?;
         block_on(store.check())??;
@@ -129,7 +139,12 @@ impl ObjectLake {
             extension: extension.to_string(),
             staged: HashMap::new(),
         };
-        if let Some((committed, reloading)) = ledger {
+        if let Some(LedgerView {
+            committed,
+            reloading,
+            worker_leftovers,
+        }) = ledger
+        {
             lake.settle_journals(sink, committed, reloading, worker_leftovers)?;
             // A worker of a sharded run deletes only its own leftovers (its caller does):
             // objects of windows no ledger of its lists may be another worker's, just published.

@@ -340,8 +340,13 @@ impl<F: FileFormat> State<F> {
                 &cx.sink,
                 &prefix,
                 self.format.extension(),
-                keep.as_ref().zip(ledger.map(|l| &*l.reloading)),
-                shared.as_deref(),
+                keep.as_ref()
+                    .zip(ledger)
+                    .map(|(committed, l)| crate::object::LedgerView {
+                        committed,
+                        reloading: &l.reloading,
+                        worker_leftovers: shared.as_deref(),
+                    }),
             )?;
             if let Some(own) = shared.filter(|own| !own.is_empty()) {
                 let removed = lake.delete_windows(&own, |_| true)?;
