@@ -349,7 +349,7 @@ fn kill_when_env(
     p: &Path,
     end: &str,
     extra: &[(&str, String)],
-    mut ready: impl FnMut() -> bool,
+    ready: impl FnMut() -> bool,
 ) -> bool {
     let mut cmd = Command::new(BIN);
     cmd.args([
@@ -371,20 +371,7 @@ fn kill_when_env(
     for (k, v) in extra {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return false;
-        }
-        if ready() {
-            let killed = child.kill().is_ok();
-            let _ = child.wait();
-            return killed;
-        }
-        assert!(Instant::now() < deadline, "the run did not finish");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    common::kill_when(cmd.spawn().unwrap(), Duration::from_millis(1), ready)
 }
 
 #[test]
@@ -851,25 +838,24 @@ fn a_sharded_worker_killed_before_its_publish_publishes_at_its_next_start() {
             "attempt {attempt}: worker {k} killed with {} windows unpublished",
             unpublished(&b, k).len()
         );
-        let args = ["run", "--emulate", "--end", END, p.to_str().unwrap()];
-        let mut env = b.env();
-        env.push(shard(k));
-        let with = |env: &Vec<(&'static str, String)>| -> Vec<(&str, String)> {
-            env.iter().map(|(a, v)| (*a, v.clone())).collect()
+        let run_worker = |k: u32| {
+            let mut env = b.env();
+            env.push(shard(k));
+            let env: Vec<(&str, &str)> = env.iter().map(|(a, v)| (*a, v.as_str())).collect();
+            b.scratch
+                .run_env(
+                    &["run", "--emulate", "--end", END, p.to_str().unwrap()],
+                    &env,
+                )
+                .expect_code(0);
         };
-        let env_k = with(&env);
-        let env_k: Vec<(&str, &str)> = env_k.iter().map(|(a, v)| (*a, v.as_str())).collect();
         // The killed worker alone first: it must publish its own committed windows.
-        b.scratch.run_env(&args, &env_k).expect_code(0);
+        run_worker(k);
         assert!(
             unpublished(&b, k).is_empty(),
             "worker {k}'s next start published its committed windows"
         );
-        let mut env_other = b.env();
-        env_other.push(shard(1 - k));
-        let env_other: Vec<(&str, &str)> =
-            env_other.iter().map(|(a, v)| (*a, v.as_str())).collect();
-        b.scratch.run_env(&args, &env_other).expect_code(0);
+        run_worker(1 - k);
         let got = b.lake();
         assert_eq!(got.parquet.len(), want.parquet.len());
         assert!(got == want, "the workers leave the lake of one clean run");

@@ -239,3 +239,29 @@ pub fn read_jsonl(dir: &Path) -> Vec<serde_json::Value> {
 pub fn temp_files(dir: &Path) -> Vec<PathBuf> {
     files(dir, ".tmp")
 }
+
+/// Waits for `child` (a run), polling `ready` every `poll`; kills it with SIGKILL the moment
+/// `ready` first holds, or lets it finish. Returns whether it was killed. Fails the test if the
+/// run is still going after two minutes.
+pub fn kill_when(
+    mut child: std::process::Child,
+    poll: std::time::Duration,
+    mut ready: impl FnMut() -> bool,
+) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if ready() {
+            let killed = child.kill().is_ok();
+            let _ = child.wait();
+            return killed;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run did not finish"
+        );
+        std::thread::sleep(poll);
+    }
+}
