@@ -25,7 +25,7 @@ Exit status: 0 when every run succeeded and every job verified; 1 otherwise. Spe
 
 usage: bench/run.py [--rows N] [--runs N] [--warmup N] [--quick] [--jobs lineworks,zoom,qlara]
                     [--bin PATH] [--all-anchors | --chatlake-only] [--work DIR] [--venv DIR]
-                    [--json PATH] [--s3]
+                    [--json PATH] [--s3] [--delta]
 """
 from __future__ import annotations
 
@@ -298,7 +298,7 @@ class S3Tool(Tool):
 
 
 def tools_for(job: str, inp: Path, out_root: Path, work: Path, binary: Path, py: Path, bench: Path,
-              anchors: list[str], s3: SeaweedFs | None = None) -> list[Tool]:
+              anchors: list[str], s3: SeaweedFs | None = None, delta: bool = False) -> list[Tool]:
     prefix = JOBS[job][3]
     out = out_root / job
     state = work / "state" / job
@@ -311,6 +311,15 @@ def tools_for(job: str, inp: Path, out_root: Path, work: Path, binary: Path, py:
                             out / "chatlake-s3", {"BENCH_INPUT": str(inp), "BENCH_STATE": str(state) + "-s3",
                                                   "NO_COLOR": "1"},
                             Path(str(state) + "-s3"), s3, job))
+    if delta:
+        # The same job into a Delta table on local disk: the pipeline's `lake` sink with its type
+        # overridden, every other option (partitions, zstd, row groups) unchanged.
+        tools.append(Tool("chatlake-delta", [str(binary), "run", str(REPO / "pipelines" / f"bench_{job}.toml")],
+                          out / "chatlake-delta",
+                          env={"BENCH_INPUT": str(inp), "BENCH_OUTPUT": str(out / "chatlake-delta"),
+                               "BENCH_STATE": str(state) + "-delta", "NO_COLOR": "1",
+                               "CHATLAKE__SINKS__LAKE__TYPE": "delta"},
+                          state=Path(str(state) + "-delta")))
     for a in anchors:
         script = bench / "anchors" / f"{prefix}_{a}.py"
         if script.exists():
@@ -361,6 +370,11 @@ def print_job(job: str, rows: int, results: list[dict], verified: bool | None) -
     if ours and on_s3:
         print(f"  chatlake on S3 / on local disk: {on_s3['wall_s']['median'] / ours['wall_s']['median']:.2f}x "
               f"the wall time (goal <= 1.3x); peak {on_s3['peak_rss_mib']['max']:,.0f} MiB (goal <= 300)")
+    as_delta = next((r for r in results if r["tool"] == "chatlake-delta" and "wall_s" in r), None)
+    if ours and as_delta:
+        print(f"  chatlake into a Delta table / into the Parquet sink: "
+              f"{as_delta['wall_s']['median'] / ours['wall_s']['median']:.2f}x the wall time (goal <= 1.2x); "
+              f"peak {as_delta['peak_rss_mib']['max']:,.0f} MiB")
     ratio = None
     if ours and anchors:
         best = max(anchors, key=lambda r: r["rows_per_s"])
@@ -391,6 +405,8 @@ def main() -> int:
                     help="no anchors: how chatlake's time and memory grow with --rows (still verified)")
     ap.add_argument("--s3", action="store_true",
                     help="also run chatlake writing to a local SeaweedFS (S3), next to the local-disk run")
+    ap.add_argument("--delta", action="store_true",
+                    help="also run chatlake writing a Delta table (type = \"delta\") on local disk")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--work", default=os.environ.get("CHATLAKE_BENCH_WORK", "/tmp/chatlake-bench"),
                     help="data cache, outputs, state and logs (default /tmp/chatlake-bench)")
@@ -424,7 +440,7 @@ def main() -> int:
         inp, manifest = inputs[job]
         in_rows = manifest["rows"]
         anchors = [] if a.chatlake_only else ANCHORS + (EXTRA_ANCHORS if a.all_anchors else [])
-        tools = tools_for(job, inp, work / "out", work, binary, py, bench, anchors, s3)
+        tools = tools_for(job, inp, work / "out", work, binary, py, bench, anchors, s3, a.delta)
         log(f"== {job}: {in_rows:,} rows, {' / '.join(t.name for t in tools)}, "
             f"{warmup} warm-up + {runs} counted rounds, interleaved")
         for rnd in range(warmup + runs):

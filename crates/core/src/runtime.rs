@@ -13,7 +13,7 @@
 //!   ([`Sink::publish`]), between its writes, and before it finishes: a sink that stages its
 //!   commits (object storage) makes them visible only then.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -1076,62 +1076,126 @@ async fn drive_sink(
     publisher: &mut Publisher,
 ) -> Result<()> {
     let mut open: IndexMap<String, WindowRef> = IndexMap::new();
-    loop {
+    // Windows whose commit goes on beside the sink's writes (`Sink::begin_commit`), oldest
+    // first: each tells the ledger once its rest has succeeded.
+    let mut committing: VecDeque<(WindowRef, tokio::task::JoinHandle<Result<()>>)> =
+        VecDeque::new();
+    let committed = |w: WindowRef, publisher: &mut Publisher| {
+        cx.metrics.add_window_done();
+        publisher.awaiting.insert(w.key());
+        let _ = ledger.send(LedgerEvent::Sink {
+            sink: cx.name.clone(),
+            window: w,
+            committed: true,
+        });
+    };
+    let result = loop {
         // The ledger's answers first: a window is published as soon as it is listed.
         let event = tokio::select! {
             biased;
             Some(answer) = publisher.next() => {
-                publisher.settle(answer, sink, cx).await?;
+                if let Err(e) = publisher.settle(answer, sink, cx).await {
+                    break Err(e);
+                }
+                continue;
+            }
+            rest = oldest_commit(&mut committing), if !committing.is_empty() => {
+                let (w, _) = committing.pop_front().expect("not empty");
+                match rest {
+                    Ok(()) => committed(w, publisher),
+                    Err(e) => break Err(e),
+                }
                 continue;
             }
             event = rx.recv() => match event {
                 Some(event) => event,
-                None => break,
+                None => break Ok(()),
             },
         };
-        match event {
-            Event::Batch(batch) => {
-                cx.metrics.add_records_in(batch.num_rows() as u64);
-                open.entry(batch.window.key())
-                    .or_insert_with(|| batch.window.clone());
-                sink.write(batch, cx).await?;
-            }
-            Event::WindowDone(w) => {
-                if let Some(failed) = merge.arrive(&w, false) {
-                    open.shift_remove(&w.key());
-                    if failed {
-                        sink.abort(&w, cx).await?;
-                    } else {
-                        sink.commit(&w, cx).await?;
-                        cx.metrics.add_window_done();
-                        publisher.awaiting.insert(w.key());
+        let handled: Result<()> = async {
+            match event {
+                Event::Batch(batch) => {
+                    cx.metrics.add_records_in(batch.num_rows() as u64);
+                    open.entry(batch.window.key())
+                        .or_insert_with(|| batch.window.clone());
+                    sink.write(batch, cx).await?;
+                }
+                Event::WindowDone(w) => {
+                    if let Some(failed) = merge.arrive(&w, false) {
+                        open.shift_remove(&w.key());
+                        if failed {
+                            sink.abort(&w, cx).await?;
+                            let _ = ledger.send(LedgerEvent::Sink {
+                                sink: cx.name.clone(),
+                                window: w,
+                                committed: false,
+                            });
+                        } else {
+                            match sink.begin_commit(&w, cx).await? {
+                                None => committed(w, publisher),
+                                Some(rest) => committing.push_back((w, tokio::spawn(rest))),
+                            }
+                        }
                     }
-                    let _ = ledger.send(LedgerEvent::Sink {
-                        sink: cx.name.clone(),
-                        window: w,
-                        committed: !failed,
-                    });
+                }
+                Event::WindowFailed(w) => {
+                    if merge.arrive(&w, true).is_some() {
+                        open.shift_remove(&w.key());
+                        sink.abort(&w, cx).await?;
+                        let _ = ledger.send(LedgerEvent::Sink {
+                            sink: cx.name.clone(),
+                            window: w,
+                            committed: false,
+                        });
+                    }
                 }
             }
-            Event::WindowFailed(w) => {
-                if merge.arrive(&w, true).is_some() {
-                    open.shift_remove(&w.key());
-                    sink.abort(&w, cx).await?;
-                    let _ = ledger.send(LedgerEvent::Sink {
-                        sink: cx.name.clone(),
-                        window: w,
-                        committed: false,
-                    });
+            Ok(())
+        }
+        .await;
+        if let Err(e) = handled {
+            break Err(e);
+        }
+    };
+    // Commits still going on end before the sink does: on success they count (the ledger may
+    // list them); after a failure they are awaited too, so nothing of the sink runs on after
+    // it, but they no longer count — the ledger never lists a window of a failed sink's commit
+    // that had not finished by the failure.
+    while let Some((w, mut handle)) = committing.pop_front() {
+        let rest = join_commit(&mut handle).await;
+        match (&result, rest) {
+            (Ok(()), Ok(())) => committed(w, publisher),
+            (Ok(()), Err(e)) => {
+                // The first failure is the run's; later windows' commits still finish.
+                while let Some((_, mut handle)) = committing.pop_front() {
+                    let _ = join_commit(&mut handle).await;
                 }
+                return Err(e);
             }
+            (Err(_), _) => {}
         }
     }
+    result?;
     // Input ended with windows still open: a stage upstream stopped before finishing them.
     for (_, w) in open {
         tracing::warn!(sink = %cx.name, window = %w, "input ended before the window was complete; not committing it");
         sink.abort(&w, cx).await?;
     }
     Ok(())
+}
+
+/// The outcome of the oldest commit still going on (`committing` is not empty).
+async fn oldest_commit(
+    committing: &mut VecDeque<(WindowRef, tokio::task::JoinHandle<Result<()>>)>,
+) -> Result<()> {
+    let (_, handle) = committing.front_mut().expect("not empty");
+    join_commit(handle).await
+}
+
+async fn join_commit(handle: &mut tokio::task::JoinHandle<Result<()>>) -> Result<()> {
+    handle
+        .await
+        .map_err(|e| Error::component("runtime", format!("a window's commit panicked: {e}")))?
 }
 
 #[cfg(test)]

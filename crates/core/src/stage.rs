@@ -655,6 +655,10 @@ pub struct SinkLocation {
     pub extension: String,
 }
 
+/// What is left of a window's commit after [`Sink::begin_commit`]: the runtime runs it on a
+/// task of its own while the sink writes on.
+pub type CommitRest = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+
 /// A destination. The runtime guarantees, per input path: batches of a window arrive before its
 /// `commit`; a window is committed or aborted at most once; a committed window is published
 /// once the ledger lists it; `finish` comes last. Batches of
@@ -692,6 +696,21 @@ pub trait Sink: Send {
     /// the window here, under names no reader sees, and makes it visible in [`Sink::publish`].
     async fn commit(&mut self, _window: &WindowRef, _cx: &SinkContext) -> Result<()> {
         Ok(())
+    }
+
+    /// [`Sink::commit`] in two steps, for a sink whose commit waits on the network (uploads to
+    /// an object store): does here what must be done before the sink's next write (finish the
+    /// window's files) and returns the rest (sending them), which the runtime awaits while the
+    /// sink goes on with other windows' rows. The window is committed — the ledger may list it
+    /// — only once the rest has succeeded; if the rest fails, the run fails and the ledger never
+    /// lists the window. [`Sink::publish`] comes after the rest, never during it. Default: the
+    /// whole of `commit`, nothing left.
+    async fn begin_commit(
+        &mut self,
+        window: &WindowRef,
+        cx: &SinkContext,
+    ) -> Result<Option<CommitRest>> {
+        self.commit(window, cx).await.map(|()| None)
     }
 
     /// Makes visible what [`Sink::commit`] staged of `window`. Called once the ledger records

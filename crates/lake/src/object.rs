@@ -29,6 +29,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use chatlake_core::removal::Removal;
 use chatlake_store::{ObjectLocation, ObjectPath, PutMode, StagedUpload, StorageOptions, Store};
@@ -51,10 +52,23 @@ const STALE_PROBE_AGE: std::time::Duration = std::time::Duration::from_secs(600)
 /// data extension, so no reader's glob sees them.
 pub const STAGED_DIR: &str = "_chatlake_staged";
 
-/// Files of one window uploaded at once. Each holds at most a part of
-/// [`chatlake_store::PART_BYTES`] × (parts in flight + 1) in memory, so this bounds what a
-/// window's upload holds.
-const UPLOADS_IN_FLIGHT: usize = 4;
+/// Requests of one window in flight at once (starting, completing, deleting uploads), and the
+/// most files of a window uploaded at once. A window spans a file per partition (31 for a month
+/// by day), mostly small, and each request is a round trip to the store: one after another,
+/// they were most of the time a window's commit took.
+const REQUESTS_IN_FLIGHT: usize = 16;
+
+/// What the files of a window being uploaded at once may hold in memory, in KiB: as four large
+/// files hold ([`chatlake_store::PART_BYTES`] × (parts in flight + 1) each), which many small
+/// files share (a file holds at most its size).
+const UPLOAD_BUDGET_KIB: u32 =
+    (4 * chatlake_store::PART_BYTES * (chatlake_store::PARTS_IN_FLIGHT + 1) / 1024) as u32;
+
+/// What uploading a file of `bytes` holds in memory at most, in KiB (at least 1).
+fn upload_weight_kib(bytes: u64) -> u32 {
+    let most = (chatlake_store::PART_BYTES * (chatlake_store::PARTS_IN_FLIGHT + 1)) as u64;
+    (bytes.min(most).div_ceil(1024)).max(1) as u32
+}
 
 /// A sink's object store, opened and cleaned at the start of a run, with its spool.
 pub(crate) struct ObjectLake {
@@ -63,8 +77,22 @@ pub(crate) struct ObjectLake {
     /// This sink's file names start with it and end with `extension`.
     prefix: String,
     extension: String,
-    /// Windows committed (staged) and not yet published, by key.
-    staged: HashMap<String, StagedWindow>,
+    /// Windows committed (staged) and not yet published, by key; shared with the [`Stager`]s
+    /// uploading windows while the sink writes the next.
+    staged: Arc<Mutex<HashMap<String, StagedWindow>>>,
+}
+
+/// What uploads a committed window's spool files (step 2 of the protocol) and hands them to
+/// the sink's [`ObjectLake`] to publish: its own, so a window's upload runs while the sink
+/// writes the next window's rows (the runtime's `Sink::begin_commit`).
+#[derive(Clone)]
+pub(crate) struct Stager {
+    store: Store,
+    /// The sink's spool directory, where the files are.
+    spool: PathBuf,
+    prefix: String,
+    extension: String,
+    staged: Arc<Mutex<HashMap<String, StagedWindow>>>,
 }
 
 /// The staged uploads of one window, and its journal.
@@ -137,7 +165,7 @@ impl ObjectLake {
             spool,
             prefix: prefix.to_string(),
             extension: extension.to_string(),
-            staged: HashMap::new(),
+            staged: Arc::new(Mutex::new(HashMap::new())),
         };
         if let Some(LedgerView {
             committed,
@@ -155,10 +183,26 @@ impl ObjectLake {
         Ok(lake)
     }
 
-    /// The journal of `window`'s staged uploads.
-    fn journal_key(&self, window: &str) -> ObjectPath {
-        self.store
-            .key(&format!("{STAGED_DIR}/{}{window}.json", self.prefix))
+    /// The key a spool file goes to (see [`key_of`]).
+    #[cfg(test)]
+    fn key_of(&self, path: &Path) -> Result<ObjectPath> {
+        key_of(&self.store, &self.spool.dir, path)
+    }
+
+    /// A stager of this sink's windows.
+    pub(crate) fn stager(&self) -> Stager {
+        Stager {
+            store: self.store.clone(),
+            spool: self.spool.dir.clone(),
+            prefix: self.prefix.clone(),
+            extension: self.extension.clone(),
+            staged: Arc::clone(&self.staged),
+        }
+    }
+
+    /// The staged windows, by key (a stager that panicked poisons nothing worth refusing).
+    fn staged(&self) -> std::sync::MutexGuard<'_, HashMap<String, StagedWindow>> {
+        self.staged.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// What an interrupted run left staged: windows the ledger lists as committed (and not
@@ -201,7 +245,8 @@ impl ObjectLake {
                         // Whatever else of the window is there belongs to an earlier load.
                         replaces: true,
                     };
-                    self.publish_staged(sink, &journal.window, &staged)?;
+                    self.stager()
+                        .publish_staged(sink, &journal.window, &staged)?;
                     tracing::warn!(
                         sink,
                         window = %journal.window,
@@ -234,196 +279,18 @@ impl ObjectLake {
         &self.spool.dir
     }
 
-    /// Stages the committed files of one window from the spool (step 2 of the protocol):
-    /// starts a multipart upload per file, journals their ids, sends every part, journals the
-    /// parts, and deletes the spool files. Nothing is visible until [`ObjectLake::publish`]. If
-    /// anything fails, the window's uploads are aborted and its journal deleted (best effort: the
-    /// next run's start aborts what a journal still lists, as the ledger will not list the
-    /// window), and its spool files deleted.
-    /// `replaces`: the window is in the ledger already (loaded again, or reset for reloading):
-    /// its objects then replace every earlier object of the window when it is published.
-    pub(crate) fn stage(
-        &mut self,
-        files: &[PathBuf],
-        sink: &str,
-        window: &str,
-        replaces: bool,
-    ) -> Result<()> {
-        let staged = self.stage_files(files, window, replaces);
-        files.iter().for_each(|p| remove_quietly(p));
-        let (journal, uploads) = staged?;
-        let bytes: u64 = uploads.iter().map(|u| u.bytes).sum();
-        tracing::debug!(
-            sink,
-            window,
-            url = %self.store.location(),
-            objects = uploads.len(),
-            bytes,
-            "staged window"
-        );
-        self.staged.insert(
-            window.to_string(),
-            StagedWindow {
-                journal,
-                uploads,
-                replaces,
-            },
-        );
-        Ok(())
-    }
-
-    fn stage_files(
-        &self,
-        files: &[PathBuf],
-        window: &str,
-        replaces: bool,
-    ) -> Result<(ObjectPath, Vec<StagedUpload>)> {
-        let journal = self.journal_key(window);
-        if files.is_empty() && !replaces {
-            return Ok((journal, Vec::new()));
-        }
-        let keys = files
-            .iter()
-            .map(|path| self.key_of(path))
-            .collect::<Result<Vec<ObjectPath>>>()?;
-        // Several files of the window go at once: each is a round trip or more to the store,
-        // and a window spans a file per partition (31 for a month by day).
-        let ids: Vec<std::result::Result<String, chatlake_store::StoreError>> = block_on(
-            futures::stream::iter(keys.iter().map(|key| self.store.start_staged(key)))
-                .buffered(UPLOADS_IN_FLIGHT)
-                .collect(),
-        )?;
-        let mut started = Vec::with_capacity(keys.len());
-        let mut first_error = None;
-        for (key, id) in keys.iter().zip(ids) {
-            match id {
-                Ok(id) => started.push((key.clone(), id)),
-                Err(e) => {
-                    first_error.get_or_insert(Error::from(e));
-                }
-            }
-        }
-        let write_journal = |staged: Option<Vec<StagedUpload>>| -> Result<()> {
-            let body = Journal {
-                window: window.to_string(),
-                replaces,
-                started: started
-                    .iter()
-                    .map(|(k, id)| (k.as_ref().to_string(), id.clone()))
-                    .collect(),
-                staged,
-            };
-            let bytes = serde_json::to_vec(&body).map_err(|e| Error::ObjectKey {
-                path: PathBuf::from(journal.as_ref()),
-                message: e.to_string(),
-            })?;
-            block_on(self.store.write(&journal, bytes.into(), PutMode::Overwrite))??;
-            Ok(())
-        };
-        let abort_all = || {
-            for (key, id) in &started {
-                if let Ok(Err(e)) = block_on(self.store.abort_staged(key, id)) {
-                    tracing::warn!(window, "could not abort an upload of a failed window: {e}");
-                }
-            }
-            let _ = block_on(self.store.delete(&journal));
-        };
-        if first_error.is_none()
-            && let Err(e) = write_journal(None)
-        {
-            first_error = Some(e);
-        }
-        if let Some(e) = first_error {
-            abort_all();
-            return Err(e);
-        }
-        let sent: Vec<std::result::Result<StagedUpload, chatlake_store::StoreError>> = block_on(
-            futures::stream::iter(
-                files
-                    .iter()
-                    .zip(&started)
-                    .map(|(path, (key, id))| self.store.stage(path, key, id)),
-            )
-            .buffered(UPLOADS_IN_FLIGHT)
-            .collect(),
-        )?;
-        let mut uploads = Vec::with_capacity(sent.len());
-        for result in sent {
-            match result {
-                Ok(upload) => uploads.push(upload),
-                Err(e) => {
-                    first_error.get_or_insert(Error::from(e));
-                }
-            }
-        }
-        if first_error.is_none()
-            && let Err(e) = write_journal(Some(uploads.clone()))
-        {
-            first_error = Some(e);
-        }
-        if let Some(e) = first_error {
-            abort_all();
-            return Err(e);
-        }
-        Ok((journal, uploads))
-    }
-
     /// Publishes a staged window (step 4 of the protocol): completes its uploads, then, when it
     /// replaces an earlier load, deletes the window's other objects, then forgets its journal.
     /// A window not staged here (no rows reached the sink, or published already) has nothing
     /// to publish. On failure the journal stays, and the next run's start publishes it.
     pub(crate) fn publish(&mut self, sink: &str, window: &str) -> Result<()> {
-        let Some(staged) = self.staged.remove(window) else {
+        let Some(staged) = self.staged().remove(window) else {
             return Ok(());
         };
         if staged.uploads.is_empty() && !staged.replaces {
             return Ok(());
         }
-        self.publish_staged(sink, window, &staged)
-    }
-
-    fn publish_staged(&self, sink: &str, window: &str, staged: &StagedWindow) -> Result<()> {
-        let completed: Vec<std::result::Result<bool, chatlake_store::StoreError>> = block_on(
-            futures::stream::iter(staged.uploads.iter().map(|u| self.store.complete_staged(u)))
-                .buffered(UPLOADS_IN_FLIGHT)
-                .collect(),
-        )?;
-        let mut bytes = 0;
-        for (upload, done) in staged.uploads.iter().zip(completed) {
-            if !done? {
-                tracing::warn!(
-                    sink,
-                    window,
-                    object = %upload.key,
-                    "a staged upload of a committed window is gone (aborted from outside); its rows are missing"
-                );
-            }
-            bytes += upload.bytes;
-        }
-        tracing::info!(
-            sink,
-            window,
-            url = %self.store.location(),
-            objects = staged.uploads.len(),
-            bytes,
-            "published window"
-        );
-        if staged.replaces {
-            let published: HashSet<&str> = staged.uploads.iter().map(|u| u.key.as_str()).collect();
-            let stale = self.delete_windows(&HashSet::from([window.to_string()]), |key| {
-                !published.contains(key.as_ref())
-            })?;
-            if stale > 0 {
-                tracing::info!(
-                    sink,
-                    window,
-                    removed = stale,
-                    "a window loaded again is committed; its earlier objects are replaced"
-                );
-            }
-        }
-        block_on(self.store.delete(&staged.journal))??;
-        Ok(())
+        self.stager().publish_staged(sink, window, &staged)
     }
 
     /// Aborts what is staged of the windows `keys` (committed by this sink, never listed by the
@@ -431,7 +298,7 @@ impl ObjectLake {
     pub(crate) fn abort_staged(&mut self, keys: &HashSet<String>) -> Result<u64> {
         let mut aborted = 0;
         for key in keys {
-            let Some(staged) = self.staged.remove(key) else {
+            let Some(staged) = self.staged().remove(key) else {
                 continue;
             };
             for upload in &staged.uploads {
@@ -452,46 +319,7 @@ impl ObjectLake {
         keys: &HashSet<String>,
         also: impl Fn(&ObjectPath) -> bool,
     ) -> Result<u64> {
-        let mut removed = 0;
-        for meta in block_on(self.store.list(""))?? {
-            let listed = meta
-                .location
-                .filename()
-                .and_then(|name| window_key_of(name, &self.prefix, &self.extension))
-                .is_some_and(|w| keys.contains(w));
-            if listed && also(&meta.location) {
-                block_on(self.store.delete(&meta.location))??;
-                removed += 1;
-            }
-        }
-        Ok(removed)
-    }
-
-    /// The key a spool file goes to: the same path below the location as below the spool.
-    /// Built with [`ObjectPath::parse`], which keeps the text as it is: a Hive-escaped value
-    /// (`%3A`) must reach the store as written, not escaped again.
-    fn key_of(&self, path: &Path) -> Result<ObjectPath> {
-        let bad = |message: String| Error::ObjectKey {
-            path: path.to_path_buf(),
-            message,
-        };
-        let relative = path
-            .strip_prefix(&self.spool.dir)
-            .map_err(|_| bad("not in the spool directory".into()))?;
-        let mut parts: Vec<&str> = Vec::new();
-        let prefix = self.store.location().prefix().as_ref();
-        if !prefix.is_empty() {
-            parts.push(prefix);
-        }
-        for component in relative.components() {
-            parts.push(
-                component
-                    .as_os_str()
-                    .to_str()
-                    .ok_or_else(|| bad("the name is not UTF-8".into()))?,
-            );
-        }
-        ObjectPath::parse(parts.join("/")).map_err(|e| bad(e.to_string()))
+        self.stager().delete_windows(keys, also)
     }
 
     /// The `name=value` directory segments of `key` below the location, as stored (escaped).
@@ -594,6 +422,251 @@ impl ObjectLake {
 
 /// Deletes this sink's objects (names starting with `prefix`, ending in `.extension`) of windows
 /// `committed` does not list: a run that stopped before its commit point uploaded them.
+impl Stager {
+    fn publish_staged(&self, sink: &str, window: &str, staged: &StagedWindow) -> Result<()> {
+        let completed: Vec<std::result::Result<bool, chatlake_store::StoreError>> = block_on(
+            futures::stream::iter(staged.uploads.iter().map(|u| self.store.complete_staged(u)))
+                .buffered(REQUESTS_IN_FLIGHT)
+                .collect(),
+        )?;
+        let mut bytes = 0;
+        for (upload, done) in staged.uploads.iter().zip(completed) {
+            if !done? {
+                tracing::warn!(
+                    sink,
+                    window,
+                    object = %upload.key,
+                    "a staged upload of a committed window is gone (aborted from outside); its rows are missing"
+                );
+            }
+            bytes += upload.bytes;
+        }
+        tracing::info!(
+            sink,
+            window,
+            url = %self.store.location(),
+            objects = staged.uploads.len(),
+            bytes,
+            "published window"
+        );
+        if staged.replaces {
+            let published: HashSet<&str> = staged.uploads.iter().map(|u| u.key.as_str()).collect();
+            let stale = self.delete_windows(&HashSet::from([window.to_string()]), |key| {
+                !published.contains(key.as_ref())
+            })?;
+            if stale > 0 {
+                tracing::info!(
+                    sink,
+                    window,
+                    removed = stale,
+                    "a window loaded again is committed; its earlier objects are replaced"
+                );
+            }
+        }
+        block_on(self.store.delete(&staged.journal))??;
+        Ok(())
+    }
+
+    /// Deletes this sink's objects of the windows `keys` that `also` accepts; returns how many.
+    pub(crate) fn delete_windows(
+        &self,
+        keys: &HashSet<String>,
+        also: impl Fn(&ObjectPath) -> bool,
+    ) -> Result<u64> {
+        let mut removed = 0;
+        for meta in block_on(self.store.list(""))?? {
+            let listed = meta
+                .location
+                .filename()
+                .and_then(|name| window_key_of(name, &self.prefix, &self.extension))
+                .is_some_and(|w| keys.contains(w));
+            if listed && also(&meta.location) {
+                block_on(self.store.delete(&meta.location))??;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Stages the committed files of one window from the spool (step 2 of the protocol):
+    /// starts a multipart upload per file, journals their ids, sends every part, journals the
+    /// parts, and deletes the spool files. Nothing is visible until [`ObjectLake::publish`]. If
+    /// anything fails, the window's uploads are aborted and its journal deleted (best effort: the
+    /// next run's start aborts what a journal still lists, as the ledger will not list the
+    /// window), and its spool files deleted.
+    /// `replaces`: the window is in the ledger already (loaded again, or reset for reloading):
+    /// its objects then replace every earlier object of the window when it is published.
+    pub(crate) fn stage(
+        &self,
+        files: &[PathBuf],
+        sink: &str,
+        window: &str,
+        replaces: bool,
+    ) -> Result<()> {
+        let staged = self.stage_files(files, window, replaces);
+        files.iter().for_each(|p| remove_quietly(p));
+        let (journal, uploads) = staged?;
+        let bytes: u64 = uploads.iter().map(|u| u.bytes).sum();
+        tracing::debug!(
+            sink,
+            window,
+            url = %self.store.location(),
+            objects = uploads.len(),
+            bytes,
+            "staged window"
+        );
+        self.staged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                window.to_string(),
+                StagedWindow {
+                    journal,
+                    uploads,
+                    replaces,
+                },
+            );
+        Ok(())
+    }
+
+    fn stage_files(
+        &self,
+        files: &[PathBuf],
+        window: &str,
+        replaces: bool,
+    ) -> Result<(ObjectPath, Vec<StagedUpload>)> {
+        let journal = journal_key(&self.store, &self.prefix, window);
+        if files.is_empty() && !replaces {
+            return Ok((journal, Vec::new()));
+        }
+        let keys = files
+            .iter()
+            .map(|path| key_of(&self.store, &self.spool, path))
+            .collect::<Result<Vec<ObjectPath>>>()?;
+        // Several files of the window go at once: each is a round trip or more to the store,
+        // and a window spans a file per partition (31 for a month by day).
+        let ids: Vec<std::result::Result<String, chatlake_store::StoreError>> = block_on(
+            futures::stream::iter(keys.iter().map(|key| self.store.start_staged(key)))
+                .buffered(REQUESTS_IN_FLIGHT)
+                .collect(),
+        )?;
+        let mut started = Vec::with_capacity(keys.len());
+        let mut first_error = None;
+        for (key, id) in keys.iter().zip(ids) {
+            match id {
+                Ok(id) => started.push((key.clone(), id)),
+                Err(e) => {
+                    first_error.get_or_insert(Error::from(e));
+                }
+            }
+        }
+        let write_journal = |staged: Option<Vec<StagedUpload>>| -> Result<()> {
+            let body = Journal {
+                window: window.to_string(),
+                replaces,
+                started: started
+                    .iter()
+                    .map(|(k, id)| (k.as_ref().to_string(), id.clone()))
+                    .collect(),
+                staged,
+            };
+            let bytes = serde_json::to_vec(&body).map_err(|e| Error::ObjectKey {
+                path: PathBuf::from(journal.as_ref()),
+                message: e.to_string(),
+            })?;
+            block_on(self.store.write(&journal, bytes.into(), PutMode::Overwrite))??;
+            Ok(())
+        };
+        let abort_all = || {
+            for (key, id) in &started {
+                if let Ok(Err(e)) = block_on(self.store.abort_staged(key, id)) {
+                    tracing::warn!(window, "could not abort an upload of a failed window: {e}");
+                }
+            }
+            let _ = block_on(self.store.delete(&journal));
+        };
+        if first_error.is_none()
+            && let Err(e) = write_journal(None)
+        {
+            first_error = Some(e);
+        }
+        if let Some(e) = first_error {
+            abort_all();
+            return Err(e);
+        }
+        // Many small files go at once, a few large ones: each takes its share of the budget
+        // before it reads anything.
+        let budget = tokio::sync::Semaphore::new(UPLOAD_BUDGET_KIB as usize);
+        let sent: Vec<std::result::Result<StagedUpload, chatlake_store::StoreError>> = block_on(
+            futures::stream::iter(files.iter().zip(&started).map(|(path, (key, id))| {
+                let weight = upload_weight_kib(fs::metadata(path).map_or(u64::MAX, |m| m.len()));
+                let budget = &budget;
+                async move {
+                    let _held = budget
+                        .acquire_many(weight)
+                        .await
+                        .expect("the budget is never closed");
+                    self.store.stage(path, key, id).await
+                }
+            }))
+            .buffered(REQUESTS_IN_FLIGHT)
+            .collect(),
+        )?;
+        let mut uploads = Vec::with_capacity(sent.len());
+        for result in sent {
+            match result {
+                Ok(upload) => uploads.push(upload),
+                Err(e) => {
+                    first_error.get_or_insert(Error::from(e));
+                }
+            }
+        }
+        if first_error.is_none()
+            && let Err(e) = write_journal(Some(uploads.clone()))
+        {
+            first_error = Some(e);
+        }
+        if let Some(e) = first_error {
+            abort_all();
+            return Err(e);
+        }
+        Ok((journal, uploads))
+    }
+}
+
+/// The key a spool file goes to: the same path below the location as below the spool.
+/// Built with [`ObjectPath::parse`], which keeps the text as it is: a Hive-escaped value
+/// (`%3A`) must reach the store as written, not escaped again.
+fn key_of(store: &Store, spool: &Path, path: &Path) -> Result<ObjectPath> {
+    let bad = |message: String| Error::ObjectKey {
+        path: path.to_path_buf(),
+        message,
+    };
+    let relative = path
+        .strip_prefix(spool)
+        .map_err(|_| bad("not in the spool directory".into()))?;
+    let mut parts: Vec<&str> = Vec::new();
+    let prefix = store.location().prefix().as_ref();
+    if !prefix.is_empty() {
+        parts.push(prefix);
+    }
+    for component in relative.components() {
+        parts.push(
+            component
+                .as_os_str()
+                .to_str()
+                .ok_or_else(|| bad("the name is not UTF-8".into()))?,
+        );
+    }
+    ObjectPath::parse(parts.join("/")).map_err(|e| bad(e.to_string()))
+}
+
+/// The journal of `window`'s staged uploads in `store`, for a sink whose files start with
+/// `prefix`.
+fn journal_key(store: &Store, prefix: &str, window: &str) -> ObjectPath {
+    store.key(&format!("{STAGED_DIR}/{prefix}{window}.json"))
+}
+
 fn remove_uncommitted(
     store: &Store,
     sink: &str,
@@ -651,12 +724,14 @@ fn remove_quietly(path: &Path) {
 /// A sink's spool: `<temp dir>/chatlake-spool/<pipeline>-<sink>-<pid>`, made at the start of a
 /// run and removed when the sink is dropped. A killed run leaves its spool behind; the next
 /// start of any sink removes the spools of processes that are gone.
-struct Spool {
+pub struct Spool {
     dir: PathBuf,
 }
 
 impl Spool {
-    fn create(pipeline: &str, sink: &str) -> Result<Spool> {
+    /// Makes the spool of sink `sink` of `pipeline` for this process (removing those of
+    /// processes that are gone).
+    pub fn create(pipeline: &str, sink: &str) -> Result<Spool> {
         let root = std::env::temp_dir().join(SPOOL_DIR);
         fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
         remove_dead_spools(&root);
@@ -669,6 +744,11 @@ impl Spool {
         }
         fs::create_dir(&dir).map_err(|e| Error::io(&dir, e))?;
         Ok(Spool { dir })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 }
 

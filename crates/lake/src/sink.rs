@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use chatlake_core::durable::sync_dir;
 use chatlake_core::metrics::ComponentMetrics;
 use chatlake_core::removal::Removal;
-use chatlake_core::stage::{RunInfo, SinkLocation, StateOwner};
+use chatlake_core::stage::{CommitRest, RunInfo, SinkLocation, StateOwner};
 use chatlake_core::{Batch, Sink, SinkContext, Window, WindowRef};
 use chatlake_store::{Location, StorageOptions};
 
@@ -29,6 +29,9 @@ use crate::error::{Error, Result};
 use crate::format::{FileFormat, FormatWriter};
 use crate::layout::{FileKey, LakeOptions, file_name, file_prefix, for_each_file, window_key_of};
 use crate::object::ObjectLake;
+
+/// The rest of a window's commit into an object store: its upload (see [`crate::object`]).
+type CommitUpload = Box<dyn FnOnce() -> Result<()> + Send>;
 use crate::partition::Partitioner;
 
 /// Writes batches of any [`FileFormat`] into Hive partitions under [`LakeOptions::path`],
@@ -149,6 +152,29 @@ impl<F: FileFormat> Sink for FileSink<F> {
             .await
     }
 
+    async fn begin_commit(
+        &mut self,
+        window: &WindowRef,
+        cx: &SinkContext,
+    ) -> chatlake_core::Result<Option<CommitRest>> {
+        let window = window.clone();
+        let Some(upload) = self
+            .run(cx, move |state, run| state.begin_commit(&window, run))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let name = cx.name.clone();
+        Ok(Some(Box::pin(async move {
+            tokio::task::spawn_blocking(upload)
+                .await
+                .map_err(|e| {
+                    chatlake_core::Error::component(&name, format!("an upload panicked: {e}"))
+                })?
+                .map_err(|e| chatlake_core::Error::component(&name, e))
+        })))
+    }
+
     async fn publish(&mut self, window: &WindowRef, cx: &SinkContext) -> chatlake_core::Result<()> {
         let window = window.clone();
         self.run(cx, move |state, run| state.publish(&window, run))
@@ -245,6 +271,8 @@ struct State<F> {
 struct WindowFiles {
     window: WindowRef,
     partitions: BTreeMap<String, PartitionFiles>,
+    /// Written into an object store's spool: see [`PartitionFiles::spooled`].
+    spooled: bool,
 }
 
 /// The uncommitted files of one window in one partition directory.
@@ -256,6 +284,10 @@ struct PartitionFiles {
     /// Files being finished on threads of their own (see [`finish_in_background`]).
     finishing: Vec<(PathBuf, std::thread::JoinHandle<Result<FinishedFile>>)>,
     next_part: u32,
+    /// Its files are in an object store's spool: the upload makes them durable, so they are
+    /// not fsynced (a killed run's spool is removed, not read; fsync cost the sink's thread a
+    /// wait per file).
+    spooled: bool,
 }
 
 impl PartitionFiles {
@@ -288,6 +320,8 @@ struct OpenFile {
     rows: u64,
     /// When it was last written to (a counter), to finish the least recent first.
     last_write: u64,
+    /// Not fsynced when finished: see [`PartitionFiles::spooled`].
+    spooled: bool,
 }
 
 struct FinishedFile {
@@ -536,8 +570,16 @@ impl<F: FileFormat> State<F> {
                 .or_insert_with(|| WindowFiles {
                     window: batch.window.clone(),
                     partitions: BTreeMap::new(),
+                    spooled: self.object.is_some(),
                 });
-            let part = files.partitions.entry(dir.clone()).or_default();
+            let spooled = files.spooled;
+            let part = files
+                .partitions
+                .entry(dir.clone())
+                .or_insert_with(|| PartitionFiles {
+                    spooled,
+                    ..PartitionFiles::default()
+                });
             // A directory shortened from a long partition value has a column more: the
             // whole value (see `partition`).
             let schema = if rows.num_columns() == schema.fields().len() {
@@ -559,7 +601,18 @@ impl<F: FileFormat> State<F> {
         self.keep_within_budget()
     }
 
+    /// Commits `window` whole: see [`State::begin_commit`].
     fn commit(&mut self, window: &Window, cx: &RunCx) -> Result<()> {
+        match self.begin_commit(window, cx)? {
+            Some(upload) => upload(),
+            None => Ok(()),
+        }
+    }
+
+    /// Finishes the window's files and renames them into place (a local lake: the whole
+    /// commit). In an object store, returns what is left: staging the files, which needs
+    /// nothing more of the sink's state, so the sink may write the next window meanwhile.
+    fn begin_commit(&mut self, window: &Window, cx: &RunCx) -> Result<Option<CommitUpload>> {
         let key = window.key();
         let listed = self.listed.contains(&key);
         // No rows of this window reached the sink: nothing to rename (a reloaded window that
@@ -596,9 +649,13 @@ impl<F: FileFormat> State<F> {
             // reset for reloading).
             Some(lake) => {
                 let replaces = listed || self.reload_object_windows.remove(&key);
-                lake.stage(&committed, &cx.sink, &key, replaces)
+                let stager = lake.stager();
+                let sink = cx.sink.clone();
+                Ok(Some(Box::new(move || {
+                    stager.stage(&committed, &sink, &key, replaces)
+                })))
             }
-            None => Ok(()),
+            None => Ok(None),
         }
     }
 
@@ -691,7 +748,9 @@ impl PartitionFiles {
             let open = match &mut self.open {
                 Some(open) => open,
                 None => {
-                    let file = open_file(format, options, schema, window, dir, self.next_part, cx)?;
+                    let mut file =
+                        open_file(format, options, schema, window, dir, self.next_part, cx)?;
+                    file.spooled = self.spooled;
                     self.next_part += 1;
                     self.open.insert(file)
                 }
@@ -740,7 +799,13 @@ impl WindowFiles {
         }
         let mut committed = Vec::new();
         let renamed = self.rename_all(&mut committed);
-        let synced = renamed.and_then(|()| sync_parents_within(root, &committed));
+        let synced = renamed.and_then(|()| {
+            if self.spooled {
+                Ok(())
+            } else {
+                sync_parents_within(root, &committed)
+            }
+        });
         if let Err(e) = synced {
             if !listed {
                 // A window that failed must not show in the lake until the next run's start.
@@ -909,6 +974,7 @@ fn open_file(
         path,
         rows: 0,
         last_write: 0,
+        spooled: false,
     })
 }
 
@@ -945,13 +1011,14 @@ fn finish_in_background(part: &mut PartitionFiles, file: OpenFile) -> Result<()>
     Ok(())
 }
 
-/// Finishes a file's encoding and fsyncs it; on error removes it.
+/// Finishes a file's encoding and fsyncs it (unless spooled); on error removes it.
 fn finish_file(open: OpenFile) -> Result<FinishedFile> {
     let OpenFile {
         writer,
         tmp,
         path,
         rows,
+        spooled,
         ..
     } = open;
     let synced = writer
@@ -961,7 +1028,9 @@ fn finish_file(open: OpenFile) -> Result<FinishedFile> {
             source,
         })
         .and_then(|file| {
-            file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+            if !spooled {
+                file.sync_all().map_err(|e| Error::io(&tmp, e))?;
+            }
             file.metadata().map_err(|e| Error::io(&tmp, e))
         });
     match synced {

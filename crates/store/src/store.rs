@@ -390,8 +390,10 @@ impl Store {
         let mut parts = Vec::new();
         let mut in_flight = FuturesOrdered::new();
         let mut index = 0;
+        let mut left = file.metadata().await.map_or(PART_BYTES as u64, |m| m.len());
         loop {
-            let mut part = Vec::with_capacity(PART_BYTES);
+            // No more than the file holds: most staged files are far smaller than a part.
+            let mut part = Vec::with_capacity(PART_BYTES.min(left as usize));
             let mut eof = false;
             while part.len() < PART_BYTES {
                 let read = (&mut *file)
@@ -407,6 +409,7 @@ impl Store {
                     break;
                 }
             }
+            left = left.saturating_sub(part.len() as u64);
             if !part.is_empty() {
                 let multipart = self.multipart.clone();
                 let (key, id) = (key.clone(), id.clone());

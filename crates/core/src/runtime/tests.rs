@@ -199,12 +199,29 @@ struct MemSinkConfig {
     /// Its commit of this window fails (the sink stops).
     #[serde(default)]
     fail_commit: Option<u32>,
+    /// Commits in two steps (`begin_commit`), the rest taking this long.
+    #[serde(default)]
+    rest_ms: u64,
+    /// The rest of its commit of this window fails.
+    #[serde(default)]
+    fail_rest: Option<u32>,
 }
 
 struct MemSink {
     id: String,
     delay_ms: u64,
     fail_commit: Option<u32>,
+    rest_ms: u64,
+    fail_rest: Option<u32>,
+}
+
+/// Whether the ledger lists window `w` as committed right now.
+fn listed(cx_dir: &std::path::Path, w: &WindowRef) -> Result<bool> {
+    let ledger = crate::state::StateStore::new(cx_dir).load(&w.source)?;
+    Ok(ledger
+        .windows
+        .values()
+        .any(|l| l.label == w.label && l.status == crate::state::WindowStatus::Committed))
 }
 
 impl SinkConfig for MemSinkConfig {
@@ -215,6 +232,8 @@ impl SinkConfig for MemSinkConfig {
             id: self.id,
             delay_ms: self.delay_ms,
             fail_commit: self.fail_commit,
+            rest_ms: self.rest_ms,
+            fail_rest: self.fail_rest,
         }))
     }
 }
@@ -243,13 +262,31 @@ impl Sink for MemSink {
         record(&self.id, "commit", w.index, 0);
         Ok(())
     }
+    /// With `rest_ms`: records ("rest begins", window, 1 if listed) at once and ("rest ends",
+    /// window, 1 if listed) when the rest is over.
+    async fn begin_commit(
+        &mut self,
+        w: &WindowRef,
+        cx: &SinkContext,
+    ) -> Result<Option<CommitRest>> {
+        if self.rest_ms == 0 {
+            return self.commit(w, cx).await.map(|()| None);
+        }
+        let (id, w, dir) = (self.id.clone(), w.clone(), cx.owner.dir.clone());
+        let (rest_ms, fails) = (self.rest_ms, self.fail_rest == Some(w.index));
+        record(&id, "rest begins", w.index, listed(&dir, &w)? as usize);
+        Ok(Some(Box::pin(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(rest_ms)).await;
+            if fails {
+                return Err(crate::Error::component(&id, "upload refused"));
+            }
+            record(&id, "rest ends", w.index, listed(&dir, &w)? as usize);
+            Ok(())
+        })))
+    }
     /// Records ("publish", window, 1 if the ledger listed it as committed at that moment).
     async fn publish(&mut self, w: &WindowRef, cx: &SinkContext) -> Result<()> {
-        let ledger = crate::state::StateStore::new(&cx.owner.dir).load(&w.source)?;
-        let listed = ledger
-            .windows
-            .values()
-            .any(|l| l.label == w.label && l.status == crate::state::WindowStatus::Committed);
+        let listed = listed(&cx.owner.dir, w)?;
         record(&self.id, "publish", w.index, listed as usize);
         Ok(())
     }
@@ -672,6 +709,77 @@ inputs = ["a"]
     let ev = events("publish-y");
     assert!(ev.contains(&("publish".into(), 0, 1)), "{ev:?}");
     assert!(!ev.iter().any(|e| e.0 == "finish"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_of_a_commit_overlaps_the_next_windows_and_the_ledger_waits_for_it() {
+    let s = run(r#"
+[sources.a]
+type = "test_source"
+windows = 3
+batches = 3
+[sinks.x]
+type = "mem"
+id = "rest-x"
+rest_ms = 150
+inputs = ["a"]
+"#)
+    .await;
+    assert_eq!(s.status, RunStatus::Succeeded);
+    let ev = events("rest-x");
+    let at = |what: &str, w: u32| {
+        ev.iter()
+            .position(|e| e.0 == what && e.1 == w)
+            .unwrap_or_else(|| panic!("no {what} of window {w}: {ev:?}"))
+    };
+    for w in 0..3 {
+        // Not listed while the rest runs; listed when it is published, after the rest.
+        assert_eq!(ev[at("rest begins", w)].2, 0, "{ev:?}");
+        assert_eq!(ev[at("rest ends", w)].2, 0, "{ev:?}");
+        assert!(at("rest ends", w) < at("publish", w), "{ev:?}");
+        assert_eq!(ev[at("publish", w)].2, 1, "{ev:?}");
+    }
+    // The sink wrote window 1 while window 0's rest was still going on.
+    let first_of_1 = at("batch", 1);
+    assert!(
+        at("rest begins", 0) < first_of_1 && first_of_1 < at("rest ends", 0),
+        "{ev:?}"
+    );
+    assert_eq!(ev.last().unwrap().0, "finish", "{ev:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rest_of_a_commit_fails_the_run_and_its_window_is_never_listed() {
+    let p = build(
+        r#"
+[sources.a]
+type = "test_source"
+windows = 3
+batches = 2
+[sinks.x]
+type = "mem"
+id = "rest-fail-x"
+rest_ms = 50
+fail_rest = 1
+inputs = ["a"]
+"#,
+    )
+    .unwrap();
+    let store = p.state();
+    let s = Run::new(p, "run1".into()).execute().await;
+    assert_eq!(s.status, RunStatus::Failed);
+    let ledger = store.load("a").unwrap();
+    let committed: Vec<&str> = ledger
+        .windows
+        .values()
+        .filter(|l| l.status == crate::state::WindowStatus::Committed)
+        .map(|l| l.label.as_str())
+        .collect();
+    assert!(committed.contains(&"w0"), "{committed:?}");
+    assert!(!committed.contains(&"w1"), "{committed:?}");
+    let ev = events("rest-fail-x");
+    assert!(!ev.iter().any(|e| e.0 == "publish" && e.1 == 1), "{ev:?}");
+    assert!(!ev.iter().any(|e| e.0 == "finish"), "{ev:?}");
 }
 
 /// Records (instance, event, window) for `replicated_windows_stay_whole_and_in_order`.
