@@ -161,8 +161,9 @@ fn value_text(array: &dyn Array, row: usize) -> Option<String> {
     Some(text)
 }
 
-/// Splits batches of one schema by the values of the partition columns.
-pub(crate) struct Partitioner {
+/// Splits batches of one schema by the values of the partition columns (the file sinks' Hive
+/// directories; the delta sink's partitions).
+pub struct Partitioner {
     schema: SchemaRef,
     names: Vec<String>,
     partition_columns: Vec<usize>,
@@ -174,7 +175,7 @@ pub(crate) struct Partitioner {
 
 impl Partitioner {
     /// Checks `partition_by` against the schema of the first batch.
-    pub(crate) fn new(schema: SchemaRef, partition_by: &[String]) -> Result<Self> {
+    pub fn new(schema: SchemaRef, partition_by: &[String]) -> Result<Self> {
         let mut partition_columns = Vec::with_capacity(partition_by.len());
         let mut names = Vec::with_capacity(partition_by.len());
         for column in partition_by {
@@ -227,12 +228,12 @@ impl Partitioner {
     }
 
     /// The schema of the rows written to files: the input's without the partition columns.
-    pub(crate) fn data_schema(&self) -> &SchemaRef {
+    pub fn data_schema(&self) -> &SchemaRef {
         &self.data_schema
     }
 
     /// Refuses a batch whose columns differ from the first batch's (metadata may differ).
-    pub(crate) fn check(&self, batch: &RecordBatch) -> Result<()> {
+    pub fn check(&self, batch: &RecordBatch) -> Result<()> {
         let schema = batch.schema();
         if Arc::ptr_eq(&schema, &self.schema) || schema.fields() == self.schema.fields() {
             return Ok(());
@@ -253,7 +254,7 @@ impl Partitioner {
     /// The rows of `batch` grouped by partition, without the partition columns, each with its
     /// directory relative to the sink's path (`""` without partitions). Groups come in the order
     /// their first row appears, and rows keep their order within a group.
-    pub(crate) fn split(&self, batch: &RecordBatch) -> Result<Vec<(String, RecordBatch)>> {
+    pub fn split(&self, batch: &RecordBatch) -> Result<Vec<(String, RecordBatch)>> {
         let data = batch.project(&self.data_columns)?;
         let Some(converter) = &self.rows else {
             return Ok(vec![(String::new(), data)]);

@@ -2,13 +2,14 @@
 //! exactly once (spec section 5).
 //!
 //! Data files are Parquet with the `parquet` sink's encoder settings
-//! ([`chatlake_sink_parquet::ParquetEncoding`]), written by deltalake's writer into Hive
-//! directories of the partition columns. The ledger is the commit point; the Delta commit of a
+//! ([`chatlake_sink_parquet::ParquetEncoding`]) and its encoder, written into Hive directories
+//! of the partition columns with flat memory (`data_files`). The ledger is the commit point; the Delta commit of a
 //! window follows it and is rolled forward after a crash (see `sink`). The table is reached
 //! through chatlake's own object store (`crates/store`), so no AWS SDK is linked and commits are
 //! conditional puts.
 
 mod config;
+mod data_files;
 mod error;
 mod files;
 mod journal;

@@ -3,7 +3,7 @@
 //!
 //! The ledger is the commit point, as for every sink (spec section 4):
 //!
-//! 1. `write`: rows stream into the window's data files (deltalake's writer: Hive directories
+//! 1. `write`: rows stream into the window's data files ([`crate::data_files`]: Hive directories
 //!    of the partition columns, the sink's Parquet encoding), invisible to readers, who see only
 //!    files the log lists.
 //! 2. `commit`: the files are finished and a journal of the window ([`crate::journal`]) is
@@ -31,10 +31,11 @@ use chatlake_core::stage::SinkLocation;
 use chatlake_core::{Batch, Sink, SinkContext, WindowRef};
 use chatlake_store::Location;
 use deltalake::DeltaTable;
-use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
+use deltalake::kernel::schema::cast::cast_record_batch;
 use object_store::ObjectStoreExt as _;
 use parquet::file::properties::WriterProperties;
 
+use crate::data_files::{DataFiles, FilesAt};
 use crate::error::{Error, Result};
 use crate::files::{TableFile, files_of, tag};
 use crate::journal::{Journal, Journals};
@@ -64,8 +65,12 @@ pub struct DeltaSink {
     journals: Journals,
     /// Opened by `start`; loaded once the table exists.
     table: Option<DeltaTable>,
-    /// Windows being written.
-    open: HashMap<String, RecordBatchWriter>,
+    /// The data files of the windows being written; made by `start`. With the spool of a
+    /// table in an object store, dropped after it.
+    files: Option<DataFiles>,
+    spool: Option<chatlake_lake::Spool>,
+    /// The table's columns as Arrow types them, once this run has checked or created it.
+    table_schema: Option<arrow::datatypes::SchemaRef>,
     /// Journals `commit` wrote, waiting for `publish`.
     committed: HashMap<String, Journal>,
     /// `<state_dir>/<pipeline>`, where removal logs are.
@@ -82,7 +87,9 @@ impl DeltaSink {
             shown,
             options,
             table: None,
-            open: HashMap::new(),
+            files: None,
+            spool: None,
+            table_schema: None,
             committed: HashMap::new(),
             pipeline_dir: None,
         }
@@ -112,33 +119,43 @@ impl DeltaSink {
             return Ok(());
         }
         let key = batch.window.key();
-        if !self.open.contains_key(&key) {
-            let (partition_by, shown) = (self.options.partition_by.clone(), self.shown.clone());
-            let schema = batch.data.schema();
+        let (partition_by, shown) = (self.options.partition_by.clone(), self.shown.clone());
+        if self.table_schema.is_none() {
             let table = self.table()?;
-            table::ensure_created(table, &schema, &partition_by, &shown).await?;
-            let mut writer = RecordBatchWriter::for_table(table)
-                .map_err(|e| self.delta(e))?
-                .with_writer_properties(self.options.properties.clone());
-            if let Some(size) = self.options.target_file_size {
-                writer = writer.with_target_file_size(size);
-            }
-            self.open.insert(key.clone(), writer);
+            table::ensure_created(table, &batch.data.schema(), &partition_by, &shown).await?;
+            let schema = table::arrow_schema(table, &shown)?;
+            self.table_schema = Some(schema);
         }
-        let writer = self.open.get_mut(&key).expect("inserted above");
-        writer
-            .write(batch.data)
-            .await
-            .map_err(|source| Error::Delta {
-                table: self.shown.clone(),
-                source: Box::new(source),
-            })
+        // The rows as the table types them (its timestamps are microseconds); a batch whose
+        // columns the table lacks is refused.
+        let target = self.table_schema.clone().expect("set above");
+        let data =
+            cast_record_batch(&batch.data, target, false, false).map_err(|e| Error::Table {
+                table: shown.clone(),
+                message: format!("the rows do not fit the table's schema: {e}"),
+            })?;
+        let mut files = self.files.take().ok_or_else(|| Error::Table {
+            table: shown.clone(),
+            message: "the sink was not started".into(),
+        })?;
+        // Encoding is CPU work (the Parquet encoder's threads do most of it): off the runtime.
+        let (files, written) = tokio::task::spawn_blocking(move || {
+            let written = files.write(&key, &data);
+            (files, written)
+        })
+        .await
+        .map_err(|e| Error::Table {
+            table: shown,
+            message: format!("the data file writer panicked: {e}"),
+        })?;
+        self.files = Some(files);
+        written
     }
 
     async fn commit_window(&mut self, window: &WindowRef, cx: &SinkContext) -> Result<()> {
         let key = window.key();
-        let mut adds = match self.open.remove(&key) {
-            Some(mut writer) => writer.flush().await.map_err(|e| self.delta(e))?,
+        let mut adds = match &mut self.files {
+            Some(files) => files.finish_window(&key).await?,
             None => Vec::new(),
         };
         for add in &mut adds {
@@ -277,6 +294,34 @@ impl DeltaSink {
         self.pipeline_dir = Some(cx.owner.dir.clone());
         let table = table::open(&self.options.location, &self.options.storage, &self.shown).await?;
         self.table = Some(table);
+        let at = match &self.options.location {
+            Location::Local(dir) => FilesAt::Table(dir.clone()),
+            Location::Object(object) => {
+                let store = chatlake_store::Store::open(object, &self.options.storage).map_err(
+                    |source| Error::Store {
+                        table: self.shown.clone(),
+                        source,
+                    },
+                )?;
+                let spool =
+                    chatlake_lake::Spool::create(&cx.run.pipeline, &cx.name).map_err(|e| {
+                        Error::Table {
+                            table: self.shown.clone(),
+                            message: e.to_string(),
+                        }
+                    })?;
+                let dir = spool.dir().to_path_buf();
+                self.spool = Some(spool);
+                FilesAt::Spool { dir, store }
+            }
+        };
+        self.files = Some(DataFiles::new(
+            at,
+            self.options.properties.clone(),
+            self.options.partition_by.clone(),
+            self.options.target_file_size,
+            self.shown.clone(),
+        ));
         if self.table()?.version().is_none() {
             return Ok(());
         }
@@ -447,9 +492,9 @@ impl Sink for DeltaSink {
     }
 
     async fn abort(&mut self, window: &WindowRef, _cx: &SinkContext) -> chatlake_core::Result<()> {
-        // Its files were never in a journal or the log; vacuum removes what reached the store.
-        if let Some(mut writer) = self.open.remove(&window.key()) {
-            writer.reset();
+        // Its files were never in a journal or the log.
+        if let Some(files) = &mut self.files {
+            files.abort_window(&window.key());
         }
         Ok(())
     }

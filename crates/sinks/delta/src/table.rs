@@ -16,7 +16,7 @@ use std::time::Duration;
 use arrow::datatypes::SchemaRef;
 use chatlake_core::config::StorageOptions;
 use chatlake_store::{Location, Store};
-use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
+use deltalake::kernel::engine::arrow_conversion::{TryIntoArrow as _, TryIntoKernel as _};
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
 use deltalake::kernel::{Action, Add, Remove, StructType, Transaction};
 use deltalake::logstore::{
@@ -175,6 +175,25 @@ pub(crate) async fn ensure_created(
         });
     }
     Ok(())
+}
+
+/// The loaded table's columns as Arrow types them.
+pub(crate) fn arrow_schema(table: &DeltaTable, shown: &str) -> Result<SchemaRef> {
+    let delta = |source| Error::Delta {
+        table: shown.to_string(),
+        source: Box::new(source),
+    };
+    let snapshot = table.snapshot().map_err(delta)?;
+    let schema: arrow::datatypes::Schema =
+        snapshot
+            .schema()
+            .as_ref()
+            .try_into_arrow()
+            .map_err(|e| Error::Table {
+                table: shown.to_string(),
+                message: format!("its schema has no Arrow form: {e}"),
+            })?;
+    Ok(std::sync::Arc::new(schema))
 }
 
 /// True for the errors of a commit that lost the race for its version to another writer.

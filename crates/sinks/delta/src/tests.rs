@@ -315,3 +315,57 @@ fn file_of(uri: &str) -> std::path::PathBuf {
         _ => std::path::PathBuf::from(uri),
     }
 }
+
+#[tokio::test]
+async fn windows_spanning_many_partitions_keep_few_files_open_and_lose_no_row() {
+    // Three windows written interleaved, each over twelve days (more partitions than files may
+    // be open), one of them aborted: the files of the other two hold every row once.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table");
+    let cx = sink_context("table", dir.path());
+    let config: DeltaSinkConfig = serde_json::from_value(json!({
+        "path": path,
+        "partition_by": ["sent_date"],
+        "target_file_size": 1,
+    }))
+    .unwrap();
+    let mut sink = config.into_sink(&build_context("table")).unwrap();
+    sink.start(&cx).await.unwrap();
+    let windows: Vec<_> = (0..3).map(|i| window("zoom", i)).collect();
+    let mut want = BTreeMap::new();
+    for round in 0..2 {
+        for (w, window) in windows.iter().enumerate() {
+            let rows: Vec<serde_json::Value> = (0..12)
+                .map(|day| {
+                    let id = format!("w{w}-r{round}-d{day}");
+                    let mut m = message("zoom", &id, &format!("2025-05-{:02}T10:00:00Z", day + 1));
+                    m["text"] = json!(id);
+                    if w != 1 {
+                        want.insert(id.clone(), id);
+                    }
+                    m
+                })
+                .collect();
+            sink.write(Batch::new(window.clone(), canonical_batch(&rows)), &cx)
+                .await
+                .unwrap();
+        }
+    }
+    // Files of the aborted window are deleted; the others' wait for their commit.
+    sink.abort(&windows[1], &cx).await.unwrap();
+    for w in [&windows[0], &windows[2]] {
+        sink.commit(w, &cx).await.unwrap();
+        sink.publish(w, &cx).await.unwrap();
+    }
+    let (got, n) = rows(&path, None).await;
+    assert_eq!(n, want.len());
+    assert_eq!(got, want);
+    // `target_file_size = 1`: every batch's rows of a day start a new file (2 per window and
+    // day), and nothing else is in the table's directories.
+    let table = load(&path, None).await;
+    assert_eq!(table.get_file_uris().unwrap().count(), 2 * 2 * 12);
+    assert_eq!(data_files(&path).len(), 2 * 2 * 12);
+    for uri in table.get_file_uris().unwrap() {
+        assert!(uri.contains("sent_date=2025-05-"), "{uri}");
+    }
+}
