@@ -336,7 +336,8 @@ fn take_shares(nodes: &mut [Node], shard: Shard) {
             node.stage = Stage::Source(Box::new(IdleSource {
                 kind: source.output_kind(),
                 note: format!(
-                    "every window of `{}` is loaded by worker {worker}/{} (they stay on one worker);                      this worker loads none",
+                    "every window of `{}` is loaded by worker {worker}/{} (they stay on one worker); \
+                     this worker loads none",
                     node.spec.name,
                     shard.count()
                 ),
