@@ -147,9 +147,19 @@ impl ObjectLake {
         ledger: Option<LedgerView<'_>>,
     ) -> Result<ObjectLake> {
         let store = Store::open(location, storage)?;
-        block_on(store.check())??;
         let owned = |key: &ObjectPath| key.filename().is_some_and(|n| n.starts_with(prefix));
-        let aborted = block_on(store.abort_unfinished_uploads_of(owned))??;
+        // Side by side: each is a round trip or more, before the first row can be written. The
+        // check's answer comes first (a missing bucket fails the others too, less clearly).
+        let (checked, aborted, stale) = block_on(async {
+            futures::join!(
+                store.check(),
+                store.abort_unfinished_uploads_of(owned),
+                store.remove_stale_probes(STALE_PROBE_AGE)
+            )
+        })?;
+        checked?;
+        let aborted = aborted?;
+        stale?;
         if aborted > 0 {
             tracing::warn!(
                 sink,
@@ -158,7 +168,6 @@ impl ObjectLake {
                 "aborted multipart uploads an interrupted run left unfinished"
             );
         }
-        block_on(store.remove_stale_probes(STALE_PROBE_AGE))??;
         let spool = Spool::create(pipeline, sink)?;
         let lake = ObjectLake {
             store,
