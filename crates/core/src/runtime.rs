@@ -37,9 +37,10 @@ use crate::state::{LedgerEvent, StateStore, WindowStatus};
 use crate::{Error, Result};
 
 /// Events buffered per edge. Batches are ~8k rows (1–3 MB), and a full pipeline holds this many
-/// on every edge: 8 kept ~100 MB more resident at 5M rows than 4, for no measurable speed (issue
-/// 6, BENCHMARKS.md).
-pub const CHANNEL_CAPACITY: usize = 4;
+/// on every edge: 8 kept ~100 MB more resident at 5M rows than 4 for no measurable speed (issue
+/// 6), and 2 keeps 20–40 MB less than 4, again at the same speed on all three reference jobs
+/// (issue 19, BENCHMARKS.md).
+pub const CHANNEL_CAPACITY: usize = 2;
 
 /// A pipeline about to run; its counters can be watched (progress) while it runs.
 pub struct Run {

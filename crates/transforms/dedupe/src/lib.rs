@@ -2,8 +2,8 @@
 //!
 //! * `keep = "first"` streams: a row passes if its key was not seen before. The key set holds a
 //!   64-bit fingerprint per distinct key (the low half of the 128-bit xxh3 of the key bytes) in
-//!   one flat table kept between 53% and 80% full: 10 to 15 bytes per key, up to 25 for a moment
-//!   while it grows (see [`FingerprintSet`]). Two distinct keys share a fingerprint with
+//!   one flat table kept between 53% and 80% full: 10 to 15 bytes per key, and no more while it
+//!   grows (see [`FingerprintSet`]). Two distinct keys share a fingerprint with
 //!   probability about n²/2⁶⁵ over n keys (3·10⁻⁶ at 10 million keys, 3·10⁻⁴ at 100 million);
 //!   a collision would drop the later key's first row as if it were a repeat.
 //! * `keep = "latest"` keeps the row with the highest `version` per key (the first seen on a tie;
