@@ -2,6 +2,7 @@
 //! to a source's async output, so parsing uses the other core and a slow sink still holds the
 //! parser back. Every file-reading source uses this one bridge.
 
+use arrow::array::{StringArray, StringBuilder};
 use arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc;
 
@@ -257,6 +258,30 @@ impl<'r> Utf8Fields<'r> {
 mod tests {
     use super::*;
 
+    /// The next batch starts with room for what the last one held, so it never reallocates
+    /// when it holds the same, and the finished array is the values appended.
+    #[test]
+    fn a_finished_builder_is_sized_for_the_next_batch_like_the_last() {
+        let mut builder = StringBuilder::new();
+        for i in 0..1000 {
+            builder.append_value(format!("value {i:04}"));
+        }
+        let array = finish_sized(&mut builder, 1000);
+        assert_eq!(array.len(), 1000);
+        assert_eq!(array.value(999), "value 0999");
+        assert!(builder.is_empty());
+        assert!(builder.values_slice().is_empty());
+        let before = builder.values_slice().as_ptr();
+        for i in 0..1000 {
+            builder.append_value(format!("value {i:04}"));
+        }
+        assert_eq!(
+            builder.values_slice().as_ptr(),
+            before,
+            "grew instead of fitting"
+        );
+    }
+
     /// Every field comes back from the JSON byte for byte, keyed by its header name, in order.
     #[test]
     fn a_row_as_json_keeps_every_field_as_the_file_had_it() {
@@ -369,4 +394,14 @@ mod tests {
         assert_eq!(checked(b"\"a\xc3\",\"\xa9\"\"b\"\n"), Err(0));
         assert_eq!(checked(b"a\xc3,\xa9b\n"), Err(0));
     }
+}
+
+/// Finishes `builder` and leaves it sized for a batch like the one it held: `finish` leaves
+/// empty buffers, which the next batch would grow by doubling (a reallocation and a copy of
+/// everything so far each time: 1 % of the LINE WORKS job's time).
+pub fn finish_sized(builder: &mut StringBuilder, rows: usize) -> StringArray {
+    let bytes = builder.values_slice().len();
+    let array = builder.finish();
+    *builder = StringBuilder::with_capacity(rows, bytes + bytes / 8);
+    array
 }

@@ -23,7 +23,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use chatlake_core::schema::RECORD_TYPE_KEY;
 use chatlake_source_kit::csv_input::{Bom, CsvRecord, CsvRecords, skip_bom};
-use chatlake_source_kit::parsed::{check_record, raw_record};
+use chatlake_source_kit::parsed::{check_record, finish_sized, raw_record};
 
 use crate::config::Language;
 
@@ -225,14 +225,15 @@ impl Columns {
             return Ok(None);
         }
         self.rows = 0;
+        let capacity = self.capacity;
         let mut columns: Vec<ArrayRef> = self
             .builders
             .iter_mut()
-            .map(|b| Arc::new(b.finish()) as ArrayRef)
+            .map(|b| Arc::new(finish_sized(b, capacity)) as ArrayRef)
             .collect();
         let schema = match &mut self.raw {
             Some(raw) => {
-                columns.push(Arc::new(raw.finish()));
+                columns.push(Arc::new(finish_sized(raw, capacity)));
                 RAW_SCHEMA_WITH_RECORDS.clone()
             }
             None => raw_schema(),
