@@ -262,6 +262,7 @@ mod tests {
     /// when it holds the same, and the finished array is the values appended.
     #[test]
     fn a_finished_builder_is_sized_for_the_next_batch_like_the_last() {
+        use arrow::array::{Array, ArrayBuilder};
         let mut builder = StringBuilder::new();
         for i in 0..1000 {
             builder.append_value(format!("value {i:04}"));
