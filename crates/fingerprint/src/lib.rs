@@ -191,8 +191,7 @@ impl FingerprintSet {
             // Where this chunk's entries land, plus their probe runs (a few slots at load ≤ 0.53).
             let reach = ((end as u128 * cap as u128) / old.len() as u128) as usize + MOVE_CHUNK;
             pages.populate_new_until(&mut self.slots, reach.min(cap));
-            for k in start..end {
-                let fp = old[k];
+            for &fp in &old[start..end] {
                 if fp == 0 {
                     continue;
                 }
