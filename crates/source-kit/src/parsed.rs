@@ -2,7 +2,7 @@
 //! to a source's async output, so parsing uses the other core and a slow sink still holds the
 //! parser back. Every file-reading source uses this one bridge.
 
-use arrow::array::{StringArray, StringBuilder};
+use arrow::array::{ArrayBuilder, StringArray, StringBuilder};
 use arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc;
 
@@ -257,7 +257,8 @@ impl<'r> Utf8Fields<'r> {
 /// Finishes `builder` and leaves it sized for a batch like the one it held: `finish` leaves
 /// empty buffers, which the next batch would grow by doubling (a reallocation and a copy of
 /// everything so far each time: 1 % of the LINE WORKS job's time).
-pub fn finish_sized(builder: &mut StringBuilder, rows: usize) -> StringArray {
+pub fn finish_sized(builder: &mut StringBuilder) -> StringArray {
+    let rows = builder.len();
     let bytes = builder.values_slice().len();
     let array = builder.finish();
     *builder = StringBuilder::with_capacity(rows, bytes + bytes / 8);
@@ -272,12 +273,12 @@ mod tests {
     /// when it holds the same, and the finished array is the values appended.
     #[test]
     fn a_finished_builder_is_sized_for_the_next_batch_like_the_last() {
-        use arrow::array::{Array, ArrayBuilder};
+        use arrow::array::Array;
         let mut builder = StringBuilder::new();
         for i in 0..1000 {
             builder.append_value(format!("value {i:04}"));
         }
-        let array = finish_sized(&mut builder, 1000);
+        let array = finish_sized(&mut builder);
         assert_eq!(array.len(), 1000);
         assert_eq!(array.value(999), "value 0999");
         assert!(builder.is_empty());

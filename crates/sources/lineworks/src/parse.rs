@@ -225,15 +225,14 @@ impl Columns {
             return Ok(None);
         }
         self.rows = 0;
-        let capacity = self.capacity;
         let mut columns: Vec<ArrayRef> = self
             .builders
             .iter_mut()
-            .map(|b| Arc::new(finish_sized(b, capacity)) as ArrayRef)
+            .map(|b| Arc::new(finish_sized(b)) as ArrayRef)
             .collect();
         let schema = match &mut self.raw {
             Some(raw) => {
-                columns.push(Arc::new(finish_sized(raw, capacity)));
+                columns.push(Arc::new(finish_sized(raw)));
                 RAW_SCHEMA_WITH_RECORDS.clone()
             }
             None => raw_schema(),

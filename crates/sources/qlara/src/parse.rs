@@ -21,8 +21,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use chatlake_core::schema::RECORD_TYPE_KEY;
 use chatlake_source_kit::csv_input::{CsvRecords, skip_bom};
-use chatlake_source_kit::parsed::finish_sized;
-use chatlake_source_kit::parsed::{any_line, check_record, raw_record};
+use chatlake_source_kit::parsed::{any_line, check_record, finish_sized, raw_record};
 
 /// The record type of this source's batches.
 pub const RECORD_TYPE: &str = "qlara.message_history";
@@ -128,15 +127,14 @@ impl Columns {
             return Ok(None);
         }
         self.rows = 0;
-        let capacity = self.capacity;
         let mut columns: Vec<ArrayRef> = self
             .builders
             .iter_mut()
-            .map(|b| Arc::new(finish_sized(b, capacity)) as ArrayRef)
+            .map(|b| Arc::new(finish_sized(b)) as ArrayRef)
             .collect();
         let schema = match &mut self.raw {
             Some(raw) => {
-                columns.push(Arc::new(finish_sized(raw, capacity)));
+                columns.push(Arc::new(finish_sized(raw)));
                 RAW_SCHEMA_WITH_RECORDS.clone()
             }
             None => raw_schema(),

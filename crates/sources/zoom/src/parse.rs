@@ -953,11 +953,7 @@ impl RawBuilder {
     /// Every column finished; the builders start again with room for as much as they held.
     fn finish_columns(&mut self) -> Vec<ArrayRef> {
         fn text(b: &mut StringBuilder) -> ArrayRef {
-            let rows = b.len();
-            let bytes = b.values_slice().len();
-            let array = b.finish();
-            *b = StringBuilder::with_capacity(rows, bytes + bytes / 8);
-            Arc::new(array)
+            Arc::new(chatlake_source_kit::parsed::finish_sized(b))
         }
         fn int(b: &mut Int64Builder) -> ArrayRef {
             let rows = b.len();
